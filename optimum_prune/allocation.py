@@ -1,0 +1,139 @@
+"""How many units each layer keeps: uniform per layer, or one global ranking under the total budget."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .architectures import ArchitectureAdapter, UnitGroup
+from .configuration import PruningConfig
+
+#: kind -> units kept, for one layer.
+LayerPlan = dict[str, int]
+
+_CHANNEL_KINDS = ("ffn_channels", "mamba_inner")
+
+
+class BudgetError(ValueError):
+    """The requested sizes cannot be met (e.g. heads that do not form whole KV groups)."""
+
+
+def round_kept(kind: str, kept: int, total: int, multiple: int) -> int:
+    """Round a kept channel count to the nearest multiple of `multiple`, within [multiple, total]."""
+    if kind not in _CHANNEL_KINDS or multiple <= 1 or kept >= total:
+        return kept
+    rounded = max(multiple, int(round(kept / multiple)) * multiple)
+    return min(rounded, total)
+
+
+def _override_plan(
+    adapter: ArchitectureAdapter, layer_idx: int, groups: list[UnitGroup], override: dict
+) -> LayerPlan:
+    plan: LayerPlan = {}
+    layer = adapter.layers()[layer_idx]
+    for group in groups:
+        if group.kind == "attention_heads" and "num_heads" in override:
+            heads, per_unit = override["num_heads"], adapter.heads_per_unit(layer)
+            if heads % per_unit:
+                raise BudgetError(
+                    f"Layer {layer_idx}: num_heads={heads} cannot be kept, heads go in whole KV groups of {per_unit} "
+                    f"query heads (grouped-query attention); use a multiple of {per_unit}."
+                )
+            plan[group.kind] = heads // per_unit
+        elif group.kind in _CHANNEL_KINDS and "ffn_channels" in override:
+            plan[group.kind] = override["ffn_channels"]
+        else:
+            continue
+        if not 1 <= plan[group.kind] <= group.num_units:
+            raise BudgetError(
+                f"Layer {layer_idx}: cannot keep {plan[group.kind]} {group.kind} units, it has {group.num_units}."
+            )
+    return plan
+
+
+def uniform_layer_plan(groups: list[UnitGroup], sparsity: float, round_to: int, fixed: LayerPlan) -> LayerPlan:
+    """Remove `sparsity` of the layer's prunable parameters.
+
+    Coarse units (whole KV groups) are rounded first; the finest kind then absorbs what rounding left over, so
+    the layer's total lands on the budget.
+    """
+    plan = dict(fixed)
+    budget = sparsity * sum(g.num_units * g.params_per_unit for g in groups)
+    removed = sum((g.num_units - plan[g.kind]) * g.params_per_unit for g in groups if g.kind in plan)
+    free = sorted((g for g in groups if g.kind not in plan), key=lambda g: -g.params_per_unit)
+    for position, group in enumerate(free):
+        if position == len(free) - 1:
+            remove = round(max(budget - removed, 0.0) / group.params_per_unit)
+        else:
+            remove = round(sparsity * group.num_units)
+        kept = min(max(group.num_units - remove, 1), group.num_units)
+        kept = round_kept(group.kind, kept, group.num_units, round_to)
+        plan[group.kind] = kept
+        removed += (group.num_units - kept) * group.params_per_unit
+    return plan
+
+
+def uniform_plan(
+    adapter: ArchitectureAdapter, kinds: tuple[str, ...], config: PruningConfig
+) -> list[LayerPlan]:
+    plans = []
+    for index, layer in enumerate(adapter.layers()):
+        groups = [g for g in adapter.groups(layer) if g.kind in kinds]
+        override = config.layer_overrides.get(str(index), {})
+        fixed = _override_plan(adapter, index, groups, override)
+        plans.append(uniform_layer_plan(groups, override.get("sparsity", config.sparsity), config.round_to, fixed))
+    return plans
+
+
+def global_plan(
+    adapter: ArchitectureAdapter,
+    kinds: tuple[str, ...],
+    config: PruningConfig,
+    unit_scores: list[dict[str, torch.Tensor]],
+) -> list[LayerPlan]:
+    """One ranking of all units across layers (FLAP-style: scores standardised per kind), greedy to the budget."""
+    layers = adapter.layers()
+    groups_per_layer = [[g for g in adapter.groups(layer) if g.kind in kinds] for layer in layers]
+    plans: list[LayerPlan] = [{g.kind: g.num_units for g in groups} for groups in groups_per_layer]
+    total = sum(g.num_units * g.params_per_unit for groups in groups_per_layer for g in groups)
+    budget = config.sparsity * total
+
+    ranked_layers = []
+    for index, groups in enumerate(groups_per_layer):
+        override = config.layer_overrides.get(str(index))
+        if override:
+            fixed = _override_plan(adapter, index, groups, override)
+            plans[index] = uniform_layer_plan(groups, override.get("sparsity", 0.0), config.round_to, fixed)
+            budget -= sum((g.num_units - plans[index][g.kind]) * g.params_per_unit for g in groups)
+        else:
+            ranked_layers.append(index)
+
+    # Scores of different kinds live on different scales; standardising each kind over all layers keeps the
+    # differences between layers, which is the point of a global ranking.
+    entries: list[tuple[float, int, UnitGroup, int]] = []
+    for kind in kinds:
+        pooled = [unit_scores[i][kind] for i in ranked_layers if kind in unit_scores[i]]
+        if not pooled:
+            continue
+        flat = torch.cat(pooled)
+        mean, std = flat.mean(), flat.std().clamp_min(1e-12) if flat.numel() > 1 else torch.tensor(1.0)
+        for index in ranked_layers:
+            for group in groups_per_layer[index]:
+                if group.kind == kind:
+                    z = ((unit_scores[index][kind] - mean) / std).tolist()
+                    entries.extend((score, index, group, unit) for unit, score in enumerate(z))
+    entries.sort(key=lambda entry: entry[0])
+
+    removed = 0.0
+    for _score, index, group, _unit in entries:
+        if removed + group.params_per_unit / 2 > budget:
+            continue  # a smaller unit further down may still fit
+        floor = max(1, math.ceil(config.min_keep_fraction * group.num_units))
+        if plans[index][group.kind] > floor:
+            plans[index][group.kind] -= 1
+            removed += group.params_per_unit
+    for index in ranked_layers:
+        for group in groups_per_layer[index]:
+            plans[index][group.kind] = round_kept(group.kind, plans[index][group.kind], group.num_units, config.round_to)
+    return plans

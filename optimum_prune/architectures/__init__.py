@@ -1,0 +1,33 @@
+"""Architecture adapters: one file per model family, one registry line each."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .base import ArchitectureAdapter, UnitGroup
+from .bert import BertAdapter
+from .llama import LlamaAdapter
+from .mamba import MambaAdapter
+
+ADAPTERS: dict[str, type[ArchitectureAdapter]] = {}
+for _adapter in (BertAdapter, LlamaAdapter, MambaAdapter):
+    for _model_type in _adapter.model_types:
+        ADAPTERS[_model_type] = _adapter
+
+
+class UnsupportedArchitectureError(ValueError):
+    """The model's family has no adapter."""
+
+
+def get_adapter(model: nn.Module) -> ArchitectureAdapter:
+    """The adapter for `model`, chosen by `model.config.model_type`."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in ADAPTERS:
+        raise UnsupportedArchitectureError(
+            f"optimum_prune does not support model_type {model_type!r} ({type(model).__name__}). "
+            f"Supported model types: {', '.join(sorted(ADAPTERS))}."
+        )
+    return ADAPTERS[model_type](model)
+
+
+__all__ = ["ADAPTERS", "ArchitectureAdapter", "UnitGroup", "UnsupportedArchitectureError", "get_adapter"]

@@ -1,0 +1,130 @@
+"""What every architecture adapter provides: where prunable units live and how to slice every tensor they touch."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class UnitGroup:
+    """The prunable units of one kind in one layer (e.g. the KV groups of one attention block).
+
+    A unit owns `channels_per_unit` consecutive input channels of every consumer Linear: the layers that read the
+    units' outputs, whose columns are removed and which reconstruction refits. The first consumer is the one whose
+    inputs and weights the criteria score.
+    """
+
+    kind: str
+    num_units: int
+    channels_per_unit: int
+    params_per_unit: int
+    consumers: tuple[str, ...]
+
+    def unit_channels(self, units: torch.Tensor) -> torch.Tensor:
+        """Consumer input-channel indices owned by `units`, in unit order."""
+        offsets = torch.arange(self.channels_per_unit, device=units.device)
+        return (units[:, None] * self.channels_per_unit + offsets[None, :]).reshape(-1)
+
+
+def select_rows(linear: nn.Linear, rows: torch.Tensor) -> None:
+    """Keep only output features `rows` of `linear`, in place."""
+    rows = rows.to(linear.weight.device)
+    linear.weight = nn.Parameter(linear.weight.data.index_select(0, rows), linear.weight.requires_grad)
+    if linear.bias is not None:
+        linear.bias = nn.Parameter(linear.bias.data.index_select(0, rows), linear.bias.requires_grad)
+    linear.out_features = int(rows.numel())
+
+
+def select_columns(linear: nn.Linear, columns: torch.Tensor) -> None:
+    """Keep only input features `columns` of `linear`, in place."""
+    columns = columns.to(linear.weight.device)
+    linear.weight = nn.Parameter(linear.weight.data.index_select(1, columns), linear.weight.requires_grad)
+    linear.in_features = int(columns.numel())
+
+
+def select_parameter(module: nn.Module, name: str, index: torch.Tensor, dim: int = 0) -> None:
+    """Keep only entries `index` along `dim` of parameter `module.name`, in place."""
+    param = getattr(module, name)
+    setattr(module, name, nn.Parameter(param.data.index_select(dim, index.to(param.device)), param.requires_grad))
+
+
+def ensure_bias(linear: nn.Linear) -> nn.Parameter:
+    """Give `linear` a zero bias if it has none; reconstruction folds its intercept there."""
+    if linear.bias is None:
+        weight = linear.weight
+        linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=weight.dtype, device=weight.device))
+    return linear.bias
+
+
+class ArchitectureAdapter(ABC):
+    """Knows one model family's layout. Subclasses are registered in `architectures/__init__.py`."""
+
+    #: `config.model_type` values this adapter handles.
+    model_types: tuple[str, ...] = ()
+    #: Structure kinds this family has, in the order they are pruned inside a layer.
+    structure_kinds: tuple[str, ...] = ()
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.config = model.config
+
+    # ---- layout ---------------------------------------------------------------------------------------------
+    @abstractmethod
+    def layers(self) -> nn.ModuleList:
+        """The repeated blocks, in execution order."""
+
+    @abstractmethod
+    def groups(self, layer: nn.Module) -> list[UnitGroup]:
+        """The unit groups of `layer` at its current (possibly already pruned) size."""
+
+    @abstractmethod
+    def prune_units(self, layer: nn.Module, group: UnitGroup, keep: torch.Tensor) -> None:
+        """Slice every tensor of `layer` that touches `group` so only units `keep` (sorted) remain."""
+
+    @abstractmethod
+    def describe_layer(self, layer: nn.Module) -> dict[str, Any]:
+        """Sizes of `layer` as stored in `config.pruning["layers"]` (enough to rebuild it)."""
+
+    @abstractmethod
+    def units_from_description(self, group: UnitGroup, description: dict[str, Any]) -> int:
+        """How many units of `group` a stored layer description keeps."""
+
+    def default_has_bias(self, consumer: str) -> bool:
+        """Whether the unpruned model has a bias on consumer `consumer` (so one added by reconstruction is extra)."""
+        return False
+
+    def vanilla_config_update(self, descriptions: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """Config fields that express these layer sizes in plain transformers, or None when only the plugin can.
+
+        May add zero biases so that a bias flag in the config describes the model exactly.
+        """
+        return None
+
+    def heads_per_unit(self, layer: nn.Module) -> int:
+        """Attention heads removed with one attention unit (a whole KV group under GQA)."""
+        return 1
+
+    # ---- shared behaviour -----------------------------------------------------------------------------------
+    def added_biases(self, layer: nn.Module) -> list[str]:
+        names = {name for group in self.groups(layer) for name in group.consumers}
+        return sorted(n for n in names if layer.get_submodule(n).bias is not None and not self.default_has_bias(n))
+
+    def resize_layer(self, layer: nn.Module, description: dict[str, Any]) -> None:
+        """Give `layer` the sizes of a stored description (weights are loaded afterwards, e.g. on meta)."""
+        for group in self.groups(layer):
+            kept = self.units_from_description(group, description)
+            if kept > group.num_units:
+                raise ValueError(f"Stored layer keeps {kept} {group.kind} but the base model has {group.num_units}.")
+            if kept < group.num_units:
+                device = layer.get_submodule(group.consumers[0]).weight.device
+                self.prune_units(layer, group, torch.arange(kept, device=device))
+        for name in description.get("added_biases", []):
+            ensure_bias(layer.get_submodule(name))
+
+    def count_prunable_parameters(self) -> int:
+        return sum(g.num_units * g.params_per_unit for layer in self.layers() for g in self.groups(layer))

@@ -1,0 +1,74 @@
+"""Mamba (MambaForCausalLM): inner channels of the mixer, sliced through every tensor of the selective scan."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import ArchitectureAdapter, UnitGroup, select_columns, select_parameter, select_rows
+
+OUT_CONSUMER = "mixer.out_proj"
+# x_proj reads the same inner channels (after the convolution) to compute dt, B and C, so removing channels
+# changes the kept channels' dynamics too: it is refit like out_proj.
+X_CONSUMER = "mixer.x_proj"
+
+
+class MambaAdapter(ArchitectureAdapter):
+    model_types = ("mamba",)
+    structure_kinds = ("mamba_inner",)
+
+    def layers(self) -> nn.ModuleList:
+        return self.model.base_model.layers
+
+    def groups(self, layer: nn.Module) -> list[UnitGroup]:
+        mixer = layer.mixer
+        hidden = self.config.hidden_size
+        in_bias = 2 if mixer.in_proj.bias is not None else 0
+        conv_params = mixer.conv1d.kernel_size[0] + (1 if mixer.conv1d.bias is not None else 0)
+        per_channel = (
+            2 * hidden + in_bias  # in_proj rows of the x and z halves
+            + conv_params
+            + mixer.x_proj.out_features  # x_proj column
+            + mixer.dt_proj.in_features + 1  # dt_proj row and bias
+            + mixer.A_log.shape[1] + 1  # A_log row and D
+            + hidden  # out_proj column
+        )
+        return [
+            UnitGroup(
+                kind="mamba_inner",
+                num_units=mixer.out_proj.in_features,
+                channels_per_unit=1,
+                params_per_unit=per_channel,
+                consumers=(OUT_CONSUMER, X_CONSUMER),
+            )
+        ]
+
+    def prune_units(self, layer: nn.Module, group: UnitGroup, keep: torch.Tensor) -> None:
+        if group.kind != "mamba_inner":
+            raise ValueError(f"Mamba layers have no {group.kind!r} units.")
+        mixer = layer.mixer
+        inner = mixer.out_proj.in_features
+        # in_proj stacks the x half and the gate (z) half: a channel lives in both.
+        select_rows(mixer.in_proj, torch.cat([keep, keep + inner]))
+        conv = mixer.conv1d
+        select_parameter(conv, "weight", keep)
+        if conv.bias is not None:
+            select_parameter(conv, "bias", keep)
+        conv.in_channels = conv.out_channels = conv.groups = int(keep.numel())
+        select_columns(mixer.x_proj, keep)
+        select_rows(mixer.dt_proj, keep)
+        select_parameter(mixer, "A_log", keep)
+        select_parameter(mixer, "D", keep)
+        select_columns(mixer.out_proj, keep)
+        mixer.intermediate_size = int(keep.numel())
+
+    def describe_layer(self, layer: nn.Module) -> dict[str, Any]:
+        return {"intermediate_size": layer.mixer.out_proj.in_features, "added_biases": self.added_biases(layer)}
+
+    def units_from_description(self, group: UnitGroup, description: dict[str, Any]) -> int:
+        return int(description["intermediate_size"])
+
+    def default_has_bias(self, consumer: str) -> bool:
+        return consumer == OUT_CONSUMER and bool(self.config.use_bias)

@@ -1,0 +1,223 @@
+"""`PruningConfig`: the whole recipe of one pruning run, serialisable to `pruning_config.json`."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+STRUCTURED_TARGET = "structured"
+UNSTRUCTURED_TARGET = "unstructured"
+_N_M_PATTERN = re.compile(r"^(\d+):(\d+)$")
+
+ALLOCATIONS = ("uniform", "global")
+STRUCTURE_KINDS = ("attention_heads", "ffn_channels", "mamba_inner")
+OVERRIDE_KEYS = ("sparsity", "num_heads", "ffn_channels")
+
+CONFIG_NAME = "pruning_config.json"
+
+
+def _known(name: str, value: str, choices: tuple[str, ...] | list[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"Unknown {name} {value!r}. Choose one of: {', '.join(sorted(choices))}.")
+
+
+@dataclass
+class PruningConfig:
+    """Recipe for one pruning run.
+
+    Example:
+        >>> PruningConfig(target="structured", sparsity=0.2, criterion="activation", reconstruction="liar")
+    """
+
+    target: str = field(
+        default=STRUCTURED_TARGET,
+        metadata={
+            "help": "What to remove: 'structured' (attention heads, FFN channels, Mamba inner channels; the model "
+            "gets physically smaller), 'unstructured' (individual weights), or an N:M pattern such as '2:4'."
+        },
+    )
+    sparsity: float = field(
+        default=0.5,
+        metadata={
+            "help": "Fraction in [0, 1) to remove: of the prunable block parameters for 'structured', of each "
+            "pruned Linear's weights for 'unstructured'. Ignored for N:M patterns, where N/M is the sparsity."
+        },
+    )
+    criterion: str = field(
+        default="activation",
+        metadata={
+            "help": "Structured ranking of heads and channels: 'magnitude' (weight norm), 'activation' "
+            "(|W| x input-activation norm, Wanda style), 'fluctuation' (FLAP: input variance x squared column "
+            "norm), 'random' (baseline)."
+        },
+    )
+    reconstruction: str = field(
+        default="liar",
+        metadata={
+            "help": "How the layer that consumes pruned channels is refit: 'none', 'bias' (FLAP bias "
+            "compensation), 'liar' (least-squares interpolation of the pruned channels from the kept ones)."
+        },
+    )
+    method: str = field(
+        default="sparsegpt",
+        metadata={"help": "Solver for unstructured and N:M targets: 'magnitude', 'wanda', 'sparsegpt', 'admm', 'obs_multi'."},
+    )
+    allocation: str = field(
+        default="uniform",
+        metadata={
+            "help": "Structured budget split: 'uniform' (same fraction in every layer) or 'global' (one ranking "
+            "across layers under the total budget, every layer keeping at least `min_keep_fraction`)."
+        },
+    )
+    structures: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Structured kinds to prune, any of 'attention_heads', 'ffn_channels', 'mamba_inner'. None means "
+            "every kind the architecture has."
+        },
+    )
+    round_to: int = field(
+        default=1,
+        metadata={"help": "Round kept FFN / inner channel counts to a multiple of this (e.g. 8 or 64) for fast kernels."},
+    )
+    min_keep_fraction: float = field(
+        default=0.05,
+        metadata={"help": "With global allocation, the least fraction of each layer's units that is kept."},
+    )
+    layer_overrides: dict[str, dict[str, Any]] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Per-layer settings keyed by layer index, e.g. {'0': {'sparsity': 0.0}} or "
+            "{'3': {'num_heads': 6, 'ffn_channels': 1024}}. Keys must name layers of the model."
+        },
+    )
+    modules_to_not_prune: list[str] = field(
+        default_factory=lambda: ["lm_head", "embed", "classifier", "qa_outputs", "pooler"],
+        metadata={"help": "Module-name substrings that unstructured pruning leaves dense."},
+    )
+    dataset: Any = field(
+        default=None,
+        metadata={
+            "help": "Calibration data: a list of strings, a datasets.Dataset, a local file (.txt/.json/.jsonl/.csv/"
+            ".parquet) or a dataset name ('wikitext2', 'c4', 'ptb'). Not saved to JSON unless it is a string."
+        },
+    )
+    num_samples: int = field(default=128, metadata={"help": "Number of calibration sequences."})
+    seqlen: int = field(default=512, metadata={"help": "Tokens per calibration sequence."})
+    damp: float = field(
+        default=0.01,
+        metadata={"help": "Ridge damping, as a fraction of the mean diagonal of the input Gram matrix."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed for calibration sampling and the random criterion."})
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ---- validation -------------------------------------------------------------------------------------------
+    @property
+    def is_structured(self) -> bool:
+        return self.target == STRUCTURED_TARGET
+
+    @property
+    def n_m(self) -> tuple[int, int] | None:
+        """`(n, m)` for an N:M target, else None."""
+        match = _N_M_PATTERN.match(self.target)
+        return (int(match.group(1)), int(match.group(2))) if match else None
+
+    def validate(self) -> None:
+        from .criteria import CRITERIA
+        from .reconstruction import RECONSTRUCTIONS
+
+        if self.target not in (STRUCTURED_TARGET, UNSTRUCTURED_TARGET) and self.n_m is None:
+            raise ValueError(
+                f"Unknown target {self.target!r}: use 'structured', 'unstructured' or an N:M pattern like '2:4'."
+            )
+        if self.n_m is not None:
+            n, m = self.n_m
+            if not 0 < n < m:
+                raise ValueError(f"N:M target {self.target!r} needs 0 < N < M (N zeros in every M weights).")
+        if not isinstance(self.sparsity, (int, float)) or not 0.0 <= float(self.sparsity) < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity!r}: 1.0 would remove everything.")
+        self.sparsity = float(self.sparsity)
+        _known("criterion", self.criterion, list(CRITERIA))
+        _known("reconstruction", self.reconstruction, list(RECONSTRUCTIONS))
+        _known("allocation", self.allocation, ALLOCATIONS)
+        if not self.is_structured:
+            from .sparsity import SPARSITY_METHODS
+
+            _known("method", self.method, list(SPARSITY_METHODS))
+        if self.structures is not None:
+            if isinstance(self.structures, str):
+                self.structures = [self.structures]
+            for kind in self.structures:
+                _known("structure kind", kind, STRUCTURE_KINDS)
+            if not self.structures:
+                raise ValueError("structures is empty: name at least one kind, or None for all.")
+        if int(self.round_to) < 1:
+            raise ValueError(f"round_to must be a positive integer, got {self.round_to!r}.")
+        self.round_to = int(self.round_to)
+        if not 0.0 < self.min_keep_fraction <= 1.0:
+            raise ValueError(f"min_keep_fraction must be in (0, 1], got {self.min_keep_fraction!r}.")
+        if int(self.num_samples) < 1 or int(self.seqlen) < 2:
+            raise ValueError("num_samples must be >= 1 and seqlen >= 2.")
+        if self.damp < 0:
+            raise ValueError(f"damp must be >= 0, got {self.damp!r}.")
+        normalised: dict[str, dict[str, Any]] = {}
+        for key, override in (self.layer_overrides or {}).items():
+            if not str(key).isdigit():
+                raise ValueError(f"layer_overrides key {key!r} is not a layer index (use '0', '1', ...).")
+            if not isinstance(override, dict) or not override:
+                raise ValueError(f"layer_overrides[{key!r}] must be a non-empty dict of {OVERRIDE_KEYS}.")
+            for name, value in override.items():
+                _known(f"layer_overrides[{key!r}] key", name, OVERRIDE_KEYS)
+                if name == "sparsity" and not 0.0 <= float(value) < 1.0:
+                    raise ValueError(f"layer_overrides[{key!r}]['sparsity'] must be in [0, 1), got {value!r}.")
+                if name != "sparsity" and (not isinstance(value, int) or value < 1):
+                    raise ValueError(f"layer_overrides[{key!r}][{name!r}] must be a positive int, got {value!r}.")
+            normalised[str(int(key))] = dict(override)
+        self.layer_overrides = normalised
+
+    def check_layers(self, num_layers: int) -> None:
+        """Raise when an override names a layer the model does not have."""
+        missing = sorted(int(k) for k in self.layer_overrides if int(k) >= num_layers)
+        if missing:
+            raise ValueError(
+                f"layer_overrides name layers {missing}, but the model has {num_layers} layers (0..{num_layers - 1})."
+            )
+
+    # ---- serialisation ----------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        # Calibration data may be a large in-memory object: never copy it.
+        data = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "dataset"}
+        # Only a name or path says where calibration data came from; in-memory data is not recorded.
+        data["dataset"] = self.dataset if isinstance(self.dataset, str) else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PruningConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown PruningConfig fields {unknown}; known fields: {sorted(known)}.")
+        return cls(**data)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(self.to_json_string())
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> PruningConfig:
+        with open(path, encoding="utf-8") as handle:
+            return cls.from_dict(json.load(handle))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> PruningConfig:
+        """Read `pruning_config.json` from a saved pruned checkpoint folder."""
+        return cls.from_json_file(os.path.join(folder, CONFIG_NAME))

@@ -1,0 +1,11 @@
+"""Random scores: the baseline every criterion must beat. Seeded through `PruningConfig.seed`."""
+
+import torch
+
+from .base import Criterion
+
+RANDOM = Criterion(
+    "random",
+    lambda weight, stats, generator: torch.rand(weight.shape[1], generator=generator, dtype=torch.float64),
+    needs_calibration=False,
+)

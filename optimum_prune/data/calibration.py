@@ -1,0 +1,141 @@
+"""Calibration data: from strings, a `datasets.Dataset`, local files or the usual dataset names, to token tensors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NamedDataset:
+    """How a dataset name that users of pruning papers know maps to `datasets.load_dataset` (needs the Hub)."""
+
+    path: str
+    name: str | None
+    split: str
+    text_column: str
+    data_files: dict[str, str] | None = None
+
+
+# The loaders of SparseGPT / Wanda / FLAP, under the names those papers' users type.
+NAMED_DATASETS: dict[str, NamedDataset] = {
+    "wikitext2": NamedDataset("wikitext", "wikitext-2-raw-v1", "train", "text"),
+    "c4": NamedDataset(
+        "allenai/c4", None, "train", "text", data_files={"train": "en/c4-train.00000-of-01024.json.gz"}
+    ),
+    "ptb": NamedDataset("ptb_text_only", "penn_treebank", "train", "sentence"),
+}
+NAMED_EVAL_SPLITS = {"wikitext2": "test", "c4": "validation", "ptb": "test"}
+
+_FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+class CalibrationDataError(ValueError):
+    """Calibration data is missing, empty or too short."""
+
+
+def load_named_dataset(name: str, split: str | None = None) -> Any:
+    """Load `name` ('wikitext2', 'c4', 'ptb') with `datasets.load_dataset` as the pruning papers do."""
+    import datasets
+
+    spec = NAMED_DATASETS[name]
+    data_files = spec.data_files
+    if split is not None and split != spec.split and name == "c4":
+        data_files = {"validation": "en/c4-validation.00000-of-00008.json.gz"}
+    return datasets.load_dataset(spec.path, spec.name, split=split or spec.split, data_files=data_files)
+
+
+def load_texts(source: Any, text_column: str | None = None, split: str | None = None) -> list[str]:
+    """Turn any supported calibration source into a list of strings."""
+    if source is None:
+        raise CalibrationDataError(
+            "No calibration data: pass `dataset=` (a list of strings, a datasets.Dataset, a local file or one of "
+            f"{sorted(NAMED_DATASETS)}), or choose a criterion and reconstruction that need none."
+        )
+    if isinstance(source, str):
+        if source in NAMED_DATASETS:
+            text_column = text_column or NAMED_DATASETS[source].text_column
+            source = load_named_dataset(source, split)
+        elif os.path.exists(source):
+            source = _load_file(source)
+        else:
+            raise CalibrationDataError(
+                f"Calibration source {source!r} is neither a local file nor a known dataset name "
+                f"({', '.join(sorted(NAMED_DATASETS))})."
+            )
+    if isinstance(source, Sequence) and not hasattr(source, "column_names"):
+        texts = [t for t in source if isinstance(t, str)]
+        if len(texts) != len(source):
+            raise CalibrationDataError("A calibration list must hold strings only.")
+    else:
+        column = text_column or _text_column(source)
+        texts = list(source[column])
+    texts = [t for t in texts if t and t.strip()]
+    if not texts:
+        raise CalibrationDataError("The calibration data is empty (no non-blank text).")
+    return texts
+
+
+def _load_file(path: str) -> Any:
+    import datasets
+
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in _FILE_BUILDERS:
+        raise CalibrationDataError(f"Unsupported calibration file type {ext!r}; use one of {sorted(_FILE_BUILDERS)}.")
+    if ext == ".txt":
+        with open(path, encoding="utf-8") as handle:
+            return [handle.read()]
+    return datasets.load_dataset(_FILE_BUILDERS[ext], data_files=path, split="train")
+
+
+def _text_column(dataset: Any) -> str:
+    names = list(dataset.column_names)
+    for candidate in ("text", "sentence", "content", "document"):
+        if candidate in names:
+            return candidate
+    features = getattr(dataset, "features", {})
+    for name in names:
+        if getattr(features.get(name), "dtype", None) == "string":
+            return name
+    raise CalibrationDataError(f"No text column among {names}; pass text_column=.")
+
+
+def sample_token_windows(
+    texts: list[str], tokenizer: Any, num_samples: int, seqlen: int, seed: int = 0
+) -> list[dict[str, torch.Tensor]]:
+    """Join the texts, tokenize once and draw `num_samples` random windows of `seqlen` tokens (SparseGPT protocol)."""
+    ids = tokenizer("\n\n".join(texts), return_tensors="pt", add_special_tokens=False).input_ids[0]
+    if ids.numel() < seqlen:
+        raise CalibrationDataError(
+            f"The calibration text has {ids.numel()} tokens, fewer than seqlen={seqlen}: give more text or a smaller seqlen."
+        )
+    if ids.numel() < num_samples * seqlen:
+        logger.warning(
+            "Calibration text has %d tokens, less than num_samples x seqlen = %d: windows will overlap.",
+            ids.numel(),
+            num_samples * seqlen,
+        )
+    rng = random.Random(seed)
+    starts = [rng.randint(0, ids.numel() - seqlen) for _ in range(num_samples)]
+    return [{"input_ids": ids[s : s + seqlen][None, :].clone()} for s in starts]
+
+
+def sample_examples(
+    texts: list[str], tokenizer: Any, num_samples: int, seqlen: int, seed: int = 0
+) -> list[dict[str, torch.Tensor]]:
+    """One tokenized example per text (no padding, so no statistic sees a pad token), for encoders."""
+    rng = random.Random(seed)
+    chosen = texts if len(texts) <= num_samples else rng.sample(texts, num_samples)
+    samples = []
+    for text in chosen:
+        encoded = tokenizer(text, return_tensors="pt", truncation=True, max_length=seqlen)
+        samples.append({key: value for key, value in encoded.items() if key != "attention_mask"})
+    return samples

@@ -1,0 +1,227 @@
+"""Task pruners in the shape of Optimum's quantizers: `from_pretrained`, `prune`, `save_pretrained`, `push_to_hub`."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from typing import Any, ClassVar
+
+import torch
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+)
+
+from .architectures import get_adapter
+from .configuration import PruningConfig
+from .data.calibration import load_texts, sample_examples, sample_token_windows
+from .serialization.layout import count_parameters, pruned_heads, record_layout
+from .serialization.save import save_pruned_checkpoint
+from .structured import needs_calibration, prune_structured
+
+logger = logging.getLogger(__name__)
+
+
+class BasePruner:
+    """Prunes one model. Subclasses fix the task: which Auto class loads it and how calibration text is cut."""
+
+    auto_model_class: ClassVar[type] = AutoModel
+    #: "windows": random fixed-length windows of the joined text (language models);
+    #: "examples": one sequence per text (encoders, where a sentence is the natural unit).
+    calibration_format: ClassVar[str] = "examples"
+
+    def __init__(self, model: PreTrainedModel, tokenizer: Any | None = None) -> None:
+        self.adapter = get_adapter(model)  # fails early, with the supported list, on an unknown architecture
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pruning_config: PruningConfig | None = None
+        self.summary: dict[str, Any] | None = None
+        self.base_model_name: str | None = getattr(model, "name_or_path", None) or None
+
+    # ---- loading --------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_name_or_path: str | os.PathLike,
+        *,
+        gguf_file: str | None = None,
+        dtype: torch.dtype = torch.float32,
+        tokenizer: Any | None = None,
+        **model_kwargs: Any,
+    ) -> BasePruner:
+        """Load a model (a Hub id or a local folder; `gguf_file` for a GGUF checkpoint) and its tokenizer."""
+        model_name_or_path = str(model_name_or_path)
+        extra = {"gguf_file": gguf_file} if gguf_file else {}
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **extra)
+        model = cls.auto_model_class.from_pretrained(model_name_or_path, dtype=dtype, **extra, **model_kwargs)
+        if gguf_file:
+            # A GGUF-loaded model is marked as quantized and refuses save_pretrained; its weights are already
+            # dequantized, so an ordinary copy of it is the same model.
+            model = _plain_copy(model)
+        model.eval()
+        pruner = cls(model, tokenizer)
+        pruner.base_model_name = model_name_or_path if not gguf_file else f"{model_name_or_path}/{gguf_file}"
+        return pruner
+
+    # ---- pruning --------------------------------------------------------------------------------------------
+    def calibration_samples(self, config: PruningConfig) -> list[dict[str, torch.Tensor]]:
+        if self.tokenizer is None:
+            raise ValueError("Calibration needs a tokenizer: pass one to the pruner.")
+        texts = load_texts(config.dataset)
+        sampler = sample_token_windows if self.calibration_format == "windows" else sample_examples
+        return sampler(texts, self.tokenizer, config.num_samples, config.seqlen, config.seed)
+
+    def prune(
+        self, config: PruningConfig | None = None, *, dataset: Any = None, show_progress: bool = True, **kwargs: Any
+    ) -> PreTrainedModel:
+        """Prune the model in place and return it. `dataset` (or `config.dataset`) is the calibration data.
+
+        Keyword arguments build a `PruningConfig` when `config` is not given.
+        """
+        if config is None:
+            config = PruningConfig(**kwargs)
+        elif kwargs:
+            raise TypeError(f"Pass either a PruningConfig or its fields, not both (got {sorted(kwargs)}).")
+        if dataset is not None:
+            config = copy.copy(config)
+            config.dataset = dataset
+        model = self.model
+        model.eval()
+        parameters_before = count_parameters(model)
+        prunable_before = self.adapter.count_prunable_parameters()
+        heads_before = [
+            g.num_units * self.adapter.heads_per_unit(layer)
+            for layer in self.adapter.layers()
+            for g in self.adapter.groups(layer)
+            if g.kind == "attention_heads"
+        ]
+
+        if config.is_structured:
+            samples = self.calibration_samples(config) if needs_calibration(config) else None
+            result = prune_structured(model, self.adapter, config, samples, show_progress=show_progress)
+            removed_heads = pruned_heads(self.adapter, result.kept_units, heads_before) if heads_before else {}
+            if removed_heads:
+                model.config.pruned_heads = removed_heads
+        else:
+            from .unstructured import prune_unstructured
+
+            samples = self.calibration_samples(config) if config.method != "magnitude" else None
+            prune_unstructured(model, self.adapter, config, samples, show_progress=show_progress)
+
+        prunable_after = self.adapter.count_prunable_parameters()
+        parameters_after = count_parameters(model)
+        summary = {
+            "model_type": model.config.model_type,
+            "parameters_before": parameters_before,
+            "parameters_after": parameters_after,
+            "prunable_parameters_before": prunable_before,
+            "prunable_parameters_after": prunable_after,
+            "sparsity_requested": config.sparsity,
+            "sparsity_achieved": 1.0 - prunable_after / max(prunable_before, 1),
+        }
+        if config.is_structured:
+            layout = record_layout(model, self.adapter, extra={"parameters_before": parameters_before})
+            summary["layers"] = layout["layers"]
+        self.pruning_config = config
+        self.summary = summary
+        logger.info(
+            "Pruned %s: %d -> %d parameters (%.1f%% of prunable removed)",
+            type(model).__name__,
+            parameters_before,
+            parameters_after,
+            100 * summary["sparsity_achieved"],
+        )
+        return model
+
+    # ---- saving ---------------------------------------------------------------------------------------------
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, *, push_to_hub: bool = False, repo_id: str | None = None, **hub_kwargs: Any
+    ) -> None:
+        """Write safetensors, config.json (with per-layer sizes), pruning_config.json, tokenizer and model card.
+
+        Everything is written to a temporary folder next to `save_directory` and moved into place at the end, so
+        a failure leaves nothing half-written.
+        """
+        save_pruned_checkpoint(
+            self.model, save_directory, tokenizer=self.tokenizer, pruning_config=self.pruning_config,
+            model_card=self._model_card(),
+        )
+        if push_to_hub:
+            self.push_to_hub(repo_id or os.path.basename(os.path.abspath(save_directory)), folder=save_directory, **hub_kwargs)
+
+    def _model_card(self) -> Any | None:
+        try:
+            from .serialization.hub import create_model_card
+        except ImportError:
+            return None
+        if self.pruning_config is None or self.summary is None:
+            return None
+        return create_model_card(
+            base_model=self.base_model_name,
+            pipeline_tag=self.pipeline_tag,
+            pruning_config=self.pruning_config.to_dict(),
+            summary=self.summary,
+            eval_results=getattr(self, "eval_results", None),
+        )
+
+    pipeline_tag: ClassVar[str | None] = None
+
+    def push_to_hub(self, repo_id: str, *, folder: str | os.PathLike | None = None, **kwargs: Any) -> str:
+        """Upload the pruned checkpoint (saving it to a temporary folder first unless `folder` is given)."""
+        import tempfile
+
+        from .serialization.hub import push_folder_to_hub
+
+        if folder is not None:
+            return push_folder_to_hub(folder, repo_id, **kwargs)
+        with tempfile.TemporaryDirectory() as tmp:
+            target = os.path.join(tmp, "checkpoint")
+            self.save_pretrained(target)
+            return push_folder_to_hub(target, repo_id, **kwargs)
+
+
+class PrunerForCausalLM(BasePruner):
+    """Prunes decoder language models (LLaMA, Mistral, Qwen2, Mamba)."""
+
+    auto_model_class = AutoModelForCausalLM
+    calibration_format = "windows"
+    pipeline_tag = "text-generation"
+
+
+class PrunerForSequenceClassification(BasePruner):
+    """Prunes sequence classifiers (BERT and the LLaMA family with a classification head)."""
+
+    auto_model_class = AutoModelForSequenceClassification
+    pipeline_tag = "text-classification"
+
+
+class PrunerForQuestionAnswering(BasePruner):
+    """Prunes extractive question-answering models (BERT)."""
+
+    auto_model_class = AutoModelForQuestionAnswering
+    pipeline_tag = "question-answering"
+
+
+def _plain_copy(model: PreTrainedModel) -> PreTrainedModel:
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        plain = type(model)(config)
+    plain.load_state_dict(model.state_dict(), strict=False, assign=True)
+    plain.tie_weights()
+    missing = [name for name, p in plain.named_parameters() if p.is_meta]
+    if missing:
+        raise RuntimeError(f"Could not copy the GGUF-loaded weights: {missing[:5]} stayed empty.")
+    for name, buffer in list(plain.named_buffers()):
+        if buffer.is_meta:  # non-persistent buffers (e.g. rotary inv_freq) are not in the state dict
+            module_name, _, buffer_name = name.rpartition(".")
+            source = model.get_submodule(module_name).get_buffer(buffer_name)
+            plain.get_submodule(module_name).register_buffer(buffer_name, source.clone(), persistent=False)
+    return plain

@@ -1,0 +1,58 @@
+"""LIAR: least-squares interpolation of the pruned channels from the kept ones, folded into the consumer.
+
+On calibration inputs X of the consumer, solve X_P ~ X_K Q + 1 p^T by damped least squares, then since
+y = W_K x_K + W_P x_P + b ~ (W_K + W_P Q^T) x_K + (b + W_P p), set W_K += W_P Q^T and b += W_P p.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..statistics import InputStatistics
+from .base import Reconstruction, write_back
+
+
+def solve_interpolation(
+    stats: InputStatistics, kept: torch.Tensor, pruned: torch.Tensor, damp: float, intercept: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Return (Q [kept, pruned], p [pruned] or None) minimising ||X_P - X_K Q - 1 p^T||^2 + lambda ||Q||^2."""
+    if stats.gram is None:
+        raise ValueError("LIAR needs the input Gram matrix of the consumer layer.")
+    gram = stats.gram
+    g_kk = gram[kept][:, kept]
+    g_kp = gram[kept][:, pruned]
+    # Damping relative to the mean input energy makes `damp` scale-free; the intercept is not regularised.
+    ridge = damp * torch.diagonal(g_kk).mean().clamp_min(1e-12)
+    if intercept:
+        k = kept.numel()
+        lhs = torch.empty(k + 1, k + 1, dtype=gram.dtype, device=gram.device)
+        lhs[:k, :k] = g_kk
+        lhs[:k, k] = lhs[k, :k] = stats.sum[kept]
+        lhs[k, k] = float(stats.count)
+        rhs = torch.cat([g_kp, stats.sum[pruned][None, :]], dim=0)
+        lhs[:k, :k] += ridge * torch.eye(k, dtype=gram.dtype, device=gram.device)
+    else:
+        lhs = g_kk + ridge * torch.eye(kept.numel(), dtype=gram.dtype, device=gram.device)
+        rhs = g_kp
+    try:
+        solution = torch.linalg.solve(lhs, rhs)
+    except RuntimeError:  # singular even with damping (e.g. dead channels and damp=0)
+        solution = torch.linalg.lstsq(lhs, rhs).solution
+    if intercept:
+        return solution[:-1], solution[-1]
+    return solution, None
+
+
+@torch.no_grad()
+def interpolate(linear: nn.Linear, stats: InputStatistics, kept: torch.Tensor, pruned: torch.Tensor, damp: float) -> None:
+    if pruned.numel() == 0:
+        return
+    q, p = solve_interpolation(stats, kept, pruned, damp)
+    weight = linear.weight.detach().double()
+    w_pruned = weight[:, pruned]
+    weight[:, kept] += w_pruned @ q.T.to(weight)
+    write_back(linear, weight, w_pruned @ p.to(weight))
+
+
+LIAR = Reconstruction("liar", interpolate, needs_calibration=True, needs_gram=True)

@@ -1,0 +1,64 @@
+"""Running statistics of a Linear layer's inputs over calibration tokens."""
+
+from __future__ import annotations
+
+import torch
+
+
+class InputStatistics:
+    """Sums over tokens of x, x*x and (optionally) x x^T, accumulated in float64.
+
+    Token batches are multiplied in float32 (fast) and only the per-batch results are added in float64, which
+    keeps the Gram matrix accurate over many thousands of tokens.
+    """
+
+    def __init__(self, num_features: int, with_gram: bool = False, device: torch.device | str = "cpu") -> None:
+        self.num_features = num_features
+        self.count = 0
+        self.sum = torch.zeros(num_features, dtype=torch.float64, device=device)
+        self.sum_sq = torch.zeros(num_features, dtype=torch.float64, device=device)
+        self.gram = torch.zeros(num_features, num_features, dtype=torch.float64, device=device) if with_gram else None
+
+    @torch.no_grad()
+    def update(self, inputs: torch.Tensor) -> None:
+        x = inputs.detach().reshape(-1, self.num_features).to(device=self.sum.device, dtype=torch.float32)
+        self.count += x.shape[0]
+        self.sum += x.sum(0, dtype=torch.float64)
+        self.sum_sq += (x * x).sum(0, dtype=torch.float64)
+        if self.gram is not None:
+            self.gram += (x.T @ x).double()
+
+    def _require_tokens(self) -> None:
+        if self.count == 0:
+            raise ValueError("No calibration tokens reached this layer: the calibration data is empty.")
+
+    @property
+    def mean(self) -> torch.Tensor:
+        self._require_tokens()
+        return self.sum / self.count
+
+    @property
+    def norm(self) -> torch.Tensor:
+        """Per-feature L2 norm over all tokens, ||X_j||_2."""
+        return self.sum_sq.sqrt()
+
+    @property
+    def variance(self) -> torch.Tensor:
+        self._require_tokens()
+        return (self.sum_sq / self.count - self.mean**2).clamp_min(0.0)
+
+
+def attach_statistics(
+    modules: dict[str, torch.nn.Module], with_gram: bool
+) -> tuple[dict[str, InputStatistics], list[torch.utils.hooks.RemovableHandle]]:
+    """Hook each Linear in `modules` so every forward adds its input to a fresh `InputStatistics`."""
+    stats: dict[str, InputStatistics] = {}
+    handles = []
+    for name, module in modules.items():
+        stats[name] = InputStatistics(module.in_features, with_gram=with_gram, device=module.weight.device)
+
+        def hook(_module, args, _stats=stats[name]):
+            _stats.update(args[0])
+
+        handles.append(module.register_forward_pre_hook(hook))
+    return stats, handles

@@ -1,0 +1,159 @@
+"""Structured pruning: rank units with a criterion, refit the consumer layers, slice the block, one block at a time."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .allocation import LayerPlan, global_plan, uniform_plan
+from .architectures import ArchitectureAdapter, UnitGroup
+from .configuration import PruningConfig
+from .criteria import CRITERIA, Criterion
+from .layerwise import BlockInput, capture_block_inputs, run_block
+from .reconstruction import RECONSTRUCTIONS
+from .statistics import InputStatistics, attach_statistics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StructuredResult:
+    """What was removed: the kept unit indices per layer and kind (relative to the model before this run)."""
+
+    kept_units: list[dict[str, list[int]]] = field(default_factory=list)
+    plans: list[LayerPlan] = field(default_factory=list)
+
+
+def resolve_kinds(adapter: ArchitectureAdapter, config: PruningConfig) -> tuple[str, ...]:
+    if config.structures is None:
+        return adapter.structure_kinds
+    unknown = [k for k in config.structures if k not in adapter.structure_kinds]
+    if unknown:
+        raise ValueError(
+            f"{type(adapter.model).__name__} has no {unknown} to prune; it has {list(adapter.structure_kinds)}."
+        )
+    return tuple(k for k in adapter.structure_kinds if k in config.structures)
+
+
+def needs_calibration(config: PruningConfig) -> bool:
+    return CRITERIA[config.criterion].needs_calibration or RECONSTRUCTIONS[config.reconstruction].needs_calibration
+
+
+def _collect(
+    layer: nn.Module, consumers: tuple[str, ...], inputs: list[BlockInput] | None, with_gram: bool
+) -> dict[str, InputStatistics] | None:
+    if inputs is None:
+        return None
+    stats, handles = attach_statistics({name: layer.get_submodule(name) for name in consumers}, with_gram)
+    try:
+        run_block(layer, inputs, keep_outputs=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return stats
+
+
+def _unit_scores(
+    criterion: Criterion,
+    layer: nn.Module,
+    group: UnitGroup,
+    stats: dict[str, InputStatistics] | None,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    primary = group.consumers[0]
+    return criterion.score_units(
+        layer.get_submodule(primary).weight,
+        stats[primary] if stats is not None else None,
+        group.num_units,
+        group.channels_per_unit,
+        generator,
+    )
+
+
+@torch.no_grad()
+def prune_structured(
+    model: nn.Module,
+    adapter: ArchitectureAdapter,
+    config: PruningConfig,
+    samples: list[dict[str, torch.Tensor]] | None,
+    show_progress: bool = True,
+) -> StructuredResult:
+    """Prune `model` in place according to `config`; `samples` are tokenized calibration sequences."""
+    layers = adapter.layers()
+    config.check_layers(len(layers))
+    kinds = resolve_kinds(adapter, config)
+    criterion = CRITERIA[config.criterion]
+    reconstruction = RECONSTRUCTIONS[config.reconstruction]
+    use_data = needs_calibration(config)
+    if use_data and not samples:
+        raise ValueError(
+            f"criterion={config.criterion!r} with reconstruction={config.reconstruction!r} needs calibration data, "
+            "and none was given."
+        )
+    generator = torch.Generator().manual_seed(config.seed)
+    first_inputs = capture_block_inputs(model, layers[0], samples) if use_data else None
+
+    if config.allocation == "global":
+        unit_scores = _score_all_layers(adapter, kinds, criterion, first_inputs, generator, show_progress)
+        plans = global_plan(adapter, kinds, config, unit_scores)
+        generator.manual_seed(config.seed)
+    else:
+        plans = uniform_plan(adapter, kinds, config)
+
+    result = StructuredResult(plans=plans)
+    inputs = first_inputs
+    for index, layer in enumerate(tqdm(layers, desc="Pruning layers", disable=not show_progress)):
+        kept_units: dict[str, list[int]] = {}
+        for group in adapter.groups(layer):
+            if group.kind not in kinds:
+                continue
+            keep_count = plans[index][group.kind]
+            if keep_count >= group.num_units:
+                kept_units[group.kind] = list(range(group.num_units))
+                continue
+            stats = _collect(layer, group.consumers, inputs, reconstruction.needs_gram)
+            scores = _unit_scores(criterion, layer, group, stats, generator)
+            keep = torch.topk(scores, keep_count).indices.sort().values
+            pruned = torch.tensor(sorted(set(range(group.num_units)) - set(keep.tolist())), dtype=torch.long)
+            kept_channels, pruned_channels = group.unit_channels(keep), group.unit_channels(pruned)
+            for consumer in group.consumers:
+                reconstruction.refit(
+                    layer.get_submodule(consumer),
+                    stats[consumer] if stats is not None else None,
+                    kept_channels,
+                    pruned_channels,
+                    config.damp,
+                )
+            adapter.prune_units(layer, group, keep)
+            kept_units[group.kind] = keep.tolist()
+            logger.info("layer %d: %s %d -> %d", index, group.kind, group.num_units, keep_count)
+        result.kept_units.append(kept_units)
+        if inputs is not None and index + 1 < len(layers):
+            inputs = run_block(layer, inputs)
+    return result
+
+
+def _score_all_layers(
+    adapter: ArchitectureAdapter,
+    kinds: tuple[str, ...],
+    criterion: Criterion,
+    inputs: list[BlockInput] | None,
+    generator: torch.Generator,
+    show_progress: bool,
+) -> list[dict[str, Any]]:
+    """Unit scores of every layer of the unpruned model (one streaming pass), for the global ranking."""
+    scores = []
+    layers = adapter.layers()
+    for index, layer in enumerate(tqdm(layers, desc="Scoring layers", disable=not show_progress)):
+        groups = [g for g in adapter.groups(layer) if g.kind in kinds]
+        consumers = tuple(dict.fromkeys(g.consumers[0] for g in groups))
+        stats = _collect(layer, consumers, inputs, with_gram=False)
+        scores.append({g.kind: _unit_scores(criterion, layer, g, stats, generator) for g in groups})
+        if inputs is not None and index + 1 < len(layers):
+            inputs = run_block(layer, inputs)
+    return scores
