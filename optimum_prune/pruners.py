@@ -112,29 +112,29 @@ class BasePruner:
             from .unstructured import prune_unstructured
 
             samples = self.calibration_samples(config) if config.method != "magnitude" else None
-            prune_unstructured(model, self.adapter, config, samples, show_progress=show_progress)
+            sparse_summary = prune_unstructured(model, self.adapter, config, samples, show_progress=show_progress)
 
-        prunable_after = self.adapter.count_prunable_parameters()
-        parameters_after = count_parameters(model)
-        summary = {
+        summary: dict[str, Any] = {
             "model_type": model.config.model_type,
             "parameters_before": parameters_before,
-            "parameters_after": parameters_after,
-            "prunable_parameters_before": prunable_before,
-            "prunable_parameters_after": prunable_after,
+            "prunable_parameters": prunable_before,
             "sparsity_requested": config.sparsity,
-            "sparsity_achieved": 1.0 - prunable_after / max(prunable_before, 1),
         }
         if config.is_structured:
             layout = record_layout(model, self.adapter, extra={"parameters_before": parameters_before})
             summary["layers"] = layout["layers"]
+            # Physically removed parameters (net of any bias reconstruction added) over the prunable ones.
+            summary["parameters_after"] = count_parameters(model)
+            removed = parameters_before - summary["parameters_after"]
+            summary["sparsity_achieved"] = removed / max(prunable_before, 1)
+        else:
+            summary.update(sparse_summary)
         self.pruning_config = config
         self.summary = summary
         logger.info(
-            "Pruned %s: %d -> %d parameters (%.1f%% of prunable removed)",
+            "Pruned %s: %d parameters, %.1f%% of the prunable ones removed",
             type(model).__name__,
             parameters_before,
-            parameters_after,
             100 * summary["sparsity_achieved"],
         )
         return model

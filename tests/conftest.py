@@ -1,0 +1,79 @@
+"""Tiny randomly initialised models and a character tokenizer: fast, exact checks with no download."""
+
+from __future__ import annotations
+
+import string
+
+import pytest
+import torch
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+from transformers import (
+    BertConfig,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MambaConfig,
+    MambaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+CHARACTERS = string.ascii_letters + string.digits + string.punctuation + " \n"
+VOCAB = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, **{c: i + 4 for i, c in enumerate(CHARACTERS)}}
+VOCAB_SIZE = 128
+
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. Pruning removes heads and channels from a network, "
+    "and least squares puts back what the kept channels can predict of the removed ones. "
+) * 40
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    backend = Tokenizer(models.WordLevel(VOCAB, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]"
+    )
+
+
+def tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = dict(
+        vocab_size=VOCAB_SIZE, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+        num_attention_heads=6, num_key_value_heads=3, max_position_embeddings=256,
+    )
+    config.update(overrides)
+    return LlamaForCausalLM(LlamaConfig(**config)).eval()
+
+
+def tiny_bert(seed: int = 0, head: str = "classification") -> torch.nn.Module:
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=VOCAB_SIZE, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=6, max_position_embeddings=256, num_labels=2,
+    )
+    model_class = BertForSequenceClassification if head == "classification" else BertForQuestionAnswering
+    return model_class(config).eval()
+
+
+def tiny_mamba(seed: int = 0) -> MambaForCausalLM:
+    torch.manual_seed(seed)
+    config = MambaConfig(
+        vocab_size=VOCAB_SIZE, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2, conv_kernel=4,
+    )
+    return MambaForCausalLM(config).eval()
+
+
+@pytest.fixture
+def tokenizer() -> PreTrainedTokenizerFast:
+    return make_tokenizer()
+
+
+@pytest.fixture
+def texts() -> list[str]:
+    return [TEXT]
+
+
+@pytest.fixture
+def sentences() -> list[str]:
+    return [s.strip() + "." for s in TEXT.split(".") if s.strip()][:40]
