@@ -64,7 +64,9 @@ class PruningConfig:
     )
     method: str = field(
         default="sparsegpt",
-        metadata={"help": "Solver for unstructured and N:M targets: 'magnitude', 'wanda', 'sparsegpt', 'admm', 'obs_multi'."},
+        metadata={
+            "help": "Solver for unstructured and N:M targets: 'magnitude', 'wanda', 'sparsegpt', 'admm', 'obs_multi'."
+        },
     )
     allocation: str = field(
         default="uniform",
@@ -82,7 +84,9 @@ class PruningConfig:
     )
     round_to: int = field(
         default=1,
-        metadata={"help": "Round kept FFN / inner channel counts to a multiple of this (e.g. 8 or 64) for fast kernels."},
+        metadata={
+            "help": "Round kept FFN / inner channel counts to a multiple of this (e.g. 8 or 64) for fast kernels."
+        },
     )
     min_keep_fraction: float = field(
         default=0.05,
@@ -93,6 +97,13 @@ class PruningConfig:
         metadata={
             "help": "Per-layer settings keyed by layer index, e.g. {'0': {'sparsity': 0.0}} or "
             "{'3': {'num_heads': 6, 'ffn_channels': 1024}}. Keys must name layers of the model."
+        },
+    )
+    module_sparsity: dict[str, float] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Unstructured targets: sparsity per module, keyed by a substring of the module name inside a "
+            "block, e.g. {'down_proj': 0.3}. The last matching key wins over layer and global sparsity."
         },
     )
     modules_to_not_prune: list[str] = field(
@@ -166,6 +177,9 @@ class PruningConfig:
             raise ValueError("num_samples must be >= 1 and seqlen >= 2.")
         if self.damp < 0:
             raise ValueError(f"damp must be >= 0, got {self.damp!r}.")
+        for name, value in (self.module_sparsity or {}).items():
+            if not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+                raise ValueError(f"module_sparsity[{name!r}] must be in [0, 1), got {value!r}.")
         normalised: dict[str, dict[str, Any]] = {}
         for key, override in (self.layer_overrides or {}).items():
             if not str(key).isdigit():

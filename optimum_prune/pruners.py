@@ -109,9 +109,9 @@ class BasePruner:
             if removed_heads:
                 model.config.pruned_heads = removed_heads
         else:
-            from .unstructured import prune_unstructured
+            from .unstructured import DATA_FREE_METHODS, prune_unstructured
 
-            samples = self.calibration_samples(config) if config.method != "magnitude" else None
+            samples = self.calibration_samples(config) if config.method not in DATA_FREE_METHODS else None
             sparse_summary = prune_unstructured(model, self.adapter, config, samples, show_progress=show_progress)
 
         summary: dict[str, Any] = {
@@ -129,6 +129,7 @@ class BasePruner:
             summary["sparsity_achieved"] = removed / max(prunable_before, 1)
         else:
             summary.update(sparse_summary)
+            summary["parameters_after"] = count_parameters(model)  # zeros are stored densely
         self.pruning_config = config
         self.summary = summary
         logger.info(
@@ -141,7 +142,12 @@ class BasePruner:
 
     # ---- saving ---------------------------------------------------------------------------------------------
     def save_pretrained(
-        self, save_directory: str | os.PathLike, *, push_to_hub: bool = False, repo_id: str | None = None, **hub_kwargs: Any
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        push_to_hub: bool = False,
+        repo_id: str | None = None,
+        **hub_kwargs: Any,
     ) -> None:
         """Write safetensors, config.json (with per-layer sizes), pruning_config.json, tokenizer and model card.
 
@@ -149,11 +155,16 @@ class BasePruner:
         a failure leaves nothing half-written.
         """
         save_pruned_checkpoint(
-            self.model, save_directory, tokenizer=self.tokenizer, pruning_config=self.pruning_config,
+            self.model,
+            save_directory,
+            tokenizer=self.tokenizer,
+            pruning_config=self.pruning_config,
             model_card=self._model_card(),
         )
         if push_to_hub:
-            self.push_to_hub(repo_id or os.path.basename(os.path.abspath(save_directory)), folder=save_directory, **hub_kwargs)
+            self.push_to_hub(
+                repo_id or os.path.basename(os.path.abspath(save_directory)), folder=save_directory, **hub_kwargs
+            )
 
     def _model_card(self) -> Any | None:
         try:

@@ -1,0 +1,58 @@
+"""Layer-wise sparsity solvers: pure tensor functions that prune one linear layer given its input Gram matrix.
+
+Every solver has the signature ``solve(weight [out, in], gram [in, in], pattern, **options) -> (new_weight,
+keep_mask)``; ``new_weight`` is zero wherever ``keep_mask`` is False and has ``weight``'s dtype and device. Options
+are method-specific keyword arguments with defaults (``damp`` everywhere except magnitude and Wanda, which accept and
+ignore any option).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from . import admm, magnitude, obs_multi, sparsegpt, wanda
+from .admm import admm_update, least_squares_refit
+from .base import (
+    SparsityPattern,
+    damped_hessian,
+    damped_inverse_hessian,
+    inverse_hessian_cholesky,
+    layer_reconstruction_error,
+    select_mask,
+)
+
+SparsitySolver = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+SPARSITY_METHODS: dict[str, SparsitySolver] = {
+    "magnitude": magnitude.solve,
+    "wanda": wanda.solve,
+    "sparsegpt": sparsegpt.solve,
+    "admm": admm.solve,
+    "obs_multi": obs_multi.solve,
+}
+
+
+def get_sparsity_method(name: str) -> SparsitySolver:
+    """The solver registered under ``name``; ValueError naming the known methods otherwise."""
+    try:
+        return SPARSITY_METHODS[name]
+    except (KeyError, TypeError):
+        known = ", ".join(sorted(SPARSITY_METHODS))
+        raise ValueError(f"unknown sparsity method {name!r}; known methods: {known}") from None
+
+
+__all__ = [
+    "SPARSITY_METHODS",
+    "SparsityPattern",
+    "SparsitySolver",
+    "admm_update",
+    "damped_hessian",
+    "damped_inverse_hessian",
+    "get_sparsity_method",
+    "inverse_hessian_cholesky",
+    "layer_reconstruction_error",
+    "least_squares_refit",
+    "select_mask",
+]

@@ -1,0 +1,109 @@
+"""Unstructured and N:M sparsity: every Linear of a block solved on its own input Gram matrix, block by block."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .architectures import ArchitectureAdapter
+from .configuration import PruningConfig
+from .layerwise import capture_block_inputs, run_block
+from .sparsity import SparsityPattern, get_sparsity_method
+from .statistics import attach_statistics
+
+logger = logging.getLogger(__name__)
+
+#: Methods that only look at the weights.
+DATA_FREE_METHODS = ("magnitude",)
+
+
+def prunable_linears(block: nn.Module, modules_to_not_prune: list[str]) -> dict[str, nn.Linear]:
+    return {
+        name: module
+        for name, module in block.named_modules()
+        if isinstance(module, nn.Linear) and not any(skip in name for skip in modules_to_not_prune)
+    }
+
+
+def module_pattern(config: PruningConfig, layer_index: int, module_name: str) -> SparsityPattern:
+    """Pattern for one Linear: the target, with the sparsity of a matching module or layer override."""
+    sparsity = config.layer_overrides.get(str(layer_index), {}).get("sparsity", config.sparsity)
+    for key, value in config.module_sparsity.items():
+        if key in module_name:
+            sparsity = value
+    return SparsityPattern.parse(config.target, sparsity)
+
+
+@torch.no_grad()
+def prune_unstructured(
+    model: nn.Module,
+    adapter: ArchitectureAdapter,
+    config: PruningConfig,
+    samples: list[dict[str, torch.Tensor]] | None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Sparsify the Linear layers of every block in place; return the achieved sparsity per module."""
+    layers = adapter.layers()
+    config.check_layers(len(layers))
+    solver = get_sparsity_method(config.method)
+    use_data = config.method not in DATA_FREE_METHODS
+    if use_data and not samples:
+        raise ValueError(f"method={config.method!r} needs calibration data, and none was given.")
+    # Check every shape against its pattern before the first weight changes.
+    for index, layer in enumerate(layers):
+        for name, linear in prunable_linears(layer, config.modules_to_not_prune).items():
+            module_pattern(config, index, name).check_columns(linear.in_features)
+
+    inputs = capture_block_inputs(model, layers[0], samples) if use_data else None
+    per_module: dict[str, float] = {}
+    zeros = total = 0
+    prefix = _layers_prefix(model, layers)
+    for index, layer in enumerate(tqdm(layers, desc="Sparsifying layers", disable=not show_progress)):
+        linears = prunable_linears(layer, config.modules_to_not_prune)
+        stats = None
+        if inputs is not None:
+            stats, handles = attach_statistics(linears, with_gram=True)
+            try:
+                run_block(layer, inputs, keep_outputs=False)
+            finally:
+                for handle in handles:
+                    handle.remove()
+        for name, linear in linears.items():
+            pattern = module_pattern(config, index, name)
+            if pattern.is_dense:
+                continue
+            gram = stats[name].gram if stats is not None else _identity_gram(linear)
+            new_weight, keep = solver(linear.weight.data, gram, pattern, damp=config.damp)
+            linear.weight.data.copy_(new_weight)
+            removed = int((~keep).sum())
+            zeros += removed
+            total += keep.numel()
+            per_module[f"{prefix}{index}.{name}"] = removed / keep.numel()
+        if inputs is not None and index + 1 < len(layers):
+            inputs = run_block(layer, inputs)
+
+    record = {
+        "format": 1,
+        "target": config.target,
+        "method": config.method,
+        "sparsity_achieved": zeros / max(total, 1),
+        "modules": per_module,
+    }
+    # Dense safetensors hold the zeros; the record tells readers (and the model card) what was done.
+    model.config.pruning = record
+    return {"sparsity_achieved": record["sparsity_achieved"], "modules": per_module}
+
+
+def _identity_gram(linear: nn.Linear) -> torch.Tensor:
+    return torch.eye(linear.in_features, dtype=torch.float32, device=linear.weight.device)
+
+
+def _layers_prefix(model: nn.Module, layers: nn.ModuleList) -> str:
+    for name, module in model.named_modules():
+        if module is layers:
+            return f"{name}."
+    return ""
