@@ -1,0 +1,434 @@
+"""GLUE metrics and a fine-tune-free evaluation loop for sequence-classification models.
+
+The metrics follow the GLUE benchmark definitions (the same ones the ``glue`` metric of ``evaluate`` computes through
+scikit-learn and scipy), re-implemented in numpy so that neither library is a dependency:
+
+* ``cola``: Matthews correlation coefficient,
+* ``mrpc`` and ``qqp``: accuracy and binary F1 of the positive class (label 1),
+* ``stsb``: Pearson and Spearman correlation,
+* every other task: accuracy.
+
+Values are fractions (``0.85``), not percentages, as in ``evaluate``'s ``glue`` metric.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "GLUE_TASKS",
+    "GlueTask",
+    "accuracy",
+    "binary_f1",
+    "compute_classification_metrics",
+    "compute_glue_metrics",
+    "compute_regression_metrics",
+    "evaluate_sequence_classification",
+    "macro_f1",
+    "matthews_correlation",
+    "pearson_correlation",
+    "rank_average",
+    "spearman_correlation",
+]
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    """What is needed to load and score one GLUE task.
+
+    Attributes:
+        name: the task name as used by ``compute_glue_metrics``.
+        dataset_args: positional arguments of ``datasets.load_dataset`` (path, config name).
+        text_columns: the first and (for sentence-pair tasks) second text column; ``None`` for single-sentence tasks.
+        num_labels: number of model outputs (1 for the regression task ``stsb``).
+        validation_split: the split that holds labelled evaluation data.
+        is_regression: whether the label is a float score rather than a class id.
+        metrics: the metric names ``compute_glue_metrics`` returns for this task.
+    """
+
+    name: str
+    dataset_args: tuple[str, str]
+    text_columns: tuple[str, str | None]
+    num_labels: int
+    validation_split: str = "validation"
+    is_regression: bool = False
+    metrics: tuple[str, ...] = ("accuracy",)
+
+
+_GLUE_PATH = "nyu-mll/glue"
+
+GLUE_TASKS: dict[str, GlueTask] = {
+    "cola": GlueTask("cola", (_GLUE_PATH, "cola"), ("sentence", None), 2, metrics=("matthews_correlation",)),
+    "sst2": GlueTask("sst2", (_GLUE_PATH, "sst2"), ("sentence", None), 2),
+    "mrpc": GlueTask("mrpc", (_GLUE_PATH, "mrpc"), ("sentence1", "sentence2"), 2, metrics=("accuracy", "f1")),
+    "qqp": GlueTask("qqp", (_GLUE_PATH, "qqp"), ("question1", "question2"), 2, metrics=("accuracy", "f1")),
+    "stsb": GlueTask(
+        "stsb",
+        (_GLUE_PATH, "stsb"),
+        ("sentence1", "sentence2"),
+        1,
+        is_regression=True,
+        metrics=("pearson", "spearmanr"),
+    ),
+    # The "mnli" config has no plain "validation" split: it carries validation_matched and validation_mismatched.
+    "mnli": GlueTask(
+        "mnli", (_GLUE_PATH, "mnli"), ("premise", "hypothesis"), 3, validation_split="validation_matched"
+    ),
+    "mnli_matched": GlueTask("mnli_matched", (_GLUE_PATH, "mnli_matched"), ("premise", "hypothesis"), 3),
+    "mnli_mismatched": GlueTask("mnli_mismatched", (_GLUE_PATH, "mnli_mismatched"), ("premise", "hypothesis"), 3),
+    "qnli": GlueTask("qnli", (_GLUE_PATH, "qnli"), ("question", "sentence"), 2),
+    "rte": GlueTask("rte", (_GLUE_PATH, "rte"), ("sentence1", "sentence2"), 2),
+    "wnli": GlueTask("wnli", (_GLUE_PATH, "wnli"), ("sentence1", "sentence2"), 2),
+    # The diagnostic set only has a test split, whose labels GLUE keeps hidden (-1); it is scored with an MNLI model
+    # through the GLUE server. It is listed so its metric and columns are known, not because it can be scored here.
+    "ax": GlueTask("ax", (_GLUE_PATH, "ax"), ("premise", "hypothesis"), 3, validation_split="test"),
+}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _as_1d(values: Any, name: str) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
+    return array
+
+
+def _check_pair(predictions: Any, references: Any) -> tuple[np.ndarray, np.ndarray]:
+    preds = _as_1d(predictions, "predictions")
+    refs = _as_1d(references, "references")
+    if preds.shape != refs.shape:
+        raise ValueError(f"predictions ({len(preds)}) and references ({len(refs)}) differ in length")
+    if len(preds) == 0:
+        raise ValueError("cannot compute a metric over zero examples")
+    return preds, refs
+
+
+def accuracy(predictions: Sequence[int], references: Sequence[int]) -> float:
+    """Fraction of predictions equal to their reference."""
+    preds, refs = _check_pair(predictions, references)
+    return float(np.mean(preds == refs))
+
+
+def _f1_from_counts(tp: int, fp: int, fn: int) -> float:
+    # 2TP / (2TP + FP + FN) is the harmonic mean of precision and recall; scikit-learn reports 0 when it is undefined.
+    denominator = 2 * tp + fp + fn
+    return 0.0 if denominator == 0 else 2.0 * tp / denominator
+
+
+def binary_f1(predictions: Sequence[int], references: Sequence[int], pos_label: int = 1) -> float:
+    """F1 score of the positive class, as ``sklearn.metrics.f1_score(average="binary")``."""
+    preds, refs = _check_pair(predictions, references)
+    tp = int(np.sum((preds == pos_label) & (refs == pos_label)))
+    fp = int(np.sum((preds == pos_label) & (refs != pos_label)))
+    fn = int(np.sum((preds != pos_label) & (refs == pos_label)))
+    return _f1_from_counts(tp, fp, fn)
+
+
+def macro_f1(predictions: Sequence[int], references: Sequence[int]) -> float:
+    """Unweighted mean of the per-class F1 over every label seen in predictions or references (sklearn "macro")."""
+    preds, refs = _check_pair(predictions, references)
+    scores = []
+    for label in np.union1d(preds, refs):
+        tp = int(np.sum((preds == label) & (refs == label)))
+        fp = int(np.sum((preds == label) & (refs != label)))
+        fn = int(np.sum((preds != label) & (refs == label)))
+        scores.append(_f1_from_counts(tp, fp, fn))
+    return float(np.mean(scores))
+
+
+def matthews_correlation(predictions: Sequence[int], references: Sequence[int]) -> float:
+    """Matthews correlation coefficient, multi-class form (Gorodkin 2004) as in ``sklearn.metrics.matthews_corrcoef``.
+
+    Returns 0.0 when either the predictions or the references hold a single class, as scikit-learn does.
+    """
+    preds, refs = _check_pair(predictions, references)
+    labels, encoded = np.unique(np.concatenate([refs, preds]), return_inverse=True)
+    true_idx, pred_idx = encoded[: len(refs)], encoded[len(refs) :]
+    confusion = np.zeros((len(labels), len(labels)), dtype=np.float64)
+    np.add.at(confusion, (true_idx, pred_idx), 1.0)
+    true_counts = confusion.sum(axis=1)
+    pred_counts = confusion.sum(axis=0)
+    n_correct = np.trace(confusion)
+    n_samples = confusion.sum()
+    cov_true_pred = n_correct * n_samples - np.dot(true_counts, pred_counts)
+    cov_pred_pred = n_samples**2 - np.dot(pred_counts, pred_counts)
+    cov_true_true = n_samples**2 - np.dot(true_counts, true_counts)
+    if cov_pred_pred * cov_true_true == 0:
+        return 0.0
+    return float(cov_true_pred / math.sqrt(cov_true_true * cov_pred_pred))
+
+
+def pearson_correlation(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson correlation coefficient; NaN when either input is constant (scipy returns NaN there as well)."""
+    a, b = _check_pair(x, y)
+    a = a.astype(np.float64) - np.mean(a, dtype=np.float64)
+    b = b.astype(np.float64) - np.mean(b, dtype=np.float64)
+    denominator = math.sqrt(float(np.dot(a, a)) * float(np.dot(b, b)))
+    if denominator == 0.0:
+        return float("nan")
+    # Rounding can push |r| a hair past 1 for perfectly correlated inputs.
+    return float(max(-1.0, min(1.0, float(np.dot(a, b)) / denominator)))
+
+
+def rank_average(values: Sequence[float]) -> np.ndarray:
+    """1-based ranks where tied values share the mean of the ranks they span (``scipy.stats.rankdata``'s default)."""
+    array = _as_1d(values, "values")
+    order = np.argsort(array, kind="mergesort")
+    sorted_values = array[order]
+    ranks = np.empty(len(array), dtype=np.float64)
+    start = 0
+    while start < len(array):
+        end = start
+        while end + 1 < len(array) and sorted_values[end + 1] == sorted_values[start]:
+            end += 1
+        # Positions start..end (0-based) hold ranks start+1..end+1, whose mean is (start + end) / 2 + 1.
+        ranks[order[start : end + 1]] = (start + end) / 2.0 + 1.0
+        start = end + 1
+    return ranks
+
+
+def spearman_correlation(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation: Pearson correlation of the average ranks (ties handled as ``scipy.stats.spearmanr``)."""
+    a, b = _check_pair(x, y)
+    return pearson_correlation(rank_average(a), rank_average(b))
+
+
+def compute_classification_metrics(predictions: Sequence[int], references: Sequence[int]) -> dict[str, float]:
+    """Accuracy and macro F1, the metrics used for a classification dataset that is not a GLUE task."""
+    return {"accuracy": accuracy(predictions, references), "macro_f1": macro_f1(predictions, references)}
+
+
+def compute_regression_metrics(predictions: Sequence[float], references: Sequence[float]) -> dict[str, float]:
+    """Pearson and Spearman correlation (the STS-B metrics), keyed as ``evaluate``'s glue metric keys them."""
+    return {
+        "pearson": pearson_correlation(predictions, references),
+        "spearmanr": spearman_correlation(predictions, references),
+    }
+
+
+def _get_task(task: str) -> GlueTask:
+    key = task.lower().replace("-", "_")
+    if key not in GLUE_TASKS:
+        raise ValueError(f"Unknown GLUE task {task!r}; expected one of: {', '.join(GLUE_TASKS)}")
+    return GLUE_TASKS[key]
+
+
+def compute_glue_metrics(task: str, predictions: Sequence[float], references: Sequence[float]) -> dict[str, float]:
+    """Score predictions with the metric GLUE defines for ``task``.
+
+    Args:
+        task: a key of ``GLUE_TASKS`` (``"cola"``, ``"sst2"``, ``"mrpc"``, ``"qqp"``, ``"stsb"``, ``"mnli"``,
+            ``"mnli_matched"``, ``"mnli_mismatched"``, ``"qnli"``, ``"rte"``, ``"wnli"``, ``"ax"``).
+        predictions: predicted class ids, or predicted scores for ``stsb``.
+        references: gold class ids, or gold scores for ``stsb``.
+
+    Returns:
+        ``{"matthews_correlation"}`` for cola, ``{"pearson", "spearmanr"}`` for stsb, ``{"accuracy", "f1"}`` for mrpc
+        and qqp, ``{"accuracy"}`` otherwise; values are fractions.
+
+    Raises:
+        ValueError: for an unknown task (the message lists the known ones) or mismatched inputs.
+    """
+    spec = _get_task(task)
+    if spec.name == "cola":
+        return {"matthews_correlation": matthews_correlation(predictions, references)}
+    if spec.name == "stsb":
+        return compute_regression_metrics(predictions, references)
+    if spec.name in ("mrpc", "qqp"):
+        return {"accuracy": accuracy(predictions, references), "f1": binary_f1(predictions, references)}
+    return {"accuracy": accuracy(predictions, references)}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Evaluation loop
+# --------------------------------------------------------------------------------------------------------------------
+
+# Column layouts tried, in order, when a plain dataset is given without ``text_columns``.
+_KNOWN_TEXT_COLUMNS: tuple[tuple[str, str | None], ...] = (
+    ("sentence1", "sentence2"),
+    ("question1", "question2"),
+    ("premise", "hypothesis"),
+    ("question", "sentence"),
+    ("sentence", None),
+    ("text", None),
+)
+
+
+def _infer_text_columns(column_names: Sequence[str]) -> tuple[str, str | None]:
+    for first, second in _KNOWN_TEXT_COLUMNS:
+        if first in column_names and (second is None or second in column_names):
+            return first, second
+    raise ValueError(
+        f"Cannot tell which columns hold the text among {list(column_names)}; pass text_columns=(first, second_or_None)"
+    )
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _forward_inputs(model: torch.nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
+    """Move the tokenizer outputs the model's forward accepts to its device (DistilBERT takes no token_type_ids)."""
+    parameters = inspect.signature(model.forward).parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    return {
+        key: value.to(device)
+        for key, value in batch.items()
+        if isinstance(value, torch.Tensor) and (accepts_any or key in parameters)
+    }
+
+
+def _label_remapping(model: torch.nn.Module, dataset: Any, label_column: str) -> dict[int, int] | None:
+    """Map model output ids onto dataset label ids when both sides name their labels with the same names.
+
+    Checkpoints fine-tuned on MNLI disagree on the class order (e.g. roberta-large-mnli puts contradiction first while
+    GLUE puts entailment first); names are the only reliable link. Generic names (LABEL_0) give no remapping.
+    """
+    feature = (getattr(dataset, "features", None) or {}).get(label_column)
+    dataset_names = getattr(feature, "names", None)
+    id2label = getattr(getattr(model, "config", None), "id2label", None)
+    if not dataset_names or not id2label:
+        return None
+    dataset_index = {name.lower(): i for i, name in enumerate(dataset_names)}
+    model_names = {int(i): str(name).lower() for i, name in id2label.items()}
+    if not all(name in dataset_index for name in model_names.values()):
+        return None
+    mapping = {model_id: dataset_index[name] for model_id, name in model_names.items()}
+    if all(model_id == dataset_id for model_id, dataset_id in mapping.items()):
+        return None
+    logger.info("Remapping model labels onto dataset labels by name: %s", mapping)
+    return mapping
+
+
+def evaluate_sequence_classification(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    task_or_dataset: Any,
+    split: str | None = None,
+    batch_size: int = 32,
+    max_length: int = 128,
+    text_columns: tuple[str, str | None] | None = None,
+    label_column: str = "label",
+    max_samples: int | None = None,
+    *,
+    task: str | None = None,
+    return_predictions: bool = False,
+) -> dict[str, Any]:
+    """Run a sequence-classification model over a dataset and score it, without any training.
+
+    Args:
+        model: a ``*ForSequenceClassification`` model (any module whose output has ``.logits`` or whose first output
+            is the logits tensor). It is put in eval mode for the run and its previous mode is restored afterwards.
+        tokenizer: the matching tokenizer.
+        task_or_dataset: a GLUE task name (the data is loaded from the Hub with
+            ``datasets.load_dataset("nyu-mll/glue", task, split=...)``) or a ``datasets.Dataset``.
+        split: the split to load for a task name; defaults to the task's validation split
+            (``"validation_matched"`` for ``mnli``). Ignored for a dataset.
+        batch_size: examples per forward pass; each batch is padded to its longest member.
+        max_length: truncation length in tokens.
+        text_columns: ``(first, second_or_None)``; defaults to the task's columns, or is inferred from usual column
+            names for a plain dataset.
+        label_column: column holding the gold label (class id, or float score for regression).
+        max_samples: evaluate only the first ``max_samples`` examples.
+        task: the GLUE task a local ``datasets.Dataset`` belongs to, so that its GLUE metric is used.
+        return_predictions: also return ``"predictions"`` and ``"references"`` lists in the result.
+
+    Returns:
+        The GLUE metrics of the task (see ``compute_glue_metrics``); for a plain dataset, ``accuracy`` and ``macro_f1``
+        for classification or ``pearson`` and ``spearmanr`` for a regression model (``num_labels == 1``).
+        ``num_samples`` is always included.
+
+    Raises:
+        ValueError: for an unknown task, a model whose number of outputs does not fit the task, or hidden test labels.
+    """
+    spec: GlueTask | None = None
+    if isinstance(task_or_dataset, str):
+        spec = _get_task(task_or_dataset)
+        import datasets
+
+        dataset = datasets.load_dataset(*spec.dataset_args, split=split or spec.validation_split)
+    else:
+        dataset = task_or_dataset
+        if task is not None:
+            spec = _get_task(task)
+
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    if len(dataset) == 0:
+        raise ValueError("The dataset to evaluate is empty")
+
+    if text_columns is None:
+        text_columns = spec.text_columns if spec is not None else _infer_text_columns(dataset.column_names)
+    first_column, second_column = text_columns
+
+    num_model_labels = getattr(getattr(model, "config", None), "num_labels", None)
+    if spec is not None:
+        is_regression = spec.is_regression
+        if num_model_labels is not None and num_model_labels != spec.num_labels:
+            raise ValueError(
+                f"Task {spec.name!r} needs a model with {spec.num_labels} output(s), this one has {num_model_labels}"
+            )
+    else:
+        problem_type = getattr(getattr(model, "config", None), "problem_type", None)
+        is_regression = num_model_labels == 1 or problem_type == "regression"
+
+    references = list(dataset[label_column])
+    if not is_regression and any(int(label) < 0 for label in references):
+        raise ValueError(
+            f"Column {label_column!r} holds negative labels: this split keeps its labels hidden (GLUE test sets); "
+            "evaluate a validation split instead"
+        )
+    remapping = None if is_regression else _label_remapping(model, dataset, label_column)
+
+    device = _model_device(model)
+    was_training = model.training
+    model.eval()
+    predictions: list[float] = []
+    try:
+        with torch.no_grad():
+            for start in tqdm(range(0, len(dataset), batch_size), desc="Evaluating", unit="batch"):
+                rows = dataset[start : start + batch_size]
+                texts = (rows[first_column],) if second_column is None else (rows[first_column], rows[second_column])
+                encoded = tokenizer(*texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+                outputs = model(**_forward_inputs(model, encoded, device))
+                logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
+                logits = logits.float().cpu()
+                if is_regression:
+                    predictions.extend(logits[:, 0].tolist())
+                else:
+                    batch_predictions = logits.argmax(dim=-1).tolist()
+                    if remapping is not None:
+                        batch_predictions = [remapping[p] for p in batch_predictions]
+                    predictions.extend(batch_predictions)
+    finally:
+        model.train(was_training)
+
+    if spec is not None:
+        metrics: dict[str, Any] = compute_glue_metrics(spec.name, predictions, references)
+    elif is_regression:
+        metrics = compute_regression_metrics(predictions, references)
+    else:
+        metrics = compute_classification_metrics(predictions, references)
+    metrics["num_samples"] = len(predictions)
+    if return_predictions:
+        metrics["predictions"] = predictions
+        metrics["references"] = references
+    return metrics
