@@ -1,0 +1,564 @@
+"""Publishing a pruned checkpoint folder to the Hugging Face Hub, with a model card that says what was removed.
+
+Two public entry points:
+
+- `create_model_card` builds a `huggingface_hub.ModelCard` (YAML metadata + text) from the pruning recipe and the
+  pruning summary, optionally with evaluation results in the Hub's `model-index` form;
+- `push_folder_to_hub` creates the repository if needed and uploads a saved folder as it is, turning the
+  `huggingface_hub` / transport errors that users actually hit (bad token, wrong endpoint, lost connection) into a
+  `HubPublishError` whose message says what to do.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
+from huggingface_hub.utils import validate_repo_id
+
+__all__ = [
+    "BASE_MODEL_RELATION",
+    "EVAL_RESULT_KEYS",
+    "HubPublishError",
+    "create_model_card",
+    "push_folder_to_hub",
+]
+
+# The Hub documents exactly four values for `base_model_relation`: "adapter", "merge", "quantized" and "finetune"
+# (https://huggingface.co/docs/hub/model-cards#specifying-a-base-model). `ModelCardData` in huggingface_hub 2.4 does
+# not validate the field at all (it lands in **kwargs), so "pruned" would be written without complaint, but the Hub
+# would not recognise it. "finetune" is the closest accepted value: it is the Hub's relation for a full set of weights
+# derived from the base model, and what the Hub itself infers for such a checkpoint. "quantized" would list the model
+# among the base model's quantizations, where people look for GGUF/GPTQ/AWQ files. The "pruned" tag carries the rest.
+BASE_MODEL_RELATION = "finetune"
+
+# Keys accepted in one evaluation entry of `create_model_card(eval_results=...)`; see `_eval_entries`.
+EVAL_RESULT_KEYS = (
+    "value",
+    "dataset",
+    "dataset_name",
+    "dataset_config",
+    "split",
+    "task",
+    "metric",
+    "metric_name",
+    "base_value",
+)
+
+_LIBRARY_TAGS = ["pruned", "optimum-prune"]
+
+# The auto class a reader should load the checkpoint with, by pipeline tag; causal LM is the library's main case.
+_AUTO_CLASS_BY_PIPELINE = {
+    "text-generation": "AutoModelForCausalLM",
+    "fill-mask": "AutoModelForMaskedLM",
+    "text-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
+    "question-answering": "AutoModelForQuestionAnswering",
+    "feature-extraction": "AutoModel",
+}
+
+# Kept as templates in one place so the card follows the public API if its spelling changes.
+_PYTHON_RECIPE = """\
+from optimum_prune import PruningConfig, {pruner_class}
+
+pruning_config = PruningConfig(
+{config_kwargs}
+)
+pruner = {pruner_class}.from_pretrained({base_model!r})
+pruner.prune(pruning_config)
+pruner.save_pretrained({output_dir!r})  # weights, per-layer sizes, pruning_config.json, tokenizer, card"""
+
+# The pruner class for a pipeline tag, as in optimum_prune.pruners; causal LM otherwise.
+_PRUNER_BY_PIPELINE = {
+    "text-classification": "PrunerForSequenceClassification",
+    "question-answering": "PrunerForQuestionAnswering",
+}
+
+_CLI_RECIPE = "optimum-cli prune \\\n    --model {base_model} \\\n{options}    {output_dir}"
+
+_LOAD_SNIPPET = """\
+import optimum_prune  # noqa: F401  (registers optimum-prune's loading support with transformers)
+from transformers import {auto_class}
+
+model = {auto_class}.from_pretrained({repo_id!r})"""
+
+
+class HubPublishError(RuntimeError):
+    """Publishing a folder to the Hub failed; the message says why and what to do, the cause is chained.
+
+    Attributes:
+        endpoint: The Hub endpoint that was contacted.
+        status_code: The HTTP status the Hub answered with, or None when no answer came back.
+    """
+
+    def __init__(self, message: str, *, endpoint: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.status_code = status_code
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Model card
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def create_model_card(
+    *,
+    base_model: str | None,
+    pipeline_tag: str | None,
+    pruning_config: Mapping[str, Any],
+    summary: Mapping[str, Any],
+    eval_results: Mapping[str, Any] | None = None,
+    model_name: str | None = None,
+    language: str | list[str] | None = None,
+    license: str | None = None,
+    repo_id: str | None = None,
+) -> ModelCard:
+    """Build the model card of a pruned checkpoint.
+
+    Args:
+        base_model: Hub id of the model that was pruned (written as `base_model` metadata), or None if unknown.
+        pipeline_tag: Hub pipeline tag, e.g. "text-generation"; also picks the auto class shown in "How to load".
+        pruning_config: The recipe, as in `PruningConfig.to_dict()` (the content of `pruning_config.json`).
+        summary: What the pruning did (as in `BasePruner.summary`): "parameters_before" and "parameters_after"
+            (ints, required); "layers" (a list of dicts, one per layer, e.g. {"layer": 0, "num_heads": 6,
+            "num_key_value_heads": 2, "intermediate_size": 1024}: every key present is rendered; structured runs
+            only), "model_type" (str), and optionally "prunable_parameters_before"/"prunable_parameters_after",
+            "sparsity_requested" and "sparsity_achieved" (fractions in [0, 1]).
+        eval_results: Evaluation results, keyed by metric id (the Hub's `metric.type`, e.g. "perplexity").
+            Each value is one entry or a list of entries (same metric on several datasets). An entry is a dict with
+            "value" (required) and "dataset" (required: Hub dataset id, e.g. "wikitext"), and optionally
+            "dataset_name" (pretty name, defaults to "dataset"), "dataset_config" (e.g. "wikitext-2-raw-v1"),
+            "split" (e.g. "test"), "task" (task type, defaults to `pipeline_tag` or "text-generation"),
+            "metric" (metric id overriding the key), "metric_name" (pretty name) and "base_value" (the unpruned
+            model's score, shown in the card's table only). Example:
+            `{"perplexity": {"value": 21.3, "dataset": "wikitext", "dataset_config": "wikitext-2-raw-v1",
+            "split": "test", "base_value": 18.9}}`. The entries go to the card's `model-index` metadata.
+        model_name: Name shown as the card title and in `model-index`; defaults to "<base name>-pruned".
+        language: Language code(s) for the metadata.
+        license: License id for the metadata (a pruned model usually keeps its base model's license).
+        repo_id: Where the card will live; used in the loading snippet. Defaults to `model_name`.
+
+    Returns:
+        A `ModelCard` whose `data` holds base_model, base_model_relation, tags, library_name, pipeline_tag (and
+        model-index when `eval_results` is given); `card.save(folder / "README.md")` writes it.
+
+    Raises:
+        ValueError: If `summary` lacks a required key or an evaluation entry is malformed.
+    """
+    for key in ("parameters_before", "parameters_after"):
+        if key not in summary:
+            raise ValueError(f"summary is missing {key!r}; parameters_before and parameters_after are required.")
+    config = dict(pruning_config)
+    if model_name is None:
+        model_name = f"{base_model.rstrip('/').split('/')[-1]}-pruned" if base_model else "pruned-model"
+    entries = _eval_entries(eval_results, default_task=pipeline_tag or "text-generation")
+
+    hub_base = base_model if base_model and _is_hub_id(base_model) else None
+    card_data = ModelCardData(
+        base_model=hub_base,
+        base_model_relation=BASE_MODEL_RELATION if hub_base else None,
+        library_name="transformers",
+        pipeline_tag=pipeline_tag,
+        tags=[*_LIBRARY_TAGS, *_method_tags(config)],
+        language=language,
+        license=license,
+        model_name=model_name,
+        eval_results=[entry["result"] for entry in entries] or None,
+    )
+    if not entries:
+        # Without eval results the name would be written as a stray `model_name` key; the title carries it.
+        card_data.model_name = None
+
+    text = "\n\n".join(
+        part
+        for part in (
+            _intro(model_name, base_model, hub_base, summary),
+            _removed_section(config, summary),
+            _recipe_section(config, base_model, model_name, pipeline_tag),
+            _load_section(repo_id or model_name, pipeline_tag),
+            _eval_section(entries),
+        )
+        if part
+    )
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{text}\n")
+
+
+def _method_tags(config: Mapping[str, Any]) -> list[str]:
+    """Hub tags that let people filter by pruning method, e.g. structured-pruning, criterion-activation."""
+    target = str(config.get("target") or "")
+    tags: list[str] = []
+    if target in ("structured", "unstructured"):
+        tags.append(f"{target}-pruning")
+    elif ":" in target:
+        # Tags stay within [a-z0-9-], like the Hub's own: "2:4" becomes "2-4-sparsity".
+        tags += ["n-m-sparsity", f"{target.replace(':', '-')}-sparsity"]
+    if target == "structured":
+        for key in ("criterion", "reconstruction", "allocation"):
+            value = config.get(key)
+            if value and value != "none":
+                tags.append(f"{key}-{value}")
+    elif target:
+        if config.get("method"):
+            tags.append(f"method-{config['method']}")
+    return [tag.lower().replace("_", "-").replace(" ", "-") for tag in tags]
+
+
+def _eval_entries(eval_results: Mapping[str, Any] | None, *, default_task: str) -> list[dict[str, Any]]:
+    """Validate the eval dict format (see `create_model_card`) and pair each entry with its `EvalResult`."""
+    if not eval_results:
+        return []
+    entries = []
+    for key, raw in eval_results.items():
+        for entry in raw if isinstance(raw, (list, tuple)) else [raw]:
+            if not isinstance(entry, Mapping):
+                raise ValueError(
+                    f"eval_results[{key!r}] must be a dict like {{'value': 21.3, 'dataset': 'wikitext'}} "
+                    f"(or a list of them), got {type(entry).__name__}."
+                )
+            unknown = sorted(set(entry) - set(EVAL_RESULT_KEYS))
+            if unknown:
+                raise ValueError(
+                    f"eval_results[{key!r}] has unknown keys {unknown}; allowed: {list(EVAL_RESULT_KEYS)}."
+                )
+            missing = [name for name in ("value", "dataset") if entry.get(name) is None]
+            if missing:
+                raise ValueError(f"eval_results[{key!r}] is missing {missing}; 'value' and 'dataset' are required.")
+            metric = str(entry.get("metric") or key)
+            result = EvalResult(
+                task_type=str(entry.get("task") or default_task),
+                dataset_type=str(entry["dataset"]),
+                dataset_name=str(entry.get("dataset_name") or entry["dataset"]),
+                dataset_config=entry.get("dataset_config"),
+                dataset_split=entry.get("split"),
+                metric_type=metric,
+                metric_value=entry["value"],
+                metric_name=entry.get("metric_name"),
+            )
+            entries.append({"result": result, "base_value": entry.get("base_value")})
+    return entries
+
+
+def _is_hub_id(name: str) -> bool:
+    """Whether `name` can be a Hub model id; a local folder or "repo/file.gguf" cannot be `base_model` metadata."""
+    if os.path.exists(name):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _intro(model_name: str, base_model: str | None, hub_base: str | None, summary: Mapping[str, Any]) -> str:
+    if hub_base:
+        origin = f"a pruned version of [{hub_base}](https://huggingface.co/{hub_base})"
+    elif base_model:
+        origin = f"a pruned version of `{base_model}`"
+    else:
+        origin = "a pruned model"
+    if summary.get("model_type"):
+        origin += f" ({summary['model_type']} architecture)"
+    return (
+        f"# {model_name}\n\n"
+        f"This is {origin}, made with optimum-prune without retraining. "
+        "The sections below say what was removed, how to reproduce it and how to load it."
+    )
+
+
+def _removed_section(config: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+    before, after = int(summary["parameters_before"]), int(summary["parameters_after"])
+    removed = before - after
+    fraction = removed / before if before else 0.0
+    target = str(config.get("target") or "")
+    layers = list(summary.get("layers") or [])
+    if target == "structured":
+        what = (
+            "Whole attention heads and feed-forward channels were removed, so the weight matrices are smaller and "
+            "the checkpoint has fewer parameters."
+            + (" Layers can differ in size: see the table below." if layers else "")
+        )
+    elif target == "unstructured":
+        what = (
+            "Individual weights were set to zero inside the pruned linear layers; tensor shapes, and so the "
+            "parameter count, are unchanged. The zeros are stored explicitly."
+        )
+    elif ":" in target:
+        n, _, m = target.partition(":")
+        what = (
+            f"In every group of {m} consecutive weights of the pruned linear layers, {n} are zero ({target} sparsity); "
+            "tensor shapes, and so the parameter count, are unchanged."
+        )
+    else:
+        what = "Parameters were removed as described by the recipe below."
+    rows = [
+        "| | Parameters |",
+        "|---|---:|",
+        f"| Before | {_count(before)} |",
+        f"| After | {_count(after)} |",
+        f"| Removed | {_count(removed)}, {fraction:.1%} of the model |",
+    ]
+    if summary.get("prunable_parameters_before") is not None and summary.get("prunable_parameters_after") is not None:
+        rows.append(f"| Prunable block parameters, before | {_count(int(summary['prunable_parameters_before']))} |")
+        rows.append(f"| Prunable block parameters, after | {_count(int(summary['prunable_parameters_after']))} |")
+    if summary.get("sparsity_requested") is not None:
+        rows.append(f"| Sparsity requested | {float(summary['sparsity_requested']):.1%} |")
+    if summary.get("sparsity_achieved") is not None:
+        rows.append(
+            f"| Sparsity achieved (share of prunable block parameters removed or zeroed) | "
+            f"{float(summary['sparsity_achieved']):.1%} |"
+        )
+    section = f"## What was removed\n\n{what}\n\n" + "\n".join(rows)
+    if layers:
+        section += "\n\n### Per-layer sizes\n\n" + _layers_table(layers)
+    return section
+
+
+def _layers_table(layers: Sequence[Mapping[str, Any]]) -> str:
+    columns: list[str] = []
+    for layer in layers:
+        columns += [key for key in layer if key not in columns]
+    if "layer" in columns:
+        columns.insert(0, columns.pop(columns.index("layer")))
+    lines = [
+        "| " + " | ".join(_cell(column) for column in columns) + " |",
+        "|" + "|".join("---:" for _ in columns) + "|",
+    ]
+    lines += ["| " + " | ".join(_cell(layer.get(column)) for column in columns) + " |" for layer in layers]
+    return "\n".join(lines)
+
+
+def _recipe_section(
+    config: Mapping[str, Any], base_model: str | None, model_name: str, pipeline_tag: str | None
+) -> str:
+    base = base_model or "<base-model-id>"
+    output_dir = model_name.split("/")[-1]
+    kwargs = "\n".join(f"    {key}={value!r}," for key, value in config.items() if value is not None)
+    pruner_class = _PRUNER_BY_PIPELINE.get(pipeline_tag or "", "PrunerForCausalLM")
+    python = _PYTHON_RECIPE.format(
+        pruner_class=pruner_class, config_kwargs=kwargs, base_model=base, output_dir=output_dir
+    )
+    options = "".join(f"    {_cli_option(key, value)} \\\n" for key, value in config.items() if value is not None)
+    cli = _CLI_RECIPE.format(base_model=shlex.quote(base), options=options, output_dir=shlex.quote(output_dir))
+    note = ""
+    if "dataset" in config and config.get("dataset") is None:
+        note = (
+            "\n\nThe calibration data was passed in memory and is not recorded in the recipe: pass the same data as "
+            "`dataset` to reproduce the result exactly."
+        )
+    return (
+        "## How to reproduce\n\n"
+        "The recipe, as saved in `pruning_config.json` in this repository:\n\n"
+        f"```json\n{json.dumps(dict(config), indent=2, sort_keys=True)}\n```\n\n"
+        f"With Python:\n\n```python\n{python}\n```\n\n"
+        f"From the command line:\n\n```bash\n{cli}\n```{note}"
+    )
+
+
+def _cli_option(key: str, value: Any) -> str:
+    flag = "--" + key.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else ""
+    if isinstance(value, (list, tuple)):
+        return " ".join([flag, *(shlex.quote(str(item)) for item in value)])
+    if isinstance(value, Mapping):
+        return f"{flag} {shlex.quote(json.dumps(value, sort_keys=True))}"
+    return f"{flag} {shlex.quote(str(value))}"
+
+
+def _load_section(repo_id: str, pipeline_tag: str | None) -> str:
+    auto_class = _AUTO_CLASS_BY_PIPELINE.get(pipeline_tag or "text-generation", "AutoModel")
+    return (
+        "## How to load\n\n"
+        f"```python\n{_LOAD_SNIPPET.format(auto_class=auto_class, repo_id=repo_id)}\n```\n\n"
+        "`import optimum_prune` comes first: it registers the loader that rebuilds layers of different sizes from "
+        "the per-layer sizes saved in `config.json`."
+    )
+
+
+def _eval_section(entries: list[dict[str, Any]]) -> str:
+    if not entries:
+        return ""
+    with_base = any(entry["base_value"] is not None for entry in entries)
+    header = "| Metric | Dataset | Split | Pruned |" + (" Base model |" if with_base else "")
+    rule = "|---|---|---|---:|" + ("---:|" if with_base else "")
+    lines = ["## Evaluation", "", header, rule]
+    for entry in entries:
+        result: EvalResult = entry["result"]
+        dataset = result.dataset_name + (f" ({result.dataset_config})" if result.dataset_config else "")
+        row = (
+            f"| {_cell(result.metric_name or result.metric_type)} | {_cell(dataset)} | {_cell(result.dataset_split)} "
+            f"| {_cell(result.metric_value)} |"
+        )
+        if with_base:
+            row += f" {_cell(entry['base_value'])} |"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def _count(value: int) -> str:
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= scale:
+            return f"{value:,} ({value / scale:.2f}{suffix})"
+    return f"{value:,}"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        text = f"{value:.4g}"
+    elif isinstance(value, (list, tuple)):
+        text = ", ".join(str(item) for item in value)
+    else:
+        text = str(value)
+    # A pipe would end the table cell early.
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Upload
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def push_folder_to_hub(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+) -> str:
+    """Create `repo_id` on the Hub if needed and upload every file of `folder` to it.
+
+    The folder is only read: nothing in it is modified, created or deleted, whether the upload succeeds or fails.
+    A `.git` folder and `.cache/huggingface` are skipped, as `HfApi.upload_folder` always does. A checkpoint folder
+    (well under 256 files) goes up as a single commit.
+
+    Args:
+        folder: The saved checkpoint folder (config, weights, `pruning_config.json`, README.md, ...).
+        repo_id: "namespace/name" of the model repository.
+        token: Hub token with write access; defaults to the saved login (`hf auth login`) or `HF_TOKEN`.
+        private: Visibility when the repository is created; ignored if it already exists.
+        commit_message: Defaults to "Upload pruned model with optimum-prune".
+        revision: Branch to commit to (created from the default branch if missing); defaults to the default branch.
+        create_pr: Open a pull request against the default branch instead of committing to it.
+
+    Returns:
+        The URL of the commit, or of the pull request when `create_pr` is set. When no file differs from the Hub
+        copy, no commit (or pull request) is made and the URL of the branch's current commit is returned.
+
+    Raises:
+        NotADirectoryError: If `folder` is not a directory.
+        ValueError: If `create_pr` is combined with a `revision` other than the default branch.
+        HubPublishError: If the Hub refused the request or could not be reached; the original error is chained.
+    """
+    path = Path(folder)
+    if not path.is_dir():
+        raise NotADirectoryError(f"Cannot publish {str(path)!r}: it is not a directory.")
+    if create_pr and revision not in (None, "main"):
+        raise ValueError(
+            f"create_pr=True opens a pull request against the default branch; do not also pass revision={revision!r}."
+        )
+    api = HfApi(token=token)
+    endpoint = api.endpoint
+    step = "creating the repository"
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        if revision not in (None, "main") and not str(revision).startswith("refs/pr/"):
+            step = f"creating the branch {revision!r} in"
+            api.create_branch(repo_id, branch=str(revision), repo_type="model", exist_ok=True)
+        step = "uploading the folder to"
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=path,
+            repo_type="model",
+            commit_message=commit_message or "Upload pruned model with optimum-prune",
+            revision=revision,
+            create_pr=create_pr,
+        )
+    except HfHubHTTPError as err:
+        raise _http_error(err, endpoint=endpoint, step=step, repo_id=repo_id) from err
+    except OfflineModeIsEnabled as err:
+        raise HubPublishError(
+            f"Cannot publish {repo_id!r}: offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set). "
+            "Unset it to upload.",
+            endpoint=endpoint,
+        ) from err
+    except _transport_errors() as err:
+        raise _transport_error(err, endpoint=endpoint, step=step, repo_id=repo_id) from err
+    except ValueError as err:
+        # Arguments were checked above, so a ValueError from here on is the Hub refusing the content (e.g. invalid
+        # README metadata, which the client checks with the Hub before uploading) or a malformed answer.
+        raise HubPublishError(
+            f"The Hub endpoint {endpoint} did not accept the upload to {repo_id!r}: {err}", endpoint=endpoint
+        ) from err
+    return str(info.pr_url or info.commit_url)
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Connection-level exception types of the HTTP client that huggingface_hub uses (httpx2 in 2.x, httpx in 1.x)."""
+    types: list[type[BaseException]] = []
+    for module_name in ("httpx2", "httpx"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        types.append(module.TransportError)
+    # Socket-level failures that escape the client's own wrapping still mean "no usable connection".
+    types.append(ConnectionError)
+    return tuple(types)
+
+
+def _http_error(err: HfHubHTTPError, *, endpoint: str, step: str, repo_id: str) -> HubPublishError:
+    response = getattr(err, "response", None)
+    status = getattr(response, "status_code", None)
+    namespace = repo_id.split("/")[0] if "/" in repo_id else "your account"
+    server = f" The Hub said: {err.server_message.strip()}" if getattr(err, "server_message", None) else ""
+    if status == 401:
+        message = (
+            f"The Hub endpoint {endpoint} rejected the token (HTTP 401) while {step} {repo_id!r}: the token is "
+            "missing, invalid or expired. Log in with `hf auth login` (or set the HF_TOKEN environment variable, or "
+            f"pass token=...) using a token with write access to {namespace!r}.{server}"
+        )
+    elif status == 403:
+        message = (
+            f"The Hub endpoint {endpoint} refused write access (HTTP 403) while {step} {repo_id!r}: the token is valid "
+            f"but cannot write to {namespace!r}. Use a token with the 'write' role (a fine-grained token needs write "
+            f"access to this namespace) and log in again with `hf auth login`.{server}"
+        )
+    elif status == 404:
+        message = (
+            f"Not found (HTTP 404) while {step} {repo_id!r} at {endpoint}: the repository or namespace {namespace!r} "
+            "does not exist or is not visible to this token, or the endpoint is not a Hugging Face Hub (check "
+            f"HF_ENDPOINT).{server}"
+        )
+    else:
+        code = f"HTTP {status}" if status is not None else "an HTTP error"
+        message = f"The Hub endpoint {endpoint} answered {code} while {step} {repo_id!r}: {err}"
+    return HubPublishError(message, endpoint=endpoint, status_code=status)
+
+
+def _transport_error(err: BaseException, *, endpoint: str, step: str, repo_id: str) -> HubPublishError:
+    detail = f"{type(err).__name__}: {err}"
+    if type(err).__name__ in ("ConnectError", "ConnectTimeout") or isinstance(err, ConnectionRefusedError):
+        message = (
+            f"Cannot reach the Hub endpoint {endpoint} while {step} {repo_id!r} ({detail}). Check the network "
+            "connection, proxy settings and the HF_ENDPOINT environment variable."
+        )
+    else:
+        message = (
+            f"Lost the connection to the Hub endpoint {endpoint} while {step} {repo_id!r} ({detail}), after the "
+            "client's retries; the commit may not have been created. Nothing was changed locally, and running the "
+            "upload again is safe: files already on the Hub unchanged are skipped."
+        )
+    return HubPublishError(message, endpoint=endpoint)
