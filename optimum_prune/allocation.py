@@ -27,9 +27,7 @@ def round_kept(kind: str, kept: int, total: int, multiple: int) -> int:
     return min(rounded, total)
 
 
-def _override_plan(
-    adapter: ArchitectureAdapter, layer_idx: int, groups: list[UnitGroup], override: dict
-) -> LayerPlan:
+def _override_plan(adapter: ArchitectureAdapter, layer_idx: int, groups: list[UnitGroup], override: dict) -> LayerPlan:
     plan: LayerPlan = {}
     layer = adapter.layers()[layer_idx]
     for group in groups:
@@ -74,9 +72,7 @@ def uniform_layer_plan(groups: list[UnitGroup], sparsity: float, round_to: int, 
     return plan
 
 
-def uniform_plan(
-    adapter: ArchitectureAdapter, kinds: tuple[str, ...], config: PruningConfig
-) -> list[LayerPlan]:
+def uniform_plan(adapter: ArchitectureAdapter, kinds: tuple[str, ...], config: PruningConfig) -> list[LayerPlan]:
     plans = []
     for index, layer in enumerate(adapter.layers()):
         groups = [g for g in adapter.groups(layer) if g.kind in kinds]
@@ -135,5 +131,7 @@ def global_plan(
             removed += group.params_per_unit
     for index in ranked_layers:
         for group in groups_per_layer[index]:
-            plans[index][group.kind] = round_kept(group.kind, plans[index][group.kind], group.num_units, config.round_to)
+            plans[index][group.kind] = round_kept(
+                group.kind, plans[index][group.kind], group.num_units, config.round_to
+            )
     return plans

@@ -39,8 +39,13 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
 def tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = dict(
-        vocab_size=VOCAB_SIZE, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
-        num_attention_heads=6, num_key_value_heads=3, max_position_embeddings=256,
+        vocab_size=VOCAB_SIZE,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=3,
+        max_position_embeddings=256,
     )
     config.update(overrides)
     return LlamaForCausalLM(LlamaConfig(**config)).eval()
@@ -49,8 +54,13 @@ def tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
 def tiny_bert(seed: int = 0, head: str = "classification") -> torch.nn.Module:
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=VOCAB_SIZE, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=6, max_position_embeddings=256, num_labels=2,
+        vocab_size=VOCAB_SIZE,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        max_position_embeddings=256,
+        num_labels=2,
     )
     model_class = BertForSequenceClassification if head == "classification" else BertForQuestionAnswering
     return model_class(config).eval()
@@ -59,7 +69,12 @@ def tiny_bert(seed: int = 0, head: str = "classification") -> torch.nn.Module:
 def tiny_mamba(seed: int = 0) -> MambaForCausalLM:
     torch.manual_seed(seed)
     config = MambaConfig(
-        vocab_size=VOCAB_SIZE, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2, conv_kernel=4,
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        state_size=8,
+        num_hidden_layers=2,
+        expand=2,
+        conv_kernel=4,
     )
     return MambaForCausalLM(config).eval()
 

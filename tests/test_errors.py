@@ -28,7 +28,9 @@ def test_impossible_sparsity(sparsity):
 
 def test_heads_that_break_gqa_groups(tokenizer, texts):
     pruner = PrunerForCausalLM(tiny_llama(), tokenizer)  # 6 heads in 3 KV groups of 2
-    config = PruningConfig(sparsity=0.2, dataset=texts, num_samples=2, seqlen=32, layer_overrides={"1": {"num_heads": 3}})
+    config = PruningConfig(
+        sparsity=0.2, dataset=texts, num_samples=2, seqlen=32, layer_overrides={"1": {"num_heads": 3}}
+    )
     before = {k: v.clone() for k, v in pruner.model.state_dict().items()}
     with pytest.raises(BudgetError, match="whole KV groups of 2"):
         pruner.prune(config, show_progress=False)

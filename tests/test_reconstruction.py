@@ -21,7 +21,9 @@ def _correlated_inputs(tokens: int = 4096, features: int = 32, seed: int = 0) ->
     return latent @ mixing + 0.3 * torch.randn(tokens, features, generator=generator) + 0.5
 
 
-def _layer_error(name: str, linear: torch.nn.Linear, x: torch.Tensor, kept: torch.Tensor, pruned: torch.Tensor) -> float:
+def _layer_error(
+    name: str, linear: torch.nn.Linear, x: torch.Tensor, kept: torch.Tensor, pruned: torch.Tensor
+) -> float:
     stats = InputStatistics(x.shape[1], with_gram=True)
     stats.update(x)
     target = linear(x)
@@ -75,8 +77,13 @@ def test_liar_lowers_model_output_error(tokenizer, texts, sparsity):
     for name in ("none", "bias", "liar"):
         pruner = PrunerForCausalLM(tiny_llama(), tokenizer)
         config = PruningConfig(
-            sparsity=sparsity, criterion="magnitude", reconstruction=name, structures=["ffn_channels"],
-            dataset=texts, num_samples=8, seqlen=64,
+            sparsity=sparsity,
+            criterion="magnitude",
+            reconstruction=name,
+            structures=["ffn_channels"],
+            dataset=texts,
+            num_samples=8,
+            seqlen=64,
         )
         with torch.no_grad():
             errors[name] = (pruner.prune(config, show_progress=False)(ids).logits - reference).pow(2).mean().item()

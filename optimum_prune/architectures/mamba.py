@@ -28,11 +28,14 @@ class MambaAdapter(ArchitectureAdapter):
         in_bias = 2 if mixer.in_proj.bias is not None else 0
         conv_params = mixer.conv1d.kernel_size[0] + (1 if mixer.conv1d.bias is not None else 0)
         per_channel = (
-            2 * hidden + in_bias  # in_proj rows of the x and z halves
+            2 * hidden
+            + in_bias  # in_proj rows of the x and z halves
             + conv_params
             + mixer.x_proj.out_features  # x_proj column
-            + mixer.dt_proj.in_features + 1  # dt_proj row and bias
-            + mixer.A_log.shape[1] + 1  # A_log row and D
+            + mixer.dt_proj.in_features
+            + 1  # dt_proj row and bias
+            + mixer.A_log.shape[1]
+            + 1  # A_log row and D
             + hidden  # out_proj column
         )
         return [

@@ -45,7 +45,9 @@ def solve_interpolation(
 
 
 @torch.no_grad()
-def interpolate(linear: nn.Linear, stats: InputStatistics, kept: torch.Tensor, pruned: torch.Tensor, damp: float) -> None:
+def interpolate(
+    linear: nn.Linear, stats: InputStatistics, kept: torch.Tensor, pruned: torch.Tensor, damp: float
+) -> None:
     if pruned.numel() == 0:
         return
     q, p = solve_interpolation(stats, kept, pruned, damp)

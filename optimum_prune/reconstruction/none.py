@@ -2,4 +2,6 @@
 
 from .base import Reconstruction
 
-NONE = Reconstruction("none", lambda linear, stats, kept, pruned, damp: None, needs_calibration=False, needs_gram=False)
+NONE = Reconstruction(
+    "none", lambda linear, stats, kept, pruned, damp: None, needs_calibration=False, needs_gram=False
+)

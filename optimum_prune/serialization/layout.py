@@ -19,7 +19,9 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def pruned_heads(adapter: ArchitectureAdapter, kept_units: list[dict[str, list[int]]], heads_before: list[int]) -> dict:
+def pruned_heads(
+    adapter: ArchitectureAdapter, kept_units: list[dict[str, list[int]]], heads_before: list[int]
+) -> dict:
     """Removed attention heads per layer, in transformers' `config.pruned_heads` convention."""
     removed: dict[int, list[int]] = {}
     for index, (layer, kept) in enumerate(zip(adapter.layers(), kept_units)):
@@ -33,7 +35,9 @@ def pruned_heads(adapter: ArchitectureAdapter, kept_units: list[dict[str, list[i
     return removed
 
 
-def record_layout(model: nn.Module, adapter: ArchitectureAdapter, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def record_layout(
+    model: nn.Module, adapter: ArchitectureAdapter, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Write the layer sizes into `model.config` and choose how the checkpoint reloads.
 
     When plain transformers can express the sizes (e.g. uniform LLaMA pruning), the ordinary config fields are
@@ -64,8 +68,10 @@ def record_layout(model: nn.Module, adapter: ArchitectureAdapter, extra: dict[st
 def _is_ours(quantization_config: Any) -> bool:
     if quantization_config is None:
         return False
-    method = quantization_config.get("quant_method") if isinstance(quantization_config, dict) else getattr(
-        quantization_config, "quant_method", None
+    method = (
+        quantization_config.get("quant_method")
+        if isinstance(quantization_config, dict)
+        else getattr(quantization_config, "quant_method", None)
     )
     return method == QUANT_METHOD
 
