@@ -11,7 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .allocation import LayerPlan, global_plan, uniform_plan
-from .architectures import ArchitectureAdapter, UnitGroup
+from .architectures import ArchitectureAdapter
 from .configuration import PruningConfig
 from .criteria import CRITERIA, Criterion
 from .layerwise import BlockInput, capture_block_inputs, run_block
@@ -58,23 +58,6 @@ def _collect(
     return stats
 
 
-def _unit_scores(
-    criterion: Criterion,
-    layer: nn.Module,
-    group: UnitGroup,
-    stats: dict[str, InputStatistics] | None,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    primary = group.consumers[0]
-    return criterion.score_units(
-        layer.get_submodule(primary).weight,
-        stats[primary] if stats is not None else None,
-        group.num_units,
-        group.channels_per_unit,
-        generator,
-    )
-
-
 @torch.no_grad()
 def prune_structured(
     model: nn.Module,
@@ -87,7 +70,7 @@ def prune_structured(
     layers = adapter.layers()
     config.check_layers(len(layers))
     kinds = resolve_kinds(adapter, config)
-    criterion = CRITERIA[config.criterion]
+    criterion = CRITERIA[config.criterion].prepare(adapter, config, show_progress=show_progress)
     reconstruction = RECONSTRUCTIONS[config.reconstruction]
     use_data = needs_calibration(config)
     if use_data and not samples:
@@ -117,7 +100,7 @@ def prune_structured(
                 kept_units[group.kind] = list(range(group.num_units))
                 continue
             stats = _collect(layer, group.consumers, inputs, reconstruction.needs_gram)
-            scores = _unit_scores(criterion, layer, group, stats, generator)
+            scores = criterion.score_units(adapter, layer, group, stats, generator)
             keep = torch.topk(scores, keep_count).indices.sort().values
             pruned = torch.tensor(sorted(set(range(group.num_units)) - set(keep.tolist())), dtype=torch.long)
             kept_channels, pruned_channels = group.unit_channels(keep), group.unit_channels(pruned)
@@ -153,7 +136,7 @@ def _score_all_layers(
         groups = [g for g in adapter.groups(layer) if g.kind in kinds]
         consumers = tuple(dict.fromkeys(g.consumers[0] for g in groups))
         stats = _collect(layer, consumers, inputs, with_gram=False)
-        scores.append({g.kind: _unit_scores(criterion, layer, g, stats, generator) for g in groups})
+        scores.append({g.kind: criterion.score_units(adapter, layer, g, stats, generator) for g in groups})
         if inputs is not None and index + 1 < len(layers):
             inputs = run_block(layer, inputs)
     return scores

@@ -1,11 +1,11 @@
 """Structured pruning criteria: one file each, one registry line each."""
 
 from .activation import ACTIVATION
-from .base import Criterion
+from .base import ChannelCriterion, Criterion
 from .fluctuation import FLUCTUATION
 from .magnitude import MAGNITUDE
 from .random import RANDOM
 
 CRITERIA: dict[str, Criterion] = {c.name: c for c in (MAGNITUDE, ACTIVATION, FLUCTUATION, RANDOM)}
 
-__all__ = ["CRITERIA", "Criterion"]
+__all__ = ["CRITERIA", "ChannelCriterion", "Criterion"]

@@ -1,20 +1,47 @@
-"""Structured criteria score the input channels of a consumer Linear; a unit's score is the sum over its channels."""
+"""Structured criteria: score the units of a group; the highest-scoring units are kept."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from ..statistics import InputStatistics
+
+if TYPE_CHECKING:
+    from ..architectures import ArchitectureAdapter, UnitGroup
+    from ..configuration import PruningConfig
 
 ChannelScorer = Callable[[torch.Tensor, "InputStatistics | None", torch.Generator], torch.Tensor]
 
 
-@dataclass(frozen=True)
 class Criterion:
-    """A named channel scorer. Higher scores are kept."""
+    """Base class. `prepare` runs once per pruning run (e.g. to learn a policy); `score_units` once per group."""
+
+    name: str
+    needs_calibration: bool
+
+    def prepare(self, adapter: ArchitectureAdapter, config: PruningConfig, show_progress: bool = True) -> Criterion:
+        """Return the criterion to use for this run (stateless criteria return themselves)."""
+        return self
+
+    def score_units(
+        self,
+        adapter: ArchitectureAdapter,
+        layer: nn.Module,
+        group: UnitGroup,
+        stats: dict[str, InputStatistics] | None,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ChannelCriterion(Criterion):
+    """Scores each input channel of the group's first consumer Linear; a unit's score sums its channels."""
 
     name: str
     score_channels: ChannelScorer
@@ -22,16 +49,18 @@ class Criterion:
 
     def score_units(
         self,
-        weight: torch.Tensor,
-        stats: InputStatistics | None,
-        num_units: int,
-        channels_per_unit: int,
+        adapter: Any,
+        layer: nn.Module,
+        group: Any,
+        stats: dict[str, InputStatistics] | None,
         generator: torch.Generator,
     ) -> torch.Tensor:
+        primary = group.consumers[0]
         if self.needs_calibration and stats is None:
             raise ValueError(f"Criterion {self.name!r} needs calibration data.")
-        scores = self.score_channels(weight.detach().double(), stats, generator)
-        return scores.reshape(num_units, channels_per_unit).sum(1)
+        weight = layer.get_submodule(primary).weight.detach().double()
+        scores = self.score_channels(weight, stats[primary] if stats is not None else None, generator)
+        return scores.reshape(group.num_units, group.channels_per_unit).sum(1)
 
 
 def column_sq_norms(weight: torch.Tensor) -> torch.Tensor:

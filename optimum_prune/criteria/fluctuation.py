@@ -4,9 +4,9 @@ A channel whose input barely varies can be replaced by its mean (bias compensati
 size, is what removing it costs.
 """
 
-from .base import Criterion, column_sq_norms
+from .base import ChannelCriterion, column_sq_norms
 
-FLUCTUATION = Criterion(
+FLUCTUATION = ChannelCriterion(
     "fluctuation",
     lambda weight, stats, generator: stats.variance.to(weight) * column_sq_norms(weight),
     needs_calibration=True,

@@ -2,9 +2,9 @@
 
 import torch
 
-from .base import Criterion
+from .base import ChannelCriterion
 
-RANDOM = Criterion(
+RANDOM = ChannelCriterion(
     "random",
     lambda weight, stats, generator: torch.rand(weight.shape[1], generator=generator, dtype=torch.float64),
     needs_calibration=False,
