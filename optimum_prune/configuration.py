@@ -59,7 +59,8 @@ class PruningConfig:
         default="liar",
         metadata={
             "help": "How the layer that consumes pruned channels is refit: 'none', 'bias' (FLAP bias "
-            "compensation), 'liar' (least-squares interpolation of the pruned channels from the kept ones)."
+            "compensation), 'liar' (least-squares interpolation of the pruned channels from the kept ones), 'admm' "
+            "(the same least-squares refit by ADMM iterations)."
         },
     )
     method: str = field(

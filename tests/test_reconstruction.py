@@ -38,8 +38,10 @@ def test_liar_beats_bias_beats_none_on_a_linear_layer():
     x = _correlated_inputs()
     linear = torch.nn.Linear(32, 16)
     kept, pruned = torch.arange(0, 32, 2), torch.arange(1, 32, 2)
-    errors = {name: _layer_error(name, linear, x, kept, pruned) for name in ("none", "bias", "liar")}
+    errors = {name: _layer_error(name, linear, x, kept, pruned) for name in ("none", "bias", "liar", "admm")}
     assert errors["liar"] < errors["bias"] < errors["none"], errors
+    # ADMM iterates towards the same least-squares optimum that LIAR solves in closed form.
+    assert errors["admm"] < errors["bias"] and errors["admm"] <= 1.05 * errors["liar"], errors
     assert errors["liar"] < 0.25 * errors["bias"], errors  # inputs are low-rank: kept channels predict pruned ones
 
 
@@ -74,7 +76,7 @@ def test_liar_lowers_model_output_error(tokenizer, texts, sparsity):
     ids = tokenizer(texts[0][:200], return_tensors="pt").input_ids
     reference = tiny_llama()(ids).logits
     errors = {}
-    for name in ("none", "bias", "liar"):
+    for name in ("none", "bias", "liar", "admm"):
         pruner = PrunerForCausalLM(tiny_llama(), tokenizer)
         config = PruningConfig(
             sparsity=sparsity,
@@ -88,3 +90,4 @@ def test_liar_lowers_model_output_error(tokenizer, texts, sparsity):
         with torch.no_grad():
             errors[name] = (pruner.prune(config, show_progress=False)(ids).logits - reference).pow(2).mean().item()
     assert errors["liar"] < errors["none"] and errors["bias"] < errors["none"], errors
+    assert errors["admm"] < errors["none"], errors
