@@ -52,7 +52,8 @@ class PruningConfig:
         metadata={
             "help": "Structured ranking of heads and channels: 'magnitude' (weight norm), 'activation' "
             "(|W| x input-activation norm, Wanda style), 'fluctuation' (FLAP: input variance x squared column "
-            "norm), 'random' (baseline)."
+            "norm), 'random' (baseline), 'prunenet' (calibration-free: a policy learnt from the weights, see "
+            "the prunenet_* fields)."
         },
     )
     reconstruction: str = field(
@@ -124,7 +125,32 @@ class PruningConfig:
         default=0.01,
         metadata={"help": "Ridge damping, as a fraction of the mean diagonal of the input Gram matrix."},
     )
-    seed: int = field(default=0, metadata={"help": "Seed for calibration sampling and the random criterion."})
+    seed: int = field(
+        default=0, metadata={"help": "Seed for calibration sampling, the random criterion and PruneNet's policy."}
+    )
+    # ---- PruneNet (criterion="prunenet") ----------------------------------------------------------------------
+    prunenet_episodes: int = field(
+        default=20,
+        metadata={"help": "PruneNet: REINFORCE episodes; each draws every layer's kept channels and steps per layer."},
+    )
+    prunenet_learning_rate: float = field(
+        default=0.01, metadata={"help": "PruneNet: Adam learning rate of the policy."}
+    )
+    prunenet_train_sparsity: float | None = field(
+        default=None,
+        metadata={
+            "help": "PruneNet: fraction of each layer's channels removed while the policy learns. None uses "
+            "`sparsity` (0.5 when that is 0). The learnt policy ranks channels for any sparsity."
+        },
+    )
+    prunenet_policy_path: str | None = field(
+        default=None,
+        metadata={"help": "PruneNet: load this saved policy (a .safetensors file) instead of training one."},
+    )
+    prunenet_save_policy: str | None = field(
+        default=None,
+        metadata={"help": "PruneNet: write the policy used in this run to this .safetensors file, for reuse."},
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -195,6 +221,19 @@ class PruningConfig:
                     raise ValueError(f"layer_overrides[{key!r}][{name!r}] must be a positive int, got {value!r}.")
             normalised[str(int(key))] = dict(override)
         self.layer_overrides = normalised
+        if type(self.prunenet_episodes) is not int or self.prunenet_episodes < 1:
+            raise ValueError(f"prunenet_episodes must be a positive int, got {self.prunenet_episodes!r}.")
+        if not isinstance(self.prunenet_learning_rate, (int, float)) or not self.prunenet_learning_rate > 0:
+            raise ValueError(f"prunenet_learning_rate must be > 0, got {self.prunenet_learning_rate!r}.")
+        if self.prunenet_train_sparsity is not None and not 0.0 < float(self.prunenet_train_sparsity) < 1.0:
+            raise ValueError(
+                f"prunenet_train_sparsity must be in (0, 1) or None, got {self.prunenet_train_sparsity!r}."
+            )
+        for name in ("prunenet_policy_path", "prunenet_save_policy"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise ValueError(f"{name} must be a file path or None, got {value!r}.")
+            setattr(self, name, os.fspath(value) if value is not None else None)
 
     def check_layers(self, num_layers: int) -> None:
         """Raise when an override names a layer the model does not have."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -19,7 +20,9 @@ from transformers import (
 
 from .architectures import get_adapter
 from .configuration import PruningConfig
+from .criteria import CRITERIA
 from .data.calibration import load_texts, sample_examples, sample_token_windows
+from .reconstruction import RECONSTRUCTIONS
 from .serialization.layout import count_parameters, pruned_heads, record_layout
 from .serialization.save import save_pruned_checkpoint
 from .structured import needs_calibration, prune_structured
@@ -103,6 +106,7 @@ class BasePruner:
         ]
 
         if config.is_structured:
+            config = _drop_reconstruction_without_data(config)
             samples = self.calibration_samples(config) if needs_calibration(config) else None
             result = prune_structured(model, self.adapter, config, samples, show_progress=show_progress)
             removed_heads = pruned_heads(self.adapter, result.kept_units, heads_before) if heads_before else {}
@@ -217,6 +221,29 @@ class PrunerForQuestionAnswering(BasePruner):
 
     auto_model_class = AutoModelForQuestionAnswering
     pipeline_tag = "question-answering"
+
+
+def _drop_reconstruction_without_data(config: PruningConfig) -> PruningConfig:
+    """A calibration-free criterion with a data-driven reconstruction and no data: prune without refitting, loudly.
+
+    Raising instead would make the default reconstruction ('liar') unusable with calibration-free criteria.
+    """
+    if (
+        config.dataset is not None
+        or CRITERIA[config.criterion].needs_calibration
+        or not RECONSTRUCTIONS[config.reconstruction].needs_calibration
+    ):
+        return config
+    warnings.warn(
+        f"criterion={config.criterion!r} is calibration-free but reconstruction={config.reconstruction!r} needs "
+        "calibration data, and no dataset was given: pruning with reconstruction='none' (no refit). Pass "
+        f"dataset=... to refit with {config.reconstruction!r}, or set reconstruction='none' to silence this.",
+        UserWarning,
+        stacklevel=3,
+    )
+    config = copy.copy(config)
+    config.reconstruction = "none"
+    return config
 
 
 def _plain_copy(model: PreTrainedModel) -> PreTrainedModel:

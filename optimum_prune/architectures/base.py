@@ -109,6 +109,13 @@ class ArchitectureAdapter(ABC):
         """Attention heads removed with one attention unit (a whole KV group under GQA)."""
         return 1
 
+    def producer_weight(self, layer: nn.Module, group: UnitGroup) -> torch.Tensor:
+        """Rows of the first matrix that produces `group`'s channels: [num_units * channels_per_unit, in_features].
+
+        Row `i` writes the consumers' input channel `i`. Weight-only criteria (PruneNet) score units from it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not expose the producer of {group.kind!r} units.")
+
     # ---- shared behaviour -----------------------------------------------------------------------------------
     def added_biases(self, layer: nn.Module) -> list[str]:
         names = {name for group in self.groups(layer) for name in group.consumers}

@@ -57,6 +57,13 @@ class BertAdapter(ArchitectureAdapter):
         else:
             raise ValueError(f"BERT layers have no {group.kind!r} units.")
 
+    def producer_weight(self, layer: nn.Module, group: UnitGroup) -> torch.Tensor:
+        if group.kind == "attention_heads":
+            return layer.attention.self.query.weight
+        if group.kind == "ffn_channels":
+            return layer.intermediate.dense.weight
+        raise ValueError(f"BERT layers have no {group.kind!r} units.")
+
     def describe_layer(self, layer: nn.Module) -> dict[str, Any]:
         self_attn = layer.attention.self
         return {

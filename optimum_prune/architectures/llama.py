@@ -71,6 +71,13 @@ class LlamaAdapter(ArchitectureAdapter):
         else:
             raise ValueError(f"LLaMA layers have no {group.kind!r} units.")
 
+    def producer_weight(self, layer: nn.Module, group: UnitGroup) -> torch.Tensor:
+        if group.kind == "attention_heads":
+            return layer.self_attn.q_proj.weight  # rows in o_proj column order: KV group, then its query heads
+        if group.kind == "ffn_channels":
+            return layer.mlp.gate_proj.weight
+        raise ValueError(f"LLaMA layers have no {group.kind!r} units.")
+
     def describe_layer(self, layer: nn.Module) -> dict[str, Any]:
         attn = layer.self_attn
         head_dim = self._head_dim(layer)

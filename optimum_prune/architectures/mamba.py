@@ -67,6 +67,12 @@ class MambaAdapter(ArchitectureAdapter):
         select_columns(mixer.out_proj, keep)
         mixer.intermediate_size = int(keep.numel())
 
+    def producer_weight(self, layer: nn.Module, group: UnitGroup) -> torch.Tensor:
+        if group.kind != "mamba_inner":
+            raise ValueError(f"Mamba layers have no {group.kind!r} units.")
+        # The x half of in_proj (the gate half z follows it) feeds the convolution and the selective scan.
+        return layer.mixer.in_proj.weight[: layer.mixer.out_proj.in_features]
+
     def describe_layer(self, layer: nn.Module) -> dict[str, Any]:
         return {"intermediate_size": layer.mixer.out_proj.in_features, "added_biases": self.added_biases(layer)}
 

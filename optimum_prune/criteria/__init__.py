@@ -4,8 +4,9 @@ from .activation import ACTIVATION
 from .base import ChannelCriterion, Criterion
 from .fluctuation import FLUCTUATION
 from .magnitude import MAGNITUDE
+from .prunenet import PRUNENET
 from .random import RANDOM
 
-CRITERIA: dict[str, Criterion] = {c.name: c for c in (MAGNITUDE, ACTIVATION, FLUCTUATION, RANDOM)}
+CRITERIA: dict[str, Criterion] = {c.name: c for c in (MAGNITUDE, ACTIVATION, FLUCTUATION, RANDOM, PRUNENET)}
 
 __all__ = ["CRITERIA", "ChannelCriterion", "Criterion"]
