@@ -4,6 +4,7 @@ from .glue import GLUE_TASKS, compute_glue_metrics, evaluate_sequence_classifica
 from .perplexity import perplexity
 from .results import format_results_table
 from .squad import compute_squad_metrics, evaluate_question_answering, postprocess_qa_predictions
+from .zeroshot import evaluate_zero_shot  # imports lm-eval (an optional extra) only when called
 
 __all__ = [
     "GLUE_TASKS",
@@ -11,6 +12,7 @@ __all__ = [
     "compute_squad_metrics",
     "evaluate_question_answering",
     "evaluate_sequence_classification",
+    "evaluate_zero_shot",
     "format_results_table",
     "perplexity",
     "postprocess_qa_predictions",
