@@ -1,0 +1,628 @@
+"""`optimum-cli prune` and `optimum-prune`: prune a Transformers checkpoint from the command line.
+
+    optimum-cli prune -m MODEL --task causal-lm --target structured --sparsity 0.2 --criterion activation \\
+        --reconstruction liar --dataset calibration.txt --num-samples 128 --evaluate ppl OUTPUT
+
+optimum-cli imports this module whenever it starts, for every one of its commands, to build the `prune` sub-parser.
+So at module level it imports only the standard library and optimum's CLI base classes; torch, transformers and the
+pruning code are imported by `prune_from_args`, once the arguments have been read. For the same reason the choices of
+--criterion, --reconstruction and --method are spelled out in the help texts rather than read from the registries;
+tests/test_cli.py checks that the two agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
+
+__all__ = [
+    "CONFIG_OPTIONS",
+    "TASKS",
+    "CLIError",
+    "ConfigOption",
+    "PruneCommand",
+    "add_prune_arguments",
+    "prune_from_args",
+    "run_prune",
+]
+
+#: --task value -> pruner class name in optimum_prune.pruners.
+TASKS = {
+    "causal-lm": "PrunerForCausalLM",
+    "sequence-classification": "PrunerForSequenceClassification",
+    "question-answering": "PrunerForQuestionAnswering",
+}
+#: With --evaluate and no --eval-dataset, calibration uses the first 80% of the --dataset text, evaluation the rest
+#: (the protocol of optimum_prune.assets.wikipedia_split).
+CALIBRATION_FRACTION = 0.8
+#: Below this many texts the 80/20 split cuts the joined text by characters instead of by whole texts.
+MIN_TEXTS_TO_SPLIT_BY_TEXT = 10
+
+DESCRIPTION = """\
+Prune a Transformers model without retraining and save it as a checkpoint that reloads with
+`import optimum_prune` + `AutoModelFor*.from_pretrained(OUTPUT)`.
+
+Structured pruning (--target structured) removes attention heads and FFN / Mamba channels, so the
+model gets smaller; unstructured and N:M targets (--target unstructured, --target 2:4) zero weights.
+Calibration text comes from --dataset. Without it, a calibration-free setup still works: --criterion
+magnitude, prunenet or random (reconstruction falls back to none), or --target unstructured with
+--method magnitude.
+"""
+
+EPILOG = """\
+examples:
+  {prog} -m ./SmolLM2-135M --sparsity 0.2 --criterion activation --reconstruction liar \\
+      --dataset wiki.txt --num-samples 128 --evaluate ppl ./smollm2-pruned
+  {prog} -m ./minilm --task sequence-classification --criterion prunenet --sparsity 0.3 ./minilm-pruned
+  {prog} -m ./llama --target 2:4 --method sparsegpt --dataset c4 ./llama-2of4
+"""
+
+
+class CLIError(Exception):
+    """Bad input or a failed step: the message is printed as one line, without a traceback."""
+
+
+@dataclass(frozen=True)
+class ConfigOption:
+    """One command-line option that sets the `PruningConfig` field of the same name.
+
+    `default` is only what --help shows: an option that is not given is not passed, so PruningConfig's own
+    default applies (tests/test_cli.py checks that the two agree).
+    """
+
+    field: str
+    type: Callable[[str], Any]
+    default: Any
+    help: str
+    nargs: str | None = None
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f'expected a JSON object such as \'{{"0": {{"sparsity": 0.0}}}}\': {text!r}')
+    return value
+
+
+# Every PruningConfig field except `dataset`, which has its own option (it is loaded here, not by the pruner). The
+# model card's "From the command line" recipe writes one of these flags per recorded field, so it runs as printed.
+CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
+    ConfigOption(
+        "target", str, "structured", "'structured' (heads and channels), 'unstructured' (weights) or N:M, e.g. 2:4"
+    ),
+    ConfigOption("sparsity", float, 0.5, "fraction to remove, in [0, 1); N:M targets ignore it"),
+    ConfigOption(
+        "criterion", str, "activation", "structured ranking: magnitude, activation, fluctuation, random, prunenet"
+    ),
+    ConfigOption("reconstruction", str, "liar", "refit of the consumer layers: none, bias, liar, admm"),
+    ConfigOption(
+        "method", str, "sparsegpt", "unstructured / N:M solver: magnitude, wanda, sparsegpt, admm, obs_multi"
+    ),
+    ConfigOption("allocation", str, "uniform", "structured budget split across layers: uniform or global"),
+    ConfigOption(
+        "structures",
+        str,
+        None,
+        "kinds to prune: attention_heads, ffn_channels, mamba_inner (default: all the model has)",
+        nargs="+",
+        metavar="KIND",
+    ),
+    ConfigOption("round_to", int, 1, "round kept channel counts to a multiple of N", metavar="N"),
+    ConfigOption(
+        "min_keep_fraction", float, 0.05, "global allocation: least fraction of each layer kept", metavar="F"
+    ),
+    ConfigOption(
+        "layer_overrides",
+        _json_object,
+        {},
+        'per-layer settings as JSON, e.g. \'{"0": {"sparsity": 0.0}}\'',
+        metavar="JSON",
+    ),
+    ConfigOption(
+        "module_sparsity",
+        _json_object,
+        {},
+        "unstructured: sparsity per module-name substring as JSON, e.g. '{\"down_proj\": 0.3}'",
+        metavar="JSON",
+    ),
+    ConfigOption(
+        "modules_to_not_prune",
+        str,
+        ["lm_head", "embed", "classifier", "qa_outputs", "pooler"],
+        "unstructured: module-name substrings left dense",
+        nargs="*",
+        metavar="NAME",
+    ),
+    ConfigOption("num_samples", int, 128, "number of calibration sequences", metavar="N"),
+    ConfigOption("seqlen", int, 512, "tokens per calibration sequence (and per perplexity window)", metavar="N"),
+    ConfigOption("damp", float, 0.01, "ridge damping of the least-squares solves", metavar="F"),
+    ConfigOption("seed", int, 0, "seed for calibration sampling, the random criterion and PruneNet"),
+    ConfigOption("prunenet_episodes", int, 20, "PruneNet: REINFORCE training episodes", metavar="N"),
+    ConfigOption("prunenet_learning_rate", float, 0.01, "PruneNet: policy learning rate", metavar="LR"),
+    ConfigOption("prunenet_train_sparsity", float, None, "PruneNet: sparsity while training (default: --sparsity)"),
+    ConfigOption("prunenet_policy_path", str, None, "PruneNet: reuse this saved policy", metavar="FILE"),
+    ConfigOption("prunenet_save_policy", str, None, "PruneNet: save the policy to this file", metavar="FILE"),
+)
+
+
+def add_prune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the options of `prune` to `parser` (shared by `optimum-cli prune` and `optimum-prune`); return it."""
+    parser.description = DESCRIPTION
+    parser.epilog = EPILOG.format(prog=parser.prog)
+    # The sub-parser optimum-cli creates has the default formatter, which would reflow the description.
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "-m",
+        "--model",
+        required=True,
+        help="model folder, a .gguf file, or a Hub id (needs network access)",
+    )
+    model.add_argument(
+        "--task",
+        choices=list(TASKS),
+        default="causal-lm",
+        help="which head to load the model with (default: causal-lm)",
+    )
+    model.add_argument("--gguf-file", default=None, metavar="FILE", help="GGUF file inside the --model folder")
+
+    recipe = parser.add_argument_group("pruning recipe (PruningConfig; defaults are PruningConfig's)")
+    for option in CONFIG_OPTIONS:
+        shown = option.default
+        if isinstance(shown, dict):
+            shown = json.dumps(shown)
+        elif isinstance(shown, list):
+            shown = " ".join(shown)
+        recipe.add_argument(
+            option.flag,
+            type=option.type,
+            nargs=option.nargs,
+            default=None,  # not given: PruningConfig's default applies
+            metavar=option.metavar,
+            help=option.help if "(default:" in option.help else f"{option.help} (default: {shown})",
+        )
+
+    data = parser.add_argument_group("calibration and evaluation data")
+    data.add_argument(
+        "--dataset",
+        default=None,
+        metavar="FILE_OR_NAME",
+        help="calibration text: a .txt/.json/.jsonl/.csv/.parquet file, or wikitext2, c4, ptb (need the Hub)",
+    )
+    data.add_argument("--text-column", default=None, help="text column of a json/csv/parquet --dataset")
+    data.add_argument(
+        "--evaluate",
+        choices=["ppl"],
+        default=None,
+        help="measure perplexity before and after (causal-lm): on --eval-dataset, else on the last 20%% of "
+        "--dataset's text, which is then kept out of calibration",
+    )
+    data.add_argument("--eval-dataset", default=None, metavar="FILE_OR_NAME", help="text for --evaluate")
+    data.add_argument(
+        "--eval-windows", type=int, default=None, metavar="N", help="score at most N windows (default: all)"
+    )
+
+    out = parser.add_argument_group("output")
+    out.add_argument("output", metavar="OUTPUT", help="folder to save the pruned model to")
+    out.add_argument("--overwrite", action="store_true", help="write into OUTPUT even if it is a non-empty folder")
+    out.add_argument(
+        "--push-to-hub",
+        default=None,
+        metavar="REPO",
+        help="also upload OUTPUT to this Hub repository (token: HF_TOKEN or `hf auth login`; endpoint: HF_ENDPOINT)",
+    )
+    out.add_argument("--private", action="store_true", help="create the --push-to-hub repository as private")
+    out.add_argument("--no-progress", action="store_true", help="no progress bars")
+    out.add_argument("--traceback", action="store_true", help="show the traceback of an unexpected error")
+
+    # Bad arguments get the same one-line `PROG: error: ...` as every other failure (argparse adds a usage block).
+    def one_line_error(message: str) -> None:
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+    parser.error = one_line_error  # type: ignore[method-assign]
+    return parser
+
+
+def run_prune(args: argparse.Namespace, prog: str = "optimum-prune") -> int:
+    """Run `prune` for parsed arguments; return the exit status (0 on success).
+
+    Errors are printed on stderr as one line, `PROG: error: ...`; an error found before pruning leaves OUTPUT as it
+    was (a checkpoint is only written, all at once, after pruning succeeded).
+    """
+
+    def show_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+        print(f"{prog}: warning: {_one_line(message)}", file=sys.stderr)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            prune_from_args(args)
+    except CLIError as err:
+        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing was saved.", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if getattr(args, "traceback", False):
+            raise
+        print(f"{prog}: error: {type(err).__name__}: {_one_line(err)} (--traceback shows where)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def prune_from_args(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Load, (evaluate,) prune, (evaluate,) save and (publish) as `args` say; return the results table as a dict.
+
+    Raises:
+        CLIError: for bad input (found before anything is written) or a failed load, save or upload.
+    """
+    output = os.path.abspath(os.path.expanduser(args.output))
+    _check_output(output, args.overwrite)
+    model_path, gguf_file = _resolve_model(args.model, args.gguf_file)
+    if args.evaluate and args.task != "causal-lm":
+        raise CLIError(f"--evaluate ppl measures a language model: it needs --task causal-lm, not {args.task!r}.")
+    if args.eval_dataset and not args.evaluate:
+        raise CLIError("--eval-dataset is only read with --evaluate ppl.")
+    if args.evaluate and not (args.dataset or args.eval_dataset):
+        raise CLIError("--evaluate ppl needs text: pass --eval-dataset, or --dataset (its last 20% is evaluated).")
+
+    # Everything heavy is imported from here on (see the module docstring).
+    with _progress_bars(enabled=not args.no_progress):
+        return _prune(args, output, model_path, gguf_file, log)
+
+
+def _prune(
+    args: argparse.Namespace, output: str, model_path: str, gguf_file: str | None, log: Callable[[str], None]
+) -> dict[str, Any]:
+    import optimum_prune
+    from optimum_prune.criteria import CRITERIA
+    from optimum_prune.data.calibration import NAMED_EVAL_SPLITS, load_texts
+    from optimum_prune.evaluation import format_results_table, perplexity
+    from optimum_prune.reconstruction import RECONSTRUCTIONS
+    from optimum_prune.unstructured import DATA_FREE_METHODS
+
+    config = _build_config(args)
+    if not args.dataset:
+        _check_calibration_free(config, args, CRITERIA, RECONSTRUCTIONS, DATA_FREE_METHODS, log)
+
+    calibration: list[str] | None = None
+    eval_text: str | None = None
+    eval_split: str | None = None
+    record_dataset = False
+    if args.dataset:
+        texts = _load(load_texts, args.dataset, args.text_column, "--dataset")
+        if args.evaluate and not args.eval_dataset:
+            calibration, eval_text = split_for_evaluation(texts)
+            eval_split = f"last {1 - CALIBRATION_FRACTION:.0%}"
+        else:
+            calibration, record_dataset = texts, True
+    if args.eval_dataset:
+        split = NAMED_EVAL_SPLITS.get(args.eval_dataset)
+        eval_text = "\n\n".join(_load(load_texts, args.eval_dataset, args.text_column, "--eval-dataset", split))
+        eval_split = split
+
+    _check_model_config(model_path, gguf_file, optimum_prune.ADAPTERS, config)
+    pruner_class = getattr(optimum_prune, TASKS[args.task])
+    try:
+        pruner = pruner_class.from_pretrained(model_path, gguf_file=gguf_file)
+    except Exception as err:
+        raise CLIError(f"Cannot load {args.model!r} for --task {args.task}: {err}") from err
+    show_progress = not args.no_progress
+
+    before_ppl = after_ppl = None
+    eval_ids = None
+    if eval_text is not None:
+        eval_ids = pruner.tokenizer(eval_text, return_tensors="pt", add_special_tokens=False).input_ids
+        eval_seqlen = min(config.seqlen, eval_ids.numel() - 1)
+        if eval_seqlen < 2:
+            raise CLIError(f"The evaluation text has {eval_ids.numel()} tokens: too few to measure perplexity.")
+        before_ppl = perplexity(
+            pruner.model,
+            input_ids=eval_ids,
+            seqlen=eval_seqlen,
+            max_windows=args.eval_windows,
+            show_progress=show_progress,
+        )
+
+    start = time.perf_counter()
+    try:
+        pruner.prune(config, dataset=calibration, show_progress=show_progress)
+    except ValueError as err:  # bad recipe for this model (layer overrides, GQA groups, short data): nothing saved
+        raise CLIError(str(err)) from err
+    prune_seconds = time.perf_counter() - start
+    if record_dataset:
+        # All of --dataset was used: record its name (not the loaded text), so the recipe says where data came from.
+        # After an 80/20 split the in-memory part is not recorded, and the model card says so.
+        pruner.pruning_config.dataset = args.dataset
+
+    if eval_ids is not None:
+        after_ppl = perplexity(
+            pruner.model,
+            input_ids=eval_ids,
+            seqlen=eval_seqlen,
+            max_windows=args.eval_windows,
+            show_progress=show_progress,
+        )
+        pruner.eval_results = {
+            "perplexity": {
+                "value": round(after_ppl["perplexity"], 4),
+                "base_value": round(before_ppl["perplexity"], 4),
+                "dataset": _dataset_label(args.eval_dataset or args.dataset),
+                "split": eval_split,
+                "task": "text-generation",
+            }
+        }
+
+    try:
+        pruner.save_pretrained(output)
+    except OSError as err:
+        raise CLIError(f"Cannot save to {output!r}: {err}") from err
+
+    summary = pruner.summary
+    results: dict[str, dict[str, Any]] = {
+        "before": {
+            "parameters": summary["parameters_before"],
+            "size on disk (MB)": _source_megabytes(model_path, gguf_file),
+            "pruning time (s)": None,
+            "sparsity achieved": None,
+        },
+        "after": {
+            "parameters": summary["parameters_after"],
+            "size on disk (MB)": _folder_bytes(output) / 1e6,
+            "pruning time (s)": prune_seconds,
+            "sparsity achieved": summary["sparsity_achieved"],
+        },
+    }
+    if before_ppl is not None:
+        results["before"]["perplexity"] = before_ppl["perplexity"]
+        results["after"]["perplexity"] = after_ppl["perplexity"]
+
+    log("")
+    log(
+        f"{config.target} pruning of {args.model} ({summary['model_type']}): {summary['sparsity_achieved']:.1%} of "
+        f"the prunable parameters {'removed' if config.is_structured else 'zeroed'}"
+        + (f"; perplexity on {after_ppl['windows']} x {eval_seqlen} tokens" if after_ppl else "")
+    )
+    log(format_results_table(_display(results), row_header="model"))
+    log(f"Saved to {output}")
+
+    if args.push_to_hub:
+        from optimum_prune.serialization.hub import HubPublishError
+
+        try:
+            url = pruner.push_to_hub(args.push_to_hub, folder=output, private=args.private or None)
+        except (HubPublishError, ValueError) as err:
+            raise CLIError(f"The pruned model is saved in {output}, but publishing it failed: {err}") from err
+        results["hub"] = {"url": url}
+        log(f"Pushed to {url}")
+    return results
+
+
+# ---- checks made before anything heavy is loaded --------------------------------------------------------------------
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _check_output(output: str, overwrite: bool) -> None:
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise CLIError(f"OUTPUT {output!r} is a file; give a folder to save the pruned model to.")
+    if os.path.isdir(output) and os.listdir(output) and not overwrite:
+        raise CLIError(f"OUTPUT {output!r} is a folder that is not empty; choose another one or pass --overwrite.")
+    parent = os.path.dirname(output)
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise CLIError(f"Cannot create OUTPUT {output!r}: {parent!r} is a file.")
+
+
+def _resolve_model(model: str, gguf_file: str | None) -> tuple[str, str | None]:
+    """(folder or Hub id, GGUF file name or None); a .gguf path is split into its folder and file name."""
+    path = os.path.expanduser(model)
+    if os.path.isfile(path):
+        if path.endswith(".gguf") and gguf_file is None:
+            return os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+        raise CLIError(f"--model {model!r} is a file; give the model's folder (or a .gguf file), or a Hub id.")
+    if os.path.isdir(path):
+        if gguf_file and not os.path.isfile(os.path.join(path, gguf_file)):
+            raise CLIError(f"--gguf-file {gguf_file!r} is not in the model folder {model!r}.")
+        return path, gguf_file
+    if not _HUB_ID.match(model) or model.startswith((".", "~")) or model.count("/") > 1:
+        raise CLIError(f"Model path {model!r} does not exist.")
+    return model, gguf_file  # a Hub id; loading says whether it can be reached
+
+
+def _build_config(args: argparse.Namespace) -> Any:
+    from optimum_prune import PruningConfig
+
+    given = {o.field: getattr(args, o.field) for o in CONFIG_OPTIONS if getattr(args, o.field) is not None}
+    try:
+        return PruningConfig(**given)
+    except (ValueError, TypeError) as err:
+        raise CLIError(str(err)) from err
+
+
+def _check_calibration_free(
+    config: Any,
+    args: argparse.Namespace,
+    criteria: dict[str, Any],
+    reconstructions: dict[str, Any],
+    data_free_methods: tuple[str, ...],
+    log: Callable[[str], None],
+) -> None:
+    """Without --dataset: refuse a recipe that reads data; drop a default data-driven reconstruction, saying so."""
+    hint = "pass --dataset (a text/json/csv/parquet file, or wikitext2, c4, ptb)"
+    if not config.is_structured:
+        if config.method not in data_free_methods:
+            raise CLIError(
+                f"--method {config.method} solves each layer on calibration data: {hint}, or use --method "
+                f"{' / '.join(data_free_methods)}."
+            )
+        return
+    if criteria[config.criterion].needs_calibration:
+        free = sorted(name for name, c in criteria.items() if not c.needs_calibration)
+        raise CLIError(
+            f"--criterion {config.criterion} ranks channels on calibration data: {hint}, or use a calibration-free "
+            f"criterion ({', '.join(free)})."
+        )
+    if reconstructions[config.reconstruction].needs_calibration:
+        if args.reconstruction is not None:
+            raise CLIError(
+                f"--reconstruction {config.reconstruction} refits layers on calibration data: {hint}, or use "
+                "--reconstruction none."
+            )
+        # Only the default was left in place: a calibration-free run is what was asked for.
+        config.reconstruction = "none"
+        log(
+            f"No --dataset: pruning with --criterion {config.criterion} and no reconstruction (--reconstruction none)."
+        )
+
+
+def _load(load_texts: Callable[..., list[str]], source: str, column: str | None, flag: str, split: str | None = None):
+    try:
+        return load_texts(source, text_column=column, split=split)
+    except Exception as err:  # a missing file, an unknown name, no text column, the Hub out of reach
+        raise CLIError(f"Cannot read {flag} {source!r}: {err}") from err
+
+
+def _check_model_config(model_path: str, gguf_file: str | None, adapters: dict[str, Any], pruning_config: Any) -> None:
+    """Refuse an unsupported model family, or overrides of layers it lacks, from its config: before reading weights."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_path, **({"gguf_file": gguf_file} if gguf_file else {}))
+    except Exception as err:
+        raise CLIError(f"Cannot read the model config of {model_path!r}: {err}") from err
+    if config.model_type not in adapters:
+        raise CLIError(
+            f"optimum_prune does not support model_type {config.model_type!r} ({model_path}). "
+            f"Supported model types: {', '.join(sorted(adapters))}."
+        )
+    num_layers = getattr(config, "num_hidden_layers", None)
+    if isinstance(num_layers, int):
+        try:
+            pruning_config.check_layers(num_layers)
+        except ValueError as err:
+            raise CLIError(str(err)) from err
+
+
+# ---- helpers ----------------------------------------------------------------------------------------------------------
+
+
+def split_for_evaluation(texts: list[str], fraction: float = CALIBRATION_FRACTION) -> tuple[list[str], str]:
+    """(calibration texts, evaluation text): the first `fraction` of the texts and the rest, joined.
+
+    With few texts (one .txt file is one text) the joined text is cut by characters, at a whitespace.
+    """
+    if len(texts) >= MIN_TEXTS_TO_SPLIT_BY_TEXT:
+        cut = int(len(texts) * fraction)
+        return texts[:cut], "\n\n".join(texts[cut:])
+    joined = "\n\n".join(texts)
+    cut = int(len(joined) * fraction)
+    space = joined.find(" ", cut)
+    cut = space if space != -1 else cut
+    return [joined[:cut]], joined[cut:].strip()
+
+
+def _dataset_label(source: str) -> str:
+    return os.path.basename(source) if os.path.exists(source) else source
+
+
+def _folder_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+
+
+def _source_megabytes(model_path: str, gguf_file: str | None) -> float | None:
+    """Size of the input checkpoint's weight files, when it is a local folder."""
+    if not os.path.isdir(model_path):
+        return None
+    if gguf_file:
+        return os.path.getsize(os.path.join(model_path, gguf_file)) / 1e6
+    weights = [f for f in os.listdir(model_path) if f.endswith((".safetensors", ".bin", ".pt", ".pth"))]
+    return sum(os.path.getsize(os.path.join(model_path, f)) for f in weights) / 1e6 if weights else None
+
+
+def _display(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The results with readable numbers: thousands separators, one-decimal sizes and times, percentages."""
+    shown: dict[str, dict[str, Any]] = {}
+    for row, values in results.items():
+        if row == "hub":
+            continue
+        cells: dict[str, Any] = {}
+        for key, value in values.items():
+            if value is None:
+                cells[key] = None
+            elif key == "parameters":
+                cells[key] = f"{value:,}"
+            elif key == "sparsity achieved":
+                cells[key] = f"{value:.1%}"
+            elif key == "perplexity":
+                cells[key] = f"{value:.3f}"
+            else:
+                cells[key] = f"{value:.2f}"
+        shown[row] = cells
+    return shown
+
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """With `enabled=False`, also silence transformers' and huggingface_hub's loading and saving bars (the pruner's
+    own follow `show_progress`); the previous state is restored, for callers that run several commands in-process."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    if enabled:
+        yield
+        return
+    hub_was_enabled = not are_progress_bars_disabled()
+    transformers_was_enabled = transformers_logging.is_progress_bar_enabled()
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if hub_was_enabled:
+            enable_progress_bars()
+        if transformers_was_enabled:
+            transformers_logging.enable_progress_bar()
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split())
+
+
+class PruneCommand(BaseOptimumCLICommand):
+    """`optimum-cli prune`: registered by optimum/commands/register/optimum_prune_prune.py (see pyproject.toml)."""
+
+    COMMAND = CommandInfo(name="prune", help="Prune a Transformers model without retraining (optimum-prune).")
+
+    @staticmethod
+    def parse_args(parser: argparse.ArgumentParser) -> None:
+        add_prune_arguments(parser)
+
+    def run(self) -> None:
+        # optimum-cli ignores run()'s return value, so a failure has to leave through sys.exit to set the status.
+        status = run_prune(self.args, prog=self.parser.prog)
+        if status:
+            sys.exit(status)
