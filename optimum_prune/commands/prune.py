@@ -262,7 +262,7 @@ def run_prune(args: argparse.Namespace, prog: str = "optimum-prune") -> int:
         print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; nothing was saved.", file=sys.stderr)
+        print(f"{prog}: interrupted.", file=sys.stderr)
         return 130
     except Exception as err:
         if getattr(args, "traceback", False):

@@ -1,0 +1,258 @@
+"""`optimum-cli prune` and `optimum-prune`: the installed commands, their options, their output and their errors.
+
+Two runs go through the installed console scripts as subprocesses (the optimum-cli plugin discovery and the exit
+status are only real there); the many bad-input cases call `optimum_prune.cli.main` in this process, which is the
+same code without the seconds a fresh `import torch` costs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import TEXT, make_tokenizer, tiny_llama
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+from optimum_prune import PrunerForCausalLM, PruningConfig
+from optimum_prune.cli import build_parser, main
+from optimum_prune.commands.prune import CONFIG_OPTIONS, split_for_evaluation
+
+INPUT_IDS = torch.tensor([[2, 20, 11, 8, 4, 60, 30, 21, 22, 5, 9, 70, 40, 3]])
+# A structured run small enough for seconds: 4 calibration windows of 32 characters.
+RECIPE = ["--sparsity", "0.3", "--criterion", "activation", "--reconstruction", "liar", "--round-to", "2"]
+DATA = ["--num-samples", "4", "--seqlen", "32"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices gain nothing from a second OpenMP thread, and on a busy machine its synchronisation makes each
+    matmul up to 100x slower; one thread keeps these tests at seconds (and their results bitwise reproducible)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _script(name: str) -> str:
+    """The console script installed next to this interpreter (the venv's bin/), else the one on PATH."""
+    candidate = Path(sys.executable).parent / name
+    found = str(candidate) if candidate.exists() else shutil.which(name)
+    assert found, f"{name} is not installed: run `pip install -e .` first"
+    return found
+
+
+def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    # One thread, as in this process (see one_thread): seconds instead of minutes on a busy machine, same numbers.
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"
+    )
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """A saved tiny LLaMA with its character tokenizer, a calibration text file, and a GPT-2 (unsupported)."""
+    root = tmp_path_factory.mktemp("cli")
+    model = root / "tiny-llama"
+    tiny_llama().save_pretrained(model)
+    make_tokenizer().save_pretrained(model)
+    gpt2 = root / "tiny-gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=128)).save_pretrained(gpt2)
+    make_tokenizer().save_pretrained(gpt2)
+    text = root / "calibration.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    return SimpleNamespace(root=root, model=model, gpt2=gpt2, text=text)
+
+
+def _logits(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(INPUT_IDS).logits
+
+
+# ---- the installed commands ------------------------------------------------------------------------------------
+
+
+def test_optimum_cli_finds_prune_and_help_lists_the_options(work):
+    listing = _run([_script("optimum-cli"), "--help"], cwd=work.root)
+    assert "prune" in listing.stdout, listing.stdout + listing.stderr
+
+    done = _run([_script("optimum-cli"), "prune", "--help"], cwd=work.root)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: optimum-cli prune")
+    for flag in ["--model", "--task", "--gguf-file", "--dataset", "--evaluate", "--eval-dataset", "--push-to-hub"]:
+        assert flag in done.stdout
+    for option in CONFIG_OPTIONS:
+        assert option.flag in done.stdout
+    assert "OUTPUT" in done.stdout
+
+
+def test_optimum_cli_startup_does_not_import_torch(work):
+    # optimum-cli imports every registered plugin for every command: `prune` must not make them all pay for torch.
+    code = (
+        "import sys\n"
+        "sys.argv = ['optimum-cli', 'prune', '--help']\n"
+        "from optimum.commands.optimum_cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('IMPORTED', sorted(m for m in ('torch', 'transformers', 'optimum_prune') if m in sys.modules))"
+    )
+    done = _run([sys.executable, "-c", code], cwd=work.root)
+    assert "IMPORTED []" in done.stdout, done.stdout[-500:] + done.stderr
+
+
+def test_optimum_cli_prune_saves_a_model_that_reloads_with_identical_logits(work, tmp_path):
+    output = tmp_path / "pruned"
+    command = [_script("optimum-cli"), "prune", "-m", str(work.model), *RECIPE, "--dataset", str(work.text), *DATA]
+    done = _run([*command, "--no-progress", str(output)], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+    # The same recipe in this process: the CLI's checkpoint must be exactly that pruned model.
+    pruner = PrunerForCausalLM.from_pretrained(work.model)
+    config = PruningConfig(
+        sparsity=0.3, criterion="activation", reconstruction="liar", round_to=2, num_samples=4, seqlen=32
+    )
+    pruner.prune(config, dataset=str(work.text), show_progress=False)
+    reloaded = AutoModelForCausalLM.from_pretrained(output).eval()
+    assert reloaded.num_parameters() == pruner.summary["parameters_after"] < pruner.summary["parameters_before"]
+    assert torch.equal(_logits(reloaded), _logits(pruner.model))  # one thread in both processes: same arithmetic
+
+    saved = json.loads((output / "pruning_config.json").read_text())
+    assert (saved["criterion"], saved["reconstruction"], saved["sparsity"]) == ("activation", "liar", 0.3)
+    assert saved["dataset"] == str(work.text)  # the whole file calibrated, so its name is the recipe's data
+    assert "| before |" in done.stdout and "| after |" in done.stdout
+    assert f"{pruner.summary['parameters_after']:,}" in done.stdout
+
+
+def test_optimum_prune_script_runs_calibration_free_and_reports_perplexity(work, tmp_path):
+    output = tmp_path / "pruned"
+    command = [_script("optimum-prune"), "-m", str(work.model), "--criterion", "magnitude", "--sparsity", "0.25"]
+    command += ["--evaluate", "ppl", "--eval-dataset", str(work.text), "--seqlen", "32", "--eval-windows", "3"]
+    done = _run([*command, "--no-progress", str(output)], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+    assert "no reconstruction" in done.stdout  # the default liar needs data: dropped, and said so
+    header = next(line for line in done.stdout.splitlines() if line.startswith("| model"))
+    assert "perplexity" in header and "size on disk (MB)" in header
+    saved = json.loads((output / "pruning_config.json").read_text())
+    assert (saved["criterion"], saved["reconstruction"], saved["dataset"]) == ("magnitude", "none", None)
+    card = (output / "README.md").read_text()
+    assert "model-index" in card and "perplexity" in card
+
+
+def test_optimum_cli_bad_input_exits_non_zero_with_one_line(work, tmp_path):
+    output = tmp_path / "never"
+    done = _run([_script("optimum-cli"), "prune", "-m", str(tmp_path / "no-such-model"), str(output)], cwd=tmp_path)
+    assert done.returncode == 1
+    assert _error_lines(done.stderr) == [
+        f"optimum-cli prune: error: Model path {str(tmp_path / 'no-such-model')!r} does not exist."
+    ]
+    assert not output.exists()
+
+
+# ---- options and their defaults ----------------------------------------------------------------------------------
+
+
+def test_every_recipe_field_is_an_option_with_pruning_configs_default():
+    # The model card's command-line recipe writes one flag per recorded field: each must exist here.
+    fields = {f.name: f for f in dataclasses.fields(PruningConfig)}
+    assert {o.field for o in CONFIG_OPTIONS} == set(fields) - {"dataset"}
+    for option in CONFIG_OPTIONS:
+        field = fields[option.field]
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+        assert option.default == default, option.field
+
+
+def test_help_names_every_registered_choice():
+    from optimum_prune.configuration import ALLOCATIONS, STRUCTURE_KINDS
+    from optimum_prune.criteria import CRITERIA
+    from optimum_prune.data.calibration import NAMED_DATASETS
+    from optimum_prune.reconstruction import RECONSTRUCTIONS
+    from optimum_prune.sparsity import SPARSITY_METHODS
+
+    # The help is written out (optimum-cli must not import the registries to show it); it must not fall behind them.
+    text = " ".join(build_parser().format_help().split())
+    for name in [*CRITERIA, *RECONSTRUCTIONS, *SPARSITY_METHODS, *STRUCTURE_KINDS, *ALLOCATIONS, *NAMED_DATASETS]:
+        assert name in text, name
+
+
+def test_split_for_evaluation_keeps_the_last_fifth_out_of_calibration():
+    texts = [f"article {i}" for i in range(20)]
+    calibration, evaluation = split_for_evaluation(texts)
+    assert calibration == texts[:16] and evaluation == "\n\n".join(texts[16:])
+
+    calibration, evaluation = split_for_evaluation(["one two three four five six seven eight nine ten"])
+    assert len(calibration) == 1 and calibration[0].endswith("eight") and evaluation == "nine ten"
+
+
+# ---- bad input: one line on stderr, non-zero status, nothing written --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "arguments, status, message",
+    [
+        (["--criterion", "taylor", "--dataset", "{text}"], 1, "Unknown criterion 'taylor'. Choose one of:"),
+        (["--sparsity", "1.0", "--dataset", "{text}"], 1, "sparsity must be in [0, 1), got 1.0"),
+        (["--sparsity", "lots"], 2, "argument --sparsity: invalid float value: 'lots'"),
+        (["--target", "3:2"], 1, "N:M target '3:2' needs 0 < N < M"),
+        (["--layer-overrides", "[1]"], 2, "argument --layer-overrides: expected a JSON object"),
+        ([], 1, "--criterion activation ranks channels on calibration data: pass --dataset"),
+        (["--criterion", "magnitude", "--reconstruction", "liar"], 1, "--reconstruction liar refits layers on"),
+        (["--target", "2:4", "--method", "wanda"], 1, "--method wanda solves each layer on calibration data"),
+        (["--dataset", "{root}/missing.txt"], 1, "Cannot read --dataset"),
+        (
+            ["--dataset", "{text}", "--task", "sequence-classification", "--evaluate", "ppl"],
+            1,
+            "needs --task causal-lm",
+        ),
+        (["--evaluate", "ppl", "--criterion", "magnitude"], 1, "--evaluate ppl needs text"),
+        (["--gguf-file", "model.gguf", "--criterion", "magnitude"], 1, "--gguf-file 'model.gguf' is not in"),
+        (["--dataset", "{text}", "--layer-overrides", '{"9": {"sparsity": 0.1}}'], 1, "name layers [9], but"),
+    ],
+)
+def test_bad_recipe(work, tmp_path, capsys, arguments, status, message):
+    output = tmp_path / "out"
+    arguments = [a.replace("{text}", str(work.text)).replace("{root}", str(work.root)) for a in arguments]
+    assert main(["-m", str(work.model), *DATA, *arguments, "--no-progress", str(output)]) == status
+    lines = _error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and lines[0].startswith("optimum-prune: error: "), lines
+    assert message in lines[0]
+    assert list(tmp_path.iterdir()) == []  # no output, no half-written staging folder
+
+
+def test_missing_model_and_unsupported_architecture(work, tmp_path, capsys):
+    output = tmp_path / "out"
+    assert main(["-m", str(tmp_path / "nowhere"), "--criterion", "magnitude", str(output)]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["-m", str(work.gpt2), "--criterion", "magnitude", str(output)]) == 1
+    lines = _error_lines(capsys.readouterr().err)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("optimum-prune: error: optimum_prune does not support model_type 'gpt2'")
+    assert "Supported model types: bert, llama" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_that_is_a_file_or_a_full_folder_is_left_alone(work, tmp_path, capsys):
+    as_file = tmp_path / "model.bin"
+    as_file.write_bytes(b"keep me")
+    assert main(["-m", str(work.model), "--criterion", "magnitude", str(as_file)]) == 1
+    assert "is a file" in capsys.readouterr().err
+    assert as_file.read_bytes() == b"keep me"
+
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "notes.txt").write_text("mine")
+    assert main(["-m", str(work.model), "--criterion", "magnitude", str(full)]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert [p.name for p in full.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "model.bin"]
