@@ -6,6 +6,7 @@ structured sparsity, calibrated on the first 80% of gensim's Wikipedia dump and 
 
     python examples/prune_causal_lm.py                       # the README job
     python examples/prune_causal_lm.py --model path/or/hub-id --sparsity 0.3 --allocation global
+    python examples/prune_causal_lm.py --tiny                # a tiny random LLaMA and synthetic text, in seconds
 """
 
 from __future__ import annotations
@@ -39,19 +40,35 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--eval-windows", type=int, default=40, help="512-token windows scored (0: all)")
     parser.add_argument("--output", default=None, help="where to save the pruned model (default: a temp folder)")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a tiny random LLaMA, a character tokenizer and synthetic text, with 64-token windows (seconds)",
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
 
-    if args.model is None:
-        folder, gguf = smollm2_path()
-        pruner = PrunerForCausalLM.from_pretrained(folder, gguf_file=gguf)
+    eval_seqlen = 512
+    if args.tiny:
+        from tiny_models import TINY_SEQLEN, char_tokenizer, synthetic_articles, tiny_llama
+
+        pruner = PrunerForCausalLM(tiny_llama(), char_tokenizer())
+        articles = synthetic_articles()
+        cut = int(len(articles) * 0.8)  # the same 80/20 split by article as wikipedia_split
+        calibration, evaluation = articles[:cut], "\n\n".join(articles[cut:])
+        eval_seqlen = args.seqlen = TINY_SEQLEN
+        args.num_samples = min(args.num_samples, 8)
     else:
-        pruner = PrunerForCausalLM.from_pretrained(args.model)
-    calibration, evaluation = wikipedia_split()
+        if args.model is None:
+            folder, gguf = smollm2_path()
+            pruner = PrunerForCausalLM.from_pretrained(folder, gguf_file=gguf)
+        else:
+            pruner = PrunerForCausalLM.from_pretrained(args.model)
+        calibration, evaluation = wikipedia_split()
     eval_ids = pruner.tokenizer(evaluation, return_tensors="pt", add_special_tokens=False).input_ids
     windows = args.eval_windows or None
 
-    before = perplexity(pruner.model, input_ids=eval_ids, seqlen=512, max_windows=windows)
+    before = perplexity(pruner.model, input_ids=eval_ids, seqlen=eval_seqlen, max_windows=windows)
     config = PruningConfig(
         target="structured",
         sparsity=args.sparsity,
@@ -66,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     start = time.perf_counter()
     pruner.prune(config, dataset=calibration)
     prune_seconds = time.perf_counter() - start
-    after = perplexity(pruner.model, input_ids=eval_ids, seqlen=512, max_windows=windows)
+    after = perplexity(pruner.model, input_ids=eval_ids, seqlen=eval_seqlen, max_windows=windows)
 
     output = args.output or tempfile.mkdtemp(prefix="optimum-prune-")
     pruner.save_pretrained(output)
@@ -84,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     print(
         f"{args.sparsity:.0%} structured ({args.criterion} + {args.reconstruction}, {args.allocation}); "
         f"{summary['sparsity_achieved']:.1%} of prunable parameters removed; "
-        f"perplexity on {after['windows']} x 512 held-out Wikipedia tokens"
+        f"perplexity on {after['windows']} x {eval_seqlen} held-out {'synthetic' if args.tiny else 'Wikipedia'} tokens"
     )
     print(format_results_table(results))
     print(f"Saved to {output}")
