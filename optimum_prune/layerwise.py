@@ -2,17 +2,27 @@
 
 The inputs of the first block are captured once; afterwards each block is run on the stored inputs of the
 previous (already pruned) block, so memory stays near one block plus the calibration activations.
+
+`BlockStreamer` adds what big models need: blocks of a model dispatched by accelerate (offloaded to CPU or disk)
+are materialised on the execution device one at a time and written back after pruning (see `offload.py`), and
+the activations between blocks can wait on the CPU or in files instead of on the accelerator.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import os
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from . import offload
 
 
 class _StopForward(Exception):
@@ -26,6 +36,77 @@ class BlockInput:
     hidden_states: torch.Tensor
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def to_device(value: Any, device: torch.device | str | None) -> Any:
+    """`value` with every tensor inside (tuples, lists, dicts) on `device`; `None` leaves it as it is."""
+    if device is None:
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(to_device(v, device) for v in value)
+    if isinstance(value, list):
+        return [to_device(v, device) for v in value]
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value
+
+
+class ActivationStore(Sequence[BlockInput]):
+    """The calibration inputs of one block: a sequence of `BlockInput`, kept on a device or in files.
+
+    Args:
+        device: where the tensors wait (e.g. "cpu" to keep GPU memory for the block); `None` keeps them where
+            they were produced.
+        folder: if given, hidden states are written to a fresh sub-folder of it (one file per sample) and read
+            back when iterated; the sub-folder is removed when the store is garbage-collected. The other block
+            arguments (masks, rotary embeddings) are small and stay in memory.
+    """
+
+    def __init__(self, device: torch.device | str | None = None, folder: str | os.PathLike | None = None) -> None:
+        self.device = torch.device(device) if device is not None else None
+        self._items: list[BlockInput] = []
+        self._paths: list[str] | None = None
+        self._folder: str | None = None
+        if folder is not None:
+            os.makedirs(folder, exist_ok=True)
+            self._folder = tempfile.mkdtemp(prefix="activations-", dir=folder)
+            self._paths = []
+            self._finalizer = weakref.finalize(self, shutil.rmtree, self._folder, True)
+
+    def append(self, item: BlockInput) -> None:
+        """Store one sample's inputs (moved to this store's device or written to its folder)."""
+        args_device = self.device if self._paths is None else (self.device or torch.device("cpu"))
+        args, kwargs = to_device(item.args, args_device), to_device(item.kwargs, args_device)
+        if self._paths is None:
+            self._items.append(BlockInput(to_device(item.hidden_states, self.device), args, kwargs))
+            return
+        path = os.path.join(self._folder, f"{len(self._paths)}.pt")
+        torch.save(item.hidden_states.detach().to("cpu"), path)
+        self._paths.append(path)
+        self._items.append(BlockInput(None, args, kwargs))  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: int) -> BlockInput:  # type: ignore[override]
+        item = self._items[index]
+        if self._paths is None:
+            return item
+        hidden = torch.load(self._paths[index], map_location=self.device or "cpu", weights_only=True)
+        return BlockInput(hidden, item.args, item.kwargs)
+
+    def __iter__(self) -> Iterator[BlockInput]:
+        for index in range(len(self)):
+            yield self[index]
+
+    def close(self) -> None:
+        """Drop the stored activations now (and their files)."""
+        self._items.clear()
+        if self._paths is not None:
+            self._finalizer()
+            self._paths.clear()
 
 
 @contextlib.contextmanager
@@ -42,11 +123,15 @@ def no_cache(model: nn.Module) -> Iterator[None]:
 
 @torch.no_grad()
 def capture_block_inputs(
-    model: nn.Module, first_block: nn.Module, samples: list[dict[str, torch.Tensor]]
-) -> list[BlockInput]:
-    """Run the model up to `first_block` for every sample and keep what the block receives."""
-    captured: list[BlockInput] = []
-    device = next(model.parameters()).device
+    model: nn.Module,
+    first_block: nn.Module,
+    samples: list[dict[str, torch.Tensor]],
+    store: ActivationStore | None = None,
+) -> list[BlockInput] | ActivationStore:
+    """Run the model up to `first_block` for every sample and keep what the block receives (in `store` if given)."""
+    captured: list[BlockInput] | ActivationStore = [] if store is None else store
+    # A model dispatched by accelerate may have its embeddings on the meta device; its hooks say where it runs.
+    device = offload.execution_device(model)
 
     def hook(_module, args, kwargs):
         kwargs = dict(kwargs)
@@ -73,12 +158,79 @@ def capture_block_inputs(
 
 
 @torch.no_grad()
-def run_block(block: nn.Module, inputs: list[BlockInput], keep_outputs: bool = True) -> list[BlockInput]:
-    """Run `block` on every stored input; return the outputs as the next block's inputs."""
-    outputs = []
+def run_block(
+    block: nn.Module,
+    inputs: Sequence[BlockInput],
+    keep_outputs: bool = True,
+    device: torch.device | str | None = None,
+    store: ActivationStore | None = None,
+) -> list[BlockInput] | ActivationStore:
+    """Run `block` on every stored input; return the outputs as the next block's inputs.
+
+    `device`: move each input there first (the block's execution device when activations wait elsewhere).
+    `store`: where the outputs go (default: a list, tensors where the block produced them).
+    """
+    outputs: list[BlockInput] | ActivationStore = [] if store is None else store
     for item in inputs:
-        out = block(item.hidden_states, *item.args, **item.kwargs)
+        hidden, args, kwargs = to_device((item.hidden_states, item.args, item.kwargs), device)
+        out = block(hidden, *args, **kwargs)
         if keep_outputs:
             hidden = out[0] if isinstance(out, (tuple, list)) else out
             outputs.append(BlockInput(hidden, item.args, item.kwargs))
     return outputs
+
+
+class BlockStreamer:
+    """Runs calibration through the blocks of one model, one block at a time, wherever its weights live.
+
+    Args:
+        model: the model being pruned; plain in memory, or dispatched by accelerate (`device_map=...`, with
+            offloading to CPU or disk).
+        execution_device: where each block computes. Default: the device its accelerate hook names, or where
+            its weights are. A block that lives elsewhere is moved (or loaded, when offloaded) there for its turn
+            and put back afterwards, so e.g. a CPU-resident model can be pruned block by block on a GPU.
+        activations_device: where calibration activations wait between blocks. Default: "cpu" when the model
+            is dispatched or an `execution_device` is given (accelerator memory is kept for the block), otherwise
+            where they were produced.
+        activations_dir: keep the hidden states in files under this folder instead (for many long samples).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        execution_device: torch.device | str | None = None,
+        activations_device: torch.device | str | None = None,
+        activations_dir: str | os.PathLike | None = None,
+    ) -> None:
+        self.model = model
+        self.execution_device = torch.device(execution_device) if execution_device is not None else None
+        self.offloaded = offload.is_offloaded(model)
+        if activations_device is None and (self.execution_device is not None or offload.is_dispatched(model)):
+            activations_device = "cpu"
+        self.activations_device = activations_device
+        self.activations_dir = activations_dir
+        self._current_device: torch.device | None = None
+
+    def new_store(self) -> ActivationStore:
+        """An empty store with this streamer's placement."""
+        return ActivationStore(self.activations_device, self.activations_dir)
+
+    def capture(self, first_block: nn.Module, samples: list[dict[str, torch.Tensor]]) -> ActivationStore:
+        """The inputs `first_block` receives for every sample."""
+        return capture_block_inputs(self.model, first_block, samples, store=self.new_store())
+
+    @contextlib.contextmanager
+    def materialized(self, block: nn.Module, write_back: bool = True) -> Iterator[torch.device]:
+        """`block` with real weights on its execution device for the duration (see `offload.materialized`)."""
+        with offload.materialized(block, self.execution_device, write_back=write_back) as device:
+            previous, self._current_device = self._current_device, device
+            try:
+                yield device
+            finally:
+                self._current_device = previous
+
+    def run(self, block: nn.Module, inputs: Sequence[BlockInput], keep_outputs: bool = True) -> ActivationStore | None:
+        """Run `block` (inside `materialized`) on `inputs`; its outputs in a new store, or None."""
+        store = self.new_store() if keep_outputs else None
+        run_block(block, inputs, keep_outputs=keep_outputs, device=self._current_device, store=store)
+        return store

@@ -22,6 +22,7 @@ from .architectures import get_adapter
 from .configuration import PruningConfig
 from .criteria import CRITERIA
 from .data.calibration import load_texts, sample_examples, sample_token_windows
+from .offload import is_offloaded, new_offloaded_zero_biases
 from .reconstruction import RECONSTRUCTIONS
 from .serialization.layout import count_parameters, pruned_heads, record_layout
 from .serialization.save import save_pruned_checkpoint
@@ -55,14 +56,39 @@ class BasePruner:
         gguf_file: str | None = None,
         dtype: torch.dtype = torch.float32,
         tokenizer: Any | None = None,
+        device_map: str | dict[str, Any] | None = None,
+        max_memory: dict[int | str, int | str] | None = None,
+        offload_folder: str | os.PathLike | None = None,
         **model_kwargs: Any,
     ) -> BasePruner:
-        """Load a model (a Hub id or a local folder; `gguf_file` for a GGUF checkpoint) and its tokenizer."""
+        """Load a model (a Hub id or a local folder; `gguf_file` for a GGUF checkpoint) and its tokenizer.
+
+        `device_map` ("auto" or a dict), `max_memory` and `offload_folder` are accelerate's big-model loading:
+        a model larger than memory is pruned one block at a time, with offloaded blocks loaded for their turn
+        and the pruned weights written back (to `offload_folder` for disk-offloaded ones).
+        """
         model_name_or_path = str(model_name_or_path)
         extra = {"gguf_file": gguf_file} if gguf_file else {}
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **extra)
-        model = cls.auto_model_class.from_pretrained(model_name_or_path, dtype=dtype, **extra, **model_kwargs)
+        placement = {
+            key: value
+            for key, value in (
+                ("device_map", device_map),
+                ("max_memory", max_memory),
+                ("offload_folder", offload_folder),
+            )
+            if value is not None
+        }
+        model = cls.auto_model_class.from_pretrained(
+            model_name_or_path, dtype=dtype, **extra, **placement, **model_kwargs
+        )
+        if gguf_file and is_offloaded(model):
+            # GGUF weights are dequantized in memory and copied (below); offloading needs a safetensors checkpoint.
+            raise ValueError(
+                "Offloading is not supported for GGUF checkpoints: save the model with save_pretrained (safetensors) "
+                "and load that folder with device_map/max_memory/offload_folder."
+            )
         if gguf_file:
             # A GGUF-loaded model is marked as quantized and refuses save_pretrained; its weights are already
             # dequantized, so an ordinary copy of it is the same model.
@@ -81,11 +107,22 @@ class BasePruner:
         return sampler(texts, self.tokenizer, config.num_samples, config.seqlen, config.seed)
 
     def prune(
-        self, config: PruningConfig | None = None, *, dataset: Any = None, show_progress: bool = True, **kwargs: Any
+        self,
+        config: PruningConfig | None = None,
+        *,
+        dataset: Any = None,
+        show_progress: bool = True,
+        execution_device: torch.device | str | None = None,
+        activations_device: torch.device | str | None = None,
+        activations_dir: str | os.PathLike | None = None,
+        **kwargs: Any,
     ) -> PreTrainedModel:
         """Prune the model in place and return it. `dataset` (or `config.dataset`) is the calibration data.
 
-        Keyword arguments build a `PruningConfig` when `config` is not given.
+        Keyword arguments build a `PruningConfig` when `config` is not given. `execution_device` (where each block
+        is pruned; default: where the model's accelerate hooks or weights say), `activations_device` and
+        `activations_dir` (where calibration activations wait between blocks: a device, or files in a folder)
+        change where the work happens, not its result; see `layerwise.BlockStreamer`.
         """
         if config is None:
             config = PruningConfig(**kwargs)
@@ -96,6 +133,11 @@ class BasePruner:
             config.dataset = dataset
         model = self.model
         model.eval()
+        placement = {
+            "execution_device": execution_device,
+            "activations_device": activations_device,
+            "activations_dir": activations_dir,
+        }
         parameters_before = count_parameters(model)
         prunable_before = self.adapter.count_prunable_parameters()
         heads_before = [
@@ -108,7 +150,7 @@ class BasePruner:
         if config.is_structured:
             config = _drop_reconstruction_without_data(config)
             samples = self.calibration_samples(config) if needs_calibration(config) else None
-            result = prune_structured(model, self.adapter, config, samples, show_progress=show_progress)
+            result = prune_structured(model, self.adapter, config, samples, show_progress=show_progress, **placement)
             removed_heads = pruned_heads(self.adapter, result.kept_units, heads_before) if heads_before else {}
             if removed_heads:
                 model.config.pruned_heads = removed_heads
@@ -116,7 +158,9 @@ class BasePruner:
             from .unstructured import DATA_FREE_METHODS, prune_unstructured
 
             samples = self.calibration_samples(config) if config.method not in DATA_FREE_METHODS else None
-            sparse_summary = prune_unstructured(model, self.adapter, config, samples, show_progress=show_progress)
+            sparse_summary = prune_unstructured(
+                model, self.adapter, config, samples, show_progress=show_progress, **placement
+            )
 
         summary: dict[str, Any] = {
             "model_type": model.config.model_type,
@@ -125,7 +169,10 @@ class BasePruner:
             "sparsity_requested": config.sparsity,
         }
         if config.is_structured:
-            layout = record_layout(model, self.adapter, extra={"parameters_before": parameters_before})
+            # The layout may add zero biases so plain transformers can load the model; on offloaded modules those
+            # are created on the meta device and must be given values in the offload store.
+            with new_offloaded_zero_biases(model):
+                layout = record_layout(model, self.adapter, extra={"parameters_before": parameters_before})
             summary["layers"] = layout["layers"]
             # Physically removed parameters (net of any bias reconstruction added) over the prunable ones.
             summary["parameters_after"] = count_parameters(model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
@@ -11,7 +12,7 @@ from tqdm.auto import tqdm
 
 from .architectures import ArchitectureAdapter
 from .configuration import PruningConfig
-from .layerwise import capture_block_inputs, run_block
+from .layerwise import BlockStreamer
 from .sparsity import SparsityPattern, get_sparsity_method
 from .statistics import attach_statistics
 
@@ -45,8 +46,16 @@ def prune_unstructured(
     config: PruningConfig,
     samples: list[dict[str, torch.Tensor]] | None,
     show_progress: bool = True,
+    *,
+    execution_device: torch.device | str | None = None,
+    activations_device: torch.device | str | None = None,
+    activations_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Sparsify the Linear layers of every block in place; return the achieved sparsity per module."""
+    """Sparsify the Linear layers of every block in place; return the achieved sparsity per module.
+
+    The model may be dispatched by accelerate with offloaded weights; the last three arguments say where blocks
+    compute and where activations wait (see `BlockStreamer`).
+    """
     layers = adapter.layers()
     config.check_layers(len(layers))
     solver = get_sparsity_method(config.method)
@@ -58,33 +67,36 @@ def prune_unstructured(
         for name, linear in prunable_linears(layer, config.modules_to_not_prune).items():
             module_pattern(config, index, name).check_columns(linear.in_features)
 
-    inputs = capture_block_inputs(model, layers[0], samples) if use_data else None
+    streamer = BlockStreamer(model, execution_device, activations_device, activations_dir)
+    inputs = streamer.capture(layers[0], samples) if use_data else None
     per_module: dict[str, float] = {}
     zeros = total = 0
     prefix = _layers_prefix(model, layers)
     for index, layer in enumerate(tqdm(layers, desc="Sparsifying layers", disable=not show_progress)):
-        linears = prunable_linears(layer, config.modules_to_not_prune)
-        stats = None
-        if inputs is not None:
-            stats, handles = attach_statistics(linears, with_gram=True)
-            try:
-                run_block(layer, inputs, keep_outputs=False)
-            finally:
-                for handle in handles:
-                    handle.remove()
-        for name, linear in linears.items():
-            pattern = module_pattern(config, index, name)
-            if pattern.is_dense:
-                continue
-            gram = stats[name].gram if stats is not None else _identity_gram(linear)
-            new_weight, keep = solver(linear.weight.data, gram, pattern, damp=config.damp)
-            linear.weight.data.copy_(new_weight)
-            removed = int((~keep).sum())
-            zeros += removed
-            total += keep.numel()
-            per_module[f"{prefix}{index}.{name}"] = removed / keep.numel()
-        if inputs is not None and index + 1 < len(layers):
-            inputs = run_block(layer, inputs)
+        # Offloaded weights are loaded once per block and the sparsified ones written back on exit.
+        with streamer.materialized(layer):
+            linears = prunable_linears(layer, config.modules_to_not_prune)
+            stats = None
+            if inputs is not None:
+                stats, handles = attach_statistics(linears, with_gram=True)
+                try:
+                    streamer.run(layer, inputs, keep_outputs=False)
+                finally:
+                    for handle in handles:
+                        handle.remove()
+            for name, linear in linears.items():
+                pattern = module_pattern(config, index, name)
+                if pattern.is_dense:
+                    continue
+                gram = stats[name].gram if stats is not None else _identity_gram(linear)
+                new_weight, keep = solver(linear.weight.data, gram, pattern, damp=config.damp)
+                linear.weight.data.copy_(new_weight)
+                removed = int((~keep).sum())
+                zeros += removed
+                total += keep.numel()
+                per_module[f"{prefix}{index}.{name}"] = removed / keep.numel()
+            if inputs is not None and index + 1 < len(layers):
+                inputs = streamer.run(layer, inputs)
 
     record = {
         "format": 1,
