@@ -406,6 +406,9 @@ def _prune(
         + (f"; perplexity on {after_ppl['windows']} x {eval_seqlen} tokens" if after_ppl else "")
     )
     log(format_results_table(_display(results), row_header="model"))
+    if gguf_file:
+        dtype = str(next(pruner.model.parameters()).dtype).replace("torch.", "")
+        log(f"The size before is the quantized {gguf_file}; the pruned model is saved dequantized, in {dtype}.")
     log(f"Saved to {output}")
 
     if args.push_to_hub:
