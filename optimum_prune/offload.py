@@ -206,7 +206,7 @@ def materialized(
                 hook.offload = False
                 hook.execution_device = device
         for module in block.modules():
-            direct = [t for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))]
+            direct = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
             home = next((t.device for t in direct if not t.is_meta), None)
             if home is not None and home != device:
                 homes.append((module, home))
