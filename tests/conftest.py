@@ -18,6 +18,10 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+# Tiny matrices gain nothing from a second thread and lose a lot to its synchronisation on a busy 2-core machine;
+# the real-model tests (test_real_models.py) raise this again for themselves.
+torch.set_num_threads(1)
+
 CHARACTERS = string.ascii_letters + string.digits + string.punctuation + " \n"
 VOCAB = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, **{c: i + 4 for i, c in enumerate(CHARACTERS)}}
 VOCAB_SIZE = 128

@@ -1,0 +1,129 @@
+"""Real-model checks (marked slow): SmolLM2-135M and all-MiniLM-L6-v2, installed offline from package registries.
+
+They prove on real weights what the tiny-model tests prove on random ones: a pruned checkpoint reloads into the
+same outputs, and pruning with reconstruction keeps a usable model. Run with `pytest -m slow` (a few minutes).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from optimum_prune import PrunerForCausalLM, PrunerForSequenceClassification, PruningConfig
+from optimum_prune.assets import minilm_path, smollm2_path, wikipedia_split
+from optimum_prune.evaluation import perplexity
+
+pytestmark = pytest.mark.slow
+
+EVAL_WINDOWS = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def all_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> PrunerForCausalLM:
+    folder, gguf = smollm2_path()
+    return PrunerForCausalLM.from_pretrained(folder, gguf_file=gguf)
+
+
+@pytest.fixture(scope="module")
+def wikipedia(smollm2) -> tuple[list[str], torch.Tensor]:
+    calibration, evaluation = wikipedia_split()
+    ids = smollm2.tokenizer(evaluation, return_tensors="pt", add_special_tokens=False).input_ids
+    return calibration, ids
+
+
+@pytest.fixture(scope="module")
+def dense_perplexity(smollm2, wikipedia) -> float:
+    return perplexity(smollm2.model, input_ids=wikipedia[1], seqlen=512, max_windows=EVAL_WINDOWS)["perplexity"]
+
+
+def _fresh(pruner: PrunerForCausalLM) -> PrunerForCausalLM:
+    return PrunerForCausalLM(copy.deepcopy(pruner.model), pruner.tokenizer)
+
+
+def _prune_ffn(smollm2: PrunerForCausalLM, calibration: list[str], reconstruction: str) -> PrunerForCausalLM:
+    pruner = _fresh(smollm2)
+    config = PruningConfig(
+        target="structured",
+        sparsity=0.2,
+        criterion="activation",
+        reconstruction=reconstruction,
+        structures=["ffn_channels"],
+        round_to=8,
+        num_samples=16,
+        seqlen=512,
+    )
+    pruner.prune(config, dataset=calibration, show_progress=False)
+    return pruner
+
+
+@pytest.fixture(scope="module")
+def liar_pruned(smollm2, wikipedia) -> PrunerForCausalLM:
+    return _prune_ffn(smollm2, wikipedia[0], "liar")
+
+
+def test_smollm2_structured_liar_reloads_identically(liar_pruned, smollm2, wikipedia, tmp_path):
+    pruner = liar_pruned
+    # The budget is 20% of the FFN channels of every layer, rounded to a multiple of 8 (1536 -> 1232 or 1224).
+    sizes = {layer["intermediate_size"] for layer in pruner.summary["layers"]}
+    assert sizes <= {1224, 1232}, sizes
+
+    pruner.save_pretrained(tmp_path / "smollm2-pruned")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "smollm2-pruned", dtype=torch.float32).eval()
+    sample = wikipedia[1][:, :128]
+    with torch.no_grad():
+        assert torch.equal(pruner.model(sample).logits, reloaded(sample).logits)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "smollm2-pruned")
+    assert tokenizer("Hello").input_ids == smollm2.tokenizer("Hello").input_ids
+
+
+def test_smollm2_liar_beats_no_reconstruction(liar_pruned, smollm2, wikipedia, dense_perplexity):
+    eval_ids = wikipedia[1]
+    plain = _prune_ffn(smollm2, wikipedia[0], "none")
+    results = {
+        name: perplexity(p.model, input_ids=eval_ids, seqlen=512, max_windows=EVAL_WINDOWS)["perplexity"]
+        for name, p in (("none", plain), ("liar", liar_pruned))
+    }
+    assert dense_perplexity < results["liar"] < results["none"], (dense_perplexity, results)
+
+
+def test_smollm2_2_4_sparsegpt(smollm2, wikipedia, dense_perplexity, tmp_path):
+    calibration, eval_ids = wikipedia
+    pruner = _fresh(smollm2)
+    config = PruningConfig(target="2:4", method="sparsegpt", num_samples=8, seqlen=256)
+    pruner.prune(config, dataset=calibration, show_progress=False)
+    for name, module in pruner.model.model.layers.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            groups = module.weight.reshape(module.out_features, -1, 4)
+            assert int((groups != 0).sum(-1).max()) <= 2, name
+    pruned = perplexity(pruner.model, input_ids=eval_ids, seqlen=512, max_windows=EVAL_WINDOWS)["perplexity"]
+    assert dense_perplexity < pruned < 6 * dense_perplexity, (dense_perplexity, pruned)
+
+
+def test_minilm_heads_and_ffn_reload_identically(tmp_path):
+    path = minilm_path()
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    pruner = PrunerForSequenceClassification(model, tokenizer)
+    sentences = [article[:400] for article in wikipedia_split()[0][:40]]
+    config = PruningConfig(
+        target="structured", sparsity=0.4, criterion="fluctuation", reconstruction="liar", num_samples=32, seqlen=128
+    )
+    pruner.prune(config, dataset=sentences, show_progress=False)
+    assert pruner.summary["parameters_after"] < pruner.summary["parameters_before"]
+    pruner.save_pretrained(tmp_path / "minilm-pruned")
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "minilm-pruned").eval()
+    batch = tokenizer(["a wonderful, moving film", "dull and far too long"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        assert torch.equal(pruner.model(**batch).logits, reloaded(**batch).logits)
