@@ -22,6 +22,7 @@ from .base import (
     layer_reconstruction_error,
     select_mask,
 )
+from .export import SemiStructuredUnsupportedError, check_model_nm_pattern, check_nm_pattern, export_semi_structured
 
 SparsitySolver = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
@@ -45,11 +46,15 @@ def get_sparsity_method(name: str) -> SparsitySolver:
 
 __all__ = [
     "SPARSITY_METHODS",
+    "SemiStructuredUnsupportedError",
     "SparsityPattern",
     "SparsitySolver",
     "admm_update",
+    "check_model_nm_pattern",
+    "check_nm_pattern",
     "damped_hessian",
     "damped_inverse_hessian",
+    "export_semi_structured",
     "get_sparsity_method",
     "inverse_hessian_cholesky",
     "layer_reconstruction_error",
