@@ -1,0 +1,235 @@
+"""Shared pieces of the benchmarks: machine info, SmolLM2 loaded once, the evaluation tokens, a markdown writer.
+
+Every benchmark follows one protocol (see `optimum_prune.assets`): calibration windows drawn from the first 80% of
+gensim's Wikipedia articles, perplexity on non-overlapping 512-token windows of the last 20%. Run the scripts from
+the repository root, e.g. ``python benchmarks/sparsity.py``; they import this file as ``common``.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from optimum_prune import PrunerForCausalLM
+from optimum_prune.assets import smollm2_path, wikipedia_split
+from optimum_prune.evaluation import format_results_table, perplexity
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+#: Perplexity windows are always this long, whatever the calibration seqlen (the SparseGPT / Wanda protocol).
+EVAL_SEQLEN = 512
+
+
+# ---- machine --------------------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (Linux), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_info() -> dict[str, str]:
+    """What a reader needs to compare timings: CPU, cores usable by this process, torch threads, versions, GPU."""
+    import transformers
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = os.cpu_count() or 0
+    info = {
+        "CPU": cpu_model(),
+        "cores": f"{usable} usable of {os.cpu_count()}",
+        "torch threads": str(torch.get_num_threads()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "OS": f"{platform.system()} {platform.release()}",
+    }
+    if torch.cuda.is_available():
+        info["GPU"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def today() -> str:
+    return datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+# ---- model and data -------------------------------------------------------------------------------------------
+@dataclass
+class Workload:
+    """SmolLM2-135M loaded once, plus the calibration texts and the tokenized evaluation text."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    calibration: list[str]
+    eval_ids: torch.Tensor
+    load_seconds: float
+
+    def fresh_pruner(self) -> PrunerForCausalLM:
+        """A pruner over a deep copy of the pristine model, so no configuration sees another's edits."""
+        return PrunerForCausalLM(copy.deepcopy(self.model), self.tokenizer)
+
+    def eval_windows(self, limit: int | None) -> int:
+        """How many non-overlapping evaluation windows `limit` (None or 0: all) amounts to."""
+        available = (self.eval_ids.numel() - EVAL_SEQLEN) // EVAL_SEQLEN + 1
+        return available if not limit else min(limit, available)
+
+
+def load_workload() -> Workload:
+    """Load the offline SmolLM2-135M (GGUF, dequantized to float32) and split gensim's Wikipedia dump."""
+    start = time.perf_counter()
+    folder, gguf = smollm2_path()
+    pruner = PrunerForCausalLM.from_pretrained(folder, gguf_file=gguf)
+    calibration, evaluation = wikipedia_split()
+    eval_ids = pruner.tokenizer(evaluation, return_tensors="pt", add_special_tokens=False).input_ids
+    return Workload(pruner.model, pruner.tokenizer, calibration, eval_ids, time.perf_counter() - start)
+
+
+def evaluate(model: torch.nn.Module, workload: Workload, windows: int | None) -> dict[str, float]:
+    """Perplexity on the first `windows` (None: all) non-overlapping 512-token evaluation windows."""
+    return perplexity(
+        model, input_ids=workload.eval_ids, seqlen=EVAL_SEQLEN, max_windows=windows or None, show_progress=False
+    )
+
+
+@contextmanager
+def stopwatch() -> Iterator[dict[str, float]]:
+    """``with stopwatch() as t: ...`` then ``t["seconds"]`` is the wall time of the block."""
+    result = {"seconds": float("nan")}
+    start = time.perf_counter()
+    try:
+        yield result
+    finally:
+        result["seconds"] = time.perf_counter() - start
+
+
+# ---- results --------------------------------------------------------------------------------------------------
+@dataclass
+class MarkdownReport:
+    """A results page rewritten in full after every row, so an interrupted run still leaves a readable table.
+
+    The file is written to a temporary name and renamed, so a reader never sees half a table. The rows also go to a
+    JSON file beside it (``sparsity.md`` -> ``sparsity.json``), which :meth:`resume` reads to skip finished rows.
+    """
+
+    path: str
+    title: str
+    intro: str = ""
+    protocol: dict[str, Any] = field(default_factory=dict)
+    machine: Mapping[str, str] = field(default_factory=machine_info)
+    row_header: str = "configuration"
+    float_format: str = ".2f"
+    planned: int | None = None
+    notes: str = ""
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    started: str = field(default_factory=today)
+    finished: str | None = None
+    #: Protocol keys that only select rows (e.g. the methods run); a resumed run may change them.
+    selection_keys: tuple[str, ...] = ()
+
+    @property
+    def json_path(self) -> str:
+        return os.path.splitext(self.path)[0] + ".json"
+
+    def _comparable(self, protocol: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in protocol.items() if k not in self.selection_keys}
+
+    def resume(self) -> list[str]:
+        """Take over the rows of an earlier run with the same protocol and machine; return their names.
+
+        Raises ValueError when the earlier run measured something else, so mixed tables never happen silently.
+        """
+        if not os.path.exists(self.json_path):
+            return []
+        with open(self.json_path, encoding="utf-8") as handle:
+            earlier = json.load(handle)
+        # Compare through JSON so tuples and lists (or ints and floats) written earlier compare equal.
+        ours = json.loads(json.dumps({"protocol": self._comparable(self.protocol), "machine": dict(self.machine)}))
+        theirs = {"protocol": self._comparable(earlier.get("protocol", {})), "machine": earlier.get("machine", {})}
+        if ours != theirs:
+            raise ValueError(
+                f"{self.json_path} was written with another protocol or machine; move it away or drop --resume.\n"
+                f"earlier: {theirs}\nnow:     {ours}"
+            )
+        self.rows = {name: dict(metrics) for name, metrics in earlier.get("rows", {}).items()}
+        self.started = earlier.get("started", self.started)
+        return list(self.rows)
+
+    def add(self, name: str, metrics: Mapping[str, Any]) -> None:
+        """Record one row (replacing a row of the same name) and rewrite the file."""
+        self.rows[name] = dict(metrics)
+        self.write()
+
+    def finish(self) -> None:
+        """Mark the run complete and rewrite the file."""
+        self.finished = today()
+        self.write()
+
+    def render(self) -> str:
+        lines = [f"# {self.title}", ""]
+        if self.intro:
+            lines += [self.intro.strip(), ""]
+        if self.finished is not None:
+            status = f"Complete: {len(self.rows)} rows, started {self.started}, finished {self.finished}."
+        else:
+            planned = f" of {self.planned}" if self.planned is not None else ""
+            status = f"**Partial run**: {len(self.rows)}{planned} rows so far, started {self.started}."
+        lines += [status, ""]
+        if self.rows:
+            lines += [format_results_table(self.rows, self.float_format, self.row_header), ""]
+        if self.notes:
+            lines += [self.notes.strip(), ""]
+        if self.protocol:
+            lines += ["## Protocol", ""] + [f"- {key}: {value}" for key, value in self.protocol.items()] + [""]
+        lines += ["## Machine", ""] + [f"- {key}: {value}" for key, value in self.machine.items()] + [""]
+        lines += ["Command: `" + " ".join(["python"] + [os.path.relpath(sys.argv[0])] + sys.argv[1:]) + "`", ""]
+        return "\n".join(lines)
+
+    def write(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        temporary = f"{self.path}.tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(self.render())
+        os.replace(temporary, self.path)
+        record = {
+            "title": self.title,
+            "protocol": self.protocol,
+            "machine": dict(self.machine),
+            "started": self.started,
+            "finished": self.finished,
+            "rows": self.rows,
+        }
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(record, handle, indent=2)
+            handle.write("\n")
+        os.replace(temporary, self.json_path)
+
+
+def default_output(name: str, quick: bool) -> str:
+    """Where a benchmark writes: `benchmarks/results/<name>.md`, or a temp file for a --quick smoke run."""
+    if quick:
+        import tempfile
+
+        return os.path.join(tempfile.gettempdir(), f"{name}-quick.md")
+    return os.path.join(RESULTS_DIR, f"{name}.md")
+
+
+def log(message: str) -> None:
+    """Progress on stderr with a timestamp, flushed so it shows under `tee` and in CI logs."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
