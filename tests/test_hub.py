@@ -200,6 +200,8 @@ def _run_client(hub: FakeHub, work: Path, input_ids: torch.Tensor) -> dict:
         HF_HUB_DISABLE_PROGRESS_BARS="1",
         HF_HUB_DISABLE_UPDATE_CHECK="1",
         TRANSFORMERS_VERBOSITY="error",
+        # The logits are compared bit for bit with the test process, which runs torch on one thread (conftest).
+        OMP_NUM_THREADS="1",
     )
     args = [REPO_ID, str(work), str(work / "snapshot_cache"), str(work / "hub_cache")]
     done = subprocess.run(
