@@ -131,10 +131,15 @@ class QualityReport:
                     log(f"could not read the previous rows of {path} ({error}); starting afresh")
         return report
 
-    def section(self, key: str, title: str, intro: str, protocol: Mapping[str, Any], float_format: str) -> Section:
-        """Start (or restart) a section: its previous rows are dropped."""
+    def section(
+        self, key: str, title: str, intro: str, protocol: Mapping[str, Any], float_format: str, keep_rows: bool = False
+    ) -> Section:
+        """Start (or restart) a section: its previous rows are dropped unless `keep_rows` (then rows re-run replace
+        their namesakes, which lets a long section be run in parts, e.g. one sparsity at a time)."""
+        previous = self.sections.get(key)
+        rows = dict(previous.rows) if keep_rows and previous is not None else {}
         self.sections[key] = Section(
-            key, title, intro, dict(protocol), float_format=float_format, status=f"running since {today()}"
+            key, title, intro, dict(protocol), rows=rows, float_format=float_format, status=f"running since {today()}"
         )
         self.write()
         return self.sections[key]
@@ -277,6 +282,7 @@ def run_classifier(args: argparse.Namespace, report: QualityReport) -> None:
             "reconstructions": ", ".join(reconstructions),
         },
         ".4f",
+        keep_rows=args.keep_rows,
     )
     with _stopwatch() as timer:
         dense_accuracy = fixture.accuracy(model, tokenizer, dev_rows)
@@ -425,6 +431,7 @@ def run_smollm2(args: argparse.Namespace, report: QualityReport) -> None:
             f"({work.eval_ids.numel()} tokens)",
         },
         ".3f",
+        keep_rows=args.keep_rows,
     )
     dense, dense_seconds = smollm2_dense(work, windows)
     dense_parameters = count_parameters(work.model)
@@ -520,6 +527,7 @@ def run_mamba(args: argparse.Namespace, report: QualityReport) -> None:
             f"({eval_ids.numel()} tokens)",
         },
         ".3f",
+        keep_rows=args.keep_rows,
     )
     with _stopwatch() as timer:
         dense = llm_perplexity(model, eval_ids, windows)
@@ -632,6 +640,7 @@ def run_peers(args: argparse.Namespace, report: QualityReport) -> None:
             "peers' interpreter": f"`{python}` (subprocess), {_peer_versions(python)}",
         },
         ".3f",
+        keep_rows=args.keep_rows,
     )
     dense, _ = smollm2_dense(work, windows)
     report.add(
@@ -743,8 +752,11 @@ def run_peer_subprocess(
     ]
     try:
         completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"status": f"timed out after {timeout} s"}
+    except subprocess.TimeoutExpired as expired:
+        output = expired.stdout.decode() if isinstance(expired.stdout, bytes) else (expired.stdout or "")
+        stages = [line[len("PEER_STAGE ") :] for line in output.splitlines() if line.startswith("PEER_STAGE ")]
+        where = f" while {stages[-1]}" if stages else ""
+        return {"status": f"timed out after {timeout} s{where}"}
     except OSError as error:
         return {"status": _error_text(f"could not start {python}: {error}")}
     for line in reversed(completed.stdout.splitlines()):
@@ -757,12 +769,18 @@ def run_peer_subprocess(
 
 
 # ---- worker (runs inside the peers' virtual environment; imports only torch, transformers and the peer) ----------
+def _stage(text: str) -> None:
+    """Tell the parent what the worker is doing, so that a timeout row can say where the time went."""
+    print(f"PEER_STAGE {text}", flush=True)
+
+
 def peer_worker(job: str, checkpoint: str, data_path: str, threads: int) -> None:
     torch.set_num_threads(threads)
     from transformers import AutoModelForCausalLM
 
     from optimum_prune.evaluation.perplexity import perplexity
 
+    _stage("loading the model")
     data = torch.load(data_path)
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
     result: dict[str, Any] = {}
@@ -774,6 +792,7 @@ def peer_worker(job: str, checkpoint: str, data_path: str, threads: int) -> None
             _llm_compressor(model, job, data["calibration"])
         prune_seconds = time.perf_counter() - start
         model.eval()
+        _stage(f"evaluating perplexity (pruning took {prune_seconds:.0f} s)")
         sparsity, _ = zero_fraction(model)
         ppl = perplexity(model, input_ids=data["eval_ids"], seqlen=EVAL_SEQLEN, show_progress=False)
         result = {
@@ -797,6 +816,7 @@ def _llm_compressor(model: torch.nn.Module, job: str, calibration: torch.Tensor)
     mask_structure = "0:0" if pattern == "50" else pattern
     modifier_class = SparseGPTModifier if method == "sparsegpt" else WandaPruningModifier
     recipe = modifier_class(sparsity=0.5, mask_structure=mask_structure, targets=["Linear"], ignore=["lm_head"])
+    _stage(f"llm-compressor oneshot ({type(recipe).__name__}, {len(calibration)} calibration windows)")
     rows = [{"input_ids": ids, "attention_mask": torch.ones_like(ids)} for ids in calibration]
     # A ready DataLoader skips llm-compressor's own dataset loading and tokenization: the windows stay identical.
     loader = torch.utils.data.DataLoader(rows, batch_size=1, shuffle=False)
@@ -816,6 +836,7 @@ def _torch_pruning_llama(model: torch.nn.Module, ratio: float) -> None:
             num_heads[module.k_proj] = config.num_key_value_heads
             num_heads[module.v_proj] = config.num_key_value_heads
     is_gqa = config.num_attention_heads != config.num_key_value_heads
+    _stage("building Torch-Pruning's dependency graph and pruning groups (BasePruner.__init__)")
     pruner = tp.pruner.BasePruner(
         model,
         example_inputs=inputs,
@@ -830,6 +851,7 @@ def _torch_pruning_llama(model: torch.nn.Module, ratio: float) -> None:
         head_pruning_ratio=ratio,
         round_to=4,
     )
+    _stage("Torch-Pruning: ranking and pruning the groups (BasePruner.step)")
     for group in pruner.step(interactive=True):
         group.prune()
     # The recipe's bookkeeping: the modules keep their old sizes in attributes the forward pass reads.
@@ -892,12 +914,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="interpreter with llmcompressor==0.14.* and torch-pruning==1.6.1 (default: "
         "$OPTIMUM_PRUNE_PEERS_PYTHON, else /work/peersvenv/bin/python, else this one)",
     )
-    parser.add_argument("--peer-timeout", type=int, default=7200, help="seconds per peer subprocess")
+    parser.add_argument(
+        "--peer-timeout", type=int, default=None, help="seconds per peer subprocess (default 3600; quick 120)"
+    )
     parser.add_argument(
         "--threads",
         type=int,
         default=1,
         help="torch threads (default 1: on shared cores, spinning OpenMP threads made steps 6x slower)",
+    )
+    parser.add_argument(
+        "--keep-rows",
+        action="store_true",
+        help="keep the earlier rows of the sections being run (re-run rows replace theirs): run a section in parts",
     )
     parser.add_argument("--output", default=None, help="markdown file (default benchmarks/results/quality.md)")
     parser.add_argument(
@@ -926,6 +955,7 @@ def main(argv: list[str] | None = None) -> QualityReport | None:
     args.num_samples = args.num_samples or (8 if args.quick else LM_SAMPLES)
     args.seqlen = args.seqlen or 512
     args.eval_windows = args.eval_windows or 0
+    args.peer_timeout = args.peer_timeout or (120 if args.quick else 3600)
     if args.output is None:
         args.output = (
             os.path.join(tempfile.gettempdir(), "quality-quick.md")
