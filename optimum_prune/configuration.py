@@ -116,7 +116,8 @@ class PruningConfig:
         default=None,
         metadata={
             "help": "Calibration data: a list of strings, a datasets.Dataset, a local file (.txt/.json/.jsonl/.csv/"
-            ".parquet) or a dataset name ('wikitext2', 'c4', 'ptb'). Not saved to JSON unless it is a string."
+            ".parquet), a dataset name ('wikitext2', 'c4', 'ptb'), or 'random-tokens' (uniformly random token ids: "
+            "data-driven criteria and refits without any data). Not saved to JSON unless it is a string."
         },
     )
     num_samples: int = field(default=128, metadata={"help": "Number of calibration sequences."})

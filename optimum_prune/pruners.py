@@ -21,7 +21,7 @@ from transformers import (
 from .architectures import get_adapter
 from .configuration import PruningConfig
 from .criteria import CRITERIA
-from .data.calibration import load_texts, sample_examples, sample_token_windows
+from .data.calibration import RANDOM_TOKENS, load_texts, random_token_samples, sample_examples, sample_token_windows
 from .offload import is_offloaded, new_offloaded_zero_biases
 from .reconstruction import RECONSTRUCTIONS
 from .serialization.layout import count_parameters, pruned_heads, record_layout
@@ -102,6 +102,16 @@ class BasePruner:
     def calibration_samples(self, config: PruningConfig) -> list[dict[str, torch.Tensor]]:
         if self.tokenizer is None:
             raise ValueError("Calibration needs a tokenizer: pass one to the pruner.")
+        if isinstance(config.dataset, str) and config.dataset == RANDOM_TOKENS:
+            vocab_size = int(getattr(self.model.config, "vocab_size", 0) or len(self.tokenizer))
+            return random_token_samples(
+                self.tokenizer,
+                vocab_size,
+                config.num_samples,
+                config.seqlen,
+                config.seed,
+                as_windows=self.calibration_format == "windows",
+            )
         texts = load_texts(config.dataset)
         sampler = sample_token_windows if self.calibration_format == "windows" else sample_examples
         return sampler(texts, self.tokenizer, config.num_samples, config.seqlen, config.seed)

@@ -256,3 +256,21 @@ def test_output_that_is_a_file_or_a_full_folder_is_left_alone(work, tmp_path, ca
     assert "--overwrite" in capsys.readouterr().err
     assert [p.name for p in full.iterdir()] == ["notes.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "model.bin"]
+
+
+def test_random_tokens_dataset_runs_a_data_driven_recipe_without_text(work, tmp_path):
+    output = tmp_path / "pruned"
+    command = [_script("optimum-prune"), "-m", str(work.model), "--sparsity", "0.25", "--criterion", "activation"]
+    command += ["--dataset", "random-tokens", "--num-samples", "4", "--seqlen", "32", "--no-progress"]
+    done = _run([*command, str(output)], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    saved = json.loads((output / "pruning_config.json").read_text())
+    assert (saved["criterion"], saved["reconstruction"], saved["dataset"]) == ("activation", "liar", "random-tokens")
+
+    refused = _run([*command, "--evaluate", "ppl", str(tmp_path / "never")], cwd=tmp_path)
+    assert refused.returncode == 1
+    assert _error_lines(refused.stderr) == [
+        "optimum-prune: error: --dataset random-tokens holds no text to evaluate on: pass --eval-dataset with "
+        "--evaluate."
+    ]
+    assert not (tmp_path / "never").exists()

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 from conftest import tiny_bert, tiny_llama, tiny_mamba
+from tokenizers import processors
 from transformers import AutoModelForCausalLM, AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
 from optimum_prune import (
@@ -170,3 +171,55 @@ def test_calibration_free_run_needs_no_data(tokenizer):
     pruner = PrunerForCausalLM(tiny_llama(), tokenizer)
     pruner.prune(PruningConfig(sparsity=0.3, criterion="magnitude", reconstruction="none"), show_progress=False)
     assert pruner.summary["parameters_after"] < pruner.summary["parameters_before"]
+
+
+def test_random_tokens_calibrate_without_any_text(tokenizer, monkeypatch):
+    import optimum_prune.pruners as pruners_module
+    from optimum_prune.data.calibration import RANDOM_TOKENS, random_token_samples
+
+    def no_text(*args, **kwargs):
+        raise AssertionError("random-tokens calibration must not load or tokenize any text")
+
+    samples = random_token_samples(tokenizer, 128, num_samples=3, seqlen=50, seed=1)
+    ids = torch.cat([s["input_ids"] for s in samples])
+    assert ids.shape == (3, 50)
+    assert not set(ids.unique().tolist()) & set(tokenizer.all_special_ids)
+    assert torch.equal(ids, torch.cat([s["input_ids"] for s in random_token_samples(tokenizer, 128, 3, 50, 1)]))
+    assert not torch.equal(ids, torch.cat([s["input_ids"] for s in random_token_samples(tokenizer, 128, 3, 50, 2)]))
+    # Encoder examples get the special tokens the tokenizer itself adds to a text.
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    wrapped = random_token_samples(tokenizer, 128, 1, 10, as_windows=False)[0]["input_ids"][0]
+    assert (wrapped[0].item(), wrapped[-1].item(), wrapped.numel()) == (2, 3, 12)
+
+    monkeypatch.setattr(pruners_module, "load_texts", no_text)
+    monkeypatch.setattr(pruners_module, "sample_token_windows", no_text)
+    runs = []
+    for seed in (0, 0, 1):
+        pruner = PrunerForCausalLM(tiny_llama(), tokenizer)
+        pruner.prune(
+            PruningConfig(
+                sparsity=0.3,
+                criterion="activation",
+                reconstruction="liar",
+                dataset=RANDOM_TOKENS,
+                num_samples=4,
+                seqlen=32,
+                seed=seed,
+            ),
+            show_progress=False,
+        )
+        runs.append(pruner)
+    assert runs[0].summary["parameters_after"] < runs[0].summary["parameters_before"]
+    assert runs[0].pruning_config.dataset == RANDOM_TOKENS  # the recipe says where its statistics came from
+    first, again, other = (r.model.state_dict() for r in runs)
+    assert all(torch.equal(first[k], again[k]) for k in first)  # the seed fixes the random tokens
+    assert any(first[k].shape != other[k].shape or not torch.equal(first[k], other[k]) for k in first)
+
+
+def test_random_tokens_is_not_a_text_source():
+    from optimum_prune.data.calibration import RANDOM_TOKENS, CalibrationDataError, load_texts
+
+    with pytest.raises(CalibrationDataError, match="not text"):
+        load_texts(RANDOM_TOKENS)

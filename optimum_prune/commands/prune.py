@@ -207,7 +207,8 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--dataset",
         default=None,
         metavar="FILE_OR_NAME",
-        help="calibration text: a .txt/.json/.jsonl/.csv/.parquet file, or wikitext2, c4, ptb (need the Hub)",
+        help="calibration text: a .txt/.json/.jsonl/.csv/.parquet file, or wikitext2, c4, ptb (need the Hub), or "
+        "random-tokens (uniformly random token ids: no data at all)",
     )
     data.add_argument("--text-column", default=None, help="text column of a json/csv/parquet --dataset")
     data.add_argument(
@@ -287,6 +288,8 @@ def prune_from_args(args: argparse.Namespace, log: Callable[[str], None] = print
         raise CLIError("--eval-dataset is only read with --evaluate ppl.")
     if args.evaluate and not (args.dataset or args.eval_dataset):
         raise CLIError("--evaluate ppl needs text: pass --eval-dataset, or --dataset (its last 20% is evaluated).")
+    if args.evaluate and args.dataset == "random-tokens" and not args.eval_dataset:
+        raise CLIError("--dataset random-tokens holds no text to evaluate on: pass --eval-dataset with --evaluate.")
 
     # Everything heavy is imported from here on (see the module docstring).
     with _progress_bars(enabled=not args.no_progress):
@@ -298,7 +301,7 @@ def _prune(
 ) -> dict[str, Any]:
     import optimum_prune
     from optimum_prune.criteria import CRITERIA
-    from optimum_prune.data.calibration import NAMED_EVAL_SPLITS, load_texts
+    from optimum_prune.data.calibration import NAMED_EVAL_SPLITS, RANDOM_TOKENS, load_texts
     from optimum_prune.evaluation import format_results_table, perplexity
     from optimum_prune.reconstruction import RECONSTRUCTIONS
     from optimum_prune.unstructured import DATA_FREE_METHODS
@@ -307,11 +310,14 @@ def _prune(
     if not args.dataset:
         _check_calibration_free(config, args, CRITERIA, RECONSTRUCTIONS, DATA_FREE_METHODS, log)
 
-    calibration: list[str] | None = None
+    calibration: list[str] | str | None = None
     eval_text: str | None = None
     eval_split: str | None = None
     record_dataset = False
-    if args.dataset:
+    if args.dataset == RANDOM_TOKENS:
+        # No text: the pruner draws the token ids; evaluation needs --eval-dataset.
+        calibration, record_dataset = RANDOM_TOKENS, True
+    elif args.dataset:
         texts = _load(load_texts, args.dataset, args.text_column, "--dataset")
         if args.evaluate and not args.eval_dataset:
             calibration, eval_text = split_for_evaluation(texts)

@@ -35,6 +35,11 @@ NAMED_DATASETS: dict[str, NamedDataset] = {
 }
 NAMED_EVAL_SPLITS = {"wikitext2": "test", "c4": "validation", "ptb": "test"}
 
+#: `dataset=RANDOM_TOKENS` calibrates on uniformly random token ids: no text at all, so a data-driven criterion
+#: or refit runs where no data may be used. On SmolLM2 its FFN activation statistics rank channels far better than
+#: any weight-only score (benchmarks/results/ffn_scores.md), though worse than real text.
+RANDOM_TOKENS = "random-tokens"
+
 _FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -57,10 +62,15 @@ def load_texts(source: Any, text_column: str | None = None, split: str | None = 
     """Turn any supported calibration source into a list of strings."""
     if source is None:
         raise CalibrationDataError(
-            "No calibration data: pass `dataset=` (a list of strings, a datasets.Dataset, a local file or one of "
-            f"{sorted(NAMED_DATASETS)}), or choose a criterion and reconstruction that need none."
+            "No calibration data: pass `dataset=` (a list of strings, a datasets.Dataset, a local file, one of "
+            f"{sorted(NAMED_DATASETS)}, or {RANDOM_TOKENS!r} for random token ids), or choose a criterion and "
+            "reconstruction that need none."
         )
     if isinstance(source, str):
+        if source == RANDOM_TOKENS:
+            raise CalibrationDataError(
+                f"{RANDOM_TOKENS!r} is not text: the pruners draw its token ids themselves (random_token_samples)."
+            )
         if source in NAMED_DATASETS:
             text_column = text_column or NAMED_DATASETS[source].text_column
             source = load_named_dataset(source, split)
@@ -82,6 +92,40 @@ def load_texts(source: Any, text_column: str | None = None, split: str | None = 
     if not texts:
         raise CalibrationDataError("The calibration data is empty (no non-blank text).")
     return texts
+
+
+def random_token_samples(
+    tokenizer: Any, vocab_size: int, num_samples: int, seqlen: int, seed: int = 0, as_windows: bool = True
+) -> list[dict[str, torch.Tensor]]:
+    """`num_samples` sequences of `seqlen` token ids drawn uniformly from the vocabulary, special tokens excluded.
+
+    `as_windows=False` (encoders) wraps each sequence in the tokenizer's special tokens ([CLS] ... [SEP]) as real
+    examples would be.
+    """
+    if num_samples < 1 or seqlen < 1:
+        raise CalibrationDataError(f"num_samples and seqlen must be >= 1 (got {num_samples} and {seqlen}).")
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    allowed = torch.tensor([i for i in range(vocab_size) if i not in special], dtype=torch.long)
+    if allowed.numel() == 0:
+        raise CalibrationDataError("The vocabulary holds special tokens only: no random calibration tokens to draw.")
+    prefix, suffix = ([], []) if as_windows else _special_token_frame(tokenizer)
+    generator = torch.Generator().manual_seed(seed)
+    samples = []
+    for _ in range(num_samples):
+        ids = allowed[torch.randint(0, allowed.numel(), (seqlen,), generator=generator)]
+        ids = torch.cat([torch.tensor(prefix, dtype=torch.long), ids, torch.tensor(suffix, dtype=torch.long)])
+        samples.append({"input_ids": ids[None, :]})
+    return samples
+
+
+def _special_token_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after a text of its own (e.g. [CLS] and [SEP]), read off a probe."""
+    framed = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+    content = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    for start in range(len(framed) - len(content) + 1):
+        if content and framed[start : start + len(content)] == content:
+            return framed[:start], framed[start + len(content) :]
+    return [], []
 
 
 def _load_file(path: str) -> Any:
