@@ -3,7 +3,8 @@
 Rows: the dense model, then every criterion (prunenet, magnitude, activation, fluctuation) x reconstruction (none,
 liar) x FFN compression (20%, 30% of each layer's FFN channels, `structures=["ffn_channels"]`, uniform allocation),
 each on a fresh copy of the model. PruneNet and magnitude read no data to rank channels; with `liar` they still get
-the calibration windows, for the least-squares refit only. Perplexity on non-overlapping 512-token windows of the
+the calibration windows, for the least-squares refit only. Rows marked `[random tokens]` calibrate the activation
+criterion (and LIAR) on uniformly random token ids instead (`dataset="random-tokens"`): no data at all. Perplexity on non-overlapping 512-token windows of the
 evaluation split. The table in `benchmarks/results/structured.md` is rewritten after every row.
 
     python benchmarks/structured.py                             # the full table
@@ -21,6 +22,7 @@ from common import MarkdownReport, default_output, evaluate, load_workload, log,
 
 from optimum_prune import PruningConfig
 from optimum_prune.criteria import CRITERIA
+from optimum_prune.data.calibration import RANDOM_TOKENS
 from optimum_prune.reconstruction import RECONSTRUCTIONS
 from optimum_prune.serialization.layout import count_parameters
 
@@ -48,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--reconstructions", nargs="+", choices=sorted(RECONSTRUCTIONS), default=list(DEFAULT_RECONSTRUCTIONS)
+    )
+    parser.add_argument(
+        "--calibration",
+        nargs="+",
+        choices=["text", RANDOM_TOKENS],
+        default=["text", RANDOM_TOKENS],
+        help="calibration sources: the Wikipedia text, and/or random token ids (activation rows, '[random tokens]')",
     )
     parser.add_argument("--sparsities", nargs="+", type=fraction, default=None, help="default: 0.2 0.3")
     parser.add_argument("--num-samples", type=int, default=32, help="calibration windows (default 32)")
@@ -88,6 +97,13 @@ def main(argv: list[str] | None = None) -> MarkdownReport:
     work = load_workload()
     windows = work.eval_windows(args.eval_windows)
     dense_parameters = count_parameters(work.model)
+    plan = [
+        (sparsity, criterion, reconstruction, source)
+        for sparsity in sparsities
+        for source in args.calibration
+        for criterion in (criteria if source == "text" else ["activation"])
+        for reconstruction in reconstructions
+    ]
     report = MarkdownReport(
         path=output,
         title="FFN channel pruning of SmolLM2-135M" + (" (--quick smoke run)" if args.quick else ""),
@@ -111,10 +127,11 @@ def main(argv: list[str] | None = None) -> MarkdownReport:
             "criteria": ", ".join(criteria),
             "reconstructions": ", ".join(reconstructions),
             "FFN compression": ", ".join(f"{s:.0%}" for s in sparsities),
+            "calibration sources": ", ".join(args.calibration),
             "wall time": "seconds of `PrunerForCausalLM.prune`, on CPU, one configuration at a time",
         },
-        planned=1 + len(sparsities) * len(criteria) * len(reconstructions),
-        selection_keys=("criteria", "reconstructions", "FFN compression"),
+        planned=1 + len(plan),
+        selection_keys=("criteria", "reconstructions", "FFN compression", "calibration sources"),
     )
     done = report.resume() if args.resume else []
     log(f"loaded in {work.load_seconds:.0f}s; writing {output}" + (f"; {len(done)} rows kept" if done else ""))
@@ -128,43 +145,44 @@ def main(argv: list[str] | None = None) -> MarkdownReport:
         )
         log(f"dense perplexity {dense['perplexity']:.3f} ({windows} windows in {timer['seconds']:.0f}s)")
 
-    for sparsity in sparsities:
-        for criterion in criteria:
-            for reconstruction in reconstructions:
-                name = f"{sparsity:.0%} FFN, {criterion} + {reconstruction}"
-                if name in done:
-                    continue
-                torch.manual_seed(0)
-                pruner = work.fresh_pruner()
-                config = PruningConfig(
-                    target="structured",
-                    sparsity=sparsity,
-                    criterion=criterion,
-                    reconstruction=reconstruction,
-                    structures=["ffn_channels"],
-                    round_to=args.round_to,
-                    num_samples=args.num_samples,
-                    seqlen=args.seqlen,
-                    seed=0,
-                    **extra,
-                )
-                log(f"{name}: pruning")
-                # The calibration text is always offered; prune() draws windows only when the criterion or the
-                # reconstruction reads them, so prunenet + none and magnitude + none stay data-free.
-                with stopwatch() as timer:
-                    pruner.prune(config, dataset=work.calibration, show_progress=False)
-                seconds = timer["seconds"]
-                result = evaluate(pruner.model, work, windows)
-                report.add(
-                    name,
-                    {
-                        "perplexity": result["perplexity"],
-                        "pruning time (s)": seconds,
-                        "parameters (M)": pruner.summary["parameters_after"] / 1e6,
-                    },
-                )
-                log(f"{name}: perplexity {result['perplexity']:.3f}, pruning {seconds:.1f}s")
-                del pruner
+    for sparsity, criterion, reconstruction, source in plan:
+        name = f"{sparsity:.0%} FFN, {criterion} + {reconstruction}" + (
+            " [random tokens]" if source == RANDOM_TOKENS else ""
+        )
+        if name in done:
+            continue
+        torch.manual_seed(0)
+        pruner = work.fresh_pruner()
+        config = PruningConfig(
+            target="structured",
+            sparsity=sparsity,
+            criterion=criterion,
+            reconstruction=reconstruction,
+            structures=["ffn_channels"],
+            round_to=args.round_to,
+            num_samples=args.num_samples,
+            seqlen=args.seqlen,
+            seed=0,
+            **extra,
+        )
+        log(f"{name}: pruning")
+        # The calibration text is always offered; prune() draws windows only when the criterion or the
+        # reconstruction reads them, so prunenet + none and magnitude + none stay data-free.
+        with stopwatch() as timer:
+            dataset = RANDOM_TOKENS if source == RANDOM_TOKENS else work.calibration
+            pruner.prune(config, dataset=dataset, show_progress=False)
+        seconds = timer["seconds"]
+        result = evaluate(pruner.model, work, windows)
+        report.add(
+            name,
+            {
+                "perplexity": result["perplexity"],
+                "pruning time (s)": seconds,
+                "parameters (M)": pruner.summary["parameters_after"] / 1e6,
+            },
+        )
+        log(f"{name}: perplexity {result['perplexity']:.3f}, pruning {seconds:.1f}s")
+        del pruner
     report.finish()
     log(f"done: {output}")
     return report
