@@ -722,7 +722,8 @@ def peer_notes(rows: Mapping[str, Mapping[str, Any]]) -> str:
     if stuck:
         lines.append(
             f"- {', '.join(stuck)}: Torch-Pruning's `DependencyGraph` did not finish building for SmolLM2 before "
-            "the timeout in its row (one CPU thread, an 11-token example input). Upstream reports the same endless graph building for "
+            "the timeout in its row (one CPU thread, an 11-token example input). Upstream reports the same endless "
+            "graph building for "
             "LLaMA-family models with grouped-query attention (VainF/Torch-Pruning#527; SmolLM2 has 9 query and 3 KV "
             "heads), so no Torch-Pruning number could be measured here."
         )
