@@ -43,17 +43,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask on Linux)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def machine_info() -> dict[str, str]:
     """What a reader needs to compare timings: CPU, cores usable by this process, torch threads, versions, GPU."""
     import transformers
 
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        usable = os.cpu_count() or 0
     info = {
         "CPU": cpu_model(),
-        "cores": f"{usable} usable of {os.cpu_count()}",
+        "cores": f"{usable_cores()} usable of {os.cpu_count()}",
         "torch threads": str(torch.get_num_threads()),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -201,12 +205,7 @@ class MarkdownReport:
         return "\n".join(lines)
 
     def write(self) -> None:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
-        temporary = f"{self.path}.tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(self.render())
-        os.replace(temporary, self.path)
+        write_text_atomically(self.path, self.render())
         record = {
             "title": self.title,
             "protocol": self.protocol,
@@ -215,10 +214,16 @@ class MarkdownReport:
             "finished": self.finished,
             "rows": self.rows,
         }
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(record, handle, indent=2)
-            handle.write("\n")
-        os.replace(temporary, self.json_path)
+        write_text_atomically(self.json_path, json.dumps(record, indent=2) + "\n")
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it: a reader never sees half a table."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temporary = f"{path}.tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
 
 
 def default_output(name: str, quick: bool) -> str:

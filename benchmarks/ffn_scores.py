@@ -33,7 +33,7 @@ ScoreFunction = Callable[[dict[str, torch.Tensor], int], torch.Tensor]
 
 def _leverage(name: str) -> ScoreFunction:
     column = FEATURE_NAMES.index(name)
-    return lambda m, layer: channel_features(m["gate"] * m["gamma"])[:, column].double()
+    return lambda m, layer: m["prunenet_features"][:, column].double()
 
 
 SCORES: dict[str, ScoreFunction] = {
@@ -102,6 +102,10 @@ def main(argv: list[str] | None = None) -> None:
                 "gamma": layer.post_attention_layernorm.weight.double(),
                 "inputs": inputs[index].double(),
                 "random_inputs": random_inputs[index].double(),
+                # PruneNet's features of gate_proj as it acts on the normalised hidden state, once per layer.
+                "prunenet_features": channel_features(
+                    layer.mlp.gate_proj.weight.double() * layer.post_attention_layernorm.weight.double()
+                ),
             }
             total = (matrices["inputs"] @ matrices["down"].T).norm()
             for name, score_function in SCORES.items():

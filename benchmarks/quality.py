@@ -186,11 +186,10 @@ class QualityReport:
         return "\n".join(lines)
 
     def write(self) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        temporary = f"{self.path}.tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(self.render())
-        os.replace(temporary, self.path)
+        # Imported here: common.py loads the project's transformers plugin, which the peers' worker must not.
+        from common import write_text_atomically
+
+        write_text_atomically(self.path, self.render())
 
 
 def _json_default(value: Any) -> Any:

@@ -22,10 +22,8 @@ The workers are this script run as `python benchmarks/speed.py --worker SPEC.jso
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -37,6 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from common import log, today, usable_cores, write_text_atomically
+from common import machine_info as common_machine_info
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SECTIONS = ("latency", "cost", "sparse24")
@@ -52,39 +52,10 @@ ROUND_TO = 64
 
 
 # ---- machine and output ---------------------------------------------------------------------------------------
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
 def machine_info() -> dict[str, str]:
-    import transformers
-
-    info = {
-        "CPU": cpu_model(),
-        "cores": f"{usable_cores()} usable of {os.cpu_count()}",
-        "torch threads": str(torch.get_num_threads()),
-        "memory": _total_memory(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "OS": f"{platform.system()} {platform.release()}",
-    }
-    if torch.cuda.is_available():
-        info["GPU"] = torch.cuda.get_device_name(0)
+    """common.py's machine description plus total memory, which the cost rows are read against."""
+    info = common_machine_info()
+    info["memory"] = _total_memory()
     return info
 
 
@@ -97,14 +68,6 @@ def _total_memory() -> str:
     except OSError:
         pass
     return "unknown"
-
-
-def now() -> str:
-    return datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
@@ -127,7 +90,7 @@ class Report:
     path: str
     quick: bool
     settings: dict[str, Any]
-    started: str = field(default_factory=now)
+    started: str = field(default_factory=today)
     finished: str | None = None
     machine: dict[str, str] = field(default_factory=machine_info)
     latency: list[dict[str, Any]] = field(default_factory=list)
@@ -256,11 +219,7 @@ class Report:
         return "\n".join(lines)
 
     def write(self) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        temporary = f"{self.path}.tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(self.render())
-        os.replace(temporary, self.path)
+        write_text_atomically(self.path, self.render())
 
 
 # ---- workspace: models as safetensors folders, calibration text as a file ---------------------------------------
@@ -750,7 +709,7 @@ def main(argv: list[str] | None = None) -> Report:
     finally:
         if own_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    report.finished = now()
+    report.finished = today()
     report.write()
     log(f"done in {time.perf_counter() - started:.0f}s: {output}")
     return report
