@@ -11,6 +11,7 @@ import os
 
 import pytest
 import torch
+from reload_checks import assert_saved_tensors_equal, assert_state_dicts_equal, dense_reload_tolerance
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from optimum_prune import PrunerForCausalLM, PrunerForSequenceClassification, PruningConfig
@@ -124,7 +125,18 @@ def test_minilm_heads_and_ffn_reload_identically(tmp_path):
     pruner.prune(config, dataset=sentences, show_progress=False)
     assert pruner.summary["parameters_after"] < pruner.summary["parameters_before"]
     pruner.save_pretrained(tmp_path / "minilm-pruned")
+    assert_saved_tensors_equal(pruner.model, tmp_path / "minilm-pruned")
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "minilm-pruned").eval()
+    assert_state_dicts_equal(reloaded, pruner.model)
     batch = tokenizer(["a wonderful, moving film", "dull and far too long"], return_tensors="pt", padding=True)
-    with torch.no_grad():
-        assert torch.equal(pruner.model(**batch).logits, reloaded(**batch).logits)
+
+    @torch.no_grad()
+    def logits(m: torch.nn.Module) -> torch.Tensor:
+        return m(**batch).logits
+
+    # BERT logits are not bit-reproducible across a save/reload (see tests/reload_checks.py): compare within what the
+    # dense model's own round trip shows.
+    dense = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, dtype=torch.float32).eval()
+    tolerance = dense_reload_tolerance(dense, AutoModelForSequenceClassification, logits, tmp_path / "dense")
+    difference = (logits(reloaded) - logits(pruner.model)).abs().max().item()
+    assert difference <= tolerance, (difference, tolerance)

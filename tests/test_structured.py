@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 from conftest import tiny_bert, tiny_llama, tiny_mamba
+from reload_checks import assert_saved_tensors_equal, assert_state_dicts_equal, dense_reload_tolerance
 from tokenizers import processors
 from transformers import AutoModelForCausalLM, AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
@@ -21,6 +22,10 @@ from optimum_prune import (
 )
 
 INPUT_IDS = torch.tensor([[5, 17, 33, 48, 9, 60, 71, 12, 90, 33, 41, 7]])
+
+# Families whose reloaded logits equal the in-memory ones bit for bit (checked below). BERT's do not always: a dense,
+# unpruned BERT reloaded the same way differs in the last bits on some machines, so BERT gets a measured tolerance.
+BIT_EXACT_RELOAD = {"llama", "mamba"}
 
 CASES = {
     "llama": (tiny_llama, PrunerForCausalLM, AutoModelForCausalLM),
@@ -60,8 +65,16 @@ def test_prune_save_reload_identical(name, allocation, tokenizer, texts, sentenc
     assert torch.isfinite(expected).all()
     pruner.save_pretrained(tmp_path / "out")
     assert {"config.json", "model.safetensors", "pruning_config.json"} <= set(os.listdir(tmp_path / "out"))
+    assert_saved_tensors_equal(pruner.model, tmp_path / "out")
     reloaded = CASES[name][2].from_pretrained(tmp_path / "out").eval()
-    assert torch.equal(_outputs(reloaded), expected)
+    assert_state_dicts_equal(reloaded, pruner.model)
+    if name in BIT_EXACT_RELOAD:
+        assert torch.equal(_outputs(reloaded), expected)
+    else:
+        factory, _, auto_class = CASES[name]
+        tolerance = dense_reload_tolerance(factory(), auto_class, _outputs, tmp_path / "dense")
+        difference = (_outputs(reloaded) - expected).abs().max().item()
+        assert difference <= tolerance, (difference, tolerance)
     assert sum(p.numel() for p in reloaded.parameters()) == summary["parameters_after"]
     assert PruningConfig.from_pretrained(tmp_path / "out").sparsity == 0.3
 
