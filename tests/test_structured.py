@@ -12,7 +12,12 @@ import torch
 from conftest import tiny_bert, tiny_llama, tiny_mamba
 from reload_checks import assert_saved_tensors_equal, assert_state_dicts_equal, dense_reload_tolerance
 from tokenizers import processors
-from transformers import AutoModelForCausalLM, AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+)
 
 from optimum_prune import (
     PrunerForCausalLM,
@@ -20,6 +25,7 @@ from optimum_prune import (
     PrunerForSequenceClassification,
     PruningConfig,
 )
+from optimum_prune.serialization.layout import PLUGIN_REQUIRED_MESSAGE
 
 INPUT_IDS = torch.tensor([[5, 17, 33, 48, 9, 60, 71, 12, 90, 33, 41, 7]])
 
@@ -116,7 +122,7 @@ def test_uniform_llama_loads_in_plain_transformers(tokenizer, texts, tmp_path):
     pruner = _prune("llama", tokenizer, texts, None, sparsity=0.3, round_to=8)
     pruner.save_pretrained(tmp_path / "out")
     config = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert "quantization_config" not in config
+    assert "quantization_config" not in config and "transformers_weights" not in config
     assert config["num_attention_heads"] == 4 and config["num_key_value_heads"] == 2
     assert config["intermediate_size"] % 8 == 0
     assert config["pruning"]["requires_plugin"] is False
@@ -139,14 +145,35 @@ def test_nonuniform_checkpoint_without_plugin_is_an_error(tokenizer, texts, tmp_
     pruner.save_pretrained(tmp_path / "out")
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["quantization_config"] == {"quant_method": "optimum_prune"}
+    # A process that never imports the plugin: the config still reads, the model load raises our instruction.
     script = (
-        "from transformers import AutoModelForCausalLM\n"
-        f"AutoModelForCausalLM.from_pretrained({str(tmp_path / 'out')!r})\n"
-        "print('loaded-silently')\n"
+        "import sys\n"
+        "from transformers import AutoConfig, AutoModelForCausalLM\n"
+        f"path = {str(tmp_path / 'out')!r}\n"
+        "print('config-ok', AutoConfig.from_pretrained(path).model_type)\n"
+        "try:\n"
+        "    AutoModelForCausalLM.from_pretrained(path)\n"
+        "except Exception as error:\n"
+        "    print('raised', type(error).__name__, str(error).replace(chr(10), ' '))\n"
+        "else:\n"
+        "    print('loaded-silently')\n"
+        "assert 'optimum_prune' not in sys.modules\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0 and "loaded-silently" not in result.stdout
-    assert "optimum_prune" in result.stderr
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "config-ok llama" in result.stdout and "loaded-silently" not in result.stdout
+    raised = next(line for line in result.stdout.splitlines() if line.startswith("raised "))
+    # The raised error itself names both steps; nothing was built, so no size-mismatch table precedes it.
+    assert raised.startswith("raised ValueError") and raised.endswith(PLUGIN_REQUIRED_MESSAGE), raised
+    assert "`pip install optimum-prune`" in raised and "`import optimum_prune`" in raised
+    assert "MISMATCH" not in result.stderr
+
+    # With the plugin (imported by this test module) the same folder loads as usual, also with an explicit config.
+    expected = _outputs(pruner.model)
+    for kwargs in ({}, {"config": AutoConfig.from_pretrained(tmp_path / "out")}):
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out", **kwargs).eval()
+        assert torch.equal(_outputs(reloaded), expected)
+        assert not hasattr(reloaded.config, "transformers_weights")
 
 
 def test_round_to_gives_multiples(tokenizer, texts):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -13,6 +16,13 @@ LAYOUT_KEY = "pruning"
 #: `quantization_config.quant_method` of checkpoints that only load with the plugin imported.
 QUANT_METHOD = "optimum_prune"
 LAYOUT_FORMAT = 1
+#: What a process without the plugin is told when it loads a checkpoint only the plugin can rebuild.
+PLUGIN_REQUIRED_MESSAGE = (
+    "this checkpoint was pruned by optimum-prune and its layers differ in size, which plain transformers cannot "
+    "build. Install the plugin (`pip install optimum-prune`) and run `import optimum_prune` before `from_pretrained`."
+)
+#: config.json key that carries `PLUGIN_REQUIRED_MESSAGE` (see `write_loading_guard`).
+LOADING_GUARD_KEY = "transformers_weights"
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -92,3 +102,31 @@ def apply_layout(model: nn.Module) -> None:
         raise ValueError(f"The checkpoint describes {len(layout['layers'])} layers but the model has {len(layers)}.")
     for layer, description in zip(layers, layout["layers"]):
         adapter.resize_layer(layer, description)
+
+
+def write_loading_guard(folder: str | os.PathLike) -> bool:
+    """Make a plain-transformers load of a plugin-only checkpoint fail early, with an error that names the plugin.
+
+    Without the plugin, transformers skips the unknown `quant_method` with a warning, builds the unpruned model and
+    fails later on a table of size mismatches that never mentions `optimum_prune`. Nothing in a checkpoint can run
+    code there, so the guard uses the one `config.json` field that transformers validates, with its value in the
+    error, after the quantizer is chosen and before anything is built: `transformers_weights` (the name of the
+    weights file) must end in `.safetensors`. It holds `PLUGIN_REQUIRED_MESSAGE` instead, and
+    `from_pretrained` raises `ValueError("The transformers file in the config seems to be incorrect: ...: <message>")`
+    (transformers >= 5.0). With the plugin imported, `PrunedLayoutLoader` removes the field before the weights are
+    looked up, so the weights load from `model.safetensors` as usual; `config.save_pretrained` drops the field
+    itself, so it is written here, after the model is saved. Returns whether the guard was written.
+    """
+    path = Path(folder) / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if not _is_ours(config.get("quantization_config")):
+        return False
+    config[LOADING_GUARD_KEY] = PLUGIN_REQUIRED_MESSAGE
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return True
+
+
+def remove_loading_guard(config: Any) -> None:
+    """Undo `write_loading_guard` on a loaded config (plugin side), leaving any real weights file name alone."""
+    if getattr(config, LOADING_GUARD_KEY, None) == PLUGIN_REQUIRED_MESSAGE:
+        delattr(config, LOADING_GUARD_KEY)

@@ -19,7 +19,7 @@ from transformers.quantizers.auto import (
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from .layout import QUANT_METHOD, apply_layout
+from .layout import QUANT_METHOD, apply_layout, remove_loading_guard
 
 
 class PrunedLayoutConfig(QuantizationConfigMixin):
@@ -36,6 +36,23 @@ class PrunedLayoutLoader(HfQuantizer):
     """Resizes each layer to its stored size before the weights are loaded; nothing is quantized."""
 
     requires_calibration = False
+
+    # transformers hands the model config to the quantizer after choosing it and before looking up the weights
+    # file, through a hook whose name changed within 5.x (update_tp_plan / update_ep_plan in 5.0, then
+    # update_attn_implementation); each removes the loading guard that stops plain-transformers loads.
+    def update_attn_implementation(self, config: Any) -> Any:
+        return self._without_loading_guard("update_attn_implementation", config)
+
+    def update_tp_plan(self, config: Any) -> Any:
+        return self._without_loading_guard("update_tp_plan", config)
+
+    def update_ep_plan(self, config: Any) -> Any:
+        return self._without_loading_guard("update_ep_plan", config)
+
+    def _without_loading_guard(self, hook: str, config: Any) -> Any:
+        remove_loading_guard(config)
+        parent = getattr(super(), hook, None)
+        return parent(config) if parent is not None else config
 
     def _process_model_before_weight_loading(self, model: Any, **kwargs: Any) -> None:
         apply_layout(model)

@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from ..configuration import CONFIG_NAME, PruningConfig
+from .layout import write_loading_guard
 
 
 def save_pruned_checkpoint(
@@ -33,6 +34,7 @@ def save_pruned_checkpoint(
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
         model.save_pretrained(staging)
+        write_loading_guard(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         if pruning_config is not None:
