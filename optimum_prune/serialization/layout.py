@@ -18,8 +18,9 @@ QUANT_METHOD = "optimum_prune"
 LAYOUT_FORMAT = 1
 #: What a process without the plugin is told when it loads a checkpoint only the plugin can rebuild.
 PLUGIN_REQUIRED_MESSAGE = (
-    "this checkpoint was pruned by optimum-prune and its layers differ in size, which plain transformers cannot "
-    "build. Install the plugin (`pip install optimum-prune`) and run `import optimum_prune` before `from_pretrained`."
+    "this checkpoint was pruned by optimum-prune to layer sizes or biases that plain transformers cannot build from "
+    "config.json. Install the plugin (`pip install optimum-prune`) and run `import optimum_prune` before "
+    "`from_pretrained`."
 )
 #: config.json key that carries `PLUGIN_REQUIRED_MESSAGE` (see `write_loading_guard`).
 LOADING_GUARD_KEY = "transformers_weights"
@@ -113,7 +114,7 @@ def write_loading_guard(folder: str | os.PathLike) -> bool:
     error, after the quantizer is chosen and before anything is built: `transformers_weights` (the name of the
     weights file) must end in `.safetensors`. It holds `PLUGIN_REQUIRED_MESSAGE` instead, and
     `from_pretrained` raises `ValueError("The transformers file in the config seems to be incorrect: ...: <message>")`
-    (transformers >= 5.0). With the plugin imported, `PrunedLayoutLoader` removes the field before the weights are
+    (the same check in transformers 5.0 and 5.24). With the plugin imported, `PrunedLayoutLoader` removes the field before the weights are
     looked up, so the weights load from `model.safetensors` as usual; `config.save_pretrained` drops the field
     itself, so it is written here, after the model is saved. Returns whether the guard was written.
     """
