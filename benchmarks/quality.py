@@ -803,7 +803,7 @@ def run_peers(args: argparse.Namespace, report: QualityReport) -> None:
                 row["env"] = "peers"
                 if job == "dense" and isinstance(row.get("perplexity"), float):
                     dense_peer = row["perplexity"]
-                    name = f"{name}, transformers {row.get('transformers', '?')}"
+                    name = f"dense (peers' env, transformers {row.get('transformers', '?')})"
                     row.pop("transformers", None)
                 if dense_peer and isinstance(row.get("perplexity"), float):
                     row["ppl / dense"] = row["perplexity"] / dense_peer

@@ -134,7 +134,8 @@ class PruningConfig:
             "help": "SparseGPT, unstructured targets: where each column block's mask is chosen. 'row' removes the "
             "same number of weights from every row (every row ends at exactly `sparsity`); 'block' uses one "
             "threshold over all rows of the block, as the SparseGPT reference and llm-compressor do (same total, "
-            "uneven rows). N:M targets and the other methods ignore it."
+            "uneven rows). 'row' measured better on SmolLM2-135M at 50% (benchmarks/results/quality.md). N:M "
+            "targets and the other methods ignore it."
         },
     )
     seed: int = field(

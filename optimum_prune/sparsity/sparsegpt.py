@@ -12,6 +12,9 @@ Unstructured masks are chosen per block of columns, in one of two scopes (``mask
   (IST-DASLab/sparsegpt, ``prune_n == 0``) and llm-compressor's SparseGPTModifier do: the block loses the same total
   number of weights, but rows whose weights matter less lose more of them.
 
+On SmolLM2-135M at 50% (32 x 512 calibration tokens, 24 held-out windows) "row" gave perplexity 35.80 and "block"
+37.32, the same as llm-compressor's SparseGPTModifier (37.31), so "row" is the default.
+
 N:M patterns are chosen per group of ``m`` columns of one row in both scopes.
 """
 
