@@ -872,6 +872,20 @@ def peer_notes(rows: Mapping[str, Mapping[str, Any]]) -> str:
     failed = [n for n, r in rows.items() if str(r.get("status", "")).startswith("failed")]
     if failed:
         lines.append(f"- Failed rows (no perplexity reported): {', '.join(failed)}.")
+    dense = [
+        r["perplexity"] for n, r in rows.items() if n.startswith("dense") and isinstance(r.get("perplexity"), float)
+    ]
+    if len(dense) == 2:
+        lines.append(
+            f"- The two environments agree on the unpruned model: {dense[0]:.4f} and {dense[1]:.4f} (relative "
+            f"difference {abs(dense[0] / dense[1] - 1):.1e})."
+        )
+    lines.append(
+        "- The untargeted-weights check is what the earlier recipe, `ignore=['lm_head']`, fails: llm-compressor 0.14 "
+        "compares the name 'lm_head.' and matches only `re:` patterns partially, so it also prunes lm_head, which is "
+        "SmolLM2's token embedding table (tied). Run with that recipe on a tiny tied LLaMA, this check reports the "
+        "embedding table changed and marks the row failed."
+    )
     return "\n".join(lines)
 
 
