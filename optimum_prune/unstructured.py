@@ -89,7 +89,8 @@ def prune_unstructured(
                 if pattern.is_dense:
                     continue
                 gram = stats[name].gram if stats is not None else _identity_gram(linear)
-                new_weight, keep = solver(linear.weight.data, gram, pattern, damp=config.damp)
+                options = {"mask_scope": config.mask_scope} if config.method == "sparsegpt" else {}
+                new_weight, keep = solver(linear.weight.data, gram, pattern, damp=config.damp, **options)
                 linear.weight.data.copy_(new_weight)
                 removed = int((~keep).sum())
                 zeros += removed

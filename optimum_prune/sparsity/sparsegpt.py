@@ -3,9 +3,24 @@
 Columns are visited left to right. A pruned weight's error is spread over the not-yet-visited columns of its row
 through the inverse Hessian of the remaining columns, which the upper Cholesky factor of ``H^-1`` provides row by row.
 Updates to columns outside the current block are accumulated and applied once per block ("lazy batch updates").
+
+Unstructured masks are chosen per block of columns, in one of two scopes (``mask_scope``):
+
+* ``"row"``: every row loses the same number of the block's columns, so every row ends at exactly the target
+  sparsity (the convention of Wanda and of this library's other solvers).
+* ``"block"``: one threshold over the whole ``rows x blocksize`` block, as the reference implementation
+  (IST-DASLab/sparsegpt, ``prune_n == 0``) and llm-compressor's SparseGPTModifier do: the block loses the same total
+  number of weights, but rows whose weights matter less lose more of them.
+
+On SmolLM2-135M at 50% (32 x 512 calibration tokens, 24 held-out windows) "row" gave perplexity 35.80 and "block"
+37.32, the same as llm-compressor's SparseGPTModifier (37.31), so "row" is the default.
+
+N:M patterns are chosen per group of ``m`` columns of one row in both scopes.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -19,7 +34,10 @@ from .base import (
     select_mask_with_counts,
 )
 
-__all__ = ["solve"]
+__all__ = ["MASK_SCOPES", "solve"]
+
+#: Where one unstructured mask decision is made: per row of a column block, or over the whole block.
+MASK_SCOPES = ("row", "block")
 
 
 def solve(
@@ -30,19 +48,27 @@ def solve(
     damp: float = 0.01,
     blocksize: int = 128,
     dtype: torch.dtype = torch.float32,
+    mask_scope: str = "row",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune ``weight`` with SparseGPT; returns ``(new_weight, keep_mask)``.
 
     ``damp`` adds ``damp * mean(diag(G))`` to the Hessian diagonal. The mask is chosen inside each block of
-    ``blocksize`` columns by ``w^2 / [U]_jj^2`` (U the Cholesky factor of ``H^-1``): for unstructured sparsity each
-    row loses its share of the block's columns (so every row ends with exactly the same count), for N:M each group of
+    ``blocksize`` columns by ``w^2 / [U]_jj^2`` (U the Cholesky factor of ``H^-1``). For unstructured sparsity,
+    ``mask_scope="row"`` removes each row's share of the block's columns (every row ends with exactly the same
+    count) and ``mask_scope="block"`` removes the same total from the block with one threshold over all its rows
+    (the SparseGPT reference's choice; per-row counts then vary, the layer total is the same). For N:M each group of
     ``m`` columns is chosen when the sweep reaches it, after the updates from earlier columns.
+
+    Raises:
+        ValueError: on a non-positive ``blocksize`` or an unknown ``mask_scope``.
     """
     check_layer(weight, gram, pattern)
     if pattern.is_dense:
         return dense_result(weight)
     if blocksize < 1:
         raise ValueError(f"blocksize must be positive, got {blocksize}")
+    if mask_scope not in MASK_SCOPES:
+        raise ValueError(f"mask_scope must be one of {MASK_SCOPES}, got {mask_scope!r}")
     device = weight.device
     rows, cols = weight.shape
     if pattern.is_nm:
@@ -64,7 +90,11 @@ def solve(
 
         if not pattern.is_nm:
             to_prune = pattern.num_pruned(i2) - pattern.num_pruned(i1)
-            keep1 = select_mask_with_counts(w1.pow(2) / d.pow(2).unsqueeze(0), to_prune)
+            scores = w1.pow(2) / d.pow(2).unsqueeze(0)
+            if mask_scope == "row":
+                keep1 = select_mask_with_counts(scores, to_prune)
+            else:
+                keep1 = _block_mask(scores, to_prune * rows)
         else:
             keep1 = torch.ones(rows, count, dtype=torch.bool, device=device)
 
@@ -84,3 +114,12 @@ def solve(
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
 
     return finalise(w, keep, weight)
+
+
+def _block_mask(scores: torch.Tensor, num_pruned: int) -> torch.Tensor:
+    """Keep mask of ``scores``' shape without its ``num_pruned`` lowest entries, counted over the whole block."""
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if num_pruned > 0:
+        flat = torch.nan_to_num(scores, nan=-math.inf).flatten()
+        keep.view(-1)[torch.topk(flat, num_pruned, largest=False).indices] = False
+    return keep
