@@ -1,7 +1,8 @@
 """`PruningConfig(recipe=...)`: the settings of published structured pruning methods, by name.
 
 Each recipe fills the `PruningConfig` fields that are still at their defaults, so `recipe="flap", sparsity=0.3`
-is FLAP at 30% and any field set explicitly wins.
+is FLAP at 30% and any field set explicitly to a non-default value wins (a field set to its default value cannot be
+told from one left alone, and takes the recipe's).
 
 - `flap` (An et al., AAAI 2024, "Fluctuation-based Adaptive Structured Pruning"): the fluctuation metric (input
   variance x squared consumer column norm), one ranking of heads and FFN channels across all layers with the
