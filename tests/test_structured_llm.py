@@ -219,3 +219,24 @@ def test_recipe_fills_defaults_and_explicit_fields_win():
     assert PruningConfig.from_dict(flap.to_dict()).to_dict() == flap.to_dict()
     with pytest.raises(ValueError, match="Unknown recipe"):
         PruningConfig(recipe="nope")
+
+
+@pytest.mark.parametrize("name", ["mamba", "bert"])
+def test_obs_recipe_runs_on_other_families(name, sentences):
+    from conftest import tiny_bert, tiny_mamba
+
+    from optimum_prune import PrunerForSequenceClassification
+
+    if name == "mamba":
+        pruner = PrunerForCausalLM(tiny_mamba(), make_tokenizer())
+        data = [TEXT]
+    else:
+        pruner = PrunerForSequenceClassification(tiny_bert(), make_tokenizer())
+        data = sentences
+    config = PruningConfig(target="structured", sparsity=0.3, recipe="obs", num_samples=8, seqlen=48)
+    pruner.prune(config, dataset=data, show_progress=False)
+    assert 0.2 < pruner.summary["sparsity_achieved"] < 0.4
+    ids = torch.tensor([[5, 17, 33, 48, 9, 60]])
+    with torch.no_grad():
+        out = pruner.model(ids).logits
+    assert torch.isfinite(out).all()
