@@ -55,10 +55,10 @@ def row_plan() -> list[tuple[str, dict[str, Any]]]:
     for s in BUDGETS:
         p = f"{s:.0%} heads+FFN"
         heads_ffn[s] = [
-            (f"{p}, old default (activation + liar, KV groups rounded to nearest)", _old_allocation(s)),
             (f"{p}, liar (activation + liar, uniform)", {"recipe": "liar"}),
-            (f"{p}, flap (FLAP: fluctuation, per-layer standardised global, bias)", {"recipe": "flap"}),
             (f"{p}, obs (OBS greedy + OBS-cost allocation + liar_dense)", {"recipe": "obs"}),
+            (f"{p}, flap (FLAP: fluctuation, per-layer standardised global, bias)", {"recipe": "flap"}),
+            (f"{p}, old default (activation + liar, KV groups rounded to nearest)", _old_allocation(s)),
         ]
     depth = {
         s: [

@@ -112,7 +112,8 @@ def global_plan(
       layer, a unit scoring the mean of its channels' standardised scores, as FLAP's reference implementation does
       (An et al., AAAI 2024, structure "AL-AM"); the parameter budget weighs each unit by its size.
     - "obs": the error each greedy OBS step adds, per unit in removal order (see `criteria.obs`), divided by the
-      unit's parameters and by `layer_scale[i]` (the energy of the residual stream entering layer i, so errors
+      unit's parameters and by `layer_scale[i]` (the median token's squared norm of the residual stream entering
+      layer i, so errors
       compare relative to the signal they perturb); a layer's steps are made non-decreasing so each layer gives
       up a prefix of its greedy order.
 

@@ -233,7 +233,8 @@ def _score_all_layers(
     """What the global allocation ranks, for every layer of the unpruned model (one streaming pass).
 
     "global": unit scores; "flap": channel scores [units, channels]; "obs": the error of each greedy OBS step, with
-    the mean squared norm of each layer's input hidden state (the second return value) to compare layers by.
+    the median over tokens of the squared norm of each layer's input hidden state (the second return value) to
+    compare layers by.
     """
     scores = []
     energies: list[float] | None = [] if mode == "obs" else None
@@ -251,10 +252,10 @@ def _score_all_layers(
                     greedy = criterion.greedy(layer, g, stats)
                     layer_scores[g.kind] = torch.tensor(greedy.step_costs, dtype=torch.float64)
                 scores.append(layer_scores)
-                energies.append(
-                    sum(float(item.hidden_states.double().pow(2).sum()) for item in inputs)
-                    / sum(item.hidden_states[..., 0].numel() for item in inputs)
-                )
+                # The median token: a few tokens carry residual norms thousands of times the rest (SmolLM2's
+                # grow 50x in one layer from a single token), which would make the mean meaningless.
+                norms = torch.cat([item.hidden_states.double().pow(2).sum(-1).reshape(-1) for item in inputs])
+                energies.append(float(norms.median()))
             elif mode == "flap":
                 assert isinstance(criterion, ChannelCriterion)
                 scores.append({g.kind: criterion.channel_scores(layer, g, stats, generator) for g in groups})
