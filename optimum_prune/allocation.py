@@ -53,8 +53,9 @@ def _override_plan(adapter: ArchitectureAdapter, layer_idx: int, groups: list[Un
 def uniform_layer_plan(groups: list[UnitGroup], sparsity: float, round_to: int, fixed: LayerPlan) -> LayerPlan:
     """Remove `sparsity` of the layer's prunable parameters.
 
-    Coarse units (whole KV groups) are rounded first; the finest kind then absorbs what rounding left over, so
-    the layer's total lands on the budget.
+    Coarse units (whole KV groups) are rounded DOWN, so no kind loses more than `sparsity` of its units through
+    rounding (SmolLM2 has 3 KV groups: rounding 0.2 * 3 to 1 would strip a third of every layer's attention); the
+    finest kind then absorbs what rounding left over, so the layer's total lands on the budget.
     """
     plan = dict(fixed)
     budget = sparsity * sum(g.num_units * g.params_per_unit for g in groups)
@@ -64,7 +65,7 @@ def uniform_layer_plan(groups: list[UnitGroup], sparsity: float, round_to: int, 
         if position == len(free) - 1:
             remove = round(max(budget - removed, 0.0) / group.params_per_unit)
         else:
-            remove = round(sparsity * group.num_units)
+            remove = math.floor(sparsity * group.num_units + 1e-9)
         kept = min(max(group.num_units - remove, 1), group.num_units)
         kept = round_kept(group.kind, kept, group.num_units, round_to)
         plan[group.kind] = kept
@@ -72,13 +73,25 @@ def uniform_layer_plan(groups: list[UnitGroup], sparsity: float, round_to: int, 
     return plan
 
 
+def protected_layers(config: PruningConfig, num_layers: int) -> set[int]:
+    """Indices of the layers `config.protect_layers` leaves dense (negative indices count from the end)."""
+    return {index % num_layers for index in config.protect_layers if -num_layers <= index < num_layers}
+
+
 def uniform_plan(adapter: ArchitectureAdapter, kinds: tuple[str, ...], config: PruningConfig) -> list[LayerPlan]:
+    layers = adapter.layers()
+    protected = protected_layers(config, len(layers))
+    # Protected layers stay dense; the others remove more so the model still meets the total budget.
+    free = [i for i in range(len(layers)) if i not in protected and str(i) not in config.layer_overrides]
+    sparsity = config.sparsity
+    if protected and free:
+        sparsity = min(config.sparsity * (len(free) + len(protected)) / len(free), 0.95)
     plans = []
-    for index, layer in enumerate(adapter.layers()):
+    for index, layer in enumerate(layers):
         groups = [g for g in adapter.groups(layer) if g.kind in kinds]
-        override = config.layer_overrides.get(str(index), {})
+        override = config.layer_overrides.get(str(index), {"sparsity": 0.0} if index in protected else {})
         fixed = _override_plan(adapter, index, groups, override)
-        plans.append(uniform_layer_plan(groups, override.get("sparsity", config.sparsity), config.round_to, fixed))
+        plans.append(uniform_layer_plan(groups, override.get("sparsity", sparsity), config.round_to, fixed))
     return plans
 
 
@@ -87,28 +100,66 @@ def global_plan(
     kinds: tuple[str, ...],
     config: PruningConfig,
     unit_scores: list[dict[str, torch.Tensor]],
+    mode: str = "global",
+    layer_scale: list[float] | None = None,
 ) -> list[LayerPlan]:
-    """One ranking of all units across layers (FLAP-style: scores standardised per kind), greedy to the budget."""
+    """One ranking of all units across layers and kinds, greedy (lowest first) to the total parameter budget.
+
+    `mode` says what the numbers in `unit_scores` are and how they are made comparable:
+
+    - "global": unit scores (higher = keep), standardised per kind over all layers pooled.
+    - "flap": channel scores [num_units, channels_per_unit] (higher = keep), standardised per kind within each
+      layer, a unit scoring the mean of its channels' standardised scores, as FLAP's reference implementation does
+      (An et al., AAAI 2024, structure "AL-AM"); the parameter budget weighs each unit by its size.
+    - "obs": the error each greedy OBS step adds, per unit in removal order (see `criteria.obs`), divided by the
+      unit's parameters and by `layer_scale[i]` (the median token's squared norm of the residual stream entering
+      layer i, so errors
+      compare relative to the signal they perturb); a layer's steps are made non-decreasing so each layer gives
+      up a prefix of its greedy order.
+
+    Every layer keeps at least `min_keep_fraction` of each kind; `protect_layers` and `layer_overrides` are
+    applied first and spend their part of the budget.
+    """
     layers = adapter.layers()
+    protected = protected_layers(config, len(layers))
     groups_per_layer = [[g for g in adapter.groups(layer) if g.kind in kinds] for layer in layers]
     plans: list[LayerPlan] = [{g.kind: g.num_units for g in groups} for groups in groups_per_layer]
     total = sum(g.num_units * g.params_per_unit for groups in groups_per_layer for g in groups)
     budget = config.sparsity * total
-
     ranked_layers = []
     for index, groups in enumerate(groups_per_layer):
-        override = config.layer_overrides.get(str(index))
+        override = config.layer_overrides.get(str(index)) or ({"sparsity": 0.0} if index in protected else None)
         if override:
             fixed = _override_plan(adapter, index, groups, override)
             plans[index] = uniform_layer_plan(groups, override.get("sparsity", 0.0), config.round_to, fixed)
             budget -= sum((g.num_units - plans[index][g.kind]) * g.params_per_unit for g in groups)
         else:
             ranked_layers.append(index)
-
-    # Scores of different kinds live on different scales; standardising each kind over all layers keeps the
-    # differences between layers, which is the point of a global ranking.
+    # (priority, layer, group, position): lower priority goes first.
     entries: list[tuple[float, int, UnitGroup, int]] = []
     for kind in kinds:
+        if mode == "obs":
+            for index in ranked_layers:
+                for group in groups_per_layer[index]:
+                    if group.kind != kind or kind not in unit_scores[index]:
+                        continue
+                    steps = torch.as_tensor(unit_scores[index][kind], dtype=torch.float64)
+                    steps = torch.cummax(steps, 0).values
+                    scale = group.params_per_unit * (layer_scale[index] if layer_scale else 1.0)
+                    entries.extend((float(cost) / scale, index, group, pos) for pos, cost in enumerate(steps))
+            continue
+        if mode == "flap":
+            for index in ranked_layers:
+                for group in groups_per_layer[index]:
+                    if group.kind != kind or kind not in unit_scores[index]:
+                        continue
+                    channels = unit_scores[index][kind].double()
+                    std = channels.std().clamp_min(1e-12) if channels.numel() > 1 else torch.tensor(1.0)
+                    z = ((channels - channels.mean()) / std).reshape(group.num_units, -1).mean(1)
+                    entries.extend((float(score), index, group, unit) for unit, score in enumerate(z))
+            continue
+        # Scores of different kinds live on different scales; standardising each kind over all layers keeps the
+        # differences between layers, which is the point of a global ranking.
         pooled = [unit_scores[i][kind] for i in ranked_layers if kind in unit_scores[i]]
         if not pooled:
             continue
@@ -120,7 +171,6 @@ def global_plan(
                     z = ((unit_scores[index][kind] - mean) / std).tolist()
                     entries.extend((score, index, group, unit) for unit, score in enumerate(z))
     entries.sort(key=lambda entry: entry[0])
-
     removed = 0.0
     for _score, index, group, _unit in entries:
         if removed + group.params_per_unit / 2 > budget:

@@ -13,8 +13,8 @@ STRUCTURED_TARGET = "structured"
 UNSTRUCTURED_TARGET = "unstructured"
 _N_M_PATTERN = re.compile(r"^(\d+):(\d+)$")
 
-ALLOCATIONS = ("uniform", "global")
-STRUCTURE_KINDS = ("attention_heads", "ffn_channels", "mamba_inner")
+ALLOCATIONS = ("uniform", "global", "flap", "obs")
+STRUCTURE_KINDS = ("attention_heads", "ffn_channels", "mamba_inner", "layers")
 OVERRIDE_KEYS = ("sparsity", "num_heads", "ffn_channels")
 #: `mask_scope` values (kept here, not imported from the solver, so that reading a config needs no torch).
 MASK_SCOPES = ("row", "block")
@@ -165,7 +165,27 @@ class PruningConfig:
         metadata={"help": "PruneNet: write the policy used in this run to this .safetensors file, for reuse."},
     )
 
+    # ---- structured: layer protection and published recipes -------------------------------------------------------
+    protect_layers: list[int] = field(
+        default_factory=list,
+        metadata={
+            "help": "Structured: layers left dense, e.g. [0, -1] for the first and the last (negative indices count "
+            "from the end); the other layers remove more so the total budget still holds."
+        },
+    )
+    recipe: str | None = field(
+        default=None,
+        metadata={
+            "help": "A published method's settings (see optimum_prune.recipes): 'flap', 'liar', 'shortgpt', "
+            "'shortgpt_linear', 'prunenet', 'obs'. They fill the fields left at their defaults; fields you set win."
+        },
+    )
+
     def __post_init__(self) -> None:
+        if self.recipe is not None:
+            from .recipes import apply_recipe
+
+            apply_recipe(self)
         self.validate()
 
     # ---- validation -------------------------------------------------------------------------------------------
@@ -208,6 +228,8 @@ class PruningConfig:
                 _known("structure kind", kind, STRUCTURE_KINDS)
             if not self.structures:
                 raise ValueError("structures is empty: name at least one kind, or None for all.")
+        if not isinstance(self.protect_layers, list) or any(type(i) is not int for i in self.protect_layers):
+            raise ValueError(f"protect_layers must be a list of layer indices, got {self.protect_layers!r}.")
         if int(self.round_to) < 1:
             raise ValueError(f"round_to must be a positive integer, got {self.round_to!r}.")
         self.round_to = int(self.round_to)

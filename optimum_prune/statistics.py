@@ -18,6 +18,10 @@ class InputStatistics:
         self.sum = torch.zeros(num_features, dtype=torch.float64, device=device)
         self.sum_sq = torch.zeros(num_features, dtype=torch.float64, device=device)
         self.gram = torch.zeros(num_features, num_features, dtype=torch.float64, device=device) if with_gram else None
+        #: Error-correcting refits: sum over tokens of x x_dense^T (the inputs the dense model's copy of this layer
+        #: saw for the same tokens) and of x_dense; filled by `update_cross`, else None.
+        self.cross: torch.Tensor | None = None
+        self.dense_sum: torch.Tensor | None = None
 
     @torch.no_grad()
     def update(self, inputs: torch.Tensor) -> None:
@@ -27,6 +31,17 @@ class InputStatistics:
         self.sum_sq += (x * x).sum(0, dtype=torch.float64)
         if self.gram is not None:
             self.gram += (x.T @ x).double()
+
+    @torch.no_grad()
+    def update_cross(self, inputs: torch.Tensor, dense_inputs: torch.Tensor) -> None:
+        """Add x x_dense^T over the same tokens (call `update(inputs)` as well; this does not count tokens)."""
+        x = inputs.detach().reshape(-1, self.num_features).to(device=self.sum.device, dtype=torch.float32)
+        d = dense_inputs.detach().reshape(-1, self.num_features).to(device=self.sum.device, dtype=torch.float32)
+        if self.cross is None:
+            self.cross = torch.zeros(self.num_features, self.num_features, dtype=torch.float64, device=x.device)
+            self.dense_sum = torch.zeros(self.num_features, dtype=torch.float64, device=x.device)
+        self.cross += (x.T @ d).double()
+        self.dense_sum += d.sum(0, dtype=torch.float64)
 
     def _require_tokens(self) -> None:
         if self.count == 0:

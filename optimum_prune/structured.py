@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Sequence
@@ -15,7 +16,8 @@ from tqdm.auto import tqdm
 from .allocation import LayerPlan, global_plan, uniform_plan
 from .architectures import ArchitectureAdapter
 from .configuration import PruningConfig
-from .criteria import CRITERIA, Criterion
+from .criteria import CRITERIA, ChannelCriterion, Criterion
+from .criteria.obs import OBSCriterion
 from .layerwise import BlockInput, BlockStreamer
 from .reconstruction import RECONSTRUCTIONS
 from .statistics import InputStatistics, attach_statistics
@@ -83,6 +85,14 @@ def prune_structured(
     """
     layers = adapter.layers()
     config.check_layers(len(layers))
+    if config.structures is not None and "layers" in config.structures:
+        from .depth import prune_depth
+
+        if len(config.structures) > 1:
+            raise ValueError("structures=['layers'] (depth pruning) cannot be combined with other kinds in one run.")
+        streamer = BlockStreamer(model, execution_device, activations_device, activations_dir)
+        prune_depth(model, adapter, config, samples, streamer, show_progress)
+        return StructuredResult(kept_units=[{} for _ in adapter.layers()])
     kinds = resolve_kinds(adapter, config)
     streamer = BlockStreamer(model, execution_device, activations_device, activations_dir)
     if streamer.offloaded and config.criterion == "prunenet" and not config.prunenet_policy_path:
@@ -100,32 +110,57 @@ def prune_structured(
             f"criterion={config.criterion!r} with reconstruction={config.reconstruction!r} needs calibration data, "
             "and none was given."
         )
+    if config.allocation == "obs" and not isinstance(criterion, OBSCriterion):
+        criterion_for_allocation: Criterion = OBSCriterion(config.damp)
+    else:
+        criterion_for_allocation = criterion
+    if config.allocation in ("flap", "obs") and not use_data:
+        raise ValueError(f"allocation={config.allocation!r} reads calibration data; give a dataset.")
+    if config.allocation == "flap" and not isinstance(criterion, ChannelCriterion):
+        raise ValueError(f"allocation='flap' standardises channel scores; criterion {config.criterion!r} has none.")
+    with_gram = reconstruction.needs_gram or criterion.needs_gram
     generator = torch.Generator().manual_seed(config.seed)
     first_inputs = streamer.capture(layers[0], samples) if use_data else None
-
-    if config.allocation == "global":
-        unit_scores = _score_all_layers(streamer, adapter, kinds, criterion, first_inputs, generator, show_progress)
-        plans = global_plan(adapter, kinds, config, unit_scores)
+    if config.allocation != "uniform":
+        unit_scores, layer_scale = _score_all_layers(
+            streamer,
+            adapter,
+            kinds,
+            criterion_for_allocation,
+            first_inputs,
+            generator,
+            show_progress,
+            config.allocation,
+        )
+        plans = global_plan(adapter, kinds, config, unit_scores, mode=config.allocation, layer_scale=layer_scale)
         generator.manual_seed(config.seed)
     else:
         plans = uniform_plan(adapter, kinds, config)
-
     result = StructuredResult(plans=plans)
     inputs = first_inputs
+    # Error-correcting refits also run the dense copy of each block on the dense model's own stream.
+    dense_inputs = first_inputs if reconstruction.targets_dense else None
     for index, layer in enumerate(tqdm(layers, desc="Pruning layers", disable=not show_progress)):
         # Offloaded weights are loaded once per block and the pruned ones written back on exit.
         with streamer.materialized(layer):
+            dense_layer = copy.deepcopy(layer) if dense_inputs is not None else None
             kept_units: dict[str, list[int]] = {}
             for group in adapter.groups(layer):
                 if group.kind not in kinds:
                     continue
                 keep_count = plans[index][group.kind]
-                if keep_count >= group.num_units:
+                if keep_count >= group.num_units and dense_layer is None:
                     kept_units[group.kind] = list(range(group.num_units))
                     continue
-                stats = _collect(streamer, layer, group.consumers, inputs, reconstruction.needs_gram)
-                scores = criterion.score_units(adapter, layer, group, stats, generator)
-                keep = torch.topk(scores, keep_count).indices.sort().values
+                if dense_layer is not None:
+                    stats = _collect_with_dense(streamer, layer, dense_layer, group.consumers, inputs, dense_inputs)
+                else:
+                    stats = _collect(streamer, layer, group.consumers, inputs, with_gram)
+                if keep_count >= group.num_units:
+                    keep = torch.arange(group.num_units)
+                else:
+                    scores = criterion.score_units(adapter, layer, group, stats, generator)
+                    keep = torch.topk(scores, keep_count).indices.sort().values
                 pruned = torch.tensor(sorted(set(range(group.num_units)) - set(keep.tolist())), dtype=torch.long)
                 kept_channels, pruned_channels = group.unit_channels(keep), group.unit_channels(pruned)
                 for consumer in group.consumers:
@@ -136,13 +171,53 @@ def prune_structured(
                         pruned_channels,
                         config.damp,
                     )
-                adapter.prune_units(layer, group, keep)
+                if pruned.numel():
+                    adapter.prune_units(layer, group, keep)
                 kept_units[group.kind] = keep.tolist()
                 logger.info("layer %d: %s %d -> %d", index, group.kind, group.num_units, keep_count)
             result.kept_units.append(kept_units)
             if inputs is not None and index + 1 < len(layers):
                 inputs = streamer.run(layer, inputs)
+                if dense_layer is not None:
+                    dense_inputs = streamer.run(dense_layer, dense_inputs)
+            del dense_layer
     return result
+
+
+def _collect_with_dense(
+    streamer: BlockStreamer,
+    layer: nn.Module,
+    dense_layer: nn.Module,
+    consumers: tuple[str, ...],
+    inputs: Sequence[BlockInput],
+    dense_inputs: Sequence[BlockInput],
+) -> dict[str, InputStatistics]:
+    """Gram and cross-covariance statistics: `layer` on the pruned stream, its dense copy on the dense stream."""
+    stats, handles = attach_statistics({name: layer.get_submodule(name) for name in consumers}, with_gram=True)
+    captured: dict[str, list[torch.Tensor]] = {name: [] for name in consumers}
+    for name in consumers:
+        handles.append(
+            dense_layer.get_submodule(name).register_forward_pre_hook(
+                lambda _m, args, _name=name: captured[_name].append(args[0].detach())
+            )
+        )
+    pruned_side: dict[str, list[torch.Tensor]] = {name: [] for name in consumers}
+    for name in consumers:
+        handles.append(
+            layer.get_submodule(name).register_forward_pre_hook(
+                lambda _m, args, _name=name: pruned_side[_name].append(args[0].detach())
+            )
+        )
+    try:
+        for item, dense_item in zip(inputs, dense_inputs):
+            streamer.run(layer, [item], keep_outputs=False)
+            streamer.run(dense_layer, [dense_item], keep_outputs=False)
+            for name in consumers:
+                stats[name].update_cross(pruned_side[name].pop(), captured[name].pop())
+    finally:
+        for handle in handles:
+            handle.remove()
+    return stats
 
 
 def _score_all_layers(
@@ -153,16 +228,39 @@ def _score_all_layers(
     inputs: Sequence[BlockInput] | None,
     generator: torch.Generator,
     show_progress: bool,
-) -> list[dict[str, Any]]:
-    """Unit scores of every layer of the unpruned model (one streaming pass), for the global ranking."""
+    mode: str = "global",
+) -> tuple[list[dict[str, Any]], list[float] | None]:
+    """What the global allocation ranks, for every layer of the unpruned model (one streaming pass).
+
+    "global": unit scores; "flap": channel scores [units, channels]; "obs": the error of each greedy OBS step, with
+    the median over tokens of the squared norm of each layer's input hidden state (the second return value) to
+    compare layers by.
+    """
     scores = []
+    energies: list[float] | None = [] if mode == "obs" else None
     layers = adapter.layers()
+    with_gram = criterion.needs_gram
     for index, layer in enumerate(tqdm(layers, desc="Scoring layers", disable=not show_progress)):
         groups = [g for g in adapter.groups(layer) if g.kind in kinds]
         consumers = tuple(dict.fromkeys(g.consumers[0] for g in groups))
         with streamer.materialized(layer, write_back=False):  # read-only pass: nothing to write back
-            stats = _collect(streamer, layer, consumers, inputs, with_gram=False)
-            scores.append({g.kind: criterion.score_units(adapter, layer, g, stats, generator) for g in groups})
+            stats = _collect(streamer, layer, consumers, inputs, with_gram=with_gram)
+            if mode == "obs":
+                assert isinstance(criterion, OBSCriterion) and inputs is not None and energies is not None
+                layer_scores = {}
+                for g in groups:
+                    greedy = criterion.greedy(layer, g, stats)
+                    layer_scores[g.kind] = torch.tensor(greedy.step_costs, dtype=torch.float64)
+                scores.append(layer_scores)
+                # The median token: a few tokens carry residual norms thousands of times the rest (SmolLM2's
+                # grow 50x in one layer from a single token), which would make the mean meaningless.
+                norms = torch.cat([item.hidden_states.double().pow(2).sum(-1).reshape(-1) for item in inputs])
+                energies.append(float(norms.median()))
+            elif mode == "flap":
+                assert isinstance(criterion, ChannelCriterion)
+                scores.append({g.kind: criterion.channel_scores(layer, g, stats, generator) for g in groups})
+            else:
+                scores.append({g.kind: criterion.score_units(adapter, layer, g, stats, generator) for g in groups})
             if inputs is not None and index + 1 < len(layers):
                 inputs = streamer.run(layer, inputs)
-    return scores
+    return scores, energies

@@ -111,18 +111,33 @@ CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
     ),
     ConfigOption("sparsity", float, 0.5, "fraction to remove, in [0, 1); N:M targets ignore it"),
     ConfigOption(
-        "criterion", str, "activation", "structured ranking: magnitude, activation, fluctuation, random, prunenet"
+        "criterion",
+        str,
+        "activation",
+        "structured ranking: magnitude, activation, fluctuation, random, prunenet, obs (error left after the refit)",
     ),
-    ConfigOption("reconstruction", str, "liar", "refit of the consumer layers: none, bias, liar, admm"),
+    ConfigOption(
+        "reconstruction",
+        str,
+        "liar",
+        "refit of the consumer layers: none, bias, liar, liar_dense (refit to the dense model's outputs), admm",
+    ),
     ConfigOption(
         "method", str, "sparsegpt", "unstructured / N:M solver: magnitude, wanda, sparsegpt, admm, obs_multi"
     ),
-    ConfigOption("allocation", str, "uniform", "structured budget split across layers: uniform or global"),
+    ConfigOption(
+        "allocation",
+        str,
+        "uniform",
+        "structured budget split across layers: uniform, global, flap (per-layer standardised) or obs (post-refit "
+        "cost)",
+    ),
     ConfigOption(
         "structures",
         str,
         None,
-        "kinds to prune: attention_heads, ffn_channels, mamba_inner (default: all the model has)",
+        "kinds to prune: attention_heads, ffn_channels, mamba_inner, or layers (whole blocks) (default: all the "
+        "model has)",
         nargs="+",
         metavar="KIND",
     ),
@@ -164,6 +179,10 @@ CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
     ConfigOption("prunenet_train_sparsity", float, None, "PruneNet: sparsity while training (default: --sparsity)"),
     ConfigOption("prunenet_policy_path", str, None, "PruneNet: reuse this saved policy", metavar="FILE"),
     ConfigOption("prunenet_save_policy", str, None, "PruneNet: save the policy to this file", metavar="FILE"),
+    ConfigOption("protect_layers", int, [], "structured: layers left dense, e.g. 0 -1", nargs="*", metavar="INDEX"),
+    ConfigOption(
+        "recipe", str, None, "a published method's settings: flap, liar, obs, shortgpt, shortgpt_linear, prunenet"
+    ),
 )
 
 

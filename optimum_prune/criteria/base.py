@@ -23,6 +23,8 @@ class Criterion:
 
     name: str
     needs_calibration: bool
+    #: Whether `score_units` reads the consumers' input Gram matrices (`InputStatistics.gram`).
+    needs_gram: bool = False
 
     def prepare(self, adapter: ArchitectureAdapter, config: PruningConfig, show_progress: bool = True) -> Criterion:
         """Return the criterion to use for this run (stateless criteria return themselves)."""
@@ -55,12 +57,22 @@ class ChannelCriterion(Criterion):
         stats: dict[str, InputStatistics] | None,
         generator: torch.Generator,
     ) -> torch.Tensor:
+        return self.channel_scores(layer, group, stats, generator).sum(1)
+
+    def channel_scores(
+        self,
+        layer: nn.Module,
+        group: Any,
+        stats: dict[str, InputStatistics] | None,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """Scores of every consumer input channel, [num_units, channels_per_unit] (FLAP's allocation reads them)."""
         primary = group.consumers[0]
         if self.needs_calibration and stats is None:
             raise ValueError(f"Criterion {self.name!r} needs calibration data.")
         weight = layer.get_submodule(primary).weight.detach().double()
         scores = self.score_channels(weight, stats[primary] if stats is not None else None, generator)
-        return scores.reshape(group.num_units, group.channels_per_unit).sum(1)
+        return scores.reshape(group.num_units, group.channels_per_unit)
 
 
 def column_sq_norms(weight: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ Where this differs from the reference implementation, and why:
 - Pruning keeps the channels with the top-k logits (the policy's mode) rather than drawing once more, so a given
   policy always prunes the same way, at any compression ratio: a saved policy is reused without retraining.
 
-Measured limit (benchmarks/results/structured.md, ffn_scores.md): on SmolLM2-135M the policy ranks FFN channels
+Measured limit (benchmarks/results/ffn_criteria.md, ffn_scores.md): on SmolLM2-135M the policy ranks FFN channels
 worse than chance (20% of FFN channels, no refit: perplexity 4,260 vs 170 for a random choice and 27.7 for the
 activation criterion). No per-row weight statistic tried there tracks how much output a channel carries in that
 model; the policy faithfully keeps the spectrum of gate_proj, which is not what the next layer needs. Prefer

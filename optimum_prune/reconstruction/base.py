@@ -20,6 +20,8 @@ class Reconstruction:
     refit: Refit
     needs_calibration: bool
     needs_gram: bool
+    #: Fits to the dense model's outputs: needs the cross-covariance with a dense copy of each block's stream.
+    targets_dense: bool = False
 
 
 def write_back(linear: nn.Linear, weight: torch.Tensor, bias_delta: torch.Tensor | None = None) -> None:

@@ -72,3 +72,41 @@ def interpolate(
 
 
 LIAR = Reconstruction("liar", interpolate, needs_calibration=True, needs_gram=True)
+
+
+@torch.no_grad()
+def interpolate_to_dense(
+    linear: nn.Linear, stats: InputStatistics, kept: torch.Tensor, pruned: torch.Tensor, damp: float
+) -> None:
+    """Refit the kept columns and the bias so the consumer reproduces the DENSE model's output.
+
+    With x the pruned model's input to this consumer and x_d the dense model's input for the same token, solve
+    min ||[X_K 1] [W'; b']^T - X_d W^T||^2 + lambda ||W' - W_K||^2 from the cross-covariance X^T X_d
+    (`InputStatistics.cross`). When x = x_d this is exactly LIAR's refit (same ridge); otherwise it also corrects
+    what earlier layers' pruning changed in x. Runs even when no channel of this consumer is pruned.
+    """
+    if stats.gram is None or stats.cross is None or stats.dense_sum is None:
+        raise ValueError(
+            "reconstruction='liar_dense' needs the Gram matrix and the cross-covariance with the dense stream."
+        )
+    weight = linear.weight.detach().double()
+    w = weight.to(stats.gram)
+    k = kept.numel()
+    gram = stats.gram
+    ridge = damp * torch.diagonal(gram[kept][:, kept]).mean().clamp_min(1e-12)
+    lhs = torch.empty(k + 1, k + 1, dtype=gram.dtype, device=gram.device)
+    lhs[:k, :k] = gram[kept][:, kept] + ridge * torch.eye(k, dtype=gram.dtype, device=gram.device)
+    lhs[:k, k] = lhs[k, :k] = stats.sum[kept]
+    lhs[k, k] = float(stats.count)
+    rhs = torch.cat([stats.cross[kept] @ w.T + ridge * w[:, kept].T, (stats.dense_sum @ w.T)[None, :]], dim=0)
+    try:
+        solution = torch.linalg.solve(lhs, rhs)
+    except RuntimeError:
+        solution = torch.linalg.lstsq(lhs, rhs).solution
+    weight[:, kept] = solution[:k].T.to(weight)
+    write_back(linear, weight, solution[k].to(weight))
+
+
+LIAR_DENSE = Reconstruction(
+    "liar_dense", interpolate_to_dense, needs_calibration=True, needs_gram=True, targets_dense=True
+)

@@ -56,12 +56,14 @@ def record_layout(
     routes `from_pretrained` through the plugin's loader, which resizes each layer before the weights load.
     """
     config = model.config
-    descriptions = [adapter.describe_layer(layer) for layer in adapter.layers()]
-    update = adapter.vanilla_config_update(descriptions)
+    descriptions = _describe(adapter)
+    # Depth pruning's linear bridges are not decoder blocks: only the plugin can rebuild them.
+    bridged = any(BRIDGE_KEY in d for d in descriptions)
+    update = None if bridged else adapter.vanilla_config_update(descriptions)
     if update is not None:
         for key, value in update.items():
             setattr(config, key, value)
-        descriptions = [adapter.describe_layer(layer) for layer in adapter.layers()]
+        descriptions = _describe(adapter)
         if _is_ours(getattr(config, "quantization_config", None)):
             del config.quantization_config
     else:
@@ -74,6 +76,19 @@ def record_layout(
     }
     setattr(config, LAYOUT_KEY, layout)
     return layout
+
+
+#: Layer-description key of a `depth.LinearBridge` (the original blocks it replaces).
+BRIDGE_KEY = "linear_bridge"
+
+
+def _describe(adapter: ArchitectureAdapter) -> list[dict[str, Any]]:
+    from ..depth import LinearBridge
+
+    return [
+        {BRIDGE_KEY: layer.replaced} if isinstance(layer, LinearBridge) else adapter.describe_layer(layer)
+        for layer in adapter.layers()
+    ]
 
 
 def _is_ours(quantization_config: Any) -> bool:
@@ -101,7 +116,14 @@ def apply_layout(model: nn.Module) -> None:
     layers = adapter.layers()
     if len(layers) != len(layout["layers"]):
         raise ValueError(f"The checkpoint describes {len(layout['layers'])} layers but the model has {len(layers)}.")
-    for layer, description in zip(layers, layout["layers"]):
+    for index, (layer, description) in enumerate(zip(layers, layout["layers"])):
+        if BRIDGE_KEY in description:
+            from ..depth import LinearBridge
+
+            reference = next(p for p in layer.parameters())
+            bridge = LinearBridge(model.config.hidden_size, replaced=description[BRIDGE_KEY])
+            layers[index] = bridge.to(device=reference.device, dtype=reference.dtype)
+            continue
         adapter.resize_layer(layer, description)
 
 

@@ -1,0 +1,194 @@
+"""Depth pruning (`structures=["layers"]`): remove whole blocks, optionally bridging each gap with a linear map.
+
+Blocks are ranked as ShortGPT does (Men et al. 2024, "ShortGPT: Layers in Large Language Models are More Redundant
+Than You Expect"): the block influence BI_i = 1 - E_tokens[cos(h_in, h_out)] of block i on calibration data of the
+unpruned model, and the blocks with the lowest BI go. `sparsity` is the fraction of the blocks' prunable parameters
+removed, so SmolLM2-135M (30 equal blocks) loses 6 blocks at 20%.
+
+With a reconstruction other than "none", each maximal run of removed blocks is replaced by one `LinearBridge`,
+h -> h M^T + c, fitted by ridge-regularised least squares (towards the identity, i.e. towards plain removal) on
+the calibration hidden states: the LIAR idea at block scale. "liar" maps the dense model's input of the run to the
+dense output of the run; "liar_dense" maps the pruned model's input (after the earlier gaps) to the dense output,
+which also corrects the earlier gaps. `config.num_hidden_layers` shrinks to the number of blocks left (bridges
+count as blocks); a model with bridges needs the plugin to reload.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .allocation import protected_layers
+from .architectures import ArchitectureAdapter
+from .configuration import PruningConfig
+from .layerwise import BlockInput, BlockStreamer
+
+logger = logging.getLogger(__name__)
+
+
+class LinearBridge(nn.Module):
+    """Stands in for a run of removed decoder blocks: `hidden_states @ weight.T + bias`, other arguments ignored.
+
+    Returns the hidden states as a decoder block of transformers 5 does (a tensor), so the model's layer loop
+    runs it like any block. `replaced` records which original blocks it replaces.
+    """
+
+    def __init__(self, hidden_size: int, replaced: list[int] | None = None) -> None:
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, hidden_size, bias=True)
+        self.replaced = list(replaced or [])
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return self.proj(hidden_states)
+
+
+def block_influence(inputs: torch.Tensor, outputs: torch.Tensor) -> float:
+    """ShortGPT's BI: 1 - mean over tokens of cos(h_in, h_out); hidden states [..., hidden]."""
+    cos = nn.functional.cosine_similarity(inputs.double(), outputs.double(), dim=-1)
+    return float(1.0 - cos.mean())
+
+
+def blocks_to_remove(adapter: ArchitectureAdapter, config: PruningConfig, influence: list[float]) -> list[int]:
+    """The lowest-influence blocks whose prunable parameters come closest to `sparsity` of all of them."""
+    layers = adapter.layers()
+    sizes = [sum(g.num_units * g.params_per_unit for g in adapter.groups(layer)) for layer in layers]
+    budget = config.sparsity * sum(sizes)
+    protected = protected_layers(config, len(layers))
+    order = sorted((i for i in range(len(layers)) if i not in protected), key=lambda i: influence[i])
+    removed, chosen = 0.0, []
+    for index in order:
+        if abs(removed + sizes[index] - budget) >= abs(removed - budget):
+            break
+        chosen.append(index)
+        removed += sizes[index]
+    return sorted(chosen)
+
+
+def _fit_bridge(
+    sources: list[torch.Tensor], targets: list[torch.Tensor], damp: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, c) minimising sum ||h_src M^T + c - h_tgt||^2 + lambda ||M - I||^2 (lambda relative, as LIAR's)."""
+    hidden = sources[0].shape[-1]
+    gram = torch.zeros(hidden + 1, hidden + 1, dtype=torch.float64)
+    cross = torch.zeros(hidden + 1, hidden, dtype=torch.float64)
+    for source, target in zip(sources, targets):
+        x = source.reshape(-1, hidden).double().cpu()
+        x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
+        y = target.reshape(-1, hidden).double().cpu()
+        gram += x.T @ x
+        cross += x.T @ y
+    ridge = damp * torch.diagonal(gram[:hidden, :hidden]).mean().clamp_min(1e-12)
+    gram[:hidden, :hidden] += ridge * torch.eye(hidden, dtype=gram.dtype)
+    cross[:hidden] += ridge * torch.eye(hidden, dtype=gram.dtype)
+    solution = torch.linalg.solve(gram, cross)
+    return solution[:hidden].T, solution[hidden]
+
+
+def _hidden(items) -> list[torch.Tensor]:
+    return [item.hidden_states for item in items]
+
+
+@torch.no_grad()
+def prune_depth(
+    model: nn.Module,
+    adapter: ArchitectureAdapter,
+    config: PruningConfig,
+    samples: list[dict[str, torch.Tensor]] | None,
+    streamer: BlockStreamer,
+    show_progress: bool = True,
+) -> list[int]:
+    """Remove blocks from `model` in place (see the module docstring); returns the original indices removed."""
+    if not samples:
+        raise ValueError("Depth pruning ranks blocks on calibration data, and none was given.")
+    if config.reconstruction not in ("none", "liar", "liar_dense"):
+        raise ValueError(
+            f"Depth pruning bridges removed blocks with reconstruction 'liar' or 'liar_dense', or 'none'; "
+            f"got {config.reconstruction!r}."
+        )
+    layers = adapter.layers()
+    first_inputs = streamer.capture(layers[0], samples)
+    influence = []
+    inputs = first_inputs
+    for layer in tqdm(layers, desc="Block influence", disable=not show_progress):
+        with streamer.materialized(layer, write_back=False):
+            outputs = streamer.run(layer, inputs)
+        influence.append(
+            sum(block_influence(a.hidden_states, b.hidden_states) for a, b in zip(inputs, outputs)) / len(inputs)
+        )
+        inputs = outputs
+    removed = blocks_to_remove(adapter, config, influence)
+    logger.info("depth pruning: removing blocks %s (block influence %s)", removed, [round(b, 4) for b in influence])
+    runs: list[list[int]] = []
+    for index in removed:
+        if runs and runs[-1][-1] == index - 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    bridges: dict[int, LinearBridge] = {}
+    if config.reconstruction != "none" and runs:
+        hidden = model.config.hidden_size
+        dense: list[BlockInput] = list(first_inputs)
+        pruned: list[BlockInput] = list(first_inputs)
+        run_starts = {run[0]: run for run in runs}
+        index = 0
+        progress = tqdm(total=len(layers), desc="Fitting bridges", disable=not show_progress)
+        while index < len(layers):
+            if index in run_starts:
+                run = run_starts[index]
+                dense_out = dense
+                for position in run:
+                    with streamer.materialized(layers[position], write_back=False):
+                        dense_out = list(streamer.run(layers[position], dense_out))
+                source = pruned if config.reconstruction == "liar_dense" else dense
+                weight, bias = _fit_bridge(_hidden(source), _hidden(dense_out), config.damp)
+                bridge = LinearBridge(hidden, replaced=run)
+                param = layers[index].input_layernorm.weight if hasattr(layers[index], "input_layernorm") else None
+                dtype = param.dtype if param is not None else torch.float32
+                bridge.proj.weight.data.copy_(weight.to(dtype))
+                bridge.proj.bias.data.copy_(bias.to(dtype))
+                bridges[index] = bridge
+                pruned = [BlockInput(bridge(item.hidden_states.to(dtype)), item.args, item.kwargs) for item in pruned]
+                dense = dense_out
+                index += len(run)
+                progress.update(len(run))
+                continue
+            with streamer.materialized(layers[index], write_back=False):
+                dense = list(streamer.run(layers[index], dense))
+                pruned = list(streamer.run(layers[index], pruned))
+            index += 1
+            progress.update(1)
+        progress.close()
+    gone = set(removed)
+    new_layers: list[nn.Module] = []
+    origins: list[int] = []
+    for index, layer in enumerate(layers):
+        if index in bridges:
+            new_layers.append(bridges[index])
+        elif index not in gone:
+            new_layers.append(layer)
+        else:
+            continue
+        origins.append(index)
+    _replace_layers(model, new_layers, origins)
+    return removed
+
+
+def _replace_layers(model: nn.Module, new_layers: list[nn.Module], origins: list[int]) -> None:
+    """Install the shortened block list; renumber the cache slots and shrink the config to match.
+
+    `origins[i]` is the original index of new block i (for a bridge, the first block it replaces).
+    """
+    config = model.config
+    old_count = len(model.base_model.layers)
+    model.base_model.layers = nn.ModuleList(new_layers)
+    for position, layer in enumerate(new_layers):
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = position  # KV-cache slot
+    config.num_hidden_layers = len(new_layers)
+    layer_types = getattr(config, "layer_types", None)
+    if isinstance(layer_types, list) and len(layer_types) == old_count:
+        config.layer_types = [layer_types[i] for i in origins]

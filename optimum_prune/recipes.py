@@ -1,0 +1,51 @@
+"""`PruningConfig(recipe=...)`: the settings of published structured pruning methods, by name.
+
+Each recipe fills the `PruningConfig` fields that are still at their defaults, so `recipe="flap", sparsity=0.3`
+is FLAP at 30% and any field set explicitly to a non-default value wins (a field set to its default value cannot be
+told from one left alone, and takes the recipe's).
+
+- `flap` (An et al., AAAI 2024, "Fluctuation-based Adaptive Structured Pruning"): the fluctuation metric (input
+  variance x squared consumer column norm), one ranking of heads and FFN channels across all layers with the
+  metric standardised per layer and kind and units weighed by their size (structure "AL-AM" of the reference
+  code), and bias compensation of the pruned channels' mean.
+- `liar`: activation (Wanda-style) ranking, the same fraction in every layer, and LIAR's least-squares
+  interpolation of the pruned channels from the kept ones (this package's default).
+- `obs`: units ranked greedily by the structured OBS cost (the error left after the refit, ZipLM / SlimGPT), the
+  budget spread across layers and kinds by that cost, and the refit to the dense model's outputs (`liar_dense`).
+- `shortgpt` (Men et al. 2024, "ShortGPT"): whole blocks removed, lowest block influence (1 - cos between a
+  block's input and output hidden states) first, nothing refit.
+- `shortgpt_linear`: ShortGPT's blocks, each removed run replaced by one least-squares linear map of the hidden
+  state fitted on calibration data (needs the plugin to reload).
+- `prunenet` (Sengupta et al., ICLR 2025): FFN channels ranked by a policy learnt from the weights, no data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, fields
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .configuration import PruningConfig
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "flap": {"criterion": "fluctuation", "reconstruction": "bias", "allocation": "flap"},
+    "liar": {"criterion": "activation", "reconstruction": "liar", "allocation": "uniform"},
+    "obs": {"criterion": "obs", "reconstruction": "liar_dense", "allocation": "obs"},
+    "shortgpt": {"structures": ["layers"], "reconstruction": "none"},
+    "shortgpt_linear": {"structures": ["layers"], "reconstruction": "liar"},
+    "prunenet": {"criterion": "prunenet", "structures": ["ffn_channels"], "reconstruction": "none"},
+}
+
+
+def apply_recipe(config: PruningConfig) -> None:
+    """Fill the fields of `config` still at their defaults from `RECIPES[config.recipe]`, in place."""
+    if config.recipe not in RECIPES:
+        raise ValueError(f"Unknown recipe {config.recipe!r}. Choose one of: {', '.join(sorted(RECIPES))}.")
+    defaults = {
+        f.name: (f.default if f.default is not MISSING else f.default_factory())  # type: ignore[misc]
+        for f in fields(config)
+        if f.default is not MISSING or f.default_factory is not MISSING
+    }
+    for name, value in RECIPES[config.recipe].items():
+        if getattr(config, name) == defaults[name]:
+            setattr(config, name, list(value) if isinstance(value, list) else value)
