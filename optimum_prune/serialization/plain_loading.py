@@ -34,7 +34,7 @@ PLAIN_LOADING: tuple[PlainLoading, ...] = (
     PlainLoading(
         "llama",
         None,
-        ("none", "bias", "liar", "admm"),
+        ("none", "bias", "liar", "admm", "liar_dense"),
         "the kept heads divide `hidden_size`; the biases that reconstruction adds to `o_proj` / `down_proj` are "
         "written as `attention_bias` / `mlp_bias` (zero biases on the sibling projections)",
     ),
@@ -62,7 +62,7 @@ PLAIN_LOADING: tuple[PlainLoading, ...] = (
     PlainLoading(
         "bert",
         ("ffn_channels",),
-        ("none", "bias", "liar", "admm"),
+        ("none", "bias", "liar", "admm", "liar_dense"),
         "BERT's projections already have biases",
     ),
     PlainLoading(
