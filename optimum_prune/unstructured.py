@@ -11,6 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .architectures import ArchitectureAdapter
+from .checks import check_solution
 from .configuration import PruningConfig
 from .layerwise import BlockStreamer
 from .sparsity import SparsityPattern, get_sparsity_method
@@ -90,6 +91,9 @@ def prune_unstructured(
                     continue
                 gram = stats[name].gram if stats is not None else _identity_gram(linear)
                 new_weight, keep = solver(linear.weight.data, gram, pattern, damp=config.damp)
+                check_solution(
+                    f"{prefix}{index}.{name}", new_weight, linear.weight, config.damp, stats and stats[name]
+                )
                 linear.weight.data.copy_(new_weight)
                 removed = int((~keep).sum())
                 zeros += removed
