@@ -346,8 +346,14 @@ def test_model_card_without_eval_results_has_no_model_index():
     assert "calibration data was passed in memory" in card.text
 
 
-@pytest.mark.parametrize("base_model", ["/models/llama-7b", "org/llama-gguf/llama-Q8_0.gguf"])
-def test_base_model_that_is_not_a_hub_id_stays_out_of_the_metadata(base_model):
+@pytest.mark.parametrize(
+    "base_model, shown, load",
+    [
+        ("/models/llama-7b", "llama-7b", "'llama-7b'"),
+        ("org/llama-gguf/llama-Q8_0.gguf", "llama-gguf/llama-Q8_0.gguf", "'llama-gguf', gguf_file='llama-Q8_0.gguf'"),
+    ],
+)
+def test_base_model_that_is_not_a_hub_id_stays_out_of_the_metadata(base_model, shown, load):
     card = create_model_card(
         base_model=base_model,
         pipeline_tag="text-generation",
@@ -356,7 +362,10 @@ def test_base_model_that_is_not_a_hub_id_stays_out_of_the_metadata(base_model):
     )
     data = ModelCard(str(card)).data.to_dict()
     assert "base_model" not in data and "base_model_relation" not in data
-    assert f"a pruned version of `{base_model}`" in card.text
+    # A local path is the user's own: the card shows the folder's name, and the recipe runs beside that folder.
+    assert f"a pruned version of `{shown}`" in card.text
+    assert base_model not in str(card)
+    assert f"PrunerForCausalLM.from_pretrained({load})" in card.text
 
 
 @pytest.mark.parametrize(
