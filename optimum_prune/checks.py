@@ -26,8 +26,10 @@ __all__ = [
     "SparsityShortfallError",
     "check_budget",
     "check_sequence_length",
+    "check_inputs",
     "check_solution",
     "checked_refit",
+    "solve_checked",
 ]
 
 #: A solved weight larger than this many times the largest weight of the original layer is taken as a blown-up
@@ -69,26 +71,45 @@ def check_solution(
         found = f"{int((~finite).sum())} non-finite weights (inf/NaN)"
     else:
         found = f"weights up to {largest:.3g}, {largest / max(scale, 1e-12):.3g} times the original's largest"
+    check_inputs(name, statistics, original.dtype)
     cause = ""
-    if statistics is not None and not _statistics_finite(statistics):
-        cause = (
-            " Its calibration inputs are already non-finite: the model overflows in "
-            f"{str(original.dtype).replace('torch.', '')}; load it in float32 or bfloat16 (--dtype)."
-        )
-    elif new_weight.dtype in (torch.float16, torch.bfloat16) and not bool(finite.all()):
-        cause = (
-            f" The solution does not fit in {str(new_weight.dtype).replace('torch.', '')}; load the model in float32."
-        )
+    if new_weight.dtype in (torch.float16, torch.bfloat16) and not bool(finite.all()):
+        cause = f" The solution may not fit in {_dtype_name(new_weight.dtype)}: load the model in float32 (--dtype)."
     raise NonFiniteWeightsError(
         f"Solving {name} gave {found}: the least-squares system is ill-posed (damp={damp:g}).{cause} Raise damp "
         "(e.g. damp=0.01 or 0.1) and run again; nothing was saved."
     )
 
 
+def check_inputs(name: str, statistics: Any | None, dtype: torch.dtype) -> None:
+    """Raise `NonFiniteWeightsError` if the calibration inputs of layer `name` overflowed (inf/NaN statistics)."""
+    if statistics is None or _statistics_finite(statistics):
+        return
+    raise NonFiniteWeightsError(
+        f"The calibration inputs of {name} are not finite: the model's activations overflow in {_dtype_name(dtype)}. "
+        "Load it in float32 or bfloat16 (--dtype float32) and run again; nothing was saved."
+    )
+
+
+def solve_checked(
+    name: str, solver: Any, weight: torch.Tensor, gram: torch.Tensor, pattern: Any, damp: float, statistics: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`solver(weight, gram, pattern, damp=damp)` (a sparsity solver) between `check_inputs` and `check_solution`."""
+    check_inputs(name, statistics, weight.dtype)
+    new_weight, keep = solver(weight, gram, pattern, damp=damp)
+    check_solution(name, new_weight, weight, damp, statistics)
+    return new_weight, keep
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
 @contextlib.contextmanager
 def checked_refit(name: str, linear: nn.Linear, damp: float, statistics: Any | None = None) -> Iterator[None]:
     """Around a refit that edits `linear` in place: name the layer in `IllConditionedWarning`s raised inside, then
     check the refit weights and bias with `check_solution`."""
+    check_inputs(name, statistics, linear.weight.dtype)
     original_weight = linear.weight.detach().clone()
     original_bias = linear.bias.detach().clone() if linear.bias is not None else None
     with warnings.catch_warnings(record=True) as caught:

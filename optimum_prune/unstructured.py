@@ -11,7 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .architectures import ArchitectureAdapter
-from .checks import check_solution
+from .checks import solve_checked
 from .configuration import PruningConfig
 from .layerwise import BlockStreamer
 from .sparsity import SparsityPattern, get_sparsity_method
@@ -90,9 +90,14 @@ def prune_unstructured(
                 if pattern.is_dense:
                     continue
                 gram = stats[name].gram if stats is not None else _identity_gram(linear)
-                new_weight, keep = solver(linear.weight.data, gram, pattern, damp=config.damp)
-                check_solution(
-                    f"{prefix}{index}.{name}", new_weight, linear.weight, config.damp, stats and stats[name]
+                new_weight, keep = solve_checked(
+                    f"{prefix}{index}.{name}",
+                    solver,
+                    linear.weight.data,
+                    gram,
+                    pattern,
+                    config.damp,
+                    stats and stats[name],
                 )
                 linear.weight.data.copy_(new_weight)
                 removed = int((~keep).sum())

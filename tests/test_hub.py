@@ -452,3 +452,28 @@ def test_wrong_token_is_rejected(checkpoint, use_hub):
             push_folder_to_hub(checkpoint.folder, REPO_ID, token="not-the-token")
         assert info.value.status_code == 401
         assert REPO_ID not in hub.repos
+
+
+def test_pushed_card_loads_from_the_repo_id_and_records_the_dataset(use_hub, tmp_path):
+    from conftest import TEXT, make_tokenizer, tiny_llama
+
+    from optimum_prune import PrunerForCausalLM, PruningConfig
+
+    source = tmp_path / "my-llama"
+    tiny_llama().save_pretrained(source)
+    make_tokenizer().save_pretrained(source)
+    (tmp_path / "wiki.txt").write_text(TEXT)
+    pruner = PrunerForCausalLM.from_pretrained(source)
+    config = PruningConfig(sparsity=0.3, dataset=str(tmp_path / "wiki.txt"), num_samples=2, seqlen=32)
+    pruner.prune(config, show_progress=False)
+    folder = tmp_path / "out"
+    pruner.save_pretrained(folder)
+    assert "from_pretrained('my-llama-pruned')" in (folder / "README.md").read_text()  # not pushed yet: its name
+
+    with FakeHub(token=TOKEN) as hub:
+        use_hub(hub)
+        pruner.push_to_hub(REPO_ID, folder=folder, token=TOKEN)
+        card = hub.files(REPO_ID)["README.md"].decode()
+    assert f"AutoModelForCausalLM.from_pretrained('{REPO_ID}')" in card
+    assert f"--dataset {tmp_path / 'wiki.txt'}" in card and "PrunerForCausalLM.from_pretrained('my-llama')" in card
+    assert str(source) not in card

@@ -713,10 +713,12 @@ def _structured_plan(adapter: Any, config: Any) -> list[dict[str, Any]]:
     plans = uniform_plan(adapter, kinds, config)
     check_budget(groups, plans, config)
     rows = []
-    for index, (layer_groups, plan) in enumerate(zip(groups, plans)):
+    for index, (layer, layer_groups, plan) in enumerate(zip(adapter.layers(), groups, plans)):
         row: dict[str, Any] = {"layer": index}
         for group in layer_groups:
-            row[group.kind] = f"{group.num_units} -> {plan[group.kind]}"
+            # Heads go in whole KV groups; the plan counts groups, the reader thinks in heads.
+            per_unit = adapter.heads_per_unit(layer) if group.kind == "attention_heads" else 1
+            row[group.kind] = f"{group.num_units * per_unit} -> {plan[group.kind] * per_unit}"
         rows.append(row)
     return rows
 
