@@ -298,6 +298,14 @@ def test_output_that_is_or_holds_the_input_model_is_refused(work, tmp_path, caps
     assert sorted(p.name for p in model.iterdir()) == before
     assert sorted(p.name for p in tmp_path.rglob("*") if p.parent != model) == ["models", "tiny"]
 
+    # --overwrite replaces a checkpoint as a whole, so a folder of other files is refused before pruning.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert main(["-m", str(model), "--criterion", "magnitude", "--overwrite", str(mine)]) == 1
+    assert "holds files but no checkpoint" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
 
 def test_seqlen_beyond_berts_positions_is_one_line(tmp_path, capsys, sentences):
     from conftest import tiny_bert
@@ -335,9 +343,8 @@ def test_dtype_bfloat16_keeps_the_checkpoint_bfloat16(work, tmp_path, capsys):
 
     # auto keeps what the checkpoint holds: here the bfloat16 model just written.
     again = tmp_path / "again"
-    assert (
-        main(["-m", str(output), "--criterion", "magnitude", "--sparsity", "0.1", "--dtype", "auto", str(again)]) == 0
-    )
+    arguments = ["-m", str(output), "--criterion", "magnitude", "--sparsity", "0.1", "--dtype", "auto"]
+    assert main([*arguments, "--device", "cpu", "--revision", "main", str(again)]) == 0
     assert json.loads((again / "config.json").read_text())["dtype"] == "bfloat16"
 
 

@@ -322,9 +322,9 @@ def prune_from_args(args: argparse.Namespace, log: Callable[[str], None] = print
         CLIError: for bad input (found before anything is written) or a failed load, save or upload.
     """
     output = os.path.abspath(os.path.expanduser(args.output))
-    _check_output(output, args.overwrite)
     model_path, gguf_file = _resolve_model(args.model, args.gguf_file)
     _check_output_is_not_input(output, model_path)
+    _check_output(output, args.overwrite)
     if args.evaluate and args.task != "causal-lm":
         raise CLIError(f"--evaluate ppl measures a language model: it needs --task causal-lm, not {args.task!r}.")
     if args.eval_dataset and not args.evaluate:
@@ -507,11 +507,24 @@ def _check_output(output: str, overwrite: bool) -> None:
         raise CLIError(f"OUTPUT {output!r} is a file; give a folder to save the pruned model to.")
     if os.path.isdir(output) and os.listdir(output) and not overwrite:
         raise CLIError(f"OUTPUT {output!r} is a folder that is not empty; choose another one or pass --overwrite.")
+    if os.path.isdir(output) and os.listdir(output) and not _holds_checkpoint(output):
+        # Saving replaces the folder as a whole (serialization/save.py refuses the same): say so before pruning.
+        raise CLIError(
+            f"OUTPUT {output!r} holds files but no checkpoint, and --overwrite replaces the whole folder; choose a "
+            "new or empty folder."
+        )
     parent = os.path.dirname(output)
     while parent and not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if parent and not os.path.isdir(parent):
         raise CLIError(f"Cannot create OUTPUT {output!r}: {parent!r} is a file.")
+
+
+def _holds_checkpoint(folder: str) -> bool:
+    """What serialization.save lets a save replace (kept in step with its `_is_checkpoint`)."""
+    names = os.listdir(folder)
+    markers = ("config.json", "pruning_config.json", "model.safetensors.index.json")
+    return any(name in markers or name.endswith(".safetensors") for name in names)
 
 
 def _resolve_model(model: str, gguf_file: str | None) -> tuple[str, str | None]:
