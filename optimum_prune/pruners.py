@@ -58,7 +58,7 @@ class BasePruner:
         model_name_or_path: str | os.PathLike,
         *,
         gguf_file: str | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = torch.float32,
         tokenizer: Any | None = None,
         device_map: str | dict[str, Any] | None = None,
         max_memory: dict[int | str, int | str] | None = None,
@@ -67,6 +67,8 @@ class BasePruner:
     ) -> BasePruner:
         """Load a model (a Hub id or a local folder; `gguf_file` for a GGUF checkpoint) and its tokenizer.
 
+        `dtype="auto"` keeps the checkpoint's own dtype. A local path that does not exist raises FileNotFoundError;
+        `revision`, `token` and `trust_remote_code` (in `model_kwargs`) also apply to the tokenizer.
         `device_map` ("auto" or a dict), `max_memory` and `offload_folder` are accelerate's big-model loading:
         a model larger than memory is pruned one block at a time, with offloaded blocks loaded for their turn
         and the pruned weights written back (to `offload_folder` for disk-offloaded ones).
