@@ -37,10 +37,10 @@ __all__ = [
     "run_prune",
 ]
 
-#: --task value -> pruner class name in optimum_prune.pruners.
 #: --dtype choices; "auto" keeps the dtype the checkpoint was saved in.
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
+#: --task value -> pruner class name in optimum_prune.pruners.
 TASKS = {
     "causal-lm": "PrunerForCausalLM",
     "sequence-classification": "PrunerForSequenceClassification",
@@ -422,9 +422,10 @@ def _prune(
     if args.dataset:
         # Record the name or path as given (not the loaded text), so the card's recipe runs as printed.
         pruner.pruning_config.dataset = args.dataset
+        pruner.recipe_cli_options = ["--text-column", args.text_column] if args.text_column else []
         if split_calibration:
             # The recipe's command line repeats --evaluate ppl, which makes the same 80/20 split.
-            pruner.recipe_cli_options = ["--evaluate", "ppl"]
+            pruner.recipe_cli_options += ["--evaluate", "ppl"]
             pruner.recipe_note = (
                 f"Calibration used the first {CALIBRATION_FRACTION:.0%} of the text of `{args.dataset}` (the rest was "
                 "held out for the perplexity above): the command line, with `--evaluate ppl`, makes the same split; "
