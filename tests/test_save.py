@@ -177,3 +177,16 @@ def test_a_prune_that_failed_part_way_cannot_be_saved(tokenizer, texts, tmp_path
     with pytest.raises(RuntimeError, match="half-pruned"):
         pruner.save_pretrained(tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_staging_folder_of_a_running_save_is_left_alone(tmp_path):
+    target = tmp_path / "checkpoint"
+    # One left by a process that still runs (this one's parent), one by a process that has ended.
+    running = tmp_path / f".checkpoint.partial-{os.getppid()}-abc123"
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".checkpoint.partial-{int(ended.stdout)}-def456"
+    for folder in (running, stale):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half")
+    _save(target, **NEW)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "checkpoint"]

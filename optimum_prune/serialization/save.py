@@ -87,7 +87,8 @@ def save_pruned_checkpoint(
             "the whole folder. Choose a new or empty folder."
         )
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{_STAGING_INFIX}", dir=target.parent))
+    # The process id in the name tells a later save whether this folder is stale or another save's work in progress.
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{_STAGING_INFIX}{os.getpid()}-", dir=target.parent))
     try:
         model.save_pretrained(staging)
         _after_step("weights")
@@ -111,7 +112,7 @@ def save_pruned_checkpoint(
             _after_step("swapped")
             shutil.rmtree(staging, ignore_errors=True)  # now the old checkpoint
             return target
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}{_OLD_INFIX}", dir=target.parent))
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}{_OLD_INFIX}{os.getpid()}-", dir=target.parent))
         os.replace(target, old)
         _after_step("old-moved-aside")
         os.replace(staging, target)
@@ -151,7 +152,25 @@ def _recover(target: Path) -> None:
         # Killed between the two renames of the fallback path: the newest set-aside folder is the complete old one.
         os.replace(leftovers.pop(), target)
     for stale in [*leftovers, *target.parent.glob(f".{target.name}{_STAGING_INFIX}*")]:
-        shutil.rmtree(stale, ignore_errors=True)
+        if not _owner_alive(stale.name):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _owner_alive(name: str) -> bool:
+    """Whether the process that made the staging folder `name` (".NAME.partial-PID-XXXX") still runs."""
+    try:
+        pid = int(name.rsplit("-", 2)[-2])
+    except (ValueError, IndexError):
+        return False
+    if pid == os.getpid():
+        return False  # this process saves one folder at a time: anything of ours lying there is stale
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # it exists, owned by someone else
+    return True
 
 
 def _sync_tree(folder: Path) -> None:
