@@ -96,6 +96,14 @@ class PruningConfig:
         default=0.05,
         metadata={"help": "With global allocation, the least fraction of each layer's units that is kept."},
     )
+    allow_sparsity_shortfall: bool = field(
+        default=False,
+        metadata={
+            "help": "Structured targets: accept a plan that removes clearly less than `sparsity` (every layer keeps "
+            "at least one unit of each kind; round_to and min_keep_fraction set the steps). Off: such a request is "
+            "refused before any weight changes."
+        },
+    )
     layer_overrides: dict[str, dict[str, Any]] = field(
         default_factory=dict,
         metadata={
@@ -211,16 +219,21 @@ class PruningConfig:
             n, m = self.n_m
             if not 0 < n < m:
                 raise ValueError(f"N:M target {self.target!r} needs 0 < N < M (N zeros in every M weights).")
-        if not isinstance(self.sparsity, (int, float)) or not 0.0 <= float(self.sparsity) < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity!r}: 1.0 would remove everything.")
+        if not isinstance(self.sparsity, (int, float)) or isinstance(self.sparsity, bool):
+            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity!r}: give the fraction to remove.")
+        if not 0.0 <= float(self.sparsity) < 1.0:
+            why = (
+                "it is the fraction to remove, not a negative" if self.sparsity < 0 else "1.0 would remove everything"
+            )
+            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity!r}: {why}.")
         self.sparsity = float(self.sparsity)
         _known("criterion", self.criterion, list(CRITERIA))
         _known("reconstruction", self.reconstruction, list(RECONSTRUCTIONS))
         _known("allocation", self.allocation, ALLOCATIONS)
-        if not self.is_structured:
-            from .sparsity import SPARSITY_METHODS
+        # Checked for every target: an unknown method would otherwise be written into the recipe and model card.
+        from .sparsity import SPARSITY_METHODS
 
-            _known("method", self.method, list(SPARSITY_METHODS))
+        _known("method", self.method, list(SPARSITY_METHODS))
         if self.structures is not None:
             if isinstance(self.structures, str):
                 self.structures = [self.structures]

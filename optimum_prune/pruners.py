@@ -19,6 +19,7 @@ from transformers import (
 )
 
 from .architectures import get_adapter
+from .checks import check_sequence_length
 from .configuration import PruningConfig
 from .criteria import CRITERIA
 from .data.calibration import RANDOM_TOKENS, load_texts, random_token_samples, sample_examples, sample_token_windows
@@ -46,6 +47,9 @@ class BasePruner:
         self.pruning_config: PruningConfig | None = None
         self.summary: dict[str, Any] | None = None
         self.base_model_name: str | None = getattr(model, "name_or_path", None) or None
+        #: The input model's folder, if local: saving may never replace it.
+        self.source_folder: str | None = self.base_model_name
+        self._prune_incomplete = False
 
     # ---- loading --------------------------------------------------------------------------------------------
     @classmethod
@@ -54,7 +58,7 @@ class BasePruner:
         model_name_or_path: str | os.PathLike,
         *,
         gguf_file: str | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = torch.float32,
         tokenizer: Any | None = None,
         device_map: str | dict[str, Any] | None = None,
         max_memory: dict[int | str, int | str] | None = None,
@@ -63,14 +67,19 @@ class BasePruner:
     ) -> BasePruner:
         """Load a model (a Hub id or a local folder; `gguf_file` for a GGUF checkpoint) and its tokenizer.
 
+        `dtype="auto"` keeps the checkpoint's own dtype. A local path that does not exist raises FileNotFoundError;
+        `revision`, `token` and `trust_remote_code` (in `model_kwargs`) also apply to the tokenizer.
         `device_map` ("auto" or a dict), `max_memory` and `offload_folder` are accelerate's big-model loading:
         a model larger than memory is pruned one block at a time, with offloaded blocks loaded for their turn
         and the pruned weights written back (to `offload_folder` for disk-offloaded ones).
         """
         model_name_or_path = str(model_name_or_path)
+        _check_local_folder(model_name_or_path)
         extra = {"gguf_file": gguf_file} if gguf_file else {}
         if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **extra)
+            # The tokenizer comes from the same revision, with the same credentials and trust, as the model.
+            hub_options = {k: model_kwargs[k] for k in ("revision", "token", "trust_remote_code") if k in model_kwargs}
+            tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **extra, **hub_options)
         placement = {
             key: value
             for key, value in (
@@ -96,12 +105,14 @@ class BasePruner:
         model.eval()
         pruner = cls(model, tokenizer)
         pruner.base_model_name = model_name_or_path if not gguf_file else f"{model_name_or_path}/{gguf_file}"
+        pruner.source_folder = model_name_or_path
         return pruner
 
     # ---- pruning --------------------------------------------------------------------------------------------
     def calibration_samples(self, config: PruningConfig) -> list[dict[str, torch.Tensor]]:
         if self.tokenizer is None:
             raise ValueError("Calibration needs a tokenizer: pass one to the pruner.")
+        check_sequence_length(config.seqlen, self.model.config)
         if isinstance(config.dataset, str) and config.dataset == RANDOM_TOKENS:
             vocab_size = int(getattr(self.model.config, "vocab_size", 0) or len(self.tokenizer))
             return random_token_samples(
@@ -143,6 +154,9 @@ class BasePruner:
             config.dataset = dataset
         model = self.model
         model.eval()
+        config.check_layers(len(self.adapter.layers()))  # before calibration data is read
+        # Until this run finishes, the model may be half-pruned: save_pretrained refuses to write it.
+        self._prune_incomplete = True
         placement = {
             "execution_device": execution_device,
             "activations_device": activations_device,
@@ -193,6 +207,7 @@ class BasePruner:
             summary["parameters_after"] = count_parameters(model)  # zeros are stored densely
         self.pruning_config = config
         self.summary = summary
+        self._prune_incomplete = False
         logger.info(
             "Pruned %s: %d parameters, %.1f%% of the prunable ones removed",
             type(model).__name__,
@@ -212,22 +227,31 @@ class BasePruner:
     ) -> None:
         """Write safetensors, config.json (with per-layer sizes), pruning_config.json, tokenizer and model card.
 
-        Everything is written to a temporary folder next to `save_directory` and moved into place at the end, so
-        a failure leaves nothing half-written.
+        Everything is written to a staging folder next to `save_directory`, which then replaces it as a whole
+        (see `serialization.save`): a failure or a kill leaves the old content, and no file of an older checkpoint
+        survives an overwrite. `repo_id` is the Hub repository the model card's "how to load" names (default: the
+        folder name). Raises `CheckpointTargetError` if `save_directory` is (or contains) the input model's folder,
+        and RuntimeError after a `prune()` that failed part-way.
         """
+        if getattr(self, "_prune_incomplete", False):
+            raise RuntimeError(
+                "The last prune() stopped with an error part-way, so the model may be half-pruned: nothing was saved. "
+                "Load the model again and prune it with a corrected config."
+            )
         save_pruned_checkpoint(
             self.model,
             save_directory,
             tokenizer=self.tokenizer,
             pruning_config=self.pruning_config,
-            model_card=self._model_card(),
+            model_card=self._model_card(repo_id),
+            protected=[getattr(self, "source_folder", None)],
         )
         if push_to_hub:
             self.push_to_hub(
                 repo_id or os.path.basename(os.path.abspath(save_directory)), folder=save_directory, **hub_kwargs
             )
 
-    def _model_card(self) -> Any | None:
+    def _model_card(self, repo_id: str | None = None) -> Any | None:
         try:
             from .serialization.hub import create_model_card
         except ImportError:
@@ -240,6 +264,9 @@ class BasePruner:
             pruning_config=self.pruning_config.to_dict(),
             summary=self.summary,
             eval_results=getattr(self, "eval_results", None),
+            repo_id=repo_id,
+            cli_options=getattr(self, "recipe_cli_options", ()),
+            recipe_note=getattr(self, "recipe_note", None),
         )
 
     pipeline_tag: ClassVar[str | None] = None
@@ -251,10 +278,15 @@ class BasePruner:
         from .serialization.hub import push_folder_to_hub
 
         if folder is not None:
+            card = self._model_card(repo_id)
+            if card is not None:  # the card saved with the folder named the folder; on the Hub it names the repo
+                partial = os.path.join(folder, ".README.md.partial")
+                card.save(partial)
+                os.replace(partial, os.path.join(folder, "README.md"))
             return push_folder_to_hub(folder, repo_id, **kwargs)
         with tempfile.TemporaryDirectory() as tmp:
             target = os.path.join(tmp, "checkpoint")
-            self.save_pretrained(target)
+            self.save_pretrained(target, repo_id=repo_id)
             return push_folder_to_hub(target, repo_id, **kwargs)
 
 
@@ -320,3 +352,14 @@ def _plain_copy(model: PreTrainedModel) -> PreTrainedModel:
             source = model.get_submodule(module_name).get_buffer(buffer_name)
             plain.get_submodule(module_name).register_buffer(buffer_name, source.clone(), persistent=False)
     return plain
+
+
+def _check_local_folder(name: str) -> None:
+    """A path that does not exist gets its own error: transformers would call it an invalid Hub repo id."""
+    if os.path.exists(name):
+        return
+    looks_local = (
+        os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name or name.endswith("/")
+    )
+    if looks_local:
+        raise FileNotFoundError(f"Model folder {name!r} does not exist (and it is not a Hub id such as 'org/name').")

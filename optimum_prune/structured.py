@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from .allocation import LayerPlan, global_plan, uniform_plan
 from .architectures import ArchitectureAdapter
+from .checks import check_budget, checked_refit
 from .configuration import PruningConfig
 from .criteria import CRITERIA, ChannelCriterion, Criterion
 from .criteria.obs import OBSCriterion
@@ -136,6 +137,7 @@ def prune_structured(
         generator.manual_seed(config.seed)
     else:
         plans = uniform_plan(adapter, kinds, config)
+    check_budget([[g for g in adapter.groups(layer) if g.kind in kinds] for layer in layers], plans, config)
     result = StructuredResult(plans=plans)
     inputs = first_inputs
     # Error-correcting refits also run the dense copy of each block on the dense model's own stream.
@@ -164,13 +166,10 @@ def prune_structured(
                 pruned = torch.tensor(sorted(set(range(group.num_units)) - set(keep.tolist())), dtype=torch.long)
                 kept_channels, pruned_channels = group.unit_channels(keep), group.unit_channels(pruned)
                 for consumer in group.consumers:
-                    reconstruction.refit(
-                        layer.get_submodule(consumer),
-                        stats[consumer] if stats is not None else None,
-                        kept_channels,
-                        pruned_channels,
-                        config.damp,
-                    )
+                    linear = layer.get_submodule(consumer)
+                    consumer_stats = stats[consumer] if stats is not None else None
+                    with checked_refit(f"layers.{index}.{consumer}", linear, config.damp, consumer_stats):
+                        reconstruction.refit(linear, consumer_stats, kept_channels, pruned_channels, config.damp)
                 if pruned.numel():
                     adapter.prune_units(layer, group, keep)
                 kept_units[group.kind] = keep.tolist()

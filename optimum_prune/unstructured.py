@@ -11,6 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .architectures import ArchitectureAdapter
+from .checks import solve_checked
 from .configuration import PruningConfig
 from .layerwise import BlockStreamer
 from .sparsity import SparsityPattern, get_sparsity_method
@@ -90,7 +91,16 @@ def prune_unstructured(
                     continue
                 gram = stats[name].gram if stats is not None else _identity_gram(linear)
                 options = {"mask_scope": config.mask_scope} if config.method == "sparsegpt" else {}
-                new_weight, keep = solver(linear.weight.data, gram, pattern, damp=config.damp, **options)
+                new_weight, keep = solve_checked(
+                    f"{prefix}{index}.{name}",
+                    solver,
+                    linear.weight.data,
+                    gram,
+                    pattern,
+                    config.damp,
+                    stats and stats[name],
+                    **options,
+                )
                 linear.weight.data.copy_(new_weight)
                 removed = int((~keep).sum())
                 zeros += removed

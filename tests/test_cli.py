@@ -73,6 +73,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     make_tokenizer().save_pretrained(gpt2)
     text = root / "calibration.txt"
     text.write_text(TEXT, encoding="utf-8")
+    (root / "latin1.txt").write_bytes("Café au lait, crème brûlée. ".encode("latin-1") * 50)
     return SimpleNamespace(root=root, model=model, gpt2=gpt2, text=text)
 
 
@@ -218,6 +219,13 @@ def test_split_for_evaluation_keeps_the_last_fifth_out_of_calibration():
         (["--evaluate", "ppl", "--criterion", "magnitude"], 1, "--evaluate ppl needs text"),
         (["--gguf-file", "model.gguf", "--criterion", "magnitude"], 1, "--gguf-file 'model.gguf' is not in"),
         (["--dataset", "{text}", "--layer-overrides", '{"9": {"sparsity": 0.1}}'], 1, "name layers [9], but"),
+        (["--sparsity", "-0.1", "--dataset", "{text}"], 1, "got -0.1: it is the fraction to remove, not a negative"),
+        (["--method", "obs", "--dataset", "{text}"], 1, "Unknown method 'obs'. Choose one of:"),
+        (["--seqlen", "300", "--dataset", "{text}"], 1, "seqlen=300 is longer than the 256 positions llama models"),
+        (["--dataset", "{root}/latin1.txt"], 1, "/latin1.txt' is not UTF-8 text"),
+        (["--sparsity", "0.999", "--dataset", "{text}"], 1, "sparsity=0.999 cannot be met"),
+        (["--sparsity", "0.999", "--criterion", "magnitude", "--dry-run"], 1, "sparsity=0.999 cannot be met"),
+        (["--dtype", "float8"], 2, "argument --dtype: invalid choice: 'float8'"),
     ],
 )
 def test_bad_recipe(work, tmp_path, capsys, arguments, status, message):
@@ -274,3 +282,125 @@ def test_random_tokens_dataset_runs_a_data_driven_recipe_without_text(work, tmp_
         "--evaluate."
     ]
     assert not (tmp_path / "never").exists()
+
+
+# ---- reliability: input folder, dtype, dry run, JSON, version, card recipe ----------------------------------------------
+
+
+def test_output_that_is_or_holds_the_input_model_is_refused(work, tmp_path, capsys):
+    model = tmp_path / "models" / "tiny"
+    shutil.copytree(work.model, model)
+    before = sorted(p.name for p in model.iterdir())
+    for output in (model, model.parent):
+        assert main(["-m", str(model), "--criterion", "magnitude", "--overwrite", str(output)]) == 1
+        lines = _error_lines(capsys.readouterr().err)
+        assert len(lines) == 1 and "is (or contains) the input model" in lines[0], lines
+    assert sorted(p.name for p in model.iterdir()) == before
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.parent != model) == ["models", "tiny"]
+
+    # --overwrite replaces a checkpoint as a whole, so a folder of other files is refused before pruning.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert main(["-m", str(model), "--criterion", "magnitude", "--overwrite", str(mine)]) == 1
+    assert "holds files but no checkpoint" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_seqlen_beyond_berts_positions_is_one_line(tmp_path, capsys, sentences):
+    from conftest import tiny_bert
+
+    model = tmp_path / "bert"
+    tiny_bert().save_pretrained(model)
+    make_tokenizer().save_pretrained(model)
+    text = tmp_path / "sentences.txt"
+    text.write_text("\n".join(sentences))
+    capsys.readouterr()  # the progress bars of the saves above
+    arguments = ["-m", str(model), "--task", "sequence-classification", "--dataset", str(text), "--seqlen", "300"]
+    assert main([*arguments, str(tmp_path / "out")]) == 1
+    lines = _error_lines(capsys.readouterr().err)
+    assert lines == [
+        "optimum-prune: error: seqlen=300 is longer than the 256 positions bert models of this size have "
+        "(max_position_embeddings): use seqlen <= 256."
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_dtype_bfloat16_keeps_the_checkpoint_bfloat16(work, tmp_path, capsys):
+    from safetensors import safe_open
+
+    output = tmp_path / "bf16"
+    arguments = ["-m", str(work.model), "--criterion", "magnitude", "--sparsity", "0.25", "--dtype", "bfloat16"]
+    assert main([*arguments, "--no-progress", "--json", str(output)]) == 0
+    with safe_open(output / "model.safetensors", "pt") as weights:
+        dtypes = {weights.get_slice(name).get_dtype() for name in weights.keys()}
+    assert dtypes == {"BF16"}
+    assert json.loads((output / "config.json").read_text())["dtype"] == "bfloat16"
+    summary = json.loads(capsys.readouterr().out)  # --json: stdout is the JSON object alone
+    assert summary["after"]["parameters"] < summary["before"]["parameters"]
+    # 2 bytes a parameter, where float32 would take 4.
+    assert summary["after"]["size on disk (MB)"] * 1e6 < 2.5 * summary["after"]["parameters"]
+
+    # auto keeps what the checkpoint holds: here the bfloat16 model just written.
+    again = tmp_path / "again"
+    arguments = ["-m", str(output), "--criterion", "magnitude", "--sparsity", "0.1", "--dtype", "auto"]
+    assert main([*arguments, "--device", "cpu", "--revision", "main", str(again)]) == 0
+    assert json.loads((again / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(work, tmp_path, capsys):
+    output = tmp_path / "never"
+    arguments = ["-m", str(work.model), "--criterion", "magnitude", "--sparsity", "0.5", "--round-to", "8"]
+    assert main([*arguments, "--dry-run", "--json", str(output)]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["dry_run"] is True and plan["target"] == "structured"
+    # Per layer 3 KV groups of 2 heads (2,304 parameters each) and 96 FFN channels (144 each), 20,736 in all: half
+    # is 10,368; the allocation rounds the coarse unit down (never overshooting it), so floor(1.5) = 1 group removes
+    # 2,304, and the 8,064 left are 56 channels, kept 40 = 5 x 8.
+    assert plan["layers"] == [{"layer": i, "attention_heads": "6 -> 4", "ffn_channels": "96 -> 40"} for i in range(3)]
+    assert not output.exists() and list(tmp_path.iterdir()) == []
+
+    assert main(["-m", str(work.model), "--target", "2:4", "--method", "magnitude", "--dry-run", str(output)]) == 0
+    printed = capsys.readouterr().out
+    assert "mlp.down_proj 2:4" in printed and "self_attn.q_proj 2:4" in printed
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_version_and_help_answer_without_loading_torch(work):
+    done = _run([_script("optimum-prune"), "--version"], cwd=work.root)
+    assert done.returncode == 0 and done.stdout.startswith("optimum-prune "), done.stderr
+    code = (
+        "import sys\n"
+        "from optimum_prune.cli import main\n"
+        "status = main(['--help'])\n"
+        "print('STATUS', status, sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    done = _run([sys.executable, "-c", code], cwd=work.root)
+    assert "STATUS 0 []" in done.stdout, done.stdout[-500:] + done.stderr
+    for flag in ["--dtype", "--device", "--trust-remote-code", "--revision", "--token", "--dry-run", "--json"]:
+        assert flag in done.stdout
+
+
+def test_the_cards_command_line_recipe_runs_as_written(work, tmp_path, monkeypatch):
+    # Relative paths, as a user types them: the card must not show this machine's absolute paths.
+    shutil.copytree(work.model, tmp_path / "tiny-llama")
+    shutil.copy(work.text, tmp_path / "wiki.txt")
+    monkeypatch.chdir(tmp_path)
+    arguments = ["-m", "tiny-llama", *RECIPE, "--dataset", "wiki.txt", *DATA, "--evaluate", "ppl"]
+    assert main([*arguments, "--eval-windows", "2", "--no-progress", "first"]) == 0
+    card = (tmp_path / "first" / "README.md").read_text()
+    assert str(tmp_path) not in card
+    command = card.split("```bash\n", 1)[1].split("\n```", 1)[0]
+    assert command.startswith("optimum-cli prune \\\n    --model tiny-llama \\\n")
+    assert "--dataset wiki.txt" in command and "--evaluate ppl" in command
+
+    # The command as printed, in the folder that holds the model: the same recipe and the very same weights.
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rerun = tmp_path / "tiny-llama-pruned"
+    assert json.loads((rerun / "pruning_config.json").read_text()) == json.loads(
+        (tmp_path / "first" / "pruning_config.json").read_text()
+    )
+    assert (rerun / "model.safetensors").read_bytes() == (tmp_path / "first" / "model.safetensors").read_bytes()

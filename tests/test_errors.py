@@ -65,11 +65,11 @@ def test_config_validation(kwargs, message):
 def test_structure_the_model_lacks(tokenizer, texts):
     pruner = PrunerForCausalLM(tiny_llama(), tokenizer)
     with pytest.raises(ValueError, match="has no \\['mamba_inner'\\]"):
-        pruner.prune(PruningConfig(structures=["mamba_inner"], dataset=texts), show_progress=False)
+        pruner.prune(PruningConfig(structures=["mamba_inner"], dataset=texts, seqlen=32), show_progress=False)
 
 
 def test_empty_and_short_calibration_data(tokenizer):
-    pruner = PrunerForCausalLM(tiny_llama(), tokenizer)
+    pruner = PrunerForCausalLM(tiny_llama(max_position_embeddings=512), tokenizer)
     with pytest.raises(CalibrationDataError, match="empty"):
         pruner.prune(PruningConfig(sparsity=0.2, dataset=["", "   "]), show_progress=False)
     with pytest.raises(CalibrationDataError, match="fewer than seqlen=512"):

@@ -346,8 +346,14 @@ def test_model_card_without_eval_results_has_no_model_index():
     assert "calibration data was passed in memory" in card.text
 
 
-@pytest.mark.parametrize("base_model", ["/models/llama-7b", "org/llama-gguf/llama-Q8_0.gguf"])
-def test_base_model_that_is_not_a_hub_id_stays_out_of_the_metadata(base_model):
+@pytest.mark.parametrize(
+    "base_model, shown, load",
+    [
+        ("/models/llama-7b", "llama-7b", "'llama-7b'"),
+        ("org/llama-gguf/llama-Q8_0.gguf", "llama-gguf/llama-Q8_0.gguf", "'llama-gguf', gguf_file='llama-Q8_0.gguf'"),
+    ],
+)
+def test_base_model_that_is_not_a_hub_id_stays_out_of_the_metadata(base_model, shown, load):
     card = create_model_card(
         base_model=base_model,
         pipeline_tag="text-generation",
@@ -356,7 +362,10 @@ def test_base_model_that_is_not_a_hub_id_stays_out_of_the_metadata(base_model):
     )
     data = ModelCard(str(card)).data.to_dict()
     assert "base_model" not in data and "base_model_relation" not in data
-    assert f"a pruned version of `{base_model}`" in card.text
+    # A local path is the user's own: the card shows the folder's name, and the recipe runs beside that folder.
+    assert f"a pruned version of `{shown}`" in card.text
+    assert base_model not in str(card)
+    assert f"PrunerForCausalLM.from_pretrained({load})" in card.text
 
 
 @pytest.mark.parametrize(
@@ -443,3 +452,28 @@ def test_wrong_token_is_rejected(checkpoint, use_hub):
             push_folder_to_hub(checkpoint.folder, REPO_ID, token="not-the-token")
         assert info.value.status_code == 401
         assert REPO_ID not in hub.repos
+
+
+def test_pushed_card_loads_from_the_repo_id_and_records_the_dataset(use_hub, tmp_path):
+    from conftest import TEXT, make_tokenizer, tiny_llama
+
+    from optimum_prune import PrunerForCausalLM, PruningConfig
+
+    source = tmp_path / "my-llama"
+    tiny_llama().save_pretrained(source)
+    make_tokenizer().save_pretrained(source)
+    (tmp_path / "wiki.txt").write_text(TEXT)
+    pruner = PrunerForCausalLM.from_pretrained(source)
+    config = PruningConfig(sparsity=0.3, dataset=str(tmp_path / "wiki.txt"), num_samples=2, seqlen=32)
+    pruner.prune(config, show_progress=False)
+    folder = tmp_path / "out"
+    pruner.save_pretrained(folder)
+    assert "from_pretrained('my-llama-pruned')" in (folder / "README.md").read_text()  # not pushed yet: its name
+
+    with FakeHub(token=TOKEN) as hub:
+        use_hub(hub)
+        pruner.push_to_hub(REPO_ID, folder=folder, token=TOKEN)
+        card = hub.files(REPO_ID)["README.md"].decode()
+    assert f"AutoModelForCausalLM.from_pretrained('{REPO_ID}')" in card
+    assert f"--dataset {tmp_path / 'wiki.txt'}" in card and "PrunerForCausalLM.from_pretrained('my-llama')" in card
+    assert str(source) not in card

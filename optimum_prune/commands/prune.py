@@ -37,6 +37,9 @@ __all__ = [
     "run_prune",
 ]
 
+#: --dtype choices; "auto" keeps the dtype the checkpoint was saved in.
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
 #: --task value -> pruner class name in optimum_prune.pruners.
 TASKS = {
     "causal-lm": "PrunerForCausalLM",
@@ -143,6 +146,12 @@ CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
     ),
     ConfigOption("round_to", int, 1, "round kept channel counts to a multiple of N", metavar="N"),
     ConfigOption(
+        "allow_sparsity_shortfall",
+        bool,
+        False,
+        "structured: accept a plan that removes clearly less than --sparsity (otherwise refused)",
+    ),
+    ConfigOption(
         "min_keep_fraction", float, 0.05, "global allocation: least fraction of each layer kept", metavar="F"
     ),
     ConfigOption(
@@ -207,6 +216,23 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="which head to load the model with (default: causal-lm)",
     )
     model.add_argument("--gguf-file", default=None, metavar="FILE", help="GGUF file inside the --model folder")
+    model.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="load, prune and save in this dtype; auto keeps the checkpoint's own (default: float32)",
+    )
+    model.add_argument(
+        "--device",
+        default=None,
+        metavar="DEVICE",
+        help="compute on this device, e.g. cuda or cuda:1 (default: cpu)",
+    )
+    model.add_argument("--revision", default=None, help="Hub branch, tag or commit of --model")
+    model.add_argument("--token", default=None, help="Hub token for --model and --push-to-hub (default: HF_TOKEN)")
+    model.add_argument(
+        "--trust-remote-code", action="store_true", help="allow --model's own modeling code from the Hub to run"
+    )
 
     recipe = parser.add_argument_group("pruning recipe (PruningConfig; defaults are PruningConfig's)")
     for option in CONFIG_OPTIONS:
@@ -215,6 +241,9 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
             shown = json.dumps(shown)
         elif isinstance(shown, list):
             shown = " ".join(shown)
+        if option.type is bool:
+            recipe.add_argument(option.flag, action="store_const", const=True, default=None, help=option.help)
+            continue
         recipe.add_argument(
             option.flag,
             type=option.type,
@@ -255,8 +284,16 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="also upload OUTPUT to this Hub repository (token: HF_TOKEN or `hf auth login`; endpoint: HF_ENDPOINT)",
     )
     out.add_argument("--private", action="store_true", help="create the --push-to-hub repository as private")
+    out.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check everything and print the per-layer plan from the model's config; read no weights, write nothing",
+    )
+    out.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
     out.add_argument("--no-progress", action="store_true", help="no progress bars")
     out.add_argument("--traceback", action="store_true", help="show the traceback of an unexpected error")
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
 
     # Bad arguments get the same one-line `PROG: error: ...` as every other failure (argparse adds a usage block).
     def one_line_error(message: str) -> None:
@@ -277,10 +314,15 @@ def run_prune(args: argparse.Namespace, prog: str = "optimum-prune") -> int:
     def show_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
         print(f"{prog}: warning: {_one_line(message)}", file=sys.stderr)
 
+    # With --json, stdout carries the JSON object only; the human-readable report goes to stderr.
+    as_json = getattr(args, "json", False)
+    log: Callable[[str], None] = (lambda line: print(line, file=sys.stderr)) if as_json else print
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning
-            prune_from_args(args)
+            results = prune_from_args(args, log=log)
+        if as_json:
+            print(json.dumps(results, default=str))
     except CLIError as err:
         print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
         return 1
@@ -302,8 +344,9 @@ def prune_from_args(args: argparse.Namespace, log: Callable[[str], None] = print
         CLIError: for bad input (found before anything is written) or a failed load, save or upload.
     """
     output = os.path.abspath(os.path.expanduser(args.output))
-    _check_output(output, args.overwrite)
     model_path, gguf_file = _resolve_model(args.model, args.gguf_file)
+    _check_output_is_not_input(output, model_path)
+    _check_output(output, args.overwrite)
     if args.evaluate and args.task != "causal-lm":
         raise CLIError(f"--evaluate ppl measures a language model: it needs --task causal-lm, not {args.task!r}.")
     if args.eval_dataset and not args.evaluate:
@@ -335,26 +378,42 @@ def _prune(
     calibration: list[str] | str | None = None
     eval_text: str | None = None
     eval_split: str | None = None
-    record_dataset = False
+    split_calibration = False
     if args.dataset == RANDOM_TOKENS:
         # No text: the pruner draws the token ids; evaluation needs --eval-dataset.
-        calibration, record_dataset = RANDOM_TOKENS, True
+        calibration = RANDOM_TOKENS
     elif args.dataset:
         texts = _load(load_texts, args.dataset, args.text_column, "--dataset")
         if args.evaluate and not args.eval_dataset:
             calibration, eval_text = split_for_evaluation(texts)
             eval_split = f"last {1 - CALIBRATION_FRACTION:.0%}"
+            split_calibration = True
         else:
-            calibration, record_dataset = texts, True
+            calibration = texts
     if args.eval_dataset:
         split = NAMED_EVAL_SPLITS.get(args.eval_dataset)
         eval_text = "\n\n".join(_load(load_texts, args.eval_dataset, args.text_column, "--eval-dataset", split))
         eval_split = split
 
-    _check_model_config(model_path, gguf_file, optimum_prune.ADAPTERS, config)
+    hub_options = _hub_options(args)
+    model_config = _check_model_config(model_path, gguf_file, optimum_prune.ADAPTERS, config, hub_options)
+    if args.dataset or args.eval_dataset:
+        from optimum_prune.checks import check_sequence_length
+
+        try:
+            check_sequence_length(config.seqlen, model_config)
+        except ValueError as err:
+            raise CLIError(str(err)) from err
+    if args.dry_run:
+        return _dry_run(args, config, model_config, log)
+
     pruner_class = getattr(optimum_prune, TASKS[args.task])
     try:
-        pruner = pruner_class.from_pretrained(model_path, gguf_file=gguf_file)
+        pruner = pruner_class.from_pretrained(
+            model_path, gguf_file=gguf_file, dtype=_torch_dtype(args.dtype), **hub_options
+        )
+        if args.device:
+            pruner.model.to(args.device)
     except Exception as err:
         raise CLIError(f"Cannot load {args.model!r} for --task {args.task}: {err}") from err
     show_progress = not args.no_progress
@@ -377,13 +436,23 @@ def _prune(
     start = time.perf_counter()
     try:
         pruner.prune(config, dataset=calibration, show_progress=show_progress)
-    except ValueError as err:  # bad recipe for this model (layer overrides, GQA groups, short data): nothing saved
+    except (ValueError, FloatingPointError) as err:
+        # A bad recipe for this model (layer overrides, GQA groups, short data, an unmet sparsity) or a solve that
+        # blew up (checks.NonFiniteWeightsError): nothing is saved.
         raise CLIError(str(err)) from err
     prune_seconds = time.perf_counter() - start
-    if record_dataset:
-        # All of --dataset was used: record its name (not the loaded text), so the recipe says where data came from.
-        # After an 80/20 split the in-memory part is not recorded, and the model card says so.
+    if args.dataset:
+        # Record the name or path as given (not the loaded text), so the card's recipe runs as printed.
         pruner.pruning_config.dataset = args.dataset
+        pruner.recipe_cli_options = ["--text-column", args.text_column] if args.text_column else []
+        if split_calibration:
+            # The recipe's command line repeats --evaluate ppl, which makes the same 80/20 split.
+            pruner.recipe_cli_options += ["--evaluate", "ppl"]
+            pruner.recipe_note = (
+                f"Calibration used the first {CALIBRATION_FRACTION:.0%} of the text of `{args.dataset}` (the rest was "
+                "held out for the perplexity above): the command line, with `--evaluate ppl`, makes the same split; "
+                "the Python recipe calibrates on all of it."
+            )
 
     if eval_ids is not None:
         after_ppl = perplexity(
@@ -404,8 +473,8 @@ def _prune(
         }
 
     try:
-        pruner.save_pretrained(output)
-    except OSError as err:
+        pruner.save_pretrained(output, repo_id=args.push_to_hub)
+    except (OSError, ValueError) as err:
         raise CLIError(f"Cannot save to {output!r}: {err}") from err
 
     summary = pruner.summary
@@ -443,7 +512,7 @@ def _prune(
         from optimum_prune.serialization.hub import HubPublishError
 
         try:
-            url = pruner.push_to_hub(args.push_to_hub, folder=output, private=args.private or None)
+            url = pruner.push_to_hub(args.push_to_hub, folder=output, private=args.private or None, token=args.token)
         except (HubPublishError, ValueError) as err:
             raise CLIError(f"The pruned model is saved in {output}, but publishing it failed: {err}") from err
         results["hub"] = {"url": url}
@@ -461,11 +530,24 @@ def _check_output(output: str, overwrite: bool) -> None:
         raise CLIError(f"OUTPUT {output!r} is a file; give a folder to save the pruned model to.")
     if os.path.isdir(output) and os.listdir(output) and not overwrite:
         raise CLIError(f"OUTPUT {output!r} is a folder that is not empty; choose another one or pass --overwrite.")
+    if os.path.isdir(output) and os.listdir(output) and not _holds_checkpoint(output):
+        # Saving replaces the folder as a whole (serialization/save.py refuses the same): say so before pruning.
+        raise CLIError(
+            f"OUTPUT {output!r} holds files but no checkpoint, and --overwrite replaces the whole folder; choose a "
+            "new or empty folder."
+        )
     parent = os.path.dirname(output)
     while parent and not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if parent and not os.path.isdir(parent):
         raise CLIError(f"Cannot create OUTPUT {output!r}: {parent!r} is a file.")
+
+
+def _holds_checkpoint(folder: str) -> bool:
+    """What serialization.save lets a save replace (kept in step with its `_is_checkpoint`)."""
+    names = os.listdir(folder)
+    markers = ("config.json", "pruning_config.json", "model.safetensors.index.json")
+    return any(name in markers or name.endswith(".safetensors") for name in names)
 
 
 def _resolve_model(model: str, gguf_file: str | None) -> tuple[str, str | None]:
@@ -537,12 +619,22 @@ def _load(load_texts: Callable[..., list[str]], source: str, column: str | None,
         raise CLIError(f"Cannot read {flag} {source!r}: {err}") from err
 
 
-def _check_model_config(model_path: str, gguf_file: str | None, adapters: dict[str, Any], pruning_config: Any) -> None:
-    """Refuse an unsupported model family, or overrides of layers it lacks, from its config: before reading weights."""
+def _check_model_config(
+    model_path: str,
+    gguf_file: str | None,
+    adapters: dict[str, Any],
+    pruning_config: Any,
+    hub_options: dict[str, Any] | None = None,
+) -> Any:
+    """Refuse an unsupported model family, or overrides of layers it lacks, from its config: before reading weights.
+
+    Returns the model's config."""
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(model_path, **({"gguf_file": gguf_file} if gguf_file else {}))
+        config = AutoConfig.from_pretrained(
+            model_path, **({"gguf_file": gguf_file} if gguf_file else {}), **(hub_options or {})
+        )
     except Exception as err:
         raise CLIError(f"Cannot read the model config of {model_path!r}: {err}") from err
     if config.model_type not in adapters:
@@ -556,6 +648,129 @@ def _check_model_config(model_path: str, gguf_file: str | None, adapters: dict[s
             pruning_config.check_layers(num_layers)
         except ValueError as err:
             raise CLIError(str(err)) from err
+    return config
+
+
+def _check_output_is_not_input(output: str, model_path: str) -> None:
+    """Saving replaces OUTPUT as a whole: it may not be the input model's folder, nor a folder that holds it."""
+    if not os.path.isdir(model_path):
+        return
+    real_output, real_model = os.path.realpath(output), os.path.realpath(model_path)
+    if real_model == real_output or real_model.startswith(real_output.rstrip(os.sep) + os.sep):
+        raise CLIError(
+            f"OUTPUT {output!r} is (or contains) the input model {model_path!r}, which saving would replace: choose "
+            "another OUTPUT."
+        )
+
+
+def _hub_options(args: argparse.Namespace) -> dict[str, Any]:
+    options = {"revision": args.revision, "token": args.token}
+    options = {key: value for key, value in options.items() if value is not None}
+    if args.trust_remote_code:
+        options["trust_remote_code"] = True
+    return options
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    return name if name == "auto" else getattr(torch, name)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("optimum-prune")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _dry_run(args: argparse.Namespace, config: Any, model_config: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """Print the per-layer plan of `config` for the model described by `model_config`; read no weights.
+
+    The model is built on the meta device (shapes only). Structured plans are checked against the requested
+    sparsity as a real run would; a global allocation's sizes depend on calibration scores, so only its budget is
+    shown.
+    """
+    import torch
+    import transformers
+
+    from optimum_prune import get_adapter
+
+    auto_class = getattr(transformers, _AUTO_CLASS_BY_TASK[args.task])
+    try:
+        with torch.device("meta"):
+            model = auto_class.from_config(model_config, trust_remote_code=args.trust_remote_code)
+    except Exception as err:
+        raise CLIError(f"Cannot build {args.model!r} for --task {args.task} from its config: {err}") from err
+    adapter = get_adapter(model)
+    layers: list[dict[str, Any]] = []
+    try:
+        if config.is_structured:
+            layers = _structured_plan(adapter, config)
+        else:
+            layers = _sparsity_plan(model, adapter, config)
+    except ValueError as err:
+        raise CLIError(str(err)) from err
+    plan = {"dry_run": True, "model_type": model_config.model_type, "target": config.target, "layers": layers}
+    log(
+        f"Dry run: {config.target} pruning of {args.model} ({model_config.model_type}); nothing was loaded or written."
+    )
+    for row in layers:
+        log("  " + ", ".join(f"{key} {value}" for key, value in row.items()))
+    return plan
+
+
+_AUTO_CLASS_BY_TASK = {
+    "causal-lm": "AutoModelForCausalLM",
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "question-answering": "AutoModelForQuestionAnswering",
+}
+
+
+def _structured_plan(adapter: Any, config: Any) -> list[dict[str, Any]]:
+    from optimum_prune.allocation import uniform_plan
+    from optimum_prune.checks import check_budget
+    from optimum_prune.structured import resolve_kinds
+
+    kinds = resolve_kinds(adapter, config)
+    groups = [[g for g in adapter.groups(layer) if g.kind in kinds] for layer in adapter.layers()]
+    config.check_layers(len(groups))
+    if config.allocation == "global":
+        total = sum(g.num_units * g.params_per_unit for layer in groups for g in layer)
+        return [
+            {
+                "layer": "all",
+                "allocation": "global (per-layer sizes follow the calibration scores)",
+                "parameters to remove": f"{int(config.sparsity * total):,} of {total:,}",
+            }
+        ]
+    plans = uniform_plan(adapter, kinds, config)
+    check_budget(groups, plans, config)
+    rows = []
+    for index, (layer, layer_groups, plan) in enumerate(zip(adapter.layers(), groups, plans)):
+        row: dict[str, Any] = {"layer": index}
+        for group in layer_groups:
+            # Heads go in whole KV groups; the plan counts groups, the reader thinks in heads.
+            per_unit = adapter.heads_per_unit(layer) if group.kind == "attention_heads" else 1
+            row[group.kind] = f"{group.num_units * per_unit} -> {plan[group.kind] * per_unit}"
+        rows.append(row)
+    return rows
+
+
+def _sparsity_plan(model: Any, adapter: Any, config: Any) -> list[dict[str, Any]]:
+    from optimum_prune.unstructured import module_pattern, prunable_linears
+
+    rows = []
+    for index, layer in enumerate(adapter.layers()):
+        row: dict[str, Any] = {"layer": index}
+        for name, linear in prunable_linears(layer, config.modules_to_not_prune).items():
+            pattern = module_pattern(config, index, name)
+            pattern.check_columns(linear.in_features)
+            row[name] = "dense" if pattern.is_dense else (config.target if pattern.n else f"{pattern.sparsity:.0%}")
+        rows.append(row)
+    return rows
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ def load_texts(source: Any, text_column: str | None = None, split: str | None = 
             f"{sorted(NAMED_DATASETS)}, or {RANDOM_TOKENS!r} for random token ids), or choose a criterion and "
             "reconstruction that need none."
         )
+    origin = source if isinstance(source, str) else "(in memory)"
     if isinstance(source, str):
         if source == RANDOM_TOKENS:
             raise CalibrationDataError(
@@ -87,7 +88,10 @@ def load_texts(source: Any, text_column: str | None = None, split: str | None = 
             raise CalibrationDataError("A calibration list must hold strings only.")
     else:
         column = text_column or _text_column(source)
-        texts = list(source[column])
+        try:
+            texts = list(source[column])
+        except UnicodeDecodeError as err:  # Arrow keeps undecodable bytes until a column is read
+            raise _not_utf8(origin, err) from None
     texts = [t for t in texts if t and t.strip()]
     if not texts:
         raise CalibrationDataError("The calibration data is empty (no non-blank text).")
@@ -134,10 +138,20 @@ def _load_file(path: str) -> Any:
     ext = os.path.splitext(path)[1].lower()
     if ext not in _FILE_BUILDERS:
         raise CalibrationDataError(f"Unsupported calibration file type {ext!r}; use one of {sorted(_FILE_BUILDERS)}.")
-    if ext == ".txt":
-        with open(path, encoding="utf-8") as handle:
-            return [handle.read()]
-    return datasets.load_dataset(_FILE_BUILDERS[ext], data_files=path, split="train")
+    try:
+        if ext == ".txt":
+            with open(path, encoding="utf-8") as handle:
+                return [handle.read()]
+        return datasets.load_dataset(_FILE_BUILDERS[ext], data_files=path, split="train")
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, err) from None
+
+
+def _not_utf8(path: str, err: UnicodeDecodeError) -> CalibrationDataError:
+    return CalibrationDataError(
+        f"The calibration file {path!r} is not UTF-8 text (byte {err.start}: {err.reason}); convert it to UTF-8, "
+        "e.g. `iconv -f latin1 -t utf-8`."
+    )
 
 
 def _text_column(dataset: Any) -> str:

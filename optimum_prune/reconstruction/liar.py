@@ -41,13 +41,42 @@ def solve_interpolation(
     else:
         lhs = g_kk + ridge * torch.eye(kept.numel(), dtype=gram.dtype, device=gram.device)
         rhs = g_kp
-    try:
-        solution = torch.linalg.solve(lhs, rhs)
-    except RuntimeError:  # singular even with damping (e.g. dead channels and damp=0)
-        solution = torch.linalg.lstsq(lhs, rhs).solution
+    solution = _solve_or_report(lhs, rhs, damp)
     if intercept:
         return solution[:-1], solution[-1]
     return solution, None
+
+
+#: A Jacobi-scaled system whose Cholesky pivots spread by more than this (squared: a lower bound of its condition
+#: number) is treated as singular. Damping 0.01 keeps real systems near 1e5; exactly duplicated or dead channels
+#: with damp=0 reach 1e16 and more.
+MAX_CONDITION_ESTIMATE = 1e12
+
+
+def _solve_or_report(lhs: torch.Tensor, rhs: torch.Tensor, damp: float) -> torch.Tensor:
+    """Solve lhs @ x = rhs (lhs symmetric positive semi-definite); a (nearly) singular lhs gets the minimum-norm
+    solution and an `IllConditionedWarning` (the caller, `checks.checked_refit`, adds the layer's name)."""
+    from ..checks import IllConditionedWarning
+
+    if not bool(torch.isfinite(lhs).all() and torch.isfinite(rhs).all()):
+        # Overflowed calibration inputs: no solution exists; the NaN result is reported, with its cause, by
+        # checks.check_solution.
+        return torch.full((lhs.shape[1], rhs.shape[1]), float("nan"), dtype=lhs.dtype, device=lhs.device)
+    scale = torch.diagonal(lhs).abs().clamp_min(torch.finfo(lhs.dtype).tiny).rsqrt()
+    factor, info = torch.linalg.cholesky_ex(lhs * scale[:, None] * scale[None, :])
+    pivots = torch.diagonal(factor).abs()
+    estimate = float((pivots.max() / pivots.min().clamp_min(1e-300)) ** 2) if int(info) == 0 else float("inf")
+    if estimate <= MAX_CONDITION_ESTIMATE:
+        return torch.linalg.solve(lhs, rhs)
+    warnings.warn(
+        IllConditionedWarning(
+            f"the LIAR least-squares system of {lhs.shape[0]} kept channels is singular or nearly so (condition "
+            f"estimate {estimate:.2g}, damp={damp:g}), e.g. duplicated or dead channels: used the minimum-norm "
+            "solution. A larger damp (e.g. 0.01) makes the system well-posed."
+        ),
+        stacklevel=3,
+    )
+    return torch.linalg.pinv(lhs, hermitian=True, rtol=1e-10) @ rhs
 
 
 @torch.no_grad()

@@ -71,9 +71,12 @@ from optimum_prune import PruningConfig, {pruner_class}
 pruning_config = PruningConfig(
 {config_kwargs}
 )
-pruner = {pruner_class}.from_pretrained({base_model!r})
+pruner = {pruner_class}.from_pretrained({load_arguments})
 pruner.prune(pruning_config)
 pruner.save_pretrained({output_dir!r})  # weights, per-layer sizes, pruning_config.json, tokenizer, card"""
+
+# The command line's --task for a pipeline tag (causal-lm, the default, is not written).
+_CLI_TASK_BY_PIPELINE = {"text-classification": "sequence-classification", "question-answering": "question-answering"}
 
 # The pruner class for a pipeline tag, as in optimum_prune.pruners; causal LM otherwise.
 _PRUNER_BY_PIPELINE = {
@@ -120,6 +123,8 @@ def create_model_card(
     language: str | list[str] | None = None,
     license: str | None = None,
     repo_id: str | None = None,
+    cli_options: Sequence[str] = (),
+    recipe_note: str | None = None,
 ) -> ModelCard:
     """Build the model card of a pruned checkpoint.
 
@@ -145,6 +150,12 @@ def create_model_card(
         language: Language code(s) for the metadata.
         license: License id for the metadata (a pruned model usually keeps its base model's license).
         repo_id: Where the card will live; used in the loading snippet. Defaults to `model_name`.
+        cli_options: Extra command-line arguments the run used beyond the recipe (e.g. ["--evaluate", "ppl"], which
+            also keeps the last 20% of --dataset out of calibration), appended to the command-line recipe.
+        recipe_note: A sentence shown under the recipe (e.g. how the calibration data was split).
+
+    A `base_model` that is a local path (not a Hub id) is shown by its folder name only, in the text and in the
+    recipe, which then runs from the folder that holds the model.
 
     Returns:
         A `ModelCard` whose `data` holds base_model, base_model_relation, tags, library_name, pipeline_tag (and
@@ -157,11 +168,12 @@ def create_model_card(
         if key not in summary:
             raise ValueError(f"summary is missing {key!r}; parameters_before and parameters_after are required.")
     config = dict(pruning_config)
+    hub_base = base_model if base_model and _is_hub_id(base_model) else None
+    base_model = hub_base or _shown_base_model(base_model)
     if model_name is None:
         model_name = f"{base_model.rstrip('/').split('/')[-1]}-pruned" if base_model else "pruned-model"
     entries = _eval_entries(eval_results, default_task=pipeline_tag or "text-generation")
 
-    hub_base = base_model if base_model and _is_hub_id(base_model) else None
     card_data = ModelCardData(
         base_model=hub_base,
         base_model_relation=BASE_MODEL_RELATION if hub_base else None,
@@ -182,7 +194,7 @@ def create_model_card(
         for part in (
             _intro(model_name, base_model, hub_base, summary),
             _removed_section(config, summary),
-            _recipe_section(config, base_model, model_name, pipeline_tag),
+            _recipe_section(config, base_model, model_name, pipeline_tag, cli_options, recipe_note),
             _load_section(repo_id or model_name, pipeline_tag),
             _eval_section(entries),
         )
@@ -335,24 +347,52 @@ def _layers_table(layers: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _shown_base_model(base_model: str | None) -> str | None:
+    """A Hub id as it is; a local path (no one else has it, and it may name the user's home) by its last parts."""
+    if not base_model or _is_hub_id(base_model):
+        return base_model
+    path = os.path.normpath(os.path.expanduser(base_model))
+    if path.endswith(".gguf"):  # "folder/model.gguf": the recipe needs the folder and the file
+        return "/".join([os.path.basename(os.path.dirname(path)), os.path.basename(path)])
+    return os.path.basename(path) or base_model
+
+
 def _recipe_section(
-    config: Mapping[str, Any], base_model: str | None, model_name: str, pipeline_tag: str | None
+    config: Mapping[str, Any],
+    base_model: str | None,
+    model_name: str,
+    pipeline_tag: str | None,
+    cli_options: Sequence[str] = (),
+    recipe_note: str | None = None,
 ) -> str:
     base = base_model or "<base-model-id>"
     output_dir = model_name.split("/")[-1]
     kwargs = "\n".join(f"    {key}={value!r}," for key, value in config.items() if value is not None)
     pruner_class = _PRUNER_BY_PIPELINE.get(pipeline_tag or "", "PrunerForCausalLM")
+    arguments = []
+    task = _CLI_TASK_BY_PIPELINE.get(pipeline_tag or "")
+    if task:
+        arguments.append(f"--task {task}")
+    cli_model, load_arguments = base, repr(base)
+    if base.endswith(".gguf") and "/" in base:
+        cli_model, gguf_file = base.rsplit("/", 1)
+        arguments.append(f"--gguf-file {shlex.quote(gguf_file)}")
+        load_arguments = f"{cli_model!r}, gguf_file={gguf_file!r}"
     python = _PYTHON_RECIPE.format(
-        pruner_class=pruner_class, config_kwargs=kwargs, base_model=base, output_dir=output_dir
+        pruner_class=pruner_class, config_kwargs=kwargs, load_arguments=load_arguments, output_dir=output_dir
     )
-    options = "".join(f"    {_cli_option(key, value)} \\\n" for key, value in config.items() if value is not None)
-    cli = _CLI_RECIPE.format(base_model=shlex.quote(base), options=options, output_dir=shlex.quote(output_dir))
+    arguments += [_cli_option(key, value) for key, value in config.items() if value is not None]
+    arguments += [" ".join(shlex.quote(str(option)) for option in cli_options)] if cli_options else []
+    options = "".join(f"    {argument} \\\n" for argument in arguments if argument)
+    cli = _CLI_RECIPE.format(base_model=shlex.quote(cli_model), options=options, output_dir=shlex.quote(output_dir))
     note = ""
     if "dataset" in config and config.get("dataset") is None:
         note = (
             "\n\nThe calibration data was passed in memory and is not recorded in the recipe: pass the same data as "
             "`dataset` to reproduce the result exactly."
         )
+    if recipe_note:
+        note += f"\n\n{recipe_note}"
     return (
         "## How to reproduce\n\n"
         "The recipe, as saved in `pruning_config.json` in this repository:\n\n"

@@ -1,10 +1,26 @@
-"""Saving a pruned checkpoint all at once or not at all."""
+"""Saving a pruned checkpoint all at once or not at all.
+
+The checkpoint is written into a hidden staging folder beside the target (`.NAME.partial-XXXX`), flushed to disk,
+and then swapped with the target in one step: on Linux, `renameat2(RENAME_EXCHANGE)` exchanges the two folders
+atomically, so a reader (or a process killed at any instant) sees either the complete old checkpoint or the complete
+new one, never a mix; the old one is then deleted. Where the exchange is not available (other systems, some
+filesystems), the old folder is first renamed aside (`.NAME.old-XXXX`) and the new one renamed into place; a kill
+between those two renames leaves the target missing and the complete old checkpoint aside, and the next save to the
+same target puts it back before anything else. Staging folders left by killed runs are removed by the next save.
+
+Replacing the target as a whole is what makes an overwrite clean: shards and index files of an older checkpoint,
+which a file-by-file copy would leave beside the new weights, are gone with the old folder.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +28,22 @@ from torch import nn
 
 from ..configuration import CONFIG_NAME, PruningConfig
 from .layout import write_loading_guard
+
+__all__ = ["CheckpointTargetError", "save_pruned_checkpoint"]
+
+_STAGING_INFIX = ".partial-"
+_OLD_INFIX = ".old-"
+#: Files whose presence says a folder holds a checkpoint that a save may replace as a whole.
+_CHECKPOINT_MARKERS = ("config.json", CONFIG_NAME, "model.safetensors", "model.safetensors.index.json")
+
+
+def _after_step(step: str) -> None:
+    """Called with the name of each step as it completes ("weights", "staged", "swapped", "old-moved-aside"); tests
+    replace it to stop a saving process at a chosen point (see tests/test_save.py)."""
+
+
+class CheckpointTargetError(ValueError):
+    """The save target may not be replaced: it is (or holds) the input model, or a folder that is no checkpoint."""
 
 
 def save_pruned_checkpoint(
@@ -21,36 +53,180 @@ def save_pruned_checkpoint(
     tokenizer: Any | None = None,
     pruning_config: PruningConfig | None = None,
     model_card: Any | None = None,
+    protected: Iterable[str | os.PathLike | None] = (),
 ) -> Path:
-    """Write the model, tokenizer, `pruning_config.json` and README.md into `save_directory`.
+    """Write the model, tokenizer, `pruning_config.json` and README.md into `save_directory`, replacing it whole.
 
-    Files are written to a temporary sibling folder first; only when all of them exist are they moved into
-    `save_directory`, so an error (a full disk, a bad tokenizer) leaves the target as it was.
+    Args:
+        model: The model; written with its own `save_pretrained` (safetensors, config.json).
+        save_directory: Target folder. It may be missing, empty, or hold an earlier checkpoint (config.json,
+            pruning_config.json or safetensors weights), which is replaced as a whole: no file of it remains.
+        tokenizer, pruning_config, model_card: Written beside the weights when given.
+        protected: Folders that must survive the save, e.g. the input model's folder: the target may be neither
+            one of them nor a folder that contains one.
+
+    Returns:
+        The target folder.
+
+    Raises:
+        NotADirectoryError: The target exists and is a file.
+        CheckpointTargetError: The target is (or contains) a protected folder, or is a non-empty folder that holds
+            no checkpoint (replacing it would delete files that are not ours).
+        OSError: Writing failed (a full disk, a bad tokenizer); the target is then as it was.
     """
-    target = Path(save_directory)
+    target = Path(os.path.abspath(os.path.expanduser(save_directory)))
+    if target.is_symlink():
+        target = target.resolve()
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(f"Cannot save to {str(target)!r}: it exists and is not a folder.")
+    _check_not_protected(target, protected)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    _recover(target)
+    if target.exists() and any(target.iterdir()) and not _is_checkpoint(target):
+        raise CheckpointTargetError(
+            f"Cannot save to {str(target)!r}: it is a non-empty folder that holds no checkpoint, and saving replaces "
+            "the whole folder. Choose a new or empty folder."
+        )
+
+    # The process id in the name tells a later save whether this folder is stale or another save's work in progress.
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{_STAGING_INFIX}{os.getpid()}-", dir=target.parent))
     try:
         model.save_pretrained(staging)
         write_loading_guard(staging)
+        _after_step("weights")
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         if pruning_config is not None:
             pruning_config.to_json_file(staging / CONFIG_NAME)
         if model_card is not None:
             model_card.save(staging / "README.md")
+        _sync_tree(staging)
+        _after_step("staged")
         if not target.exists():
             os.replace(staging, target)
-        else:
-            for entry in staging.iterdir():
-                destination = target / entry.name
-                if destination.is_dir() and not destination.is_symlink():
-                    shutil.rmtree(destination)
-                os.replace(entry, destination)
-            staging.rmdir()
+            _sync_folder(target.parent)
+            _after_step("swapped")
+            return target
+        # mkdtemp gives 0o700; a checkpoint folder gets the usual permissions, as the old one had.
+        os.chmod(staging, target.stat().st_mode & 0o7777)
+        if _exchange(staging, target):
+            _sync_folder(target.parent)
+            _after_step("swapped")
+            shutil.rmtree(staging, ignore_errors=True)  # now the old checkpoint
+            return target
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}{_OLD_INFIX}{os.getpid()}-", dir=target.parent))
+        os.replace(target, old)
+        _after_step("old-moved-aside")
+        os.replace(staging, target)
+        _sync_folder(target.parent)
+        _after_step("swapped")
+        shutil.rmtree(old, ignore_errors=True)
+        return target
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging.exists() and staging.resolve() != target:
+            shutil.rmtree(staging, ignore_errors=True)
+        _recover(target)
         raise
-    return target
+
+
+def _check_not_protected(target: Path, protected: Iterable[str | os.PathLike | None]) -> None:
+    real_target = os.path.realpath(target)
+    for folder in protected:
+        if folder is None or not os.path.isdir(folder):
+            continue  # a Hub id, or nothing on disk to lose
+        real = os.path.realpath(folder)
+        if real == real_target or real.startswith(real_target.rstrip(os.sep) + os.sep):
+            raise CheckpointTargetError(
+                f"Cannot save to {str(target)!r}: it is (or contains) the input model's folder {str(folder)!r}, "
+                "which saving would replace. Choose another output folder."
+            )
+
+
+def _is_checkpoint(folder: Path) -> bool:
+    names = {entry.name for entry in folder.iterdir()}
+    return any(marker in names for marker in _CHECKPOINT_MARKERS) or any(n.endswith(".safetensors") for n in names)
+
+
+def _recover(target: Path) -> None:
+    """Finish what a killed save left beside `target`: put a set-aside old checkpoint back, drop staging folders."""
+    leftovers = sorted(target.parent.glob(f".{target.name}{_OLD_INFIX}*"), key=lambda p: p.stat().st_mtime)
+    if leftovers and not target.exists():
+        # Killed between the two renames of the fallback path: the newest set-aside folder is the complete old one.
+        os.replace(leftovers.pop(), target)
+    for stale in [*leftovers, *target.parent.glob(f".{target.name}{_STAGING_INFIX}*")]:
+        if not _owner_alive(stale.name):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _owner_alive(name: str) -> bool:
+    """Whether the process that made the staging folder `name` (".NAME.partial-PID-XXXX") still runs."""
+    try:
+        pid = int(name.rsplit("-", 2)[-2])
+    except (ValueError, IndexError):
+        return False
+    if pid == os.getpid():
+        return False  # this process saves one folder at a time: anything of ours lying there is stale
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # it exists, owned by someone else
+    return True
+
+
+def _sync_tree(folder: Path) -> None:
+    """Flush every file of `folder` to disk, so a power loss after the swap cannot leave empty files behind it."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            descriptor = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+        _sync_folder(Path(root))
+
+
+def _sync_folder(folder: Path) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # e.g. Windows cannot open folders; the rename itself is still atomic there
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_renameat2: Any = None
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Atomically swap two folders (Linux renameat2 RENAME_EXCHANGE); False where that is not supported."""
+    global _renameat2
+    if os.environ.get("OPTIMUM_PRUNE_NO_RENAME_EXCHANGE"):  # exercises the two-rename path in tests
+        return False
+    if _renameat2 is None:
+        _renameat2 = False
+        library = ctypes.util.find_library("c")
+        if library and os.name == "posix":
+            try:
+                function = ctypes.CDLL(library, use_errno=True).renameat2
+            except (OSError, AttributeError):
+                function = None
+            if function is not None:
+                function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+                function.restype = ctypes.c_int
+                _renameat2 = function
+    if not _renameat2:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+        return False  # the filesystem or kernel cannot exchange: fall back to two renames
+    raise OSError(code, f"Cannot swap {str(first)!r} into {str(second)!r}: {os.strerror(code)}")

@@ -4,10 +4,11 @@ optimum-cli imports every module of the `optimum.commands.register` namespace pa
 of its commands, and registers what their `REGISTER_COMMANDS` lists. This file lives in optimum_prune's source tree;
 pyproject.toml maps its folder onto that namespace (see the comment on `[tool.setuptools.packages.find]`).
 
-`import optimum_prune.commands.prune` would first run `optimum_prune/__init__.py`, which imports torch and
-transformers (seconds) to register its loader. So the command module, which itself imports only the standard library
-and optimum's CLI base, is loaded from its file under its own name without running the package `__init__`; the
-package is imported for real when `prune` runs. A failure here must not take the other optimum-cli commands down, so
+`import optimum_prune.commands.prune` would first run `optimum_prune/__init__.py`. That is light now (its names load
+lazily), but it also installs the hook that registers the pruned-checkpoint loader with transformers, which has no
+business in every optimum-cli process. So the command module, which itself imports only the standard library and
+optimum's CLI base, is loaded from its file under its own name without running the package `__init__`; the package
+is imported for real when `prune` runs. A failure here must not take the other optimum-cli commands down, so
 it only drops `prune`, with a warning.
 """
 

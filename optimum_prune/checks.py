@@ -1,0 +1,198 @@
+"""Checks that keep a bad run from producing a checkpoint: solved weights, the structured budget, input lengths.
+
+- `checked_refit` / `check_solution`: after every least-squares solve (structured reconstruction, sparsity solvers),
+  the new weights must be finite and of the original's order of magnitude; otherwise `NonFiniteWeightsError` names
+  the layer and what to change (`damp`, the dtype). An ill-conditioned system is reported with an
+  `IllConditionedWarning` that names the layer.
+- `check_budget`: a structured plan that removes clearly less than the requested sparsity (whole units, minimum
+  sizes and `round_to` allow only so much) is refused before any weight changes, unless the config allows it.
+- `check_sequence_length`: `seqlen` longer than the model's position embeddings is refused before loading data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "EXPLOSION_FACTOR",
+    "IllConditionedWarning",
+    "NonFiniteWeightsError",
+    "SparsityShortfallError",
+    "check_budget",
+    "check_sequence_length",
+    "check_inputs",
+    "check_solution",
+    "checked_refit",
+    "solve_checked",
+]
+
+#: A solved weight larger than this many times the largest weight of the original layer is taken as a blown-up
+#: solve. A well-posed refit moves weights by a fraction of their scale; duplicated channels solved with damp=0 give
+#: factors above 1e20.
+EXPLOSION_FACTOR = 1e4
+
+
+class NonFiniteWeightsError(FloatingPointError):
+    """A solve produced non-finite or exploding weights; nothing of the run may be saved."""
+
+
+class IllConditionedWarning(UserWarning):
+    """A least-squares system was (nearly) singular; the solve fell back to a minimum-norm solution."""
+
+
+class SparsityShortfallError(ValueError):
+    """The structured plan removes clearly less than the requested sparsity."""
+
+
+def check_solution(
+    name: str, new_weight: torch.Tensor, original: torch.Tensor, damp: float, statistics: Any | None = None
+) -> None:
+    """Raise `NonFiniteWeightsError` if `new_weight` (the solve's result for layer `name`) may not be kept.
+
+    Args:
+        name: The layer, as printed in the error (e.g. "model.layers.3.mlp.down_proj").
+        new_weight: The solved weight, in the dtype it will be stored in.
+        original: The weight before the solve (any shape; its largest finite magnitude sets the scale).
+        damp: The damping used, quoted in the advice.
+        statistics: The layer's `InputStatistics`, if any: non-finite inputs are reported as the cause.
+    """
+    finite = torch.isfinite(new_weight)
+    scale = float(original.detach().abs().float().nan_to_num(0.0, 0.0, 0.0).max()) if original.numel() else 0.0
+    largest = float(new_weight.detach().abs().float().nan_to_num(0.0, 0.0, 0.0).max()) if new_weight.numel() else 0.0
+    if bool(finite.all()) and largest <= EXPLOSION_FACTOR * max(scale, 1e-12):
+        return
+    if not bool(finite.all()):
+        found = f"{int((~finite).sum())} non-finite weights (inf/NaN)"
+    else:
+        found = f"weights up to {largest:.3g}, {largest / max(scale, 1e-12):.3g} times the original's largest"
+    check_inputs(name, statistics, original.dtype)
+    cause = ""
+    if new_weight.dtype in (torch.float16, torch.bfloat16) and not bool(finite.all()):
+        cause = f" The solution may not fit in {_dtype_name(new_weight.dtype)}: load the model in float32 (--dtype)."
+    raise NonFiniteWeightsError(
+        f"Solving {name} gave {found}: the least-squares system is ill-posed (damp={damp:g}).{cause} Raise damp "
+        "(e.g. damp=0.01 or 0.1) and run again; nothing was saved."
+    )
+
+
+def check_inputs(name: str, statistics: Any | None, dtype: torch.dtype) -> None:
+    """Raise `NonFiniteWeightsError` if the calibration inputs of layer `name` overflowed (inf/NaN statistics)."""
+    if statistics is None or _statistics_finite(statistics):
+        return
+    raise NonFiniteWeightsError(
+        f"The calibration inputs of {name} are not finite: the model's activations overflow in {_dtype_name(dtype)}. "
+        "Load it in float32 or bfloat16 (--dtype float32) and run again; nothing was saved."
+    )
+
+
+def solve_checked(
+    name: str,
+    solver: Any,
+    weight: torch.Tensor,
+    gram: torch.Tensor,
+    pattern: Any,
+    damp: float,
+    statistics: Any,
+    **options: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`solver(weight, gram, pattern, damp=damp, **options)` (a sparsity solver) between `check_inputs` and
+    `check_solution`."""
+    check_inputs(name, statistics, weight.dtype)
+    new_weight, keep = solver(weight, gram, pattern, damp=damp, **options)
+    check_solution(name, new_weight, weight, damp, statistics)
+    return new_weight, keep
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+@contextlib.contextmanager
+def checked_refit(name: str, linear: nn.Linear, damp: float, statistics: Any | None = None) -> Iterator[None]:
+    """Around a refit that edits `linear` in place: name the layer in `IllConditionedWarning`s raised inside, then
+    check the refit weights and bias with `check_solution`."""
+    check_inputs(name, statistics, linear.weight.dtype)
+    original_weight = linear.weight.detach().clone()
+    original_bias = linear.bias.detach().clone() if linear.bias is not None else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        message = warning.message
+        if isinstance(message, IllConditionedWarning):
+            message = IllConditionedWarning(f"{name}: {message}")
+        warnings.warn_explicit(message, warning.category, warning.filename, warning.lineno)
+    check_solution(name, linear.weight, original_weight, damp, statistics)
+    if linear.bias is not None:
+        # A bias added by the refit starts at zero: the weights' scale is the reference for both.
+        reference = original_weight.flatten()
+        if original_bias is not None:
+            reference = torch.cat([reference, original_bias.flatten().to(reference.dtype)])
+        check_solution(f"{name} (bias)", linear.bias, reference, damp, statistics)
+
+
+def _statistics_finite(statistics: Any) -> bool:
+    tensors = [getattr(statistics, key, None) for key in ("sum", "sum_sq", "gram")]
+    return all(bool(torch.isfinite(t).all()) for t in tensors if isinstance(t, torch.Tensor))
+
+
+def check_budget(
+    groups_per_layer: Sequence[Sequence[Any]],
+    plans: Sequence[dict[str, int]],
+    config: Any,
+) -> None:
+    """Raise `SparsityShortfallError` when `plans` remove clearly less than `config` asks for.
+
+    Args:
+        groups_per_layer: For each layer, its `UnitGroup`s of the kinds being pruned (num_units, params_per_unit).
+        plans: For each layer, kind -> units kept (allocation's `LayerPlan`s).
+        config: The `PruningConfig`; its sparsity, layer_overrides, round_to and allow_sparsity_shortfall are read.
+
+    The requested parameter count is the sparsity (per layer, with overrides) of the prunable parameters; layers
+    whose sizes are fixed by an override count as requested. Rounding to whole units is accepted: per layer and kind,
+    half a unit (or half of `round_to` channels), plus one of the largest units for the greedy global ranking. What
+    is refused is mostly the floor of one kept unit per kind and layer (e.g. sparsity=0.999 with 3 KV groups).
+    """
+    if getattr(config, "allow_sparsity_shortfall", False):
+        return
+    total = requested = removed = slack = 0.0
+    for index, (groups, plan) in enumerate(zip(groups_per_layer, plans)):
+        override = config.layer_overrides.get(str(index), {})
+        layer_total = sum(g.num_units * g.params_per_unit for g in groups)
+        layer_removed = sum((g.num_units - plan.get(g.kind, g.num_units)) * g.params_per_unit for g in groups)
+        total += layer_total
+        removed += layer_removed
+        if "num_heads" in override or "ffn_channels" in override:
+            requested += layer_removed
+        else:
+            requested += override.get("sparsity", config.sparsity) * layer_total
+        for group in groups:
+            step = config.round_to if group.kind in ("ffn_channels", "mamba_inner") else 1
+            slack += 0.5 * min(step, group.num_units) * group.params_per_unit
+    if config.allocation == "global" and groups_per_layer:
+        slack += max(g.params_per_unit for groups in groups_per_layer for g in groups)
+    if total == 0 or requested - removed <= slack:
+        return
+    raise SparsityShortfallError(
+        f"sparsity={config.sparsity:g} cannot be met: whole units leave at most {removed / total:.1%} of the prunable "
+        f"parameters removable ({int(removed):,} of {int(requested):,} requested; every layer keeps at least one unit "
+        "of each kind, and round_to / min_keep_fraction set the steps). Lower sparsity, or set "
+        "allow_sparsity_shortfall=True (--allow-sparsity-shortfall) to accept the smaller model."
+    )
+
+
+def check_sequence_length(seqlen: int, model_config: Any) -> None:
+    """Raise ValueError if `seqlen` exceeds the model's `max_position_embeddings` (BERT, LLaMA; not Mamba)."""
+    limit = getattr(model_config, "max_position_embeddings", None)
+    if isinstance(limit, int) and limit > 0 and seqlen > limit:
+        model_type = getattr(model_config, "model_type", "this model")
+        raise ValueError(
+            f"seqlen={seqlen} is longer than the {limit} positions {model_type} models of this size have "
+            f"(max_position_embeddings): use seqlen <= {limit}."
+        )

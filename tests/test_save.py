@@ -1,0 +1,192 @@
+"""Saving replaces the target folder as a whole: a kill at any point leaves the old or the new checkpoint, an
+overwrite leaves no stale file, and the input model's folder is never the target."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import tiny_llama
+
+from optimum_prune import PrunerForCausalLM, PruningConfig
+from optimum_prune.serialization import save as save_module
+from optimum_prune.serialization.save import CheckpointTargetError, save_pruned_checkpoint
+
+OLD = {"seed": 0, "sparsity": 0.1}
+NEW = {"seed": 1, "sparsity": 0.6}
+
+# Builds the NEW model once, then for each job forks a child that saves it over the job's target, printing each step
+# of the save; at the job's step the child stops, and this worker SIGKILLs it there. Forking from one worker spares
+# each kill point the seconds of importing torch. argv[1]: the tests folder (for conftest); stdin: one job a line,
+# "TARGET STEP EXCHANGE".
+SAVER = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from conftest import tiny_llama
+    from optimum_prune import PruningConfig
+    from optimum_prune.serialization import save
+
+    model = tiny_llama(seed={seed})
+    config = PruningConfig(sparsity={sparsity})
+    for job in sys.stdin.read().splitlines():
+        target, step, exchange = job.split()
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:
+            os.close(read_end)
+            if exchange == "0":
+                os.environ["OPTIMUM_PRUNE_NO_RENAME_EXCHANGE"] = "1"
+
+            def after_step(done, step=step):
+                if done == step:
+                    os.write(write_end, b"PAUSED")
+                    time.sleep(600)
+
+            save._after_step = after_step
+            save.save_pruned_checkpoint(model, target, pruning_config=config)
+            os.write(write_end, b"DONE")
+            os._exit(0)
+        os.close(write_end)
+        said = os.read(read_end, 16).decode()
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        os.close(read_end)
+        print(target, said, flush=True)
+    """
+).format(**NEW)
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {
+        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _save(folder: Path, seed: int, sparsity: float) -> Path:
+    return save_pruned_checkpoint(tiny_llama(seed=seed), folder, pruning_config=PruningConfig(sparsity=sparsity))
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
+    root = tmp_path_factory.mktemp("references")
+    return {"old": _hashes(_save(root / "old", **OLD)), "new": _hashes(_save(root / "new", **NEW))}
+
+
+KILL_POINTS = [
+    # (step the save is killed after, renameat2 exchange available, what the target then holds)
+    ("weights", True, "old"),  # weights in the staging folder, nothing else yet
+    ("staged", True, "old"),  # the whole new checkpoint staged and flushed, not yet swapped
+    ("swapped", True, "new"),  # swapped in one step; the old one not yet deleted
+    ("old-moved-aside", False, None),  # two-rename fallback, killed between the renames
+    ("swapped", False, "new"),
+]
+
+
+def test_killed_save_leaves_the_old_or_the_new_checkpoint(references, tmp_path):
+    targets = []
+    for index, (step, exchange, _) in enumerate(KILL_POINTS):
+        target = tmp_path / f"case{index}" / "checkpoint"
+        _save(target, **OLD)
+        targets.append(f"{target} {step} {int(exchange)}")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    done = subprocess.run(
+        [sys.executable, "-c", SAVER, str(Path(__file__).parent)],
+        input="\n".join(targets),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[-1] for line in done.stdout.splitlines()] == ["PAUSED"] * len(KILL_POINTS), done.stdout
+
+    for index, (step, exchange, expected) in enumerate(KILL_POINTS):
+        folder = tmp_path / f"case{index}"
+        target = folder / "checkpoint"
+        if expected is None:
+            # The only moment the target is missing: the complete old checkpoint waits beside it, and the next save
+            # puts it back before anything else (its first step, `_recover`, is called alone here to see that).
+            assert not target.exists()
+            (aside,) = folder.glob(".checkpoint.old-*")
+            assert _hashes(aside) == references["old"]
+            save_module._recover(target)
+            expected = "old"
+        assert _hashes(target) == references[expected], (step, exchange)
+
+        # The next save cleans up whatever the killed one left (staging folder, set-aside old folder).
+        _save(target, **NEW)
+        assert _hashes(target) == references["new"]
+        assert sorted(p.name for p in folder.iterdir()) == ["checkpoint"], (step, exchange)
+
+
+def test_overwrite_leaves_no_file_of_the_old_checkpoint(references, tmp_path):
+    target = tmp_path / "checkpoint"
+    tiny_llama(seed=2).save_pretrained(target, max_shard_size="50KB")  # an older, sharded checkpoint
+    assert len(list(target.glob("model-*.safetensors"))) > 1 and (target / "model.safetensors.index.json").exists()
+
+    _save(target, **NEW)
+    assert _hashes(target) == references["new"]  # the new files, and nothing else
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+def test_a_folder_that_is_no_checkpoint_is_not_replaced(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointTargetError, match="holds no checkpoint"):
+        _save(tmp_path, **NEW)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_the_input_models_folder_is_never_the_output(tokenizer, texts, tmp_path):
+    source = tmp_path / "models" / "tiny"
+    tiny_llama().save_pretrained(source)
+    tokenizer.save_pretrained(source)
+    before = _hashes(source)
+    pruner = PrunerForCausalLM.from_pretrained(source)
+    pruner.prune(PruningConfig(sparsity=0.3, dataset=texts, num_samples=2, seqlen=32), show_progress=False)
+    for target in (source, tmp_path / "models", Path(os.path.relpath(source))):
+        with pytest.raises(CheckpointTargetError, match="input model's folder"):
+            pruner.save_pretrained(target)
+    assert _hashes(source) == before
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["tiny"]
+
+
+def test_a_prune_that_failed_part_way_cannot_be_saved(tokenizer, texts, tmp_path, monkeypatch):
+    pruner = PrunerForCausalLM(tiny_llama(), tokenizer)
+    calls = []
+
+    def fail_on_second_layer(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:
+            raise RuntimeError("out of memory")
+        return original(*args, **kwargs)
+
+    from optimum_prune import structured
+
+    original = structured.checked_refit
+    monkeypatch.setattr(structured, "checked_refit", fail_on_second_layer)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        pruner.prune(PruningConfig(sparsity=0.3, dataset=texts, num_samples=2, seqlen=32), show_progress=False)
+    with pytest.raises(RuntimeError, match="half-pruned"):
+        pruner.save_pretrained(tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_staging_folder_of_a_running_save_is_left_alone(tmp_path):
+    target = tmp_path / "checkpoint"
+    # One left by a process that still runs (this one's parent), one by a process that has ended.
+    running = tmp_path / f".checkpoint.partial-{os.getppid()}-abc123"
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".checkpoint.partial-{int(ended.stdout)}-def456"
+    for folder in (running, stale):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half")
+    _save(target, **NEW)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "checkpoint"]
