@@ -14,9 +14,9 @@ from .base import (
     check_layer,
     dense_result,
     finalise,
-    inverse_hessian_cholesky,
     select_mask,
     select_mask_with_counts,
+    shared_inverse_hessian_cholesky,
 )
 
 __all__ = ["solve"]
@@ -30,13 +30,15 @@ def solve(
     damp: float = 0.01,
     blocksize: int = 128,
     dtype: torch.dtype = torch.float32,
+    cache: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune ``weight`` with SparseGPT; returns ``(new_weight, keep_mask)``.
 
     ``damp`` adds ``damp * mean(diag(G))`` to the Hessian diagonal. The mask is chosen inside each block of
     ``blocksize`` columns by ``w^2 / [U]_jj^2`` (U the Cholesky factor of ``H^-1``): for unstructured sparsity each
     row loses its share of the block's columns (so every row ends with exactly the same count), for N:M each group of
-    ``m`` columns is chosen when the sweep reaches it, after the updates from earlier columns.
+    ``m`` columns is chosen when the sweep reaches it, after the updates from earlier columns. ``cache``: a dict
+    shared by the modules that read the same input, so the inverse Hessian is factorised once per input.
     """
     check_layer(weight, gram, pattern)
     if pattern.is_dense:
@@ -49,7 +51,7 @@ def solve(
         # A group of M columns must never straddle two blocks.
         blocksize = max(pattern.m, blocksize - blocksize % pattern.m)
 
-    hinv = inverse_hessian_cholesky(gram.to(device), damp, dtype)
+    hinv = shared_inverse_hessian_cholesky(cache, gram.to(device), damp, dtype)
     w = weight.detach().to(dtype=dtype, copy=True)
     w[:, torch.diagonal(gram).to(device) <= 0] = 0
     keep = torch.ones(rows, cols, dtype=torch.bool, device=device)
