@@ -61,8 +61,7 @@ def prune_unstructured(
     config.check_layers(len(layers))
     solver = get_sparsity_method(config.method)
     statistics = required_statistics(solver)
-    parameters = inspect.signature(solver).parameters.values()
-    takes_cache = any(p.name == "cache" or p.kind is p.VAR_KEYWORD for p in parameters)
+    takes_cache = _check_solver_options(solver, config)
     use_data = config.method not in DATA_FREE_METHODS
     if use_data and not samples:
         raise ValueError(f"method={config.method!r} needs calibration data, and none was given.")
@@ -95,6 +94,7 @@ def prune_unstructured(
                     continue
                 gram, cache = _module_statistics(stats, name, linear, statistics, caches)
                 options = {"cache": cache} if takes_cache else {}
+                options.update(config.solver_options)
                 new_weight, keep = solver(linear.weight.data, gram, pattern, damp=config.damp, **options)
                 linear.weight.data.copy_(new_weight)
                 removed = int((~keep).sum())
@@ -114,6 +114,18 @@ def prune_unstructured(
     # Dense safetensors hold the zeros; the record tells readers (and the model card) what was done.
     model.config.pruning = record
     return {"sparsity_achieved": record["sparsity_achieved"], "modules": per_module}
+
+
+def _check_solver_options(solver, config: PruningConfig) -> bool:
+    """ValueError for an option `solver` does not take; returns whether it takes a factorisation ``cache``."""
+    parameters = inspect.signature(solver).parameters
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    reserved = {"weight", "gram", "pattern", "damp", "cache"}
+    for name in config.solver_options:
+        if name in reserved or not (open_ended or name in parameters):
+            known = sorted(set(parameters) - reserved - {"options"})
+            raise ValueError(f"method={config.method!r} has no option {name!r}; its options: {known}")
+    return open_ended or "cache" in parameters
 
 
 def _module_statistics(

@@ -21,7 +21,9 @@ def _run(factory, pruner_class, data, **config):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_exact_unstructured_sparsity_per_row(method, texts):
-    pruner = _run(tiny_llama, PrunerForCausalLM, texts, target="unstructured", sparsity=0.5, method=method)
+    # ADMM ranks each whole matrix by default; mask_scope="row" gives every row the same count.
+    options = {"solver_options": {"mask_scope": "row"}} if method == "admm" else {}
+    pruner = _run(tiny_llama, PrunerForCausalLM, texts, target="unstructured", sparsity=0.5, method=method, **options)
     for layer in pruner.adapter.layers():
         for name, linear in prunable_linears(layer, []).items():
             zeros_per_row = (linear.weight == 0).sum(1)
@@ -106,3 +108,17 @@ def test_optimal_updates_beat_baselines_on_model_output(texts, tokenizer):
     # clear gaps hold: ADMM's optimal update beats the calibration-aware mask alone, which beats magnitude.
     assert errors["admm"] < errors["wanda"] < errors["magnitude"], errors
     assert errors["sparsegpt"] < errors["magnitude"], errors
+
+
+def test_admm_matrix_scope_and_bad_solver_option(texts):
+    pruner = _run(tiny_llama, PrunerForCausalLM, texts, target="unstructured", sparsity=0.5, method="admm")
+    for name, fraction in pruner.summary["modules"].items():
+        assert fraction == pytest.approx(0.5), name  # every matrix loses exactly half, rows may differ
+    model = tiny_llama()
+    before = [p.detach().clone() for p in model.parameters()]
+    pruner = PrunerForCausalLM(model, __import__("conftest").make_tokenizer())
+    config = PruningConfig(method="admm", target="unstructured", dataset=texts, num_samples=2, seqlen=32)
+    config.solver_options = {"mask_scop": "row"}
+    with pytest.raises(ValueError, match="has no option 'mask_scop'"):
+        pruner.prune(config, show_progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # nothing written half-way

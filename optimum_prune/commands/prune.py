@@ -155,6 +155,13 @@ CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
     ConfigOption("num_samples", int, 128, "number of calibration sequences", metavar="N"),
     ConfigOption("seqlen", int, 512, "tokens per calibration sequence (and per perplexity window)", metavar="N"),
     ConfigOption("damp", float, 0.01, "ridge damping of the least-squares solves", metavar="F"),
+    ConfigOption(
+        "solver_options",
+        _json_object,
+        {},
+        'unstructured: extra solver options as JSON, e.g. \'{"mask_scope": "matrix"}\' for admm',
+        metavar="JSON",
+    ),
     ConfigOption("seed", int, 0, "seed for calibration sampling, the random criterion and PruneNet"),
     ConfigOption("prunenet_episodes", int, 20, "PruneNet: REINFORCE training episodes", metavar="N"),
     ConfigOption("prunenet_learning_rate", float, 0.01, "PruneNet: policy learning rate", metavar="LR"),
