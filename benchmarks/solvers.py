@@ -94,21 +94,21 @@ CONFIGURATIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("wanda", "wanda", {}),
     ("sparsegpt, per module", "sparsegpt", {"_per_module": True}),
     ("sparsegpt", "sparsegpt", {}),
-    ("obs_multi", "obs_multi", {}),
+    ("obs_multi, refit=none", "obs_multi", {"refit": "none"}),
     ("obs_multi, refit=cg", "obs_multi", {"refit": "cg"}),
     ("obs_multi, refit=exact", "obs_multi", {"refit": "exact"}),
     (
-        "admm, row scope, exact refit, per module (old defaults)",
+        "admm, row scope, refit=exact, per module (old defaults)",
         "admm",
         {"mask_scope": "row", "refit": "exact", "_per_module": True},
     ),
-    ("admm, row scope, refit=cg", "admm", {"mask_scope": "row"}),
-    ("admm, row scope, damp=0.1", "admm", {"mask_scope": "row", "damp": 0.1}),
+    ("admm, row scope, refit=cg", "admm", {"mask_scope": "row", "refit": "cg"}),
+    ("admm, row scope, refit=cg, damp=0.1", "admm", {"mask_scope": "row", "refit": "cg", "damp": 0.1}),
     ("admm, matrix scope, refit=none", "admm", {"mask_scope": "matrix", "refit": "none"}),
-    ("admm, matrix scope, refit=cg", "admm", {"mask_scope": "matrix"}),
-    ("admm, matrix scope, damp=0.1", "admm", {"mask_scope": "matrix", "damp": 0.1}),
+    ("admm, matrix scope, refit=cg", "admm", {"mask_scope": "matrix", "refit": "cg"}),
+    ("admm, matrix scope, refit=cg, damp=0.1", "admm", {"mask_scope": "matrix", "refit": "cg", "damp": 0.1}),
 )
-QUICK = ("sparsegpt", "admm, matrix scope, refit=cg")
+QUICK = ("sparsegpt", "admm, matrix scope, refit=none")
 
 
 def input_group(name: str, grams: dict[str, torch.Tensor]) -> int:

@@ -307,7 +307,7 @@ def solve(
     iterations: int = 20,
     prune_iterations: int = 15,
     mask_scope: str = "matrix",
-    refit: str | bool = "cg",
+    refit: str | bool = "none",
     refit_method: str | None = None,
     cg_tol: float = 1e-3,
     cg_max_iter: int = 100,
@@ -331,8 +331,10 @@ def solve(
     ``refit``: replace the ADMM iterate by the least-squares optimum on the final mask (same damping):
     ``"cg"`` warm-started conjugate gradients to relative residual ``cg_tol`` (at most ``cg_max_iter`` steps, each
     one ``[out, in] x [in, in]`` product), ``"exact"`` the direct per-row solve of :func:`least_squares_refit`
-    (``"auto"`` method, slow on wide layers), ``"none"`` keeps the ADMM iterate. ``True`` / ``False`` mean
-    ``"exact"`` / ``"none"`` (older spelling; ``refit_method`` then picks the method).
+    (``"auto"`` method, slow on wide layers), ``"none"`` (default, as the reference) keeps the ADMM iterate.
+    ``True`` / ``False`` mean ``"exact"`` / ``"none"`` (older spelling; ``refit_method`` then picks the method).
+    On SmolLM2's layers the iterate's layer error is within 0.3% of the exact refit's at 50%, 2:4 and 70%, while
+    the CG refit adds about half of the ADMM iterations' time, so it is off by default.
 
     ``cache``: a dict shared by the calls for modules that read the same input (same ``gram``); the normalised
     Gram matrix and the factorisation of ``G + rho I`` are then computed once per input. Results are identical.
