@@ -130,7 +130,7 @@ class PruningConfig:
         default_factory=dict,
         metadata={
             "help": "Unstructured targets: extra keyword options of the sparsity solver, e.g. {'mask_scope': "
-            "'row', 'refit': 'none'} for ADMM or {'refit': 'cg'} for obs_multi (see each solver's docstring). "
+            "'matrix', 'refit': 'cg'} for ADMM or {'refit': 'cg'} for obs_multi (see each solver's docstring). "
             "Names are checked against the solver before any weight changes; `damp` has its own field."
         },
     )

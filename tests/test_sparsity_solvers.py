@@ -18,8 +18,6 @@ from optimum_prune.sparsity import (
 )
 
 METHODS = sorted(SPARSITY_METHODS)
-#: Options that make a solver prune the same count from every row (ADMM's default ranks the whole matrix).
-ROW_OPTIONS = {"admm": {"mask_scope": "row"}}
 OUT, IN, TOKENS = 64, 128, 2048
 
 
@@ -139,10 +137,6 @@ def test_exact_unstructured_sparsity_per_row(layer, method: str, sparsity: float
     new, keep = SPARSITY_METHODS[method](weight, gram, SparsityPattern(sparsity=sparsity))
     assert new.shape == weight.shape and new.dtype == weight.dtype and keep.dtype == torch.bool
     expected_kept = IN - int(sparsity * IN + 1e-6)  # 64 and 90
-    # ADMM ranks the whole matrix by default: exact for the matrix; per row with mask_scope="row".
-    assert int(keep.sum()) == expected_kept * OUT
-    if method in ROW_OPTIONS:
-        new, keep = SPARSITY_METHODS[method](weight, gram, SparsityPattern(sparsity=sparsity), **ROW_OPTIONS[method])
     assert keep.sum(1).tolist() == [expected_kept] * OUT
     assert bool((new[~keep] == 0).all())
     assert bool(torch.isfinite(new).all())
@@ -174,8 +168,7 @@ def test_low_precision_weight_and_dead_inputs(layer, method: str) -> None:
     dead = torch.tensor([3, 17, 64])
     gram[dead, :] = 0
     gram[:, dead] = 0
-    options = ROW_OPTIONS.get(method, {})
-    new, keep = SPARSITY_METHODS[method](weight.bfloat16(), gram.float(), SparsityPattern(sparsity=0.5), **options)
+    new, keep = SPARSITY_METHODS[method](weight.bfloat16(), gram.float(), SparsityPattern(sparsity=0.5))
     assert new.dtype == torch.bfloat16
     assert bool(torch.isfinite(new.float()).all())
     assert keep.sum(1).tolist() == [IN // 2] * OUT

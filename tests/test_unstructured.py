@@ -21,9 +21,7 @@ def _run(factory, pruner_class, data, **config):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_exact_unstructured_sparsity_per_row(method, texts):
-    # ADMM ranks each whole matrix by default; mask_scope="row" gives every row the same count.
-    options = {"solver_options": {"mask_scope": "row"}} if method == "admm" else {}
-    pruner = _run(tiny_llama, PrunerForCausalLM, texts, target="unstructured", sparsity=0.5, method=method, **options)
+    pruner = _run(tiny_llama, PrunerForCausalLM, texts, target="unstructured", sparsity=0.5, method=method)
     for layer in pruner.adapter.layers():
         for name, linear in prunable_linears(layer, []).items():
             zeros_per_row = (linear.weight == 0).sum(1)
@@ -111,7 +109,8 @@ def test_optimal_updates_beat_baselines_on_model_output(texts, tokenizer):
 
 
 def test_admm_matrix_scope_and_bad_solver_option(texts):
-    pruner = _run(tiny_llama, PrunerForCausalLM, texts, target="unstructured", sparsity=0.5, method="admm")
+    options = {"solver_options": {"mask_scope": "matrix"}}
+    pruner = _run(tiny_llama, PrunerForCausalLM, texts, target="unstructured", sparsity=0.5, method="admm", **options)
     for name, fraction in pruner.summary["modules"].items():
         assert fraction == pytest.approx(0.5), name  # every matrix loses exactly half, rows may differ
     model = tiny_llama()

@@ -159,7 +159,7 @@ CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
         "solver_options",
         _json_object,
         {},
-        'unstructured: extra solver options as JSON, e.g. \'{"mask_scope": "row"}\' for admm',
+        'unstructured: extra solver options as JSON, e.g. \'{"mask_scope": "matrix"}\' for admm',
         metavar="JSON",
     ),
     ConfigOption("seed", int, 0, "seed for calibration sampling, the random criterion and PruneNet"),
