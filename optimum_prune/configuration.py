@@ -146,6 +146,14 @@ class PruningConfig:
             "targets and the other methods ignore it."
         },
     )
+    solver_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Unstructured targets: extra keyword options of the sparsity solver, e.g. {'mask_scope': "
+            "'matrix', 'refit': 'cg'} for ADMM or {'refit': 'cg'} for obs_multi (see each solver's docstring). "
+            "Names are checked against the solver before any weight changes; `damp` has its own field."
+        },
+    )
     seed: int = field(
         default=0, metadata={"help": "Seed for calibration sampling, the random criterion and PruneNet's policy."}
     )
@@ -253,6 +261,10 @@ class PruningConfig:
         if self.damp < 0:
             raise ValueError(f"damp must be >= 0, got {self.damp!r}.")
         _known("mask_scope", self.mask_scope, MASK_SCOPES)
+        if not isinstance(self.solver_options, dict) or "damp" in self.solver_options:
+            raise ValueError(
+                f"solver_options must be a dict of solver keyword options (not damp), got {self.solver_options!r}."
+            )
         for name, value in (self.module_sparsity or {}).items():
             if not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
                 raise ValueError(f"module_sparsity[{name!r}] must be in [0, 1), got {value!r}.")

@@ -24,6 +24,9 @@ from torch import nn
 
 from . import offload
 
+#: Distinct block-argument tensors of one shape an `ActivationStore` compares a new one against.
+_DISTINCT_PER_SHAPE = 4
+
 
 class _StopForward(Exception):
     pass
@@ -61,12 +64,14 @@ class ActivationStore(Sequence[BlockInput]):
             they were produced.
         folder: if given, hidden states are written to a fresh sub-folder of it (one file per sample) and read
             back when iterated; the sub-folder is removed when the store is garbage-collected. The other block
-            arguments (masks, rotary embeddings) are small and stay in memory.
+            arguments (masks, rotary embeddings) stay in memory, each distinct value once.
     """
 
     def __init__(self, device: torch.device | str | None = None, folder: str | os.PathLike | None = None) -> None:
         self.device = torch.device(device) if device is not None else None
         self._items: list[BlockInput] = []
+        # Distinct block-argument tensors seen so far, by (shape, dtype, device): see `_deduplicate`.
+        self._distinct: dict[tuple, list[torch.Tensor]] = {}
         self._paths: list[str] | None = None
         self._folder: str | None = None
         if folder is not None:
@@ -76,9 +81,14 @@ class ActivationStore(Sequence[BlockInput]):
             self._finalizer = weakref.finalize(self, shutil.rmtree, self._folder, True)
 
     def append(self, item: BlockInput) -> None:
-        """Store one sample's inputs (moved to this store's device or written to its folder)."""
+        """Store one sample's inputs (moved to this store's device or written to its folder).
+
+        Block arguments equal to one already stored (the attention mask and rotary embeddings are the same for all
+        samples of one length) are kept once: the stored tensor is reused instead of a per-sample copy.
+        """
         args_device = self.device if self._paths is None else (self.device or torch.device("cpu"))
-        args, kwargs = to_device(item.args, args_device), to_device(item.kwargs, args_device)
+        args = self._deduplicate(to_device(item.args, args_device))
+        kwargs = self._deduplicate(to_device(item.kwargs, args_device))
         if self._paths is None:
             self._items.append(BlockInput(to_device(item.hidden_states, self.device), args, kwargs))
             return
@@ -86,6 +96,30 @@ class ActivationStore(Sequence[BlockInput]):
         torch.save(item.hidden_states.detach().to("cpu"), path)
         self._paths.append(path)
         self._items.append(BlockInput(None, args, kwargs))  # type: ignore[arg-type]
+
+    def _deduplicate(self, value: Any) -> Any:
+        """``value`` with every tensor replaced by an equal one stored earlier, when there is one.
+
+        An eager-attention mask is ``seqlen x seqlen`` floats per sample (17 MiB at 2048 tokens) and identical for
+        all samples; keeping one copy is what lets many long samples wait in ``folder``. Only a few distinct tensors
+        per shape are compared, so per-sample arguments (e.g. padding masks) cost one comparison each.
+        """
+        if isinstance(value, torch.Tensor):
+            key = (tuple(value.shape), value.dtype, value.device)
+            candidates = self._distinct.setdefault(key, [])
+            for stored in candidates:
+                if stored is value or torch.equal(stored, value):
+                    return stored
+            if len(candidates) < _DISTINCT_PER_SHAPE:
+                candidates.append(value)
+            return value
+        if isinstance(value, tuple):
+            return tuple(self._deduplicate(v) for v in value)
+        if isinstance(value, list):
+            return [self._deduplicate(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self._deduplicate(v) for k, v in value.items()}
+        return value
 
     def __len__(self) -> int:
         return len(self._items)
@@ -104,6 +138,7 @@ class ActivationStore(Sequence[BlockInput]):
     def close(self) -> None:
         """Drop the stored activations now (and their files)."""
         self._items.clear()
+        self._distinct.clear()
         if self._paths is not None:
             self._finalizer()
             self._paths.clear()

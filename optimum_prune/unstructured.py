@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from typing import Any
@@ -14,8 +15,8 @@ from .architectures import ArchitectureAdapter
 from .checks import solve_checked
 from .configuration import PruningConfig
 from .layerwise import BlockStreamer
-from .sparsity import SparsityPattern, get_sparsity_method
-from .statistics import attach_statistics
+from .sparsity import SparsityPattern, get_sparsity_method, required_statistics
+from .statistics import InputStatistics, attach_shared_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ def prune_unstructured(
     layers = adapter.layers()
     config.check_layers(len(layers))
     solver = get_sparsity_method(config.method)
+    statistics = required_statistics(solver)
+    takes_cache = _check_solver_options(solver, config)
     use_data = config.method not in DATA_FREE_METHODS
     if use_data and not samples:
         raise ValueError(f"method={config.method!r} needs calibration data, and none was given.")
@@ -79,18 +82,22 @@ def prune_unstructured(
             linears = prunable_linears(layer, config.modules_to_not_prune)
             stats = None
             if inputs is not None:
-                stats, handles = attach_statistics(linears, with_gram=True)
+                stats, handles = attach_shared_statistics(layer, linears, with_gram=statistics == "gram")
                 try:
                     streamer.run(layer, inputs, keep_outputs=False)
                 finally:
                     for handle in handles:
                         handle.remove()
+            caches: dict[int, dict] = {}  # one per shared input: its factorisations are computed once
             for name, linear in linears.items():
                 pattern = module_pattern(config, index, name)
                 if pattern.is_dense:
                     continue
-                gram = stats[name].gram if stats is not None else _identity_gram(linear)
-                options = {"mask_scope": config.mask_scope} if config.method == "sparsegpt" else {}
+                gram, cache = _module_statistics(stats, name, linear, statistics, caches)
+                options: dict[str, Any] = {"mask_scope": config.mask_scope} if config.method == "sparsegpt" else {}
+                if takes_cache:
+                    options["cache"] = cache
+                options.update(config.solver_options)
                 new_weight, keep = solve_checked(
                     f"{prefix}{index}.{name}",
                     solver,
@@ -119,6 +126,32 @@ def prune_unstructured(
     # Dense safetensors hold the zeros; the record tells readers (and the model card) what was done.
     model.config.pruning = record
     return {"sparsity_achieved": record["sparsity_achieved"], "modules": per_module}
+
+
+def _check_solver_options(solver, config: PruningConfig) -> bool:
+    """ValueError for an option `solver` does not take; returns whether it takes a factorisation ``cache``."""
+    parameters = inspect.signature(solver).parameters
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    reserved = {"weight", "gram", "pattern", "damp", "cache"}
+    for name in config.solver_options:
+        if name in reserved or not (open_ended or name in parameters):
+            known = sorted(set(parameters) - reserved - {"options"})
+            raise ValueError(f"method={config.method!r} has no option {name!r}; its options: {known}")
+    return open_ended or "cache" in parameters
+
+
+def _module_statistics(
+    stats: dict[str, InputStatistics] | None, name: str, linear: nn.Linear, statistics: str, caches: dict[int, dict]
+) -> tuple[torch.Tensor, dict | None]:
+    """The ``gram`` argument a solver gets for one module (full Gram matrix or its diagonal, as the solver declared)
+    and the factorisation cache of the module's input group."""
+    if stats is None:
+        return _identity_gram(linear), None
+    module_stats = stats.get(name)
+    if module_stats is None:  # never called on the calibration data: nothing is known about its input
+        module_stats = stats[name] = InputStatistics(linear.in_features, statistics == "gram", linear.weight.device)
+    gram = module_stats.gram if statistics == "gram" else module_stats.sum_sq
+    return gram, caches.setdefault(id(module_stats), {})
 
 
 def _identity_gram(linear: nn.Linear) -> torch.Tensor:

@@ -106,3 +106,18 @@ def test_optimal_updates_beat_baselines_on_model_output(texts, tokenizer):
     # clear gaps hold: ADMM's optimal update beats the calibration-aware mask alone, which beats magnitude.
     assert errors["admm"] < errors["wanda"] < errors["magnitude"], errors
     assert errors["sparsegpt"] < errors["magnitude"], errors
+
+
+def test_admm_matrix_scope_and_bad_solver_option(texts):
+    options = {"solver_options": {"mask_scope": "matrix"}}
+    pruner = _run(tiny_llama, PrunerForCausalLM, texts, target="unstructured", sparsity=0.5, method="admm", **options)
+    for name, fraction in pruner.summary["modules"].items():
+        assert fraction == pytest.approx(0.5), name  # every matrix loses exactly half, rows may differ
+    model = tiny_llama()
+    before = [p.detach().clone() for p in model.parameters()]
+    pruner = PrunerForCausalLM(model, __import__("conftest").make_tokenizer())
+    config = PruningConfig(method="admm", target="unstructured", dataset=texts, num_samples=2, seqlen=32)
+    config.solver_options = {"mask_scop": "row"}
+    with pytest.raises(ValueError, match="has no option 'mask_scop'"):
+        pruner.prune(config, show_progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # nothing written half-way

@@ -182,6 +182,13 @@ CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
     ConfigOption(
         "mask_scope", str, "row", "sparsegpt, unstructured: each block's mask per row (equal counts) or per block"
     ),
+    ConfigOption(
+        "solver_options",
+        _json_object,
+        {},
+        'unstructured: extra solver options as JSON, e.g. \'{"mask_scope": "matrix"}\' for admm',
+        metavar="JSON",
+    ),
     ConfigOption("seed", int, 0, "seed for calibration sampling, the random criterion and PruneNet"),
     ConfigOption("prunenet_episodes", int, 20, "PruneNet: REINFORCE training episodes", metavar="N"),
     ConfigOption("prunenet_learning_rate", float, 0.01, "PruneNet: policy learning rate", metavar="LR"),

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
@@ -30,6 +32,8 @@ __all__ = [
     "cholesky_with_jitter",
     "dense_result",
     "finalise",
+    "shared",
+    "shared_inverse_hessian_cholesky",
 ]
 
 # Guards floor(sparsity * columns) against binary round-off, e.g. 0.29 * 100 == 28.999999999999996.
@@ -42,7 +46,8 @@ _NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 class SparsityPattern:
     """Which weights a solver has to remove.
 
-    Either unstructured (``n == m == 0``): every output row loses exactly ``floor(sparsity * in_features)`` weights;
+    Either unstructured (``n == m == 0``): every output row loses exactly ``floor(sparsity * in_features)`` weights
+    (ADMM's ``mask_scope="matrix"`` keeps that total for the matrix but lets rows differ);
     or N:M (``n > 0``): every group of ``m`` consecutive input weights of a row has exactly ``n`` zeros, so "2:4"
     keeps 2 of every 4 weights and "4:8" keeps 4 of every 8.
     """
@@ -155,12 +160,23 @@ def select_mask(scores: torch.Tensor, pattern: SparsityPattern) -> torch.Tensor:
     return select_mask_with_counts(scores, pattern.num_pruned(cols))
 
 
-def check_layer(weight: torch.Tensor, gram: torch.Tensor, pattern: SparsityPattern | None = None) -> None:
-    """Raise ValueError unless ``weight`` is ``[out, in]`` and ``gram`` is ``[in, in]`` (and fits the pattern)."""
+def check_layer(
+    weight: torch.Tensor, gram: torch.Tensor, pattern: SparsityPattern | None = None, diagonal_ok: bool = False
+) -> None:
+    """Raise ValueError unless ``weight`` is ``[out, in]`` and ``gram`` is ``[in, in]`` (and fits the pattern).
+
+    With ``diagonal_ok`` a 1-D ``gram`` of ``in`` entries (the diagonal alone) passes too.
+    """
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D [out_features, in_features], got shape {tuple(weight.shape)}")
     cols = weight.shape[1]
-    if tuple(gram.shape) != (cols, cols):
+    if gram.dim() == 1 and diagonal_ok:
+        if gram.shape[0] != cols:
+            raise ValueError(
+                f"gram diagonal must have {cols} entries for a weight of shape {tuple(weight.shape)}, "
+                f"got {tuple(gram.shape)}"
+            )
+    elif tuple(gram.shape) != (cols, cols):
         raise ValueError(
             f"gram must be [{cols}, {cols}] for a weight of shape {tuple(weight.shape)}, got {tuple(gram.shape)}"
         )
@@ -271,3 +287,29 @@ def finalise(new_weight: torch.Tensor, keep: torch.Tensor, like: torch.Tensor) -
 def dense_result(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """What every solver returns for a pattern that removes nothing: the weight itself, all kept."""
     return weight.clone(), torch.ones(weight.shape, dtype=torch.bool, device=weight.device)
+
+
+_T = TypeVar("_T")
+
+
+def shared(cache: dict | None, key: tuple, compute: Callable[[], _T]) -> _T:
+    """``compute()``, or its earlier result stored in ``cache`` under ``key``.
+
+    Modules that read the same input (q/k/v, gate/up) share one Gram matrix; a caller that passes one dict to the
+    solver calls of such a group lets the Gram-only work (damping, factorisations, inverses) run once. Solvers put
+    the Gram matrix's storage address in ``key``, so a dict reused with another Gram matrix cannot return a stale
+    factor while both are alive.
+    """
+    if cache is None:
+        return compute()
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
+
+
+def shared_inverse_hessian_cholesky(
+    cache: dict | None, gram: torch.Tensor, damp: float, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """:func:`inverse_hessian_cholesky`, computed once per Gram matrix and options when ``cache`` is shared."""
+    key = ("inverse_hessian_cholesky", gram.data_ptr(), damp, dtype, gram.device)
+    return shared(cache, key, lambda: inverse_hessian_cholesky(gram, damp, dtype))

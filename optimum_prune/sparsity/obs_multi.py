@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import torch
 
+from .admm import least_squares_refit
 from .base import (
     SparsityPattern,
     check_layer,
     dense_result,
     finalise,
-    inverse_hessian_cholesky,
     select_mask,
     select_mask_with_counts,
+    shared_inverse_hessian_cholesky,
 )
 
 __all__ = ["solve", "obs_group_update"]
@@ -65,6 +66,9 @@ def solve(
     groupsize: int | None = None,
     dtype: torch.dtype = torch.float32,
     allocation: str = "row",
+    refit: str = "cg",
+    cg_tol: float = 1e-3,
+    cache: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune ``weight`` with blocked multi-weight OBS; returns ``(new_weight, keep_mask)``.
 
@@ -76,7 +80,19 @@ def solve(
     ``allocation`` (unstructured only): ``"row"`` ranks each whole row by ``w_j^2 / [H^-1]_jj`` up front to decide how
     many weights each group removes, so rows keep exactly the target count while blocks may differ; ``"uniform"``
     removes the same share from every group.
+
+    The blocked sweep is an approximation: a group's update only reaches columns to its right, and earlier groups
+    are frozen, so a row does not end at the least-squares optimum of its own mask (on SmolLM2 layers the optimum
+    of the same mask has a lower layer error). ``refit`` replaces the weights by that optimum:
+    ``"cg"`` (default) warm-started conjugate gradients to relative residual ``cg_tol``, ``"exact"`` the direct
+    per-row solve, ``"none"`` keeps the sweep's weights (APT's method alone). On SmolLM2's layer 12 the CG refit
+    lowered the held-out layer error from 0.93 to 0.86 of SparseGPT's at 50% and from 0.99 to 0.91 at 2:4
+    (``benchmarks/solvers.py``), for about a fifth more solver time. The refit minimises the layer error with the damping
+    ``damp`` taken relative to each input's energy (as ADMM's, see :func:`admm.least_squares_refit`).
+    ``cache``: a dict shared by the modules that read the same input, so the Hessian work runs once per input.
     """
+    if refit not in ("none", "cg", "exact"):
+        raise ValueError(f"refit must be 'none', 'cg' or 'exact', got {refit!r}")
     if allocation not in ("row", "uniform"):
         raise ValueError(f"allocation must be 'row' or 'uniform', got {allocation!r}")
     check_layer(weight, gram, pattern)
@@ -95,7 +111,7 @@ def solve(
     device = weight.device
     rows, cols = weight.shape
 
-    u = inverse_hessian_cholesky(gram.to(device), damp, dtype)
+    u = shared_inverse_hessian_cholesky(cache, gram.to(device), damp, dtype)
     w = weight.detach().to(dtype=dtype, copy=True)
     w[:, torch.diagonal(gram).to(device) <= 0] = 0
     keep = torch.ones(rows, cols, dtype=torch.bool, device=device)
@@ -130,4 +146,9 @@ def solve(
             err[:, j1 - i1 : j2 - i1] = e
         w[:, i2:] -= err @ u[i1:i2, i2:]
 
+    if refit != "none":
+        method = "cg" if refit == "cg" else "auto"
+        w = least_squares_refit(
+            weight, gram, keep, damp, dtype=dtype, method=method, initial=w, cg_tol=cg_tol, cache=cache
+        )
     return finalise(w, keep, weight)

@@ -29,9 +29,9 @@ from .base import (
     check_layer,
     dense_result,
     finalise,
-    inverse_hessian_cholesky,
     select_mask,
     select_mask_with_counts,
+    shared_inverse_hessian_cholesky,
 )
 
 __all__ = ["MASK_SCOPES", "solve"]
@@ -49,6 +49,7 @@ def solve(
     blocksize: int = 128,
     dtype: torch.dtype = torch.float32,
     mask_scope: str = "row",
+    cache: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune ``weight`` with SparseGPT; returns ``(new_weight, keep_mask)``.
 
@@ -57,7 +58,8 @@ def solve(
     ``mask_scope="row"`` removes each row's share of the block's columns (every row ends with exactly the same
     count) and ``mask_scope="block"`` removes the same total from the block with one threshold over all its rows
     (the SparseGPT reference's choice; per-row counts then vary, the layer total is the same). For N:M each group of
-    ``m`` columns is chosen when the sweep reaches it, after the updates from earlier columns.
+    ``m`` columns is chosen when the sweep reaches it, after the updates from earlier columns. ``cache``: a dict
+    shared by the modules that read the same input, so the inverse Hessian is factorised once per input.
 
     Raises:
         ValueError: on a non-positive ``blocksize`` or an unknown ``mask_scope``.
@@ -75,7 +77,7 @@ def solve(
         # A group of M columns must never straddle two blocks.
         blocksize = max(pattern.m, blocksize - blocksize % pattern.m)
 
-    hinv = inverse_hessian_cholesky(gram.to(device), damp, dtype)
+    hinv = shared_inverse_hessian_cholesky(cache, gram.to(device), damp, dtype)
     w = weight.detach().to(dtype=dtype, copy=True)
     w[:, torch.diagonal(gram).to(device) <= 0] = 0
     keep = torch.ones(rows, cols, dtype=torch.bool, device=device)
