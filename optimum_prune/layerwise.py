@@ -101,6 +101,19 @@ class ActivationStore(Sequence[BlockInput]):
         for index in range(len(self)):
             yield self[index]
 
+    def rebind(self, arguments: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]) -> None:
+        """Give sample `i` the other block arguments `arguments[i]`, keeping its hidden states.
+
+        For models whose blocks get different masks or position embeddings (sliding-window layers, hybrid
+        attention / state-space stacks), see `capture_block_arguments`.
+        """
+        if len(arguments) != len(self._items):
+            raise ValueError(f"{len(arguments)} argument sets for {len(self._items)} stored samples.")
+        device = self.device if self._paths is None else (self.device or torch.device("cpu"))
+        for index, (args, kwargs) in enumerate(arguments):
+            item = self._items[index]
+            self._items[index] = BlockInput(item.hidden_states, to_device(args, device), to_device(kwargs, device))
+
     def close(self) -> None:
         """Drop the stored activations now (and their files)."""
         self._items.clear()
@@ -155,6 +168,43 @@ def capture_block_inputs(
     if len(captured) != len(samples):
         raise RuntimeError("Calibration did not reach the first block for every sample.")
     return captured
+
+
+@torch.no_grad()
+def capture_block_arguments(
+    model: nn.Module, blocks: Sequence[nn.Module], samples: list[dict[str, torch.Tensor]]
+) -> list[list[tuple[tuple[Any, ...], dict[str, Any]]]]:
+    """What every block is called with besides its hidden states, per block and sample, from full forwards.
+
+    Blocks of one model may get different masks or position embeddings (Gemma's sliding-window and global layers,
+    Jamba's attention and Mamba layers), so the arguments captured at the first block do not fit the others.
+    Costs one full forward of the (unpruned) model per sample; returns `arguments[block][sample] = (args, kwargs)`.
+    """
+    arguments: list[list[tuple[tuple[Any, ...], dict[str, Any]]]] = [[] for _ in blocks]
+    device = offload.execution_device(model)
+    handles = []
+    for position, block in enumerate(blocks):
+
+        def hook(_module, args, kwargs, _position=position):
+            kwargs = dict(kwargs)
+            if args:
+                args = tuple(args[1:])
+            else:
+                kwargs.pop("hidden_states", None)
+            arguments[_position].append((args, kwargs))
+
+        handles.append(block.register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        with no_cache(model):
+            for sample in samples:
+                model(**{k: v.to(device) for k, v in sample.items()})
+    finally:
+        for handle in handles:
+            handle.remove()
+    if any(len(per_block) != len(samples) for per_block in arguments):
+        counts = [len(per_block) for per_block in arguments]
+        raise RuntimeError(f"Each block must run once per calibration sample; calls per block: {counts}.")
+    return arguments
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from .architectures import get_adapter
+from .architectures import ADAPTERS, UnsupportedArchitectureError, get_adapter
 from .configuration import PruningConfig
 from .criteria import CRITERIA
 from .data.calibration import RANDOM_TOKENS, load_texts, random_token_samples, sample_examples, sample_token_windows
@@ -40,7 +40,11 @@ class BasePruner:
     calibration_format: ClassVar[str] = "examples"
 
     def __init__(self, model: PreTrainedModel, tokenizer: Any | None = None) -> None:
-        self.adapter = get_adapter(model)  # fails early, with the supported list, on an unknown architecture
+        # Structured pruning needs an adapter; unstructured and N:M sparsity work on any model's blocks.
+        try:
+            self.adapter = get_adapter(model)
+        except UnsupportedArchitectureError:
+            self.adapter = None
         self.model = model
         self.tokenizer = tokenizer
         self.pruning_config: PruningConfig | None = None
@@ -148,14 +152,23 @@ class BasePruner:
             "activations_device": activations_device,
             "activations_dir": activations_dir,
         }
+        if config.is_structured and self.adapter is None:
+            raise UnsupportedArchitectureError(
+                f"Structured pruning does not support model_type {model.config.model_type!r} ({type(model).__name__}). "
+                f"Supported model types: {', '.join(sorted(ADAPTERS))}. Unstructured and N:M sparsity work on any model."
+            )
         parameters_before = count_parameters(model)
-        prunable_before = self.adapter.count_prunable_parameters()
-        heads_before = [
-            g.num_units * self.adapter.heads_per_unit(layer)
-            for layer in self.adapter.layers()
-            for g in self.adapter.groups(layer)
-            if g.kind == "attention_heads"
-        ]
+        prunable_before = self.adapter.count_prunable_parameters() if config.is_structured else 0
+        heads_before = (
+            [
+                g.num_units * self.adapter.heads_per_unit(layer)
+                for layer in self.adapter.layers()
+                for g in self.adapter.groups(layer)
+                if g.kind == "attention_heads"
+            ]
+            if config.is_structured
+            else []
+        )
 
         if config.is_structured:
             config = _drop_reconstruction_without_data(config)
@@ -168,9 +181,7 @@ class BasePruner:
             from .unstructured import DATA_FREE_METHODS, prune_unstructured
 
             samples = self.calibration_samples(config) if config.method not in DATA_FREE_METHODS else None
-            sparse_summary = prune_unstructured(
-                model, self.adapter, config, samples, show_progress=show_progress, **placement
-            )
+            sparse_summary = prune_unstructured(model, config, samples, show_progress=show_progress, **placement)
 
         summary: dict[str, Any] = {
             "model_type": model.config.model_type,
