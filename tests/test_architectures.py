@@ -34,7 +34,9 @@ from optimum_prune import (
 IDS = [entry.name for entry in ARCHITECTURES]
 _EXPERT = re.compile(r"^(?P<module>.+)\.(?P<parameter>\w+)\[(?P<expert>\d+)\]$")
 #: Module names that are never sparsified by default (outside the blocks, or routers).
-_NOT_TARGETED = re.compile(r"(lm_head|embed|classifier|pooler|score|qa_outputs|(^|\.)(gate|router|shared_expert_gate)$)")
+_NOT_TARGETED = re.compile(
+    r"(lm_head|embed|classifier|pooler|score|qa_outputs|(^|\.)(gate|router|shared_expert_gate)$)"
+)
 
 
 def _pruner(entry: ArchitectureEntry, model=None):

@@ -152,6 +152,14 @@ CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
         nargs="*",
         metavar="NAME",
     ),
+    ConfigOption(
+        "sequential_targets",
+        str,
+        None,
+        "unstructured / N:M: the blocks, as class names or 're:<regex>' module names (default: _no_split_modules)",
+        nargs="+",
+        metavar="TARGET",
+    ),
     ConfigOption("num_samples", int, 128, "number of calibration sequences", metavar="N"),
     ConfigOption("seqlen", int, 512, "tokens per calibration sequence (and per perplexity window)", metavar="N"),
     ConfigOption("damp", float, 0.01, "ridge damping of the least-squares solves", metavar="F"),
@@ -523,10 +531,10 @@ def _check_model_config(model_path: str, gguf_file: str | None, adapters: dict[s
         config = AutoConfig.from_pretrained(model_path, **({"gguf_file": gguf_file} if gguf_file else {}))
     except Exception as err:
         raise CLIError(f"Cannot read the model config of {model_path!r}: {err}") from err
-    if config.model_type not in adapters:
+    if pruning_config.is_structured and config.model_type not in adapters:  # sparsity works on any model
         raise CLIError(
-            f"optimum_prune does not support model_type {config.model_type!r} ({model_path}). "
-            f"Supported model types: {', '.join(sorted(adapters))}."
+            f"optimum_prune does not support model_type {config.model_type!r} ({model_path}) for structured pruning. "
+            f"Supported model types: {', '.join(sorted(adapters))}; --target unstructured or N:M works on any model."
         )
     num_layers = getattr(config, "num_hidden_layers", None)
     if isinstance(num_layers, int):
