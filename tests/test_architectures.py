@@ -2,8 +2,8 @@
 
 For every entry: SparseGPT at 50% and Wanda at 2:4 meet the request counted from the weights of every targeted
 matrix, with no matrix fully zeroed and nothing outside the targets changed; causal LMs still generate; the sparse
-checkpoint reloads in a fresh process (after `import optimum_prune`) into the same logits, bit for bit where the
-dense save/reload is. Entries with a structured adapter are pruned with LIAR within the budget and reload the same
+checkpoint reloads in a fresh process (after `import optimum_prune`, and in plain transformers) into the same
+logits, bit for bit where the dense save/reload is. Entries with a structured adapter are pruned with LIAR within the budget and reload the same
 way, uniform ones in plain transformers where declared; entries without one get a one-line error. All reloads run
 in ONE subprocess (see `reloads`).
 """
@@ -215,7 +215,9 @@ def reloads(tmp_path_factory):
             dense = _pruner(entry)
             dense.pruning_config = None
             add(entry, "dense", dense)
-            add(entry, "2:4", _prune(entry, texts, sentences, target="2:4", method="wanda"))
+            sparse = _prune(entry, texts, sentences, target="2:4", method="wanda")
+            add(entry, "2:4", sparse)
+            add(entry, "2:4-plain", sparse, plain=True)  # dense safetensors holding zeros: no plugin needed
             if STRUCTURED in entry.capabilities:
                 structured = _prune(entry, texts, sentences, target="structured", sparsity=0.25)
                 layout = structured.model.config.pruning
@@ -255,6 +257,13 @@ def test_sparse_reload_in_fresh_process(entry, reloads):
     results, setup_errors = reloads
     assert entry.name not in setup_errors, setup_errors.get(entry.name)
     _same_as_before(results, entry.name, "2:4")
+
+
+@pytest.mark.parametrize("entry", ARCHITECTURES, ids=IDS)
+def test_sparse_plain_transformers_reload(entry, reloads):
+    results, setup_errors = reloads
+    assert entry.name not in setup_errors, setup_errors.get(entry.name)
+    _same_as_before(results, entry.name, "2:4-plain")
 
 
 @pytest.mark.parametrize("entry", ARCHITECTURES, ids=IDS)

@@ -108,7 +108,9 @@ def test_n_m_refuses_a_model_where_nothing_fits(texts):
     model = tiny_llama(hidden_size=42, num_attention_heads=3, num_key_value_heads=3, head_dim=14, intermediate_size=90)
     pruner = PrunerForCausalLM(model, __import__("conftest").make_tokenizer())
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match="No weight matrix of LlamaForCausalLM fits the pattern: 2:4 needs in_features"):
+    with pytest.raises(
+        ValueError, match="No weight matrix of LlamaForCausalLM fits the pattern: 2:4 needs in_features"
+    ):
         pruner.prune(
             PruningConfig(target="2:4", method="sparsegpt", dataset=texts, num_samples=2, seqlen=32),
             show_progress=False,
