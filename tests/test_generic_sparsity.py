@@ -41,6 +41,8 @@ class TinyCustomBlock(nn.Module):
 
     def forward(self, hidden_states, attention_mask=None):
         x = self.norm(hidden_states)
+        if attention_mask is not None:
+            x = x * attention_mask[..., None].to(x.dtype)
         x = self.down(torch.relu(self.up(x))) + x @ self.mix.weight.T
         return (hidden_states + x,)
 
@@ -60,6 +62,18 @@ class TinyCustomForCausalLM(PreTrainedModel):
         hidden = self.embed(input_ids)
         for block in self.blocks:
             hidden = block(hidden, attention_mask=attention_mask)[0]
+        return CausalLMOutput(logits=self.head(hidden))
+
+
+class TinyMaskedBlocksForCausalLM(TinyCustomForCausalLM):
+    """Block `i` does not see the first 8 * i tokens: every block gets its own mask, and no config says so."""
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        hidden = self.embed(input_ids)
+        for index, block in enumerate(self.blocks):
+            mask = torch.ones(input_ids.shape, dtype=torch.long)
+            mask[:, : 8 * index] = 0
+            hidden = block(hidden, attention_mask=mask)[0]
         return CausalLMOutput(logits=self.head(hidden))
 
 
@@ -284,3 +298,31 @@ def test_cli_sparsifies_a_family_without_adapter(tmp_path, texts):
     reloaded = AutoModelForCausalLM.from_pretrained(output)
     c_fc = reloaded.transformer.h[0].mlp.c_fc.weight  # Conv1D: [in, out], 2 of every 4 inputs of each output zero
     assert torch.all((c_fc.T == 0).reshape(c_fc.shape[1], -1, 4).sum(-1) == 2)
+
+
+def test_blocks_with_own_arguments_are_found_without_config_hints(texts):
+    torch.manual_seed(0)
+    reference = TinyMaskedBlocksForCausalLM(TinyCustomConfig()).eval()
+    model = TinyMaskedBlocksForCausalLM(TinyCustomConfig()).eval()
+    model.load_state_dict(reference.state_dict())
+    config = PruningConfig(
+        target="unstructured",
+        method="sparsegpt",
+        dataset=texts,
+        num_samples=2,
+        seqlen=32,
+        layer_overrides={"0": {"sparsity": 0.0}},
+        modules_to_not_prune=["down", "mix"],
+    )
+    pruner = PrunerForCausalLM(model, make_tokenizer())
+    samples = pruner.calibration_samples(config)
+    block = reference.blocks[1]
+    matrices = [m for m in find_weight_matrices(block, [])[0] if m.name == "up"]
+    with observe_inputs(block, matrices) as observed, torch.no_grad():
+        for sample in samples:
+            reference(**sample)
+    assert observed.direct["up"].count == 2 * 32  # masked tokens are zero rows, still counted
+    expected, _ = get_sparsity_method("sparsegpt")(block.up.weight, observed.direct["up"].gram, SparsityPattern(0.5))
+    pruner.prune(config, show_progress=False)
+    assert set(pruner.summary["modules"]) == {"blocks.1.up"}
+    torch.testing.assert_close(model.blocks[1].up.weight, expected)
