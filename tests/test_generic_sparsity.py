@@ -151,6 +151,12 @@ def test_block_discovery():
         "JambaMambaDecoderLayer",
         "JambaAttentionDecoderLayer",
     ]
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=128, d_model=16, d_ff=32, d_kv=8, num_layers=1, num_heads=2))
+    with pytest.raises(BlockDiscoveryError, match=r"blocks in 2 module lists \(decoder.block, encoder.block\)"):
+        find_blocks(t5)  # an encoder and a decoder are not one chain
+    assert [n for n, _ in find_blocks(t5, [r"re:encoder\.block\.\d+"])] == ["encoder.block.0"]
 
 
 # ---- weights whose inputs the forward hooks never see -----------------------------------------------------------
