@@ -208,6 +208,48 @@ def capture_block_arguments(
 
 
 @torch.no_grad()
+def blocks_need_own_arguments(
+    model: nn.Module, blocks: Sequence[nn.Module], samples: list[dict[str, torch.Tensor]], offloaded: bool
+) -> bool:
+    """Whether the blocks get different masks or position embeddings, so each needs `capture_block_arguments`.
+
+    Known from the block classes and `config.layer_types`; otherwise one forward of the first sample compares what
+    every block receives with what the first one does (skipped for offloaded models, where a forward reads every
+    weight from the offload store).
+    """
+    if len({type(block) for block in blocks}) > 1:
+        return True
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layer_types = getattr(text_config, "layer_types", None)
+    if layer_types and len(set(layer_types)) > 1:
+        return True
+    if offloaded or len(blocks) < 2:
+        return False
+    probe = capture_block_arguments(model, blocks, samples[:1])
+    return not all(_same_value(probe[0][0], per_block[0]) for per_block in probe[1:])
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and (a is b or (a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))))
+        )
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in a)
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except Exception:  # objects without a meaningful equality (caches, modules): treat as different
+        return False
+
+
+@torch.no_grad()
 def run_block(
     block: nn.Module,
     inputs: Sequence[BlockInput],

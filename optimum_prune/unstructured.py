@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from .architectures.blocks import find_blocks
 from .architectures.weights import WeightMatrix, find_weight_matrices
 from .configuration import PruningConfig
-from .layerwise import BlockStreamer, capture_block_arguments
+from .layerwise import BlockStreamer, blocks_need_own_arguments, capture_block_arguments
 from .sparsity import SparsityPattern, get_sparsity_method
 from .weight_inputs import observe_inputs
 
@@ -103,7 +103,7 @@ def prune_unstructured(
     # position embeddings; capture them once from full forwards of the dense model.
     own_arguments = (
         capture_block_arguments(model, [b for _, b in blocks], samples)
-        if use_data and _heterogeneous(model, blocks, samples, streamer.offloaded)
+        if use_data and blocks_need_own_arguments(model, [b for _, b in blocks], samples, streamer.offloaded)
         else None
     )
     per_module: dict[str, float] = {}
@@ -165,47 +165,6 @@ def prune_unstructured(
     return {key: value for key, value in record.items() if key not in ("format", "target", "method")} | {
         "prunable_parameters": total
     }
-
-
-def _heterogeneous(
-    model: nn.Module, blocks: list[tuple[str, nn.Module]], samples: list[dict[str, torch.Tensor]], offloaded: bool
-) -> bool:
-    """Whether the blocks get different masks or position embeddings (see `capture_block_arguments`).
-
-    Known from the block classes and `config.layer_types`; otherwise one forward of the first sample compares what
-    every block receives with what the first one does (skipped for offloaded models, where a forward reads every
-    weight from the offload store).
-    """
-    if len({type(block) for _, block in blocks}) > 1:
-        return True
-    config = getattr(model, "config", None)
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    layer_types = getattr(text_config, "layer_types", None)
-    if layer_types and len(set(layer_types)) > 1:
-        return True
-    if offloaded or len(blocks) < 2:
-        return False
-    probe = capture_block_arguments(model, [b for _, b in blocks], samples[:1])
-    return not all(_same_value(probe[0][0], per_block[0]) for per_block in probe[1:])
-
-
-def _same_value(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return (
-            isinstance(a, torch.Tensor)
-            and isinstance(b, torch.Tensor)
-            and (a is b or (a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))))
-        )
-    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
-        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in a)
-    if a is b:
-        return True
-    try:
-        return bool(a == b)
-    except Exception:  # objects without a meaningful equality (caches, modules): treat as different
-        return False
 
 
 def _identity_gram(weight: torch.Tensor) -> torch.Tensor:
