@@ -183,9 +183,11 @@ def capture_block_arguments(
     arguments: list[list[tuple[tuple[Any, ...], dict[str, Any]]]] = [[] for _ in blocks]
     device = offload.execution_device(model)
     handles = []
+    order: list[int] = []
     for position, block in enumerate(blocks):
 
         def hook(_module, args, kwargs, _position=position):
+            order.append(_position)
             kwargs = dict(kwargs)
             if args:
                 args = tuple(args[1:])
@@ -203,7 +205,15 @@ def capture_block_arguments(
             handle.remove()
     if any(len(per_block) != len(samples) for per_block in arguments):
         counts = [len(per_block) for per_block in arguments]
-        raise RuntimeError(f"Each block must run once per calibration sample; calls per block: {counts}.")
+        raise RuntimeError(
+            f"Each block must run once per calibration sample; calls per block: {counts}. Blocks that share weights "
+            "or run conditionally cannot be streamed one after the other: choose others with sequential_targets."
+        )
+    if order[: len(blocks)] != list(range(len(blocks))):
+        raise RuntimeError(
+            f"The blocks do not run in the order of their module list (they ran as {order[: len(blocks)]}): pass "
+            "sequential_targets naming blocks that form one chain."
+        )
     return arguments
 
 

@@ -332,3 +332,20 @@ def test_blocks_with_own_arguments_are_found_without_config_hints(texts):
     pruner.prune(config, show_progress=False)
     assert set(pruner.summary["modules"]) == {"blocks.1.up"}
     torch.testing.assert_close(model.blocks[1].up.weight, expected)
+
+
+class TinyReversedForCausalLM(TinyCustomForCausalLM):
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        hidden = self.embed(input_ids)
+        for block in reversed(self.blocks):
+            hidden = block(hidden)[0]
+        return CausalLMOutput(logits=self.head(hidden))
+
+
+def test_blocks_out_of_list_order_are_refused(texts):
+    torch.manual_seed(0)
+    model = TinyReversedForCausalLM(TinyCustomConfig()).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match=r"do not run in the order of their module list \(they ran as \[1, 0\]\)"):
+        _prune(model, texts, target="unstructured", method="sparsegpt")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

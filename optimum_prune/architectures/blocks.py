@@ -70,7 +70,8 @@ def find_blocks(model: nn.Module, sequential_targets: list[str] | None = None) -
 
     The blocks must form one chain (each block's output is the next one's input), as the layers of every decoder,
     encoder and state-space model in transformers do; they are returned in the order of their module list, which is
-    the order the model's forward runs them. Matches nested inside another match are dropped.
+    the order the model's forward runs them (calibration checks it: `layerwise.capture_block_arguments`). Matches
+    nested inside another match are dropped.
 
     Raises:
         BlockDiscoveryError: nothing matches, or the default matches lie in more than one module list (an
