@@ -349,3 +349,14 @@ def test_blocks_out_of_list_order_are_refused(texts):
     with pytest.raises(RuntimeError, match=r"do not run in the order of their module list \(they ran as \[1, 0\]\)"):
         _prune(model, texts, target="unstructured", method="sparsegpt")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_model_card_lists_matrices_left_dense_or_pruned_by_magnitude(texts, tmp_path):
+    pruner = _prune(tiny_mamba(), texts, target="2:4", method="sparsegpt")
+    pruner.save_pretrained(tmp_path / "mamba")
+    card = (tmp_path / "mamba" / "README.md").read_text()
+    assert "`backbone.layers.0.mixer.dt_proj` left dense: 2:4 needs in_features divisible by 4, got 2" in card
+    custom = _prune(_custom_model(), texts, target="unstructured", method="sparsegpt")
+    custom.save_pretrained(tmp_path / "custom")
+    card = (tmp_path / "custom" / "README.md").read_text()
+    assert "`blocks.1.mix`: no calibration input reached it; pruned by magnitude" in card
