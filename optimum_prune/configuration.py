@@ -122,6 +122,15 @@ class PruningConfig:
         default_factory=lambda: ["lm_head", "embed", "classifier", "qa_outputs", "pooler"],
         metadata={"help": "Module-name substrings that unstructured pruning leaves dense."},
     )
+    sequential_targets: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Unstructured and N:M targets: the repeated blocks to sparsify, one after the other, as class "
+            "names (e.g. 'LlamaDecoderLayer') or 're:<regex>' module-name patterns (llm-compressor's convention). "
+            "None uses the model's `_no_split_modules` (as accelerate and llm-compressor do), else its largest "
+            "module list."
+        },
+    )
     dataset: Any = field(
         default=None,
         metadata={
@@ -265,6 +274,14 @@ class PruningConfig:
             raise ValueError(
                 f"solver_options must be a dict of solver keyword options (not damp), got {self.solver_options!r}."
             )
+        if self.sequential_targets is not None:
+            if isinstance(self.sequential_targets, str):
+                self.sequential_targets = [self.sequential_targets]
+            if not self.sequential_targets or not all(isinstance(t, str) and t for t in self.sequential_targets):
+                raise ValueError(
+                    f"sequential_targets must be a non-empty list of class names or 're:<regex>' patterns, got "
+                    f"{self.sequential_targets!r}."
+                )
         for name, value in (self.module_sparsity or {}).items():
             if not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
                 raise ValueError(f"module_sparsity[{name!r}] must be in [0, 1), got {value!r}.")

@@ -135,6 +135,19 @@ class ActivationStore(Sequence[BlockInput]):
         for index in range(len(self)):
             yield self[index]
 
+    def rebind(self, arguments: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]) -> None:
+        """Give sample `i` the other block arguments `arguments[i]`, keeping its hidden states.
+
+        For models whose blocks get different masks or position embeddings (sliding-window layers, hybrid
+        attention / state-space stacks), see `capture_block_arguments`.
+        """
+        if len(arguments) != len(self._items):
+            raise ValueError(f"{len(arguments)} argument sets for {len(self._items)} stored samples.")
+        device = self.device if self._paths is None else (self.device or torch.device("cpu"))
+        for index, (args, kwargs) in enumerate(arguments):
+            item = self._items[index]
+            self._items[index] = BlockInput(item.hidden_states, to_device(args, device), to_device(kwargs, device))
+
     def close(self) -> None:
         """Drop the stored activations now (and their files)."""
         self._items.clear()
@@ -190,6 +203,95 @@ def capture_block_inputs(
     if len(captured) != len(samples):
         raise RuntimeError("Calibration did not reach the first block for every sample.")
     return captured
+
+
+@torch.no_grad()
+def capture_block_arguments(
+    model: nn.Module, blocks: Sequence[nn.Module], samples: list[dict[str, torch.Tensor]]
+) -> list[list[tuple[tuple[Any, ...], dict[str, Any]]]]:
+    """What every block is called with besides its hidden states, per block and sample, from full forwards.
+
+    Blocks of one model may get different masks or position embeddings (Gemma's sliding-window and global layers,
+    Jamba's attention and Mamba layers), so the arguments captured at the first block do not fit the others.
+    Costs one full forward of the (unpruned) model per sample; returns `arguments[block][sample] = (args, kwargs)`.
+    """
+    arguments: list[list[tuple[tuple[Any, ...], dict[str, Any]]]] = [[] for _ in blocks]
+    device = offload.execution_device(model)
+    handles = []
+    order: list[int] = []
+    for position, block in enumerate(blocks):
+
+        def hook(_module, args, kwargs, _position=position):
+            order.append(_position)
+            kwargs = dict(kwargs)
+            if args:
+                args = tuple(args[1:])
+            else:
+                kwargs.pop("hidden_states", None)
+            arguments[_position].append((args, kwargs))
+
+        handles.append(block.register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        with no_cache(model):
+            for sample in samples:
+                model(**{k: v.to(device) for k, v in sample.items()})
+    finally:
+        for handle in handles:
+            handle.remove()
+    if any(len(per_block) != len(samples) for per_block in arguments):
+        counts = [len(per_block) for per_block in arguments]
+        raise RuntimeError(
+            f"Each block must run once per calibration sample; calls per block: {counts}. Blocks that share weights "
+            "or run conditionally cannot be streamed one after the other: choose others with sequential_targets."
+        )
+    if order[: len(blocks)] != list(range(len(blocks))):
+        raise RuntimeError(
+            f"The blocks do not run in the order of their module list (they ran as {order[: len(blocks)]}): pass "
+            "sequential_targets naming blocks that form one chain."
+        )
+    return arguments
+
+
+@torch.no_grad()
+def blocks_need_own_arguments(
+    model: nn.Module, blocks: Sequence[nn.Module], samples: list[dict[str, torch.Tensor]], offloaded: bool
+) -> bool:
+    """Whether the blocks get different masks or position embeddings, so each needs `capture_block_arguments`.
+
+    Known from the block classes and `config.layer_types`; otherwise one forward of the first sample compares what
+    every block receives with what the first one does (skipped for offloaded models, where a forward reads every
+    weight from the offload store).
+    """
+    if len({type(block) for block in blocks}) > 1:
+        return True
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layer_types = getattr(text_config, "layer_types", None)
+    if layer_types and len(set(layer_types)) > 1:
+        return True
+    if offloaded or len(blocks) < 2:
+        return False
+    probe = capture_block_arguments(model, blocks, samples[:1])
+    return not all(_same_value(probe[0][0], per_block[0]) for per_block in probe[1:])
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and (a is b or (a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))))
+        )
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in a)
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except Exception:  # objects without a meaningful equality (caches, modules): treat as different
+        return False
 
 
 @torch.no_grad()

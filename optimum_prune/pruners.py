@@ -18,7 +18,8 @@ from transformers import (
     PreTrainedModel,
 )
 
-from .architectures import get_adapter
+from .architectures import ADAPTERS, UnsupportedArchitectureError, get_adapter
+from .architectures.blocks import find_blocks
 from .checks import check_sequence_length
 from .configuration import PruningConfig
 from .criteria import CRITERIA
@@ -41,7 +42,11 @@ class BasePruner:
     calibration_format: ClassVar[str] = "examples"
 
     def __init__(self, model: PreTrainedModel, tokenizer: Any | None = None) -> None:
-        self.adapter = get_adapter(model)  # fails early, with the supported list, on an unknown architecture
+        # Structured pruning needs an adapter; unstructured and N:M sparsity work on any model's blocks.
+        try:
+            self.adapter = get_adapter(model)
+        except UnsupportedArchitectureError:
+            self.adapter = None
         self.model = model
         self.tokenizer = tokenizer
         self.pruning_config: PruningConfig | None = None
@@ -154,7 +159,16 @@ class BasePruner:
             config.dataset = dataset
         model = self.model
         model.eval()
-        config.check_layers(len(self.adapter.layers()))  # before calibration data is read
+        if config.is_structured and self.adapter is None:
+            raise UnsupportedArchitectureError(
+                f"Structured pruning does not support model_type {model.config.model_type!r} ({type(model).__name__}). "
+                f"Supported model types: {', '.join(sorted(ADAPTERS))}. Unstructured and N:M sparsity work on any model."
+            )
+        # Before calibration data is read.
+        if config.is_structured:
+            config.check_layers(len(self.adapter.layers()))
+        else:
+            config.check_layers(len(find_blocks(model, config.sequential_targets)))
         # Until this run finishes, the model may be half-pruned: save_pretrained refuses to write it.
         self._prune_incomplete = True
         placement = {
@@ -163,13 +177,17 @@ class BasePruner:
             "activations_dir": activations_dir,
         }
         parameters_before = count_parameters(model)
-        prunable_before = self.adapter.count_prunable_parameters()
-        heads_before = [
-            g.num_units * self.adapter.heads_per_unit(layer)
-            for layer in self.adapter.layers()
-            for g in self.adapter.groups(layer)
-            if g.kind == "attention_heads"
-        ]
+        prunable_before = self.adapter.count_prunable_parameters() if config.is_structured else 0
+        heads_before = (
+            [
+                g.num_units * self.adapter.heads_per_unit(layer)
+                for layer in self.adapter.layers()
+                for g in self.adapter.groups(layer)
+                if g.kind == "attention_heads"
+            ]
+            if config.is_structured
+            else []
+        )
 
         if config.is_structured:
             config = _drop_reconstruction_without_data(config)
@@ -182,9 +200,7 @@ class BasePruner:
             from .unstructured import DATA_FREE_METHODS, prune_unstructured
 
             samples = self.calibration_samples(config) if config.method not in DATA_FREE_METHODS else None
-            sparse_summary = prune_unstructured(
-                model, self.adapter, config, samples, show_progress=show_progress, **placement
-            )
+            sparse_summary = prune_unstructured(model, config, samples, show_progress=show_progress, **placement)
 
         summary: dict[str, Any] = {
             "model_type": model.config.model_type,

@@ -1,4 +1,4 @@
-"""Unstructured and N:M sparsity: every Linear of a block solved on its own input Gram matrix, block by block."""
+"""Unstructured and N:M sparsity for any model: every weight matrix of a block solved on its own inputs, block by block."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .architectures import ArchitectureAdapter
+from .architectures.blocks import find_blocks
+from .architectures.weights import WeightMatrix, find_weight_matrices
 from .checks import solve_checked
 from .configuration import PruningConfig
-from .layerwise import BlockStreamer
+from .layerwise import BlockStreamer, blocks_need_own_arguments, capture_block_arguments
 from .sparsity import SparsityPattern, get_sparsity_method, required_statistics
-from .statistics import InputStatistics, attach_shared_statistics
+from .weight_inputs import observe_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ def module_pattern(config: PruningConfig, layer_index: int, module_name: str) ->
 @torch.no_grad()
 def prune_unstructured(
     model: nn.Module,
-    adapter: ArchitectureAdapter,
     config: PruningConfig,
     samples: list[dict[str, torch.Tensor]] | None,
     show_progress: bool = True,
@@ -53,79 +53,132 @@ def prune_unstructured(
     activations_device: torch.device | str | None = None,
     activations_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Sparsify the Linear layers of every block in place; return the achieved sparsity per module.
+    """Sparsify every weight matrix inside the repeated blocks of any model, in place; return what was done.
 
-    The model may be dispatched by accelerate with offloaded weights; the last three arguments say where blocks
-    compute and where activations wait (see `BlockStreamer`).
+    Blocks come from `find_blocks` (`_no_split_modules`, or `config.sequential_targets`); their matrices from
+    `find_weight_matrices` (Linear, Conv1D, stacked experts; routers and everything outside the blocks, such as
+    embeddings, lm_head and task heads, stay dense). Each block is run on the outputs of the already sparsified
+    blocks before it and every matrix is solved on its own input Gram matrix.
+
+    Returns a summary: `sparsity_achieved` and per-module `modules` counted from the weights after pruning,
+    `skipped` (matrices left dense, with the reason), `data_free` (matrices no calibration input reached, pruned
+    by magnitude instead of on an empty Gram matrix) and `input_taps` (matrices whose input was observed at
+    another module because the model never calls them). The model may be dispatched by accelerate with offloaded
+    weights; the last three arguments say where blocks compute and where activations wait (see `BlockStreamer`).
     """
-    layers = adapter.layers()
-    config.check_layers(len(layers))
+    blocks = find_blocks(model, config.sequential_targets)
+    config.check_layers(len(blocks))
     solver = get_sparsity_method(config.method)
     statistics = required_statistics(solver)
     takes_cache = _check_solver_options(solver, config)
     use_data = config.method not in DATA_FREE_METHODS
     if use_data and not samples:
         raise ValueError(f"method={config.method!r} needs calibration data, and none was given.")
-    # Check every shape against its pattern before the first weight changes.
-    for index, layer in enumerate(layers):
-        for name, linear in prunable_linears(layer, config.modules_to_not_prune).items():
-            module_pattern(config, index, name).check_columns(linear.in_features)
+
+    # Decide every matrix's fate before the first weight changes: a shape that does not fit the pattern is left
+    # dense (with a warning), not a refusal of the whole model.
+    plans: list[list[tuple[WeightMatrix, SparsityPattern]]] = []
+    skipped: dict[str, str] = {}
+    for index, (block_name, block) in enumerate(blocks):
+        matrices, left_dense = find_weight_matrices(block, config.modules_to_not_prune)
+        skipped.update({f"{block_name}.{name}": why for name, why in left_dense.items()})
+        plan = []
+        for matrix in matrices:
+            pattern = module_pattern(config, index, matrix.name)
+            if pattern.is_nm and matrix.in_features % pattern.m:
+                skipped[f"{block_name}.{matrix.name}"] = (
+                    f"{pattern.target} needs in_features divisible by {pattern.m}, got {matrix.in_features}"
+                )
+                continue
+            if not pattern.is_dense:
+                plan.append((matrix, pattern))
+        plans.append(plan)
+    misfits = {name: why for name, why in skipped.items() if not why.startswith("MoE router")}
+    if misfits and not any(plans):
+        raise ValueError(
+            f"No weight matrix of {type(model).__name__} fits the pattern: {next(iter(misfits.values()))}."
+        )
+    for name, why in misfits.items():
+        logger.warning("Left %s dense: %s.", name, why)
 
     streamer = BlockStreamer(model, execution_device, activations_device, activations_dir)
-    inputs = streamer.capture(layers[0], samples) if use_data else None
+    inputs = streamer.capture(blocks[0][1], samples) if use_data else None
+    # Blocks of different kinds (sliding-window / global attention, attention / Mamba) get their own masks and
+    # position embeddings; capture them once from full forwards of the dense model.
+    own_arguments = (
+        capture_block_arguments(model, [b for _, b in blocks], samples)
+        if use_data and blocks_need_own_arguments(model, [b for _, b in blocks], samples, streamer.offloaded)
+        else None
+    )
     per_module: dict[str, float] = {}
-    zeros = total = 0
-    prefix = _layers_prefix(model, layers)
-    for index, layer in enumerate(tqdm(layers, desc="Sparsifying layers", disable=not show_progress)):
+    data_free: dict[str, str] = {}
+    input_taps: dict[str, str] = {}
+    progress = tqdm(blocks, desc="Sparsifying blocks", disable=not show_progress)
+    for index, (block_name, block) in enumerate(progress):
         # Offloaded weights are loaded once per block and the sparsified ones written back on exit.
-        with streamer.materialized(layer):
-            linears = prunable_linears(layer, config.modules_to_not_prune)
-            stats = None
+        with streamer.materialized(block):
+            plan = plans[index]
+            observed = None
             if inputs is not None:
-                stats, handles = attach_shared_statistics(layer, linears, with_gram=statistics == "gram")
-                try:
-                    streamer.run(layer, inputs, keep_outputs=False)
-                finally:
-                    for handle in handles:
-                        handle.remove()
+                if own_arguments is not None:
+                    inputs.rebind(own_arguments[index])
+                matrices = [matrix for matrix, _ in plan]
+                with observe_inputs(block, matrices, with_gram=statistics == "gram") as observed:
+                    streamer.run(block, inputs, keep_outputs=False)
             caches: dict[int, dict] = {}  # one per shared input: its factorisations are computed once
-            for name, linear in linears.items():
-                pattern = module_pattern(config, index, name)
-                if pattern.is_dense:
-                    continue
-                gram, cache = _module_statistics(stats, name, linear, statistics, caches)
-                options: dict[str, Any] = {"mask_scope": config.mask_scope} if config.method == "sparsegpt" else {}
-                if takes_cache:
-                    options["cache"] = cache
-                options.update(config.solver_options)
-                new_weight, keep = solve_checked(
-                    f"{prefix}{index}.{name}",
-                    solver,
-                    linear.weight.data,
-                    gram,
-                    pattern,
-                    config.damp,
-                    stats and stats[name],
-                    **options,
+            for matrix, pattern in plan:
+                full_name = f"{block_name}.{matrix.name}"
+                weight = matrix.get()
+                method, stats = solver, None
+                options: dict[str, Any] = {}
+                if observed is None:
+                    gram = _identity_gram(weight)
+                else:
+                    stats, tap = observed.get(matrix.name)
+                    if tap is not None:
+                        input_taps[full_name] = tap
+                    if stats is None:
+                        # Never solve on an empty Gram matrix: every input would look dead and the optimal-update
+                        # solvers would zero the whole matrix.
+                        data_free[full_name] = "no calibration input reached it; pruned by magnitude"
+                        logger.warning("No calibration input reached %s: pruning it by magnitude.", full_name)
+                        method, gram = get_sparsity_method("magnitude"), _identity_gram(weight)
+                    else:
+                        gram = stats.gram if statistics == "gram" else stats.sum_sq
+                if method is solver:
+                    options = {"mask_scope": config.mask_scope} if config.method == "sparsegpt" else {}
+                    if takes_cache and stats is not None:
+                        options["cache"] = caches.setdefault(id(stats), {})
+                    options.update(config.solver_options)
+                new_weight, _keep = solve_checked(
+                    full_name, method, weight, gram, pattern, config.damp, stats, **options
                 )
-                linear.weight.data.copy_(new_weight)
-                removed = int((~keep).sum())
-                zeros += removed
-                total += keep.numel()
-                per_module[f"{prefix}{index}.{name}"] = removed / keep.numel()
-            if inputs is not None and index + 1 < len(layers):
-                inputs = streamer.run(layer, inputs)
+                matrix.set(new_weight)
+            if inputs is not None and index + 1 < len(blocks):
+                inputs = streamer.run(block, inputs)
+            # Counted from the weights as they now are (in the block's execution place, before any write-back).
+            for matrix, _ in plan:
+                weight = matrix.get()
+                per_module[f"{block_name}.{matrix.name}"] = float((weight == 0).sum()) / weight.numel()
 
+    sizes = {f"{bn}.{m.name}": m.numel for (bn, _), plan in zip(blocks, plans) for m, _ in plan}
+    total = sum(sizes.values())
+    zeros = sum(per_module[name] * size for name, size in sizes.items())
     record = {
         "format": 1,
         "target": config.target,
         "method": config.method,
         "sparsity_achieved": zeros / max(total, 1),
         "modules": per_module,
+        "skipped": skipped,
+        "data_free": data_free,
+        "input_taps": input_taps,
     }
     # Dense safetensors hold the zeros; the record tells readers (and the model card) what was done.
     model.config.pruning = record
-    return {"sparsity_achieved": record["sparsity_achieved"], "modules": per_module}
+    return {key: value for key, value in record.items() if key not in ("format", "target", "method")} | {
+        "prunable_parameters": total
+    }
 
 
 def _check_solver_options(solver, config: PruningConfig) -> bool:
@@ -140,26 +193,5 @@ def _check_solver_options(solver, config: PruningConfig) -> bool:
     return open_ended or "cache" in parameters
 
 
-def _module_statistics(
-    stats: dict[str, InputStatistics] | None, name: str, linear: nn.Linear, statistics: str, caches: dict[int, dict]
-) -> tuple[torch.Tensor, dict | None]:
-    """The ``gram`` argument a solver gets for one module (full Gram matrix or its diagonal, as the solver declared)
-    and the factorisation cache of the module's input group."""
-    if stats is None:
-        return _identity_gram(linear), None
-    module_stats = stats.get(name)
-    if module_stats is None:  # never called on the calibration data: nothing is known about its input
-        module_stats = stats[name] = InputStatistics(linear.in_features, statistics == "gram", linear.weight.device)
-    gram = module_stats.gram if statistics == "gram" else module_stats.sum_sq
-    return gram, caches.setdefault(id(module_stats), {})
-
-
-def _identity_gram(linear: nn.Linear) -> torch.Tensor:
-    return torch.eye(linear.in_features, dtype=torch.float32, device=linear.weight.device)
-
-
-def _layers_prefix(model: nn.Module, layers: nn.ModuleList) -> str:
-    for name, module in model.named_modules():
-        if module is layers:
-            return f"{name}."
-    return ""
+def _identity_gram(weight: torch.Tensor) -> torch.Tensor:
+    return torch.eye(weight.shape[1], dtype=torch.float32, device=weight.device)

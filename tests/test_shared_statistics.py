@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from conftest import make_tokenizer, tiny_llama
 
-from optimum_prune import PrunerForCausalLM, PruningConfig, statistics
+from optimum_prune import PrunerForCausalLM, PruningConfig, weight_inputs
 from optimum_prune.layerwise import ActivationStore, BlockInput, BlockStreamer
 from optimum_prune.statistics import attach_shared_statistics, attach_statistics
 from optimum_prune.unstructured import prunable_linears
@@ -46,14 +46,14 @@ def test_modules_reading_one_input_share_one_gram(texts) -> None:
 def test_solvers_get_only_the_statistics_they_read(monkeypatch, texts) -> None:
     """Wanda's run accumulates no Gram matrix; SparseGPT's one per distinct input (4 per LLaMA layer, not 7)."""
     created: list[bool] = []
-    original = statistics.InputStatistics
+    original = weight_inputs.InputStatistics
 
     class Recording(original):
         def __init__(self, num_features, with_gram=False, device="cpu"):
             created.append(with_gram)
             super().__init__(num_features, with_gram, device)
 
-    monkeypatch.setattr(statistics, "InputStatistics", Recording)
+    monkeypatch.setattr(weight_inputs, "InputStatistics", Recording)
     for method, expected in (("wanda", False), ("sparsegpt", True)):
         created.clear()
         model = tiny_llama()

@@ -83,11 +83,34 @@ def test_sparse_checkpoint_reloads_identically(texts, tmp_path):
     assert reloaded.config.pruning["target"] == "2:4"
 
 
-def test_n_m_needs_divisible_inputs(texts):
-    model = tiny_llama(hidden_size=42, head_dim=8, intermediate_size=90)  # q_proj reads 42 inputs
+def test_n_m_leaves_misfits_dense_and_lists_them(texts, caplog):
+    model = tiny_llama(hidden_size=42, head_dim=8, intermediate_size=90)  # o_proj reads 48 inputs, the rest 42 or 90
     pruner = PrunerForCausalLM(model, __import__("conftest").make_tokenizer())
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match="divisible by 4"):
+    with caplog.at_level("WARNING", logger="optimum_prune.unstructured"):
+        pruner.prune(
+            PruningConfig(target="2:4", method="sparsegpt", dataset=texts, num_samples=2, seqlen=32),
+            show_progress=False,
+        )
+    summary = pruner.summary
+    assert set(summary["modules"]) == {f"model.layers.{i}.self_attn.o_proj" for i in range(3)}
+    assert summary["skipped"]["model.layers.0.mlp.down_proj"] == "2:4 needs in_features divisible by 4, got 90"
+    assert len(summary["skipped"]) == 3 * 6
+    assert "Left model.layers.0.self_attn.q_proj dense" in caplog.text
+    after = model.state_dict()
+    for name in summary["skipped"]:
+        assert torch.equal(after[f"{name}.weight"], before[f"{name}.weight"])
+    o_proj = model.model.layers[0].self_attn.o_proj.weight
+    assert torch.all((o_proj == 0).reshape(o_proj.shape[0], -1, 4).sum(-1) == 2)
+
+
+def test_n_m_refuses_a_model_where_nothing_fits(texts):
+    model = tiny_llama(hidden_size=42, num_attention_heads=3, num_key_value_heads=3, head_dim=14, intermediate_size=90)
+    pruner = PrunerForCausalLM(model, __import__("conftest").make_tokenizer())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(
+        ValueError, match="No weight matrix of LlamaForCausalLM fits the pattern: 2:4 needs in_features"
+    ):
         pruner.prune(
             PruningConfig(target="2:4", method="sparsegpt", dataset=texts, num_samples=2, seqlen=32),
             show_progress=False,

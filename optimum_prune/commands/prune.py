@@ -176,6 +176,14 @@ CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
         nargs="*",
         metavar="NAME",
     ),
+    ConfigOption(
+        "sequential_targets",
+        str,
+        None,
+        "unstructured / N:M: the blocks, as class names or 're:<regex>' module names (default: _no_split_modules)",
+        nargs="+",
+        metavar="TARGET",
+    ),
     ConfigOption("num_samples", int, 128, "number of calibration sequences", metavar="N"),
     ConfigOption("seqlen", int, 512, "tokens per calibration sequence (and per perplexity window)", metavar="N"),
     ConfigOption("damp", float, 0.01, "ridge damping of the least-squares solves", metavar="F"),
@@ -644,10 +652,10 @@ def _check_model_config(
         )
     except Exception as err:
         raise CLIError(f"Cannot read the model config of {model_path!r}: {err}") from err
-    if config.model_type not in adapters:
+    if pruning_config.is_structured and config.model_type not in adapters:  # sparsity works on any model
         raise CLIError(
-            f"optimum_prune does not support model_type {config.model_type!r} ({model_path}). "
-            f"Supported model types: {', '.join(sorted(adapters))}."
+            f"optimum_prune does not support model_type {config.model_type!r} ({model_path}) for structured pruning. "
+            f"Supported model types: {', '.join(sorted(adapters))}; --target unstructured or N:M works on any model."
         )
     num_layers = getattr(config, "num_hidden_layers", None)
     if isinstance(num_layers, int):
@@ -711,13 +719,12 @@ def _dry_run(args: argparse.Namespace, config: Any, model_config: Any, log: Call
             model = auto_class.from_config(model_config, trust_remote_code=args.trust_remote_code)
     except Exception as err:
         raise CLIError(f"Cannot build {args.model!r} for --task {args.task} from its config: {err}") from err
-    adapter = get_adapter(model)
     layers: list[dict[str, Any]] = []
     try:
         if config.is_structured:
-            layers = _structured_plan(adapter, config)
+            layers = _structured_plan(get_adapter(model), config)
         else:
-            layers = _sparsity_plan(model, adapter, config)
+            layers = _sparsity_plan(model, config)
     except ValueError as err:
         raise CLIError(str(err)) from err
     plan = {"dry_run": True, "model_type": model_config.model_type, "target": config.target, "layers": layers}
@@ -766,16 +773,26 @@ def _structured_plan(adapter: Any, config: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _sparsity_plan(model: Any, adapter: Any, config: Any) -> list[dict[str, Any]]:
-    from optimum_prune.unstructured import module_pattern, prunable_linears
+def _sparsity_plan(model: Any, config: Any) -> list[dict[str, Any]]:
+    """One row per block found as a real run finds them (any model): each weight matrix's pattern, or why it
+    stays dense."""
+    from optimum_prune.architectures.blocks import find_blocks
+    from optimum_prune.architectures.weights import find_weight_matrices
+    from optimum_prune.unstructured import module_pattern
 
     rows = []
-    for index, layer in enumerate(adapter.layers()):
+    for index, (_, block) in enumerate(find_blocks(model, config.sequential_targets)):
         row: dict[str, Any] = {"layer": index}
-        for name, linear in prunable_linears(layer, config.modules_to_not_prune).items():
-            pattern = module_pattern(config, index, name)
-            pattern.check_columns(linear.in_features)
-            row[name] = "dense" if pattern.is_dense else (config.target if pattern.n else f"{pattern.sparsity:.0%}")
+        matrices, left_dense = find_weight_matrices(block, config.modules_to_not_prune)
+        for matrix in matrices:
+            pattern = module_pattern(config, index, matrix.name)
+            if pattern.is_nm and matrix.in_features % pattern.m:
+                row[matrix.name] = f"dense ({pattern.target} needs in_features divisible by {pattern.m})"
+            elif pattern.is_dense:
+                row[matrix.name] = "dense"
+            else:
+                row[matrix.name] = config.target if pattern.is_nm else f"{pattern.sparsity:.0%}"
+        row.update({name: "dense" for name in left_dense})
         rows.append(row)
     return rows
 

@@ -328,9 +328,20 @@ def _removed_section(config: Mapping[str, Any], summary: Mapping[str, Any]) -> s
             f"{float(summary['sparsity_achieved']):.1%} |"
         )
     section = f"## What was removed\n\n{what}\n\n" + "\n".join(rows)
+    section += _sparsity_exceptions(summary)
     if layers:
         section += "\n\n### Per-layer sizes\n\n" + _layers_table(layers)
     return section
+
+
+def _sparsity_exceptions(summary: Mapping[str, Any]) -> str:
+    """Matrices of the blocks that unstructured / N:M pruning left dense or could not calibrate, with why."""
+    lines = []
+    for name, why in (summary.get("skipped") or {}).items():
+        lines.append(f"- `{name}` left dense: {why}")
+    for name, why in (summary.get("data_free") or {}).items():
+        lines.append(f"- `{name}`: {why}")
+    return "\n\nExceptions:\n\n" + "\n".join(lines) if lines else ""
 
 
 def _layers_table(layers: Sequence[Mapping[str, Any]]) -> str:
