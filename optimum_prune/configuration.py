@@ -14,7 +14,7 @@ UNSTRUCTURED_TARGET = "unstructured"
 _N_M_PATTERN = re.compile(r"^(\d+):(\d+)$")
 
 ALLOCATIONS = ("uniform", "global")
-STRUCTURE_KINDS = ("attention_heads", "ffn_channels", "mamba_inner")
+STRUCTURE_KINDS = ("attention_heads", "ffn_channels", "mamba_inner", "ssm_heads")
 OVERRIDE_KEYS = ("sparsity", "num_heads", "ffn_channels")
 
 CONFIG_NAME = "pruning_config.json"
@@ -80,7 +80,8 @@ class PruningConfig:
     structures: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Structured kinds to prune, any of 'attention_heads', 'ffn_channels', 'mamba_inner'. None means "
+            "help": "Structured kinds to prune, any of 'attention_heads', 'ffn_channels', 'mamba_inner', 'ssm_heads' "
+            "(Mamba2). None means "
             "every kind the architecture has."
         },
     )

@@ -5,12 +5,22 @@ from __future__ import annotations
 from torch import nn
 
 from .base import ArchitectureAdapter, UnitGroup
-from .bert import BertAdapter
+from .bert import BertAdapter, DebertaV2Adapter, DistilBertAdapter, ModernBertAdapter
 from .llama import LlamaAdapter
-from .mamba import MambaAdapter
+from .mamba import FalconMambaAdapter, MambaAdapter
+from .mamba2 import Mamba2Adapter
 
 ADAPTERS: dict[str, type[ArchitectureAdapter]] = {}
-for _adapter in (BertAdapter, LlamaAdapter, MambaAdapter):
+for _adapter in (
+    BertAdapter,
+    LlamaAdapter,
+    MambaAdapter,
+    DistilBertAdapter,
+    DebertaV2Adapter,
+    ModernBertAdapter,
+    FalconMambaAdapter,
+    Mamba2Adapter,
+):
     for _model_type in _adapter.model_types:
         ADAPTERS[_model_type] = _adapter
 

@@ -122,7 +122,7 @@ CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
         "structures",
         str,
         None,
-        "kinds to prune: attention_heads, ffn_channels, mamba_inner (default: all the model has)",
+        "kinds to prune: attention_heads, ffn_channels, mamba_inner, ssm_heads (default: all the model has)",
         nargs="+",
         metavar="KIND",
     ),

@@ -1,0 +1,134 @@
+"""Mamba2 (Mamba2ForCausalLM): whole SSM heads, sliced through in_proj, conv1d, A_log, D, dt_bias, the gated norm
+and out_proj.
+
+`in_proj` writes [z (gate), xBC (convolved), dt]: z and x are `num_heads * head_dim` wide, B and C are
+`n_groups * state_size` each and dt has one row per head. A head owns its `head_dim` rows of z and of x (and those
+channels of the convolution), its dt row, its A_log / D / dt_bias entries, its channels of the gated RMSNorm and
+its columns of out_proj. B and C belong to the groups, which stay.
+
+Heads read the B / C of group `head // (num_heads / n_groups)`, and the gated RMSNorm normalises each group's
+channels together, so every group must keep the same number of heads, or heads would read another group's B / C.
+A unit is therefore one head *slot*: the heads at the same position in every group (with `n_groups == 1`, a head).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import ArchitectureAdapter, UnitGroup, ensure_bias, select_columns, select_parameter, select_rows
+
+OUT_CONSUMER = "mixer.out_proj"
+
+
+@dataclass(frozen=True)
+class HeadSlotGroup(UnitGroup):
+    """Units are head slots: unit `u` is heads `g * num_units + u` for every group `g` (`num_units` heads per
+    group), so its channels are not consecutive once there is more than one group."""
+
+    num_groups: int = 1
+    head_dim: int = 1
+
+    def unit_heads(self, units: torch.Tensor) -> torch.Tensor:
+        """Head indices of `units`, in unit order (each unit's heads in group order)."""
+        groups = torch.arange(self.num_groups, device=units.device)
+        return (groups[None, :] * self.num_units + units[:, None]).reshape(-1)
+
+    def unit_channels(self, units: torch.Tensor) -> torch.Tensor:
+        offsets = torch.arange(self.head_dim, device=units.device)
+        return (self.unit_heads(units)[:, None] * self.head_dim + offsets[None, :]).reshape(-1)
+
+
+class Mamba2Adapter(ArchitectureAdapter):
+    model_types = ("mamba2",)
+    structure_kinds = ("ssm_heads",)
+
+    def layers(self) -> nn.ModuleList:
+        return self.model.base_model.layers
+
+    def groups(self, layer: nn.Module) -> list[UnitGroup]:
+        mixer = layer.mixer
+        hidden, head_dim, num_groups = self.config.hidden_size, mixer.head_dim, mixer.n_groups
+        in_row = hidden + (1 if mixer.in_proj.bias is not None else 0)
+        conv_channel = mixer.conv1d.kernel_size[0] + (1 if mixer.conv1d.bias is not None else 0)
+        per_head = (
+            (2 * head_dim + 1) * in_row  # z and x rows, dt row
+            + head_dim * conv_channel
+            + 3  # A_log, D, dt_bias
+            + head_dim  # gated RMSNorm weight
+            + head_dim * hidden  # out_proj columns
+        )
+        return [
+            HeadSlotGroup(
+                kind="ssm_heads",
+                num_units=mixer.num_heads // num_groups,
+                channels_per_unit=num_groups * head_dim,
+                params_per_unit=num_groups * per_head,
+                consumers=(OUT_CONSUMER,),
+                num_groups=num_groups,
+                head_dim=head_dim,
+            )
+        ]
+
+    def prune_units(self, layer: nn.Module, group: UnitGroup, keep: torch.Tensor) -> None:
+        if group.kind != "ssm_heads" or not isinstance(group, HeadSlotGroup):
+            raise ValueError(f"Mamba2 layers have no {group.kind!r} units.")
+        mixer = layer.mixer
+        width, bc_width = mixer.intermediate_size, 2 * mixer.n_groups * mixer.ssm_state_size
+        heads = group.unit_heads(keep).sort().values  # group-major again: head h stays in group h // per_group
+        offsets = torch.arange(mixer.head_dim, device=heads.device)
+        channels = (heads[:, None] * mixer.head_dim + offsets[None, :]).reshape(-1)
+        bc = torch.arange(bc_width, device=heads.device)
+        select_rows(
+            mixer.in_proj, torch.cat([channels, width + channels, 2 * width + bc, 2 * width + bc_width + heads])
+        )
+        conv = mixer.conv1d
+        conv_channels = torch.cat([channels, width + bc])
+        select_parameter(conv, "weight", conv_channels)
+        if conv.bias is not None:
+            select_parameter(conv, "bias", conv_channels)
+        conv.in_channels = conv.out_channels = conv.groups = int(conv_channels.numel())
+        for name in ("A_log", "D", "dt_bias"):
+            select_parameter(mixer, name, heads)
+        select_parameter(mixer.norm, "weight", channels)
+        select_columns(mixer.out_proj, channels)
+        mixer.num_heads = int(heads.numel())
+        mixer.intermediate_size = int(channels.numel())
+        mixer.conv_dim = int(conv_channels.numel())
+        mixer.norm.group_size = mixer.intermediate_size // mixer.n_groups
+
+    def producer_weight(self, layer: nn.Module, group: UnitGroup) -> torch.Tensor:
+        if group.kind != "ssm_heads":
+            raise ValueError(f"Mamba2 layers have no {group.kind!r} units.")
+        width = layer.mixer.intermediate_size
+        return layer.mixer.in_proj.weight[width : 2 * width]  # the x rows, which feed the convolution and the scan
+
+    def describe_layer(self, layer: nn.Module) -> dict[str, Any]:
+        return {"num_heads": layer.mixer.num_heads, "added_biases": self.added_biases(layer)}
+
+    def units_from_description(self, group: UnitGroup, description: dict[str, Any]) -> int:
+        num_groups = group.num_groups if isinstance(group, HeadSlotGroup) else 1
+        return int(description["num_heads"]) // num_groups
+
+    def default_has_bias(self, consumer: str) -> bool:
+        return consumer == OUT_CONSUMER and bool(self.config.use_bias)
+
+    def vanilla_config_update(self, descriptions: list[dict[str, Any]]) -> dict[str, Any] | None:
+        heads = {d["num_heads"] for d in descriptions}
+        if len(heads) != 1:
+            return None
+        num_heads = heads.pop()
+        width = num_heads * self.config.head_dim
+        # Mamba2Config checks hidden_size * expand == num_heads * head_dim with an integer expand.
+        if width % self.config.hidden_size:
+            return None
+        update: dict[str, Any] = {"num_heads": num_heads, "expand": width // self.config.hidden_size}
+        if any(OUT_CONSUMER in d["added_biases"] for d in descriptions):
+            # `use_bias` gives in_proj a bias too: a zero one keeps the function.
+            for layer in self.layers():
+                ensure_bias(layer.mixer.in_proj)
+            update["use_bias"] = True
+        return update
