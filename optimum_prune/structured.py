@@ -136,7 +136,7 @@ def prune_structured(
                         pruned_channels,
                         config.damp,
                     )
-                adapter.prune_units(layer, group, keep)
+                adapter.prune_units_calibrated(layer, group, keep, stats)
                 kept_units[group.kind] = keep.tolist()
                 logger.info("layer %d: %s %d -> %d", index, group.kind, group.num_units, keep_count)
             result.kept_units.append(kept_units)

@@ -238,7 +238,7 @@ def test_missing_model_and_unsupported_architecture(work, tmp_path, capsys):
     lines = _error_lines(capsys.readouterr().err)
     assert len(lines) == 1, lines
     assert lines[0].startswith("optimum-prune: error: optimum_prune does not support model_type 'gpt2'")
-    assert "Supported model types: bert, llama" in lines[0]
+    assert "Supported model types: bert, " in lines[0] and ", llama, " in lines[0]
     assert list(tmp_path.iterdir()) == []
 
 

