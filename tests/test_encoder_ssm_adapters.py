@@ -244,23 +244,25 @@ def test_structured_liar_meets_budget(name, runs):
         assert layer["num_attention_heads"] == 4 and layer["intermediate_size"] < 96
 
 
-def assert_same_as_saved(measured: dict, dense: dict) -> None:
-    """Bit for bit where the dense save/reload is, once parameters sit in freshly allocated memory; as loaded,
-    within float32 rounding.
+def assert_same_as_saved(measured: dict, dense: dict, *, aligned_by_loader: bool) -> None:
+    """Bit for bit where the dense save/reload is; within float32 rounding as plain transformers loads it.
 
     Measured here: safetensors hands back tensors at the file's offsets, and a pruned model's odd sizes (70 FFN
     channels) leave some of them off 64-byte alignment, where CPU matmul kernels round differently (up to 2e-9 on
-    these logits); copying the same values to fresh memory gives identical logits.
+    these logits); the same values copied to fresh memory give identical logits, and the plugin's loader does
+    that copy.
     """
     if dense["copied"] == 0.0:
         assert measured["copied"] == 0.0, measured
+    if aligned_by_loader and dense["loaded"] == 0.0:
+        assert measured["loaded"] == 0.0, measured
     assert measured["loaded"] <= max(10 * dense["loaded"], 1e-6), measured
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_reload_in_fresh_process_gives_same_logits(name, runs):
     measured = runs[2][name]
-    assert_same_as_saved(measured["pruned"], measured["dense"])
+    assert_same_as_saved(measured["pruned"], measured["dense"], aligned_by_loader=True)
 
 
 @pytest.mark.parametrize("name", list(PLAIN_RECIPES))
@@ -268,7 +270,7 @@ def test_uniform_checkpoint_loads_in_plain_transformers(name, runs):
     config, measured = runs[1][name], runs[2]
     assert not measured["plugin_imported_by_plain_load"]
     assert "quantization_config" not in config and config["pruning"]["requires_plugin"] is False
-    assert_same_as_saved(measured[name]["plain"], measured[name]["dense"])
+    assert_same_as_saved(measured[name]["plain"], measured[name]["dense"], aligned_by_loader=False)
 
 
 def _zero_pruned_columns(model: torch.nn.Module, kept_units: list[dict[str, list[int]]]) -> None:
