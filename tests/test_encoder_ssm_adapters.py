@@ -101,6 +101,18 @@ FAMILIES = {
             max_relative_positions=64,
         )
     ),
+    # DeBERTa-v3's layout: relative-position scores through query_proj / key_proj themselves.
+    "deberta-v3": lambda: DebertaV2ForSequenceClassification(
+        DebertaV2Config(
+            **_ENCODER,
+            relative_attention=True,
+            pos_att_type=["p2c", "c2p"],
+            share_att_key=True,
+            norm_rel_ebd="layer_norm",
+            position_buckets=16,
+            max_relative_positions=64,
+        )
+    ),
     "modernbert": _modernbert,
     "falcon_mamba": lambda: FalconMambaForCausalLM(
         FalconMambaConfig(vocab_size=VOCAB_SIZE, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2)
@@ -120,6 +132,7 @@ PLAIN_RECIPES = {
     "electra": dict(sparsity=0.3, structures=["ffn_channels"]),
     "distilbert": dict(sparsity=0.3, structures=["ffn_channels"]),
     "deberta-v2": dict(sparsity=0.3, structures=["ffn_channels"]),
+    "deberta-v3": dict(sparsity=0.3, structures=["ffn_channels"]),
     "modernbert": dict(sparsity=0.3, structures=["ffn_channels"]),  # LIAR's intercept turns on mlp_bias
     "falcon_mamba": dict(sparsity=0.5, reconstruction="none"),
     "mamba2": dict(sparsity=0.5),  # LIAR's intercept turns on use_bias
