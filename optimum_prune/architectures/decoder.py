@@ -32,6 +32,8 @@ ATTENTION_HEADS = "attention_heads"
 QUERY_HEADS = "query_heads"
 FFN_CHANNELS = "ffn_channels"
 EXPERT_CHANNELS = "expert_channels"
+#: transformers' default experts kernel (torch grouped_mm) needs 16-byte row strides: 8 channels in half precision.
+EXPERT_SIZE_MULTIPLE = 8
 
 
 @dataclass(frozen=True)
@@ -219,7 +221,7 @@ class LlamaLikeAdapter(ArchitectureAdapter):
             )
         if self._is_moe(layer):
             experts = self._experts(layer)
-            for index, view in enumerate(expert_views(experts)):
+            for view in expert_views(experts):
                 groups.append(
                     UnitGroup(
                         kind=EXPERT_CHANNELS,
@@ -227,6 +229,7 @@ class LlamaLikeAdapter(ArchitectureAdapter):
                         channels_per_unit=1,
                         params_per_unit=3 * hidden,
                         consumers=(self._path(self.layout.mlp, self.layout.experts, view.name),),
+                        keep_multiple=EXPERT_SIZE_MULTIPLE,
                     )
                 )
         return groups
