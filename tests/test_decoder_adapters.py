@@ -196,7 +196,10 @@ def test_query_heads_equal_masked_reference_and_reload(family, attn_implementati
     pruner.prune(config, show_progress=False)
     layers = pruner.summary["layers"]
     assert [(d["num_attention_heads"], d["num_key_value_heads"]) for d in layers] == [(4, 2), (2, 2)]
-    kept = [pruner_kept[QUERY_HEADS] for pruner_kept in _kept_units(pruner)]
+    kept = _kept_query_heads(pruner, tiny_decoder(family))
+    assert pruner.model.config.pruned_heads == {
+        i: sorted(set(range(6)) - set(heads)) for i, heads in enumerate(kept)
+    }  # transformers' convention, as for whole KV groups
     for heads in kept:  # the same number in each KV group of 3 query heads
         assert [sum(1 for h in heads if h // 3 == g) for g in range(2)] == [len(heads) // 2] * 2
     reference = _masked_reference(family, attn_implementation, kept)
@@ -212,33 +215,17 @@ def test_query_heads_equal_masked_reference_and_reload(family, attn_implementati
     assert [layer.self_attn.num_key_value_groups for layer in get_adapter(reloaded).layers()] == [2, 1]
 
 
-def _kept_units(pruner: PrunerForCausalLM) -> list[dict[str, list[int]]]:
-    return pruner._last_kept_units
-
-
-@pytest.fixture(autouse=True)
-def _record_kept_units(monkeypatch):
-    """Keep the structured result's kept units on the pruner, to build the masked reference from them."""
-    import optimum_prune.pruners as pruners_module
-
-    original = pruners_module.prune_structured
-
-    def recording(model, adapter, config, samples, **kwargs):
-        result = original(model, adapter, config, samples, **kwargs)
-        for pruner in recording.pruners:
-            if pruner.model is model:
-                pruner._last_kept_units = result.kept_units
-        return result
-
-    recording.pruners = []
-    original_init = PrunerForCausalLM.__init__
-
-    def init(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        recording.pruners.append(self)
-
-    monkeypatch.setattr(pruners_module, "prune_structured", recording)
-    monkeypatch.setattr(PrunerForCausalLM, "__init__", init)
+def _kept_query_heads(pruner: PrunerForCausalLM, dense: torch.nn.Module) -> list[list[int]]:
+    """Which dense query heads each pruned layer kept: without a refit, their query rows are copies."""
+    adapter, dense_adapter = pruner.adapter, get_adapter(dense)
+    kept = []
+    for layer, dense_layer in zip(adapter.layers(), dense_adapter.layers()):
+        group = next(g for g in adapter.groups(layer) if g.kind == QUERY_HEADS)
+        dense_group = next(g for g in dense_adapter.groups(dense_layer) if g.kind == QUERY_HEADS)
+        rows = adapter.producer_weight(layer, group).reshape(group.num_units, -1)
+        dense_rows = dense_adapter.producer_weight(dense_layer, dense_group).reshape(dense_group.num_units, -1)
+        kept.append([int(torch.nonzero((dense_rows == row).all(1))[0]) for row in rows])
+    return kept
 
 
 def test_query_heads_uniform_llama_is_plain_transformers(tokenizer, texts, tmp_path):
