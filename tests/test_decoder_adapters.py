@@ -139,6 +139,29 @@ def test_fresh_process_reload_and_plain_transformers(tokenizer, texts, tmp_path)
             if allocation == "uniform":
                 assert config["pruning"]["requires_plugin"] is False, family
                 assert "quantization_config" not in config
+
+    def save_plain(name, pruner):
+        folder = tmp_path / name
+        pruner.save_pretrained(folder)
+        torch.save(_logits(pruner.model), folder / "expected.pt")
+        config = json.loads((folder / "config.json").read_text())
+        assert config["pruning"]["requires_plugin"] is False and "quantization_config" not in config
+        cases[str(folder)] = False
+        return config
+
+    # LIAR's o_proj bias on Qwen3 is expressed by attention_bias=True (zero biases on q, k, v).
+    pruner = PrunerForCausalLM(tiny_decoder("qwen3", num_key_value_heads=3), tokenizer)
+    calibration = {"dataset": texts, "num_samples": 8, "seqlen": 64}
+    pruner.prune(PruningConfig(structures=["attention_heads"], sparsity=0.4, **calibration), show_progress=False)
+    config = save_plain("qwen3-attention-bias", pruner)
+    assert config["attention_bias"] is True and config["num_key_value_heads"] == 2
+    # Uniform query heads: 6 query heads over 3 KV groups -> one per group, a plain LlamaConfig.
+    pruner = PrunerForCausalLM(tiny_llama(), tokenizer)
+    pruner.prune(
+        PruningConfig(structures=["query_heads", "ffn_channels"], sparsity=0.3, **calibration), show_progress=False
+    )
+    config = save_plain("llama-query-heads", pruner)
+    assert config["num_attention_heads"] == 3 and config["num_key_value_heads"] == 3
     plugin = [f for f, needs in cases.items() if needs]
     plain = [f for f, needs in cases.items() if not needs]
     assert plugin, "global allocation should give per-layer sizes somewhere"
@@ -226,20 +249,6 @@ def _kept_query_heads(pruner: PrunerForCausalLM, dense: torch.nn.Module) -> list
         dense_rows = dense_adapter.producer_weight(dense_layer, dense_group).reshape(dense_group.num_units, -1)
         kept.append([int(torch.nonzero((dense_rows == row).all(1))[0]) for row in rows])
     return kept
-
-
-def test_query_heads_uniform_llama_is_plain_transformers(tokenizer, texts, tmp_path):
-    pruner = PrunerForCausalLM(tiny_llama(), tokenizer)  # 6 query heads over 3 KV groups
-    pruner.prune(
-        PruningConfig(
-            structures=["query_heads", "ffn_channels"], sparsity=0.3, dataset=texts, num_samples=8, seqlen=64
-        ),
-        show_progress=False,
-    )
-    pruner.save_pretrained(tmp_path / "out")
-    config = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert config["num_attention_heads"] == 3 and config["num_key_value_heads"] == 3  # one query head per group
-    assert config["pruning"]["requires_plugin"] is False
 
 
 def test_query_heads_and_kv_groups_are_exclusive():
