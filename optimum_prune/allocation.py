@@ -75,6 +75,11 @@ def _override_plan(adapter: ArchitectureAdapter, layer_idx: int, groups: list[Un
             plan[group.kind] = override["ffn_channels"]
         else:
             continue
+        multiple = group.keep_multiple
+        if multiple > 1 and plan[group.kind] < group.num_units and plan[group.kind] % multiple:
+            raise BudgetError(
+                f"Layer {layer_idx}: {group.kind} keeps multiples of {multiple}, got {plan[group.kind]}."
+            )
         if not 1 <= plan[group.kind] <= group.num_units:
             raise BudgetError(
                 f"Layer {layer_idx}: cannot keep {plan[group.kind]} {group.kind} units, it has {group.num_units}."

@@ -330,3 +330,14 @@ def test_bias_reconstruction_on_stacked_experts_is_a_clear_error(tokenizer, text
     )
     with pytest.raises(ValueError, match="cannot hold a bias"):
         pruner.prune(config, show_progress=False)
+
+
+def test_expert_override_must_keep_a_kernel_friendly_size(tokenizer, texts):
+    from optimum_prune.allocation import BudgetError
+
+    pruner = PrunerForCausalLM(tiny_decoder("mixtral"), tokenizer)
+    config = PruningConfig(
+        sparsity=0.2, dataset=texts, num_samples=4, seqlen=32, layer_overrides={"0": {"ffn_channels": 30}}
+    )
+    with pytest.raises(BudgetError, match="multiples of 8"):
+        pruner.prune(config, show_progress=False)
