@@ -341,3 +341,22 @@ def test_expert_override_must_keep_a_kernel_friendly_size(tokenizer, texts):
     )
     with pytest.raises(BudgetError, match="multiples of 8"):
         pruner.prune(config, show_progress=False)
+
+
+def test_query_heads_global_allocation_reloads(tokenizer, texts, tmp_path):
+    pruner = PrunerForCausalLM(tiny_decoder("qwen3", num_hidden_layers=3), tokenizer)
+    config = PruningConfig(
+        structures=["query_heads", "ffn_channels"],
+        allocation="global",
+        sparsity=0.4,
+        dataset=texts,
+        num_samples=8,
+        seqlen=64,
+    )
+    pruner.prune(config, show_progress=False)
+    heads = [d["num_attention_heads"] for d in pruner.summary["layers"]]
+    assert all(h % 2 == 0 and 2 <= h <= 6 for h in heads) and min(heads) < 6, heads
+    assert all(d["num_key_value_heads"] == 2 for d in pruner.summary["layers"])
+    pruner.save_pretrained(tmp_path / "out")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert torch.equal(_logits(reloaded), _logits(pruner.model))
