@@ -14,7 +14,7 @@ UNSTRUCTURED_TARGET = "unstructured"
 _N_M_PATTERN = re.compile(r"^(\d+):(\d+)$")
 
 ALLOCATIONS = ("uniform", "global")
-STRUCTURE_KINDS = ("attention_heads", "ffn_channels", "mamba_inner", "ssm_heads")
+STRUCTURE_KINDS = ("attention_heads", "ffn_channels", "mamba_inner", "query_heads", "expert_channels", "ssm_heads")
 OVERRIDE_KEYS = ("sparsity", "num_heads", "ffn_channels")
 
 CONFIG_NAME = "pruning_config.json"
@@ -80,9 +80,10 @@ class PruningConfig:
     structures: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Structured kinds to prune, any of 'attention_heads', 'ffn_channels', 'mamba_inner', 'ssm_heads' "
-            "(Mamba2). None means "
-            "every kind the architecture has."
+            "help": "Structured kinds to prune, any of 'attention_heads' (whole KV groups), 'query_heads' (query "
+            "heads inside KV groups, the same number kept in every group of a layer), 'ffn_channels', "
+            "'expert_channels' (each routed MoE expert's channels), 'mamba_inner', 'ssm_heads' (Mamba2 heads). None means the architecture's "
+            "default kinds (all but 'query_heads')."
         },
     )
     round_to: int = field(
@@ -197,6 +198,11 @@ class PruningConfig:
                 _known("structure kind", kind, STRUCTURE_KINDS)
             if not self.structures:
                 raise ValueError("structures is empty: name at least one kind, or None for all.")
+            if {"attention_heads", "query_heads"} <= set(self.structures):
+                raise ValueError(
+                    "structures has both 'attention_heads' (whole KV groups) and 'query_heads' (query heads inside "
+                    "the groups): choose one."
+                )
         if int(self.round_to) < 1:
             raise ValueError(f"round_to must be a positive integer, got {self.round_to!r}.")
         self.round_to = int(self.round_to)

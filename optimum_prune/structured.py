@@ -33,7 +33,7 @@ class StructuredResult:
 
 def resolve_kinds(adapter: ArchitectureAdapter, config: PruningConfig) -> tuple[str, ...]:
     if config.structures is None:
-        return adapter.structure_kinds
+        return adapter.default_structure_kinds or adapter.structure_kinds
     unknown = [k for k in config.structures if k not in adapter.structure_kinds]
     if unknown:
         raise ValueError(
@@ -125,7 +125,7 @@ def prune_structured(
                     continue
                 stats = _collect(streamer, layer, group.consumers, inputs, reconstruction.needs_gram)
                 scores = criterion.score_units(adapter, layer, group, stats, generator)
-                keep = torch.topk(scores, keep_count).indices.sort().values
+                keep = adapter.select_units(group, scores, keep_count)
                 pruned = torch.tensor(sorted(set(range(group.num_units)) - set(keep.tolist())), dtype=torch.long)
                 kept_channels, pruned_channels = group.unit_channels(keep), group.unit_channels(pruned)
                 for consumer in group.consumers:
