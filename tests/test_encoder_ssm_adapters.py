@@ -242,13 +242,13 @@ def runs(tmp_path_factory):
 def test_structured_liar_meets_budget(name, runs):
     summary = runs[0][name]
     assert summary["parameters_after"] < summary["parameters_before"]
-    # Mamba2 with two groups removes whole head slots (two heads each, 1/8 of the prunable parameters): 2 of 8
-    # slots is 25%, and LIAR's intercept adds back an out_proj bias.
+    # Mamba2 with two groups keeps an even number of heads (as many in each group): 12 of 16 is 25%, and LIAR's
+    # intercept adds back an out_proj bias.
     tolerance = 0.08 if name == "mamba2" else 0.06
     assert abs(summary["sparsity_achieved"] - 0.3) < tolerance, summary["sparsity_achieved"]
     layer = summary["layers"][0]
     if name == "mamba2":
-        assert layer["num_heads"] == 12  # 6 of 8 slots, 6 heads in each of the 2 groups
+        assert layer["num_heads"] == 12  # 6 heads in each of the 2 groups
     elif name == "mamba2-one-group":
         assert layer["num_heads"] == 11
     elif name == "falcon_mamba":
@@ -314,9 +314,9 @@ def test_mamba2_heads_keep_their_groups_and_states(name):
     model, kept_units = prune_randomly(name)
     mixer, before = model.backbone.layers[0].mixer, original.backbone.layers[0].mixer
     groups, per_group = before.n_groups, before.num_heads // before.n_groups
-    kept_slots = kept_units[0]["ssm_heads"]
-    assert mixer.num_heads == groups * len(kept_slots) and mixer.norm.group_size * groups == mixer.intermediate_size
-    heads = torch.tensor(sorted(g * per_group + u for g in range(groups) for u in kept_slots))
+    heads = torch.tensor(kept_units[0]["ssm_heads"])
+    assert torch.equal(torch.bincount(heads // per_group), torch.full((groups,), len(heads) // groups))
+    assert mixer.num_heads == len(heads) and mixer.norm.group_size * groups == mixer.intermediate_size
     channels = (heads[:, None] * before.head_dim + torch.arange(before.head_dim)).reshape(-1)
     for param in ("A_log", "D", "dt_bias"):
         assert torch.equal(getattr(mixer, param), getattr(before, param)[heads])
@@ -342,18 +342,16 @@ def test_mamba2_heads_keep_their_groups_and_states(name):
     torch.testing.assert_close(scan_after, scan_before[..., channels], rtol=1e-5, atol=1e-6)
 
 
-def test_mamba2_criterion_scores_whole_slots():
-    """A head slot's score sums the channels of its heads in every group, not a consecutive block."""
-    model = build("mamba2")
+def test_mamba2_groups_choose_their_own_heads():
+    """Every group keeps as many heads, each group its own best ones (not the same positions)."""
+    model = build("mamba2")  # 2 groups of 8 heads
     adapter = get_adapter(model)
-    layer = adapter.layers()[0]
-    (group,) = adapter.groups(layer)
-    out_proj = layer.mixer.out_proj
-    with torch.no_grad():
-        out_proj.weight.zero_()
-        out_proj.weight[:, group.unit_channels(torch.tensor([5]))] = 1.0  # only slot 5 carries weight
-    scores = CRITERIA["magnitude"].score_units(adapter, layer, group, None, torch.Generator())
-    assert scores.argmax().item() == 5 and (scores > 0).sum().item() == 1
+    (group,) = adapter.groups(adapter.layers()[0])
+    scores = torch.zeros(16, dtype=torch.float64)
+    scores[[1, 2, 13, 14, 15]] = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0], dtype=torch.float64)
+    assert adapter.select_units(group, scores, 4).tolist() == [1, 2, 13, 14]
+    with pytest.raises(ValueError, match="same number|as many"):
+        adapter.select_units(group, scores, 5)
 
 
 @pytest.mark.parametrize("name", CAUSAL)
@@ -399,7 +397,8 @@ def _mamba2_layer_error(name: str, ids: torch.Tensor, compensate: bool) -> tuple
         dense = mixer(hidden)
         (group,) = adapter.groups(layer)
         scores = CRITERIA["activation"].score_units(adapter, layer, group, stats, torch.Generator())
-        keep = scores.topk(round(0.7 * group.num_units)).indices.sort().values
+        groups = group.keep_multiple
+        keep = adapter.select_units(group, scores, groups * round(0.7 * group.num_units / groups))
         channels = group.unit_channels(keep)
         exact = captured["x"][..., channels] @ mixer.out_proj.weight[:, channels].T
         if compensate:
@@ -426,6 +425,6 @@ def mamba2_norm_errors(name: str) -> dict[str, float]:
 def test_mamba2_norm_compensation_keeps_kept_heads_scale(name):
     errors = mamba2_norm_errors(name)
     assert errors["compensated"] < errors["plain"], errors
-    # Measured: all but 2% of what the changed RMS adds is won back with one group of 16 heads, half with two
-    # groups of 8 (fewer channels per RMS, so the per-token factor varies more); require 40%.
+    # Measured: 0.252 -> 0.203 against 0.202 exact with one group of 16 heads, 0.242 -> 0.213 against 0.211 with two
+    # groups of 8; require 40% of the gap won back.
     assert errors["compensated"] - errors["exact"] < 0.6 * (errors["plain"] - errors["exact"]), errors

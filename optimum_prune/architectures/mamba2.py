@@ -7,13 +7,12 @@ channels of the convolution), its dt row, its A_log / D / dt_bias entries, its c
 its columns of out_proj. B and C belong to the groups, which stay.
 
 Heads read the B / C of group `head // (num_heads / n_groups)`, and the gated RMSNorm normalises each group's
-channels together, so every group must keep the same number of heads, or heads would read another group's B / C.
-A unit is therefore one head *slot*: the heads at the same position in every group (with `n_groups == 1`, a head).
+channels together, so every group keeps the same number of heads (`keep_multiple = n_groups`), each group its own
+best ones (`select_units`); otherwise heads would read another group's B / C.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,24 +21,6 @@ from torch import nn
 from .base import ArchitectureAdapter, UnitGroup, ensure_bias, select_columns, select_parameter, select_rows
 
 OUT_CONSUMER = "mixer.out_proj"
-
-
-@dataclass(frozen=True)
-class HeadSlotGroup(UnitGroup):
-    """Units are head slots: unit `u` is heads `g * num_units + u` for every group `g` (`num_units` heads per
-    group), so its channels are not consecutive once there is more than one group."""
-
-    num_groups: int = 1
-    head_dim: int = 1
-
-    def unit_heads(self, units: torch.Tensor) -> torch.Tensor:
-        """Head indices of `units`, in unit order (each unit's heads in group order)."""
-        groups = torch.arange(self.num_groups, device=units.device)
-        return (groups[None, :] * self.num_units + units[:, None]).reshape(-1)
-
-    def unit_channels(self, units: torch.Tensor) -> torch.Tensor:
-        offsets = torch.arange(self.head_dim, device=units.device)
-        return (self.unit_heads(units)[:, None] * self.head_dim + offsets[None, :]).reshape(-1)
 
 
 class Mamba2Adapter(ArchitectureAdapter):
@@ -62,25 +43,36 @@ class Mamba2Adapter(ArchitectureAdapter):
             + head_dim * hidden  # out_proj columns
         )
         return [
-            HeadSlotGroup(
+            UnitGroup(
                 kind="ssm_heads",
-                num_units=mixer.num_heads // num_groups,
-                channels_per_unit=num_groups * head_dim,
-                params_per_unit=num_groups * per_head,
+                num_units=mixer.num_heads,
+                channels_per_unit=head_dim,
+                params_per_unit=per_head,
                 consumers=(OUT_CONSUMER,),
-                num_groups=num_groups,
-                head_dim=head_dim,
+                keep_multiple=num_groups,
             )
         ]
 
+    def select_units(self, group: UnitGroup, scores: torch.Tensor, keep_count: int) -> torch.Tensor:
+        groups = group.keep_multiple
+        if keep_count % groups:
+            raise ValueError(f"Cannot keep {keep_count} SSM heads over {groups} groups: every group keeps as many.")
+        per_group = scores.reshape(groups, -1)
+        best = torch.topk(per_group, keep_count // groups, dim=1).indices.sort(dim=1).values
+        return (best + torch.arange(groups, device=best.device)[:, None] * per_group.shape[1]).reshape(-1)
+
     def prune_units(self, layer: nn.Module, group: UnitGroup, keep: torch.Tensor) -> None:
-        if group.kind != "ssm_heads" or not isinstance(group, HeadSlotGroup):
+        if group.kind != "ssm_heads":
             raise ValueError(f"Mamba2 layers have no {group.kind!r} units.")
         mixer = layer.mixer
+        per_group = mixer.num_heads // mixer.n_groups
+        counts = torch.bincount(keep.cpu() // per_group, minlength=mixer.n_groups) if not keep.is_meta else None
+        if counts is not None and bool((counts != keep.numel() // mixer.n_groups).any()):
+            raise ValueError(f"Every one of the {mixer.n_groups} groups must keep the same number of heads.")
         width, bc_width = mixer.intermediate_size, 2 * mixer.n_groups * mixer.ssm_state_size
-        # Sorted, so group-major again: head h stays in group h // heads_per_group and reads that group's B / C.
-        heads = group.unit_heads(keep).sort().values
-        channels = self._kept_channels(mixer, group, keep)
+        # Sorted, so group-major: head h stays in group h // heads_per_group and reads that group's B / C.
+        heads = keep.sort().values
+        channels = group.unit_channels(heads)
         bc = torch.arange(bc_width, device=heads.device)
         select_rows(
             mixer.in_proj, torch.cat([channels, width + channels, 2 * width + bc, 2 * width + bc_width + heads])
@@ -112,7 +104,7 @@ class Mamba2Adapter(ArchitectureAdapter):
         normalised (weight-free) kept channels over that of all channels. Measured on tiny random Mamba2 models
         whose heads differ in scale (layer-0 mixer output error relative to the dense one, 30% of heads removed by
         activation; tests/test_encoder_ssm_adapters.py): one group of 16 heads 0.252 without, 0.203 with, 0.202
-        for a removal that would leave the RMS alone; two groups of 8 heads 0.333, 0.321 and 0.309.
+        for a removal that would leave the RMS alone; two groups of 8 heads 0.242, 0.213 and 0.211.
         """
         mixer = layer.mixer
         weight = mixer.norm.weight.detach().double().clone()
@@ -122,7 +114,7 @@ class Mamba2Adapter(ArchitectureAdapter):
             return
         groups = mixer.n_groups
         kept = torch.zeros_like(weight, dtype=torch.bool)
-        kept[self._kept_channels(mixer, group, keep)] = True
+        kept[group.unit_channels(keep)] = True
         known = weight != 0  # a zero weight hides its channel's normalised value
         energy = torch.where(known, statistics.sum_sq.to(weight) / torch.where(known, weight, 1.0).square(), 0.0)
         energy, kept, known = (t.view(groups, -1) for t in (energy, kept, known))
@@ -132,13 +124,6 @@ class Mamba2Adapter(ArchitectureAdapter):
         scale = torch.where(scale > 0, scale, 1.0)
         norm = mixer.norm.weight
         norm.data.mul_(scale.repeat_interleave(norm.numel() // groups).to(norm))
-
-    @staticmethod
-    def _kept_channels(mixer: nn.Module, group: HeadSlotGroup, keep: torch.Tensor) -> torch.Tensor:
-        """Inner channels of the heads in slots `keep`, in head order (the order they keep after pruning)."""
-        heads = group.unit_heads(keep).sort().values
-        offsets = torch.arange(mixer.head_dim, device=heads.device)
-        return (heads[:, None] * mixer.head_dim + offsets[None, :]).reshape(-1)
 
     def producer_weight(self, layer: nn.Module, group: UnitGroup) -> torch.Tensor:
         if group.kind != "ssm_heads":
@@ -150,8 +135,7 @@ class Mamba2Adapter(ArchitectureAdapter):
         return {"num_heads": layer.mixer.num_heads, "added_biases": self.added_biases(layer)}
 
     def units_from_description(self, group: UnitGroup, description: dict[str, Any]) -> int:
-        num_groups = group.num_groups if isinstance(group, HeadSlotGroup) else 1
-        return int(description["num_heads"]) // num_groups
+        return int(description["num_heads"])
 
     def default_has_bias(self, consumer: str) -> bool:
         return consumer == OUT_CONSUMER and bool(self.config.use_bias)
