@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -12,7 +13,7 @@ from .configuration import PruningConfig
 #: kind -> units kept, for one layer.
 LayerPlan = dict[str, int]
 
-_CHANNEL_KINDS = ("ffn_channels", "mamba_inner")
+_CHANNEL_KINDS = ("ffn_channels", "mamba_inner", "expert_channels")
 
 
 class BudgetError(ValueError):
@@ -27,6 +28,29 @@ def round_kept(kind: str, kept: int, total: int, multiple: int) -> int:
     return min(rounded, total)
 
 
+def _round_group(group: UnitGroup, kept: int, round_to: int) -> int:
+    """`round_kept`, after rounding to the group's own `keep_multiple` (query heads: one per KV group)."""
+    multiple = group.keep_multiple
+    if multiple > 1 and kept < group.num_units:
+        kept = min(max(multiple, int(round(kept / multiple)) * multiple), group.num_units)
+    return round_kept(group.kind, kept, group.num_units, round_to)
+
+
+def _merge_parallel(groups: list[UnitGroup]) -> list[UnitGroup]:
+    """One group per kind: parallel groups of one kind (the experts of a MoE layer) keep one count, so a unit of
+    the merged group stands for one unit in each of them."""
+    merged: dict[str, UnitGroup] = {}
+    for group in groups:
+        if group.kind in merged:
+            first = merged[group.kind]
+            merged[group.kind] = dataclasses.replace(
+                first, params_per_unit=first.params_per_unit + group.params_per_unit
+            )
+        else:
+            merged[group.kind] = group
+    return list(merged.values())
+
+
 def _override_plan(adapter: ArchitectureAdapter, layer_idx: int, groups: list[UnitGroup], override: dict) -> LayerPlan:
     plan: LayerPlan = {}
     layer = adapter.layers()[layer_idx]
@@ -39,10 +63,23 @@ def _override_plan(adapter: ArchitectureAdapter, layer_idx: int, groups: list[Un
                     f"query heads (grouped-query attention); use a multiple of {per_unit}."
                 )
             plan[group.kind] = heads // per_unit
+        elif group.kind == "query_heads" and "num_heads" in override:
+            if override["num_heads"] % group.keep_multiple:
+                raise BudgetError(
+                    f"Layer {layer_idx}: num_heads={override['num_heads']} cannot be kept, every one of the "
+                    f"{group.keep_multiple} KV groups keeps the same number of query heads; use a multiple of "
+                    f"{group.keep_multiple}."
+                )
+            plan[group.kind] = override["num_heads"]
         elif group.kind in _CHANNEL_KINDS and "ffn_channels" in override:
             plan[group.kind] = override["ffn_channels"]
         else:
             continue
+        multiple = group.keep_multiple
+        if multiple > 1 and plan[group.kind] < group.num_units and plan[group.kind] % multiple:
+            raise BudgetError(
+                f"Layer {layer_idx}: {group.kind} keeps multiples of {multiple}, got {plan[group.kind]}."
+            )
         if not 1 <= plan[group.kind] <= group.num_units:
             raise BudgetError(
                 f"Layer {layer_idx}: cannot keep {plan[group.kind]} {group.kind} units, it has {group.num_units}."
@@ -67,7 +104,7 @@ def uniform_layer_plan(groups: list[UnitGroup], sparsity: float, round_to: int, 
         else:
             remove = math.floor(sparsity * group.num_units + 1e-9)
         kept = min(max(group.num_units - remove, 1), group.num_units)
-        kept = round_kept(group.kind, kept, group.num_units, round_to)
+        kept = _round_group(group, kept, round_to)
         plan[group.kind] = kept
         removed += (group.num_units - kept) * group.params_per_unit
     return plan
@@ -88,7 +125,7 @@ def uniform_plan(adapter: ArchitectureAdapter, kinds: tuple[str, ...], config: P
         sparsity = min(config.sparsity * (len(free) + len(protected)) / len(free), 0.95)
     plans = []
     for index, layer in enumerate(layers):
-        groups = [g for g in adapter.groups(layer) if g.kind in kinds]
+        groups = _merge_parallel([g for g in adapter.groups(layer) if g.kind in kinds])
         override = config.layer_overrides.get(str(index), {"sparsity": 0.0} if index in protected else {})
         fixed = _override_plan(adapter, index, groups, override)
         plans.append(uniform_layer_plan(groups, override.get("sparsity", sparsity), config.round_to, fixed))
@@ -122,7 +159,7 @@ def global_plan(
     """
     layers = adapter.layers()
     protected = protected_layers(config, len(layers))
-    groups_per_layer = [[g for g in adapter.groups(layer) if g.kind in kinds] for layer in layers]
+    groups_per_layer = [_merge_parallel([g for g in adapter.groups(layer) if g.kind in kinds]) for layer in layers]
     plans: list[LayerPlan] = [{g.kind: g.num_units for g in groups} for groups in groups_per_layer]
     total = sum(g.num_units * g.params_per_unit for groups in groups_per_layer for g in groups)
     budget = config.sparsity * total
@@ -181,7 +218,5 @@ def global_plan(
             removed += group.params_per_unit
     for index in ranked_layers:
         for group in groups_per_layer[index]:
-            plans[index][group.kind] = round_kept(
-                group.kind, plans[index][group.kind], group.num_units, config.round_to
-            )
+            plans[index][group.kind] = _round_group(group, plans[index][group.kind], config.round_to)
     return plans

@@ -174,6 +174,8 @@ def check_budget(
             requested += override.get("sparsity", config.sparsity) * layer_total
         for group in groups:
             step = config.round_to if group.kind in ("ffn_channels", "mamba_inner") else 1
+            # Some units only go in steps (Mamba2 heads, the same count in every group; MoE channels by 8).
+            step = max(step, getattr(group, "keep_multiple", 1))
             slack += 0.5 * min(step, group.num_units) * group.params_per_unit
     if config.allocation == "global" and groups_per_layer:
         slack += max(g.params_per_unit for groups in groups_per_layer for g in groups)

@@ -14,7 +14,15 @@ UNSTRUCTURED_TARGET = "unstructured"
 _N_M_PATTERN = re.compile(r"^(\d+):(\d+)$")
 
 ALLOCATIONS = ("uniform", "global", "flap", "obs")
-STRUCTURE_KINDS = ("attention_heads", "ffn_channels", "mamba_inner", "layers")
+STRUCTURE_KINDS = (
+    "attention_heads",
+    "ffn_channels",
+    "mamba_inner",
+    "query_heads",
+    "expert_channels",
+    "ssm_heads",
+    "layers",
+)
 OVERRIDE_KEYS = ("sparsity", "num_heads", "ffn_channels")
 #: `mask_scope` values (kept here, not imported from the solver, so that reading a config needs no torch).
 MASK_SCOPES = ("row", "block")
@@ -82,8 +90,10 @@ class PruningConfig:
     structures: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Structured kinds to prune, any of 'attention_heads', 'ffn_channels', 'mamba_inner'. None means "
-            "every kind the architecture has."
+            "help": "Structured kinds to prune, any of 'attention_heads' (whole KV groups), 'query_heads' (query "
+            "heads inside KV groups, the same number kept in every group of a layer), 'ffn_channels', "
+            "'expert_channels' (each routed MoE expert's channels), 'mamba_inner', 'ssm_heads' (Mamba2 heads). None means the architecture's "
+            "default kinds (all but 'query_heads')."
         },
     )
     round_to: int = field(
@@ -258,6 +268,11 @@ class PruningConfig:
                 _known("structure kind", kind, STRUCTURE_KINDS)
             if not self.structures:
                 raise ValueError("structures is empty: name at least one kind, or None for all.")
+            if {"attention_heads", "query_heads"} <= set(self.structures):
+                raise ValueError(
+                    "structures has both 'attention_heads' (whole KV groups) and 'query_heads' (query heads inside "
+                    "the groups): choose one."
+                )
         if not isinstance(self.protect_layers, list) or any(type(i) is not int for i in self.protect_layers):
             raise ValueError(f"protect_layers must be a list of layer indices, got {self.protect_layers!r}.")
         if int(self.round_to) < 1:

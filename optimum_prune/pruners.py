@@ -177,7 +177,9 @@ class BasePruner:
             "activations_dir": activations_dir,
         }
         parameters_before = count_parameters(model)
-        prunable_before = self.adapter.count_prunable_parameters() if config.is_structured else 0
+        prunable_before = (
+            self.adapter.count_prunable_parameters(_pruned_kinds(self.adapter, config)) if config.is_structured else 0
+        )
         heads_before = (
             [
                 g.num_units * self.adapter.heads_per_unit(layer)
@@ -379,3 +381,12 @@ def _check_local_folder(name: str) -> None:
     )
     if looks_local:
         raise FileNotFoundError(f"Model folder {name!r} does not exist (and it is not a Hub id such as 'org/name').")
+
+
+def _pruned_kinds(adapter: Any, config: PruningConfig) -> tuple[str, ...]:
+    """The unit kinds a structured run prunes; depth pruning counts the FFN and attention units it removes."""
+    from .structured import resolve_kinds
+
+    if config.structures and "layers" in config.structures:
+        return tuple(adapter.default_structure_kinds or adapter.structure_kinds)
+    return resolve_kinds(adapter, config)

@@ -36,7 +36,7 @@ class StructuredResult:
 
 def resolve_kinds(adapter: ArchitectureAdapter, config: PruningConfig) -> tuple[str, ...]:
     if config.structures is None:
-        return adapter.structure_kinds
+        return adapter.default_structure_kinds or adapter.structure_kinds
     unknown = [k for k in config.structures if k not in adapter.structure_kinds]
     if unknown:
         raise ValueError(
@@ -162,7 +162,7 @@ def prune_structured(
                     keep = torch.arange(group.num_units)
                 else:
                     scores = criterion.score_units(adapter, layer, group, stats, generator)
-                    keep = torch.topk(scores, keep_count).indices.sort().values
+                    keep = adapter.select_units(group, scores, keep_count)
                 pruned = torch.tensor(sorted(set(range(group.num_units)) - set(keep.tolist())), dtype=torch.long)
                 kept_channels, pruned_channels = group.unit_channels(keep), group.unit_channels(pruned)
                 for consumer in group.consumers:
@@ -171,7 +171,7 @@ def prune_structured(
                     with checked_refit(f"layers.{index}.{consumer}", linear, config.damp, consumer_stats):
                         reconstruction.refit(linear, consumer_stats, kept_channels, pruned_channels, config.damp)
                 if pruned.numel():
-                    adapter.prune_units(layer, group, keep)
+                    adapter.prune_units_calibrated(layer, group, keep, stats)
                 kept_units[group.kind] = keep.tolist()
                 logger.info("layer %d: %s %d -> %d", index, group.kind, group.num_units, keep_count)
             result.kept_units.append(kept_units)

@@ -97,17 +97,24 @@ ARCHITECTURES: list[ArchitectureEntry] = [
         (STRUCTURED,),
         note="dt_proj (2 inputs) is left dense by 2:4",
     ),
-    # ---- decoders: sparsity only so far ------------------------------------------------------------------------
-    ArchitectureEntry("qwen3", "Qwen3Config", "Qwen3ForCausalLM", CAUSAL_LM, dict(_DECODER, head_dim=8)),
-    ArchitectureEntry("gemma2", "Gemma2Config", "Gemma2ForCausalLM", CAUSAL_LM, dict(_DECODER, head_dim=8)),
+    # ---- decoders: LLaMA-like ones structured through architectures/decoder.py; GPT-2, OPT, GPT-NeoX sparsity only --
+    ArchitectureEntry(
+        "qwen3", "Qwen3Config", "Qwen3ForCausalLM", CAUSAL_LM, dict(_DECODER, head_dim=8), (STRUCTURED,)
+    ),
+    ArchitectureEntry(
+        "gemma2", "Gemma2Config", "Gemma2ForCausalLM", CAUSAL_LM, dict(_DECODER, head_dim=8), (STRUCTURED,)
+    ),
     ArchitectureEntry(
         "gemma3_text",
         "Gemma3TextConfig",
         "Gemma3ForCausalLM",
         CAUSAL_LM,
         dict(_DECODER, head_dim=8, layer_types=["sliding_attention", "full_attention"], sliding_window=8),
+        (STRUCTURED,),
     ),
-    ArchitectureEntry("phi3", "Phi3Config", "Phi3ForCausalLM", CAUSAL_LM, dict(_DECODER, **_SPECIAL_TOKENS)),
+    ArchitectureEntry(
+        "phi3", "Phi3Config", "Phi3ForCausalLM", CAUSAL_LM, dict(_DECODER, **_SPECIAL_TOKENS), (STRUCTURED,)
+    ),
     ArchitectureEntry(
         "gpt2",
         "GPT2Config",
@@ -141,6 +148,7 @@ ARCHITECTURES: list[ArchitectureEntry] = [
         "MixtralForCausalLM",
         CAUSAL_LM,
         dict(_DECODER, num_local_experts=4, num_experts_per_tok=2),
+        (STRUCTURED, PLAIN_RELOAD),
         note="stacked 3-D experts; router dense",
     ),
     ArchitectureEntry(
@@ -155,6 +163,7 @@ ARCHITECTURES: list[ArchitectureEntry] = [
             moe_intermediate_size=32,
             shared_expert_intermediate_size=32,
         ),
+        (STRUCTURED,),
         note="stacked 3-D experts and a shared expert; routers dense",
     ),
     ArchitectureEntry(
@@ -163,11 +172,17 @@ ARCHITECTURES: list[ArchitectureEntry] = [
         "Qwen3MoeForCausalLM",
         CAUSAL_LM,
         dict(_DECODER, head_dim=8, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32),
+        (STRUCTURED, PLAIN_RELOAD),
         note="stacked 3-D experts; router dense",
     ),
-    # ---- encoders: sparsity only so far ------------------------------------------------------------------------
+    # ---- encoders: structured adapters in architectures/bert.py ----------------------------------------------------
     ArchitectureEntry(
-        "roberta", "RobertaConfig", "RobertaForSequenceClassification", SEQUENCE_CLASSIFICATION, dict(_ENCODER)
+        "roberta",
+        "RobertaConfig",
+        "RobertaForSequenceClassification",
+        SEQUENCE_CLASSIFICATION,
+        dict(_ENCODER),
+        (STRUCTURED,),
     ),
     ArchitectureEntry(
         "xlm-roberta",
@@ -175,6 +190,7 @@ ARCHITECTURES: list[ArchitectureEntry] = [
         "XLMRobertaForSequenceClassification",
         SEQUENCE_CLASSIFICATION,
         dict(_ENCODER),
+        (STRUCTURED,),
     ),
     ArchitectureEntry(
         "distilbert",
@@ -182,6 +198,7 @@ ARCHITECTURES: list[ArchitectureEntry] = [
         "DistilBertForSequenceClassification",
         SEQUENCE_CLASSIFICATION,
         dict(vocab_size=VOCAB_SIZE, dim=32, hidden_dim=64, n_layers=2, n_heads=4, max_position_embeddings=128),
+        (STRUCTURED,),
         note="no _no_split_modules: blocks from its layer list",
     ),
     ArchitectureEntry(
@@ -190,6 +207,7 @@ ARCHITECTURES: list[ArchitectureEntry] = [
         "ElectraForSequenceClassification",
         SEQUENCE_CLASSIFICATION,
         dict(_ENCODER, embedding_size=32),
+        (STRUCTURED,),
         note="no _no_split_modules: blocks from its layer list",
     ),
     ArchitectureEntry(
@@ -197,7 +215,8 @@ ARCHITECTURES: list[ArchitectureEntry] = [
         "DebertaV2Config",
         "DebertaV2ForSequenceClassification",
         SEQUENCE_CLASSIFICATION,
-        dict(_ENCODER),
+        dict(_ENCODER, relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=16),
+        (STRUCTURED,),
         note="no _no_split_modules: blocks from its layer list",
     ),
     ArchitectureEntry(
@@ -206,14 +225,16 @@ ARCHITECTURES: list[ArchitectureEntry] = [
         "ModernBertForSequenceClassification",
         SEQUENCE_CLASSIFICATION,
         dict(_ENCODER, pad_token_id=0, bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3),
+        (STRUCTURED,),
     ),
-    # ---- state-space and hybrid models: sparsity only so far ---------------------------------------------------
+    # ---- state-space and hybrid models (FalconMamba, Mamba2 structured; Jamba sparsity only) -----------------------
     ArchitectureEntry(
         "falcon_mamba",
         "FalconMambaConfig",
         "FalconMambaForCausalLM",
         CAUSAL_LM,
         dict(vocab_size=VOCAB_SIZE, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2, conv_kernel=4),
+        (STRUCTURED,),
         note="dt_proj input tapped at dt_layernorm",
     ),
     ArchitectureEntry(
@@ -232,6 +253,8 @@ ARCHITECTURES: list[ArchitectureEntry] = [
             num_hidden_layers=2,
             chunk_size=16,
         ),
+        (STRUCTURED,),
+        note="structured: whole SSM heads, the same number in every group",
     ),
     ArchitectureEntry(
         "jamba",

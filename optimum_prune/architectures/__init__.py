@@ -5,12 +5,38 @@ from __future__ import annotations
 from torch import nn
 
 from .base import ArchitectureAdapter, UnitGroup
-from .bert import BertAdapter
-from .llama import LlamaAdapter
-from .mamba import MambaAdapter
+from .bert import BertAdapter, DebertaV2Adapter, DistilBertAdapter, ModernBertAdapter
+from .gemma import GemmaAdapter
+from .llama import LlamaAdapter, MistralAdapter
+from .mamba import FalconMambaAdapter, MambaAdapter
+from .mamba2 import Mamba2Adapter
+from .moe import MixtralAdapter, Qwen2MoeAdapter, Qwen3MoeAdapter
+from .phi3 import Phi3Adapter
+from .qwen3 import Qwen3Adapter
 
 ADAPTERS: dict[str, type[ArchitectureAdapter]] = {}
-for _adapter in (BertAdapter, LlamaAdapter, MambaAdapter):
+for _adapter in (
+    BertAdapter,
+    LlamaAdapter,
+    MambaAdapter,
+    DistilBertAdapter,
+    DebertaV2Adapter,
+    ModernBertAdapter,
+    FalconMambaAdapter,
+    Mamba2Adapter,
+):
+    for _model_type in _adapter.model_types:
+        ADAPTERS[_model_type] = _adapter
+# LLaMA-like decoders: declarations on top of decoder.LlamaLikeAdapter.
+for _adapter in (
+    MistralAdapter,
+    Qwen3Adapter,
+    GemmaAdapter,
+    Phi3Adapter,
+    MixtralAdapter,
+    Qwen2MoeAdapter,
+    Qwen3MoeAdapter,
+):
     for _model_type in _adapter.model_types:
         ADAPTERS[_model_type] = _adapter
 

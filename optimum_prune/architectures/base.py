@@ -24,6 +24,8 @@ class UnitGroup:
     channels_per_unit: int
     params_per_unit: int
     consumers: tuple[str, ...]
+    #: The kept number of units must be a multiple of this (query heads: one per KV group, equal in every group).
+    keep_multiple: int = 1
 
     def unit_channels(self, units: torch.Tensor) -> torch.Tensor:
         """Consumer input-channel indices owned by `units`, in unit order."""
@@ -55,6 +57,11 @@ def select_parameter(module: nn.Module, name: str, index: torch.Tensor, dim: int
 
 def ensure_bias(linear: nn.Linear) -> nn.Parameter:
     """Give `linear` a zero bias if it has none; reconstruction folds its intercept there."""
+    if not getattr(linear, "supports_bias", True):
+        raise ValueError(
+            f"{linear!r} cannot hold a bias (stacked expert weights have none), so a refit that adds one cannot be "
+            "stored: use reconstruction='liar' (fitted without intercept there) or 'none'."
+        )
     if linear.bias is None:
         weight = linear.weight
         linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=weight.dtype, device=weight.device))
@@ -68,6 +75,8 @@ class ArchitectureAdapter(ABC):
     model_types: tuple[str, ...] = ()
     #: Structure kinds this family has, in the order they are pruned inside a layer.
     structure_kinds: tuple[str, ...] = ()
+    #: Kinds pruned when `PruningConfig.structures` is None (None: all of `structure_kinds`).
+    default_structure_kinds: tuple[str, ...] | None = None
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -85,6 +94,17 @@ class ArchitectureAdapter(ABC):
     @abstractmethod
     def prune_units(self, layer: nn.Module, group: UnitGroup, keep: torch.Tensor) -> None:
         """Slice every tensor of `layer` that touches `group` so only units `keep` (sorted) remain."""
+
+    def prune_units_calibrated(
+        self, layer: nn.Module, group: UnitGroup, keep: torch.Tensor, stats: dict[str, Any] | None
+    ) -> None:
+        """`prune_units` during a pruning run, with the consumers' input statistics of the unpruned layer
+        (`InputStatistics` by consumer name; None without calibration data).
+
+        Families where removing units changes the kept units' outputs (Mamba2's gated RMSNorm normalises over all
+        heads of a group) override this to compensate.
+        """
+        self.prune_units(layer, group, keep)
 
     @abstractmethod
     def describe_layer(self, layer: nn.Module) -> dict[str, Any]:
@@ -116,6 +136,10 @@ class ArchitectureAdapter(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} does not expose the producer of {group.kind!r} units.")
 
+    def select_units(self, group: UnitGroup, scores: torch.Tensor, keep_count: int) -> torch.Tensor:
+        """The sorted units of `group` to keep, given one score per unit (higher is kept first)."""
+        return torch.topk(scores, keep_count).indices.sort().values
+
     # ---- shared behaviour -----------------------------------------------------------------------------------
     def added_biases(self, layer: nn.Module) -> list[str]:
         names = {name for group in self.groups(layer) for name in group.consumers}
@@ -123,15 +147,24 @@ class ArchitectureAdapter(ABC):
 
     def resize_layer(self, layer: nn.Module, description: dict[str, Any]) -> None:
         """Give `layer` the sizes of a stored description (weights are loaded afterwards, e.g. on meta)."""
-        for group in self.groups(layer):
+        # Groups are read again after each cut: one kind's size can depend on another's (query heads per KV group).
+        for position in range(len(self.groups(layer))):
+            group = self.groups(layer)[position]
             kept = self.units_from_description(group, description)
             if kept > group.num_units:
                 raise ValueError(f"Stored layer keeps {kept} {group.kind} but the base model has {group.num_units}.")
             if kept < group.num_units:
                 device = layer.get_submodule(group.consumers[0]).weight.device
-                self.prune_units(layer, group, torch.arange(kept, device=device))
+                # The saved units come first in their order; descending scores keep exactly those.
+                order = torch.arange(group.num_units, 0, -1, dtype=torch.float32, device=device)
+                self.prune_units(layer, group, self.select_units(group, order, kept))
         for name in description.get("added_biases", []):
             ensure_bias(layer.get_submodule(name))
 
-    def count_prunable_parameters(self) -> int:
-        return sum(g.num_units * g.params_per_unit for layer in self.layers() for g in self.groups(layer))
+    def count_prunable_parameters(self, kinds: tuple[str, ...] | None = None) -> int:
+        """Parameters in the units of `kinds` (default: the kinds pruned by default). Alternative views of the same
+        weights (whole KV groups and the query heads inside them) are never counted twice."""
+        kinds = kinds or self.default_structure_kinds or self.structure_kinds
+        return sum(
+            g.num_units * g.params_per_unit for layer in self.layers() for g in self.groups(layer) if g.kind in kinds
+        )

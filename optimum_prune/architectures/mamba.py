@@ -1,4 +1,4 @@
-"""Mamba (MambaForCausalLM): inner channels of the mixer, sliced through every tensor of the selective scan."""
+"""Mamba and FalconMamba: inner channels of the mixer, sliced through every tensor of the selective scan."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import ArchitectureAdapter, UnitGroup, select_columns, select_parameter, select_rows
+from .base import ArchitectureAdapter, UnitGroup, ensure_bias, select_columns, select_parameter, select_rows
 
 OUT_CONSUMER = "mixer.out_proj"
 # x_proj reads the same inner channels (after the convolution) to compute dt, B and C, so removing channels
@@ -81,3 +81,37 @@ class MambaAdapter(ArchitectureAdapter):
 
     def default_has_bias(self, consumer: str) -> bool:
         return consumer == OUT_CONSUMER and bool(self.config.use_bias)
+
+    def vanilla_config_update(self, descriptions: list[dict[str, Any]]) -> dict[str, Any] | None:
+        # The config derives the inner width as expand * hidden_size with an integer expand, and x_proj never has
+        # a bias, so only equal widths that are multiples of hidden_size, refit without an intercept in x_proj
+        # (reconstruction='none'), can be expressed.
+        sizes = {d["intermediate_size"] for d in descriptions}
+        added = {name for d in descriptions for name in d["added_biases"]}
+        if len(sizes) != 1 or X_CONSUMER in added:
+            return None
+        width = sizes.pop()
+        if width % self.config.hidden_size:
+            return None
+        update: dict[str, Any] = {"expand": width // self.config.hidden_size, "intermediate_size": width}
+        if OUT_CONSUMER in added:
+            for layer in self.layers():  # `use_bias` gives in_proj a bias too: a zero one keeps the function
+                ensure_bias(layer.mixer.in_proj)
+            update["use_bias"] = True
+        return update
+
+
+class FalconMambaAdapter(MambaAdapter):
+    """FalconMamba: Mamba's layout plus weightless RMS norms on dt, B and C.
+
+    Those norms act on x_proj's outputs (dt_rank and state_size wide), which pruning inner channels leaves whole.
+    `dt_layernorm` still carries a non-persistent, all-ones `weight` buffer of the inner width (read only by the
+    fused kernels), sliced with the channels so the module stays consistent.
+    """
+
+    model_types = ("falcon_mamba",)
+
+    def prune_units(self, layer: nn.Module, group: UnitGroup, keep: torch.Tensor) -> None:
+        super().prune_units(layer, group, keep)
+        norm = layer.mixer.dt_layernorm
+        norm.weight = norm.weight.index_select(0, keep.to(norm.weight.device))

@@ -139,8 +139,8 @@ CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
         "structures",
         str,
         None,
-        "kinds to prune: attention_heads, ffn_channels, mamba_inner, or layers (whole blocks) (default: all the "
-        "model has)",
+        "kinds to prune: attention_heads (whole KV groups) or query_heads, ffn_channels, expert_channels, "
+        "mamba_inner, ssm_heads, or layers (whole blocks) (default: all the model has, but query_heads and layers)",
         nargs="+",
         metavar="KIND",
     ),

@@ -72,7 +72,9 @@ class ChannelCriterion(Criterion):
             raise ValueError(f"Criterion {self.name!r} needs calibration data.")
         weight = layer.get_submodule(primary).weight.detach().double()
         scores = self.score_channels(weight, stats[primary] if stats is not None else None, generator)
-        return scores.reshape(group.num_units, group.channels_per_unit)
+        # unit_channels, not a reshape: a unit's channels need not be consecutive (Mamba2 head slots).
+        channels = group.unit_channels(torch.arange(group.num_units, device=scores.device))
+        return scores[channels].reshape(group.num_units, group.channels_per_unit)
 
 
 def column_sq_norms(weight: torch.Tensor) -> torch.Tensor:

@@ -93,11 +93,12 @@ def interpolate(
             UserWarning,
             stacklevel=2,
         )
-    q, p = solve_interpolation(stats, kept, pruned, damp)
+    # A consumer that cannot hold a bias (a stacked MoE expert) is fitted without the intercept.
+    q, p = solve_interpolation(stats, kept, pruned, damp, intercept=getattr(linear, "supports_bias", True))
     weight = linear.weight.detach().double()
     w_pruned = weight[:, pruned]
     weight[:, kept] += w_pruned @ q.T.to(weight)
-    write_back(linear, weight, w_pruned @ p.to(weight))
+    write_back(linear, weight, w_pruned @ p.to(weight) if p is not None else None)
 
 
 LIAR = Reconstruction("liar", interpolate, needs_calibration=True, needs_gram=True)

@@ -36,10 +36,13 @@ def pruned_heads(
     """Removed attention heads per layer, in transformers' `config.pruned_heads` convention."""
     removed: dict[int, list[int]] = {}
     for index, (layer, kept) in enumerate(zip(adapter.layers(), kept_units)):
-        if "attention_heads" not in kept:
+        if "query_heads" in kept:  # single query heads (indices of the layer before this run)
+            kept_heads = set(kept["query_heads"])
+        elif "attention_heads" in kept:
+            per_unit = adapter.heads_per_unit(layer)
+            kept_heads = {unit * per_unit + r for unit in kept["attention_heads"] for r in range(per_unit)}
+        else:
             continue
-        per_unit = adapter.heads_per_unit(layer)
-        kept_heads = {unit * per_unit + r for unit in kept["attention_heads"] for r in range(per_unit)}
         gone = sorted(set(range(heads_before[index])) - kept_heads)
         if gone:
             removed[index] = gone
