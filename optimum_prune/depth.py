@@ -178,18 +178,20 @@ def prune_depth(
         else:
             continue
         origins.append(index)
-    _replace_layers(model, new_layers, origins)
+    _replace_layers(model, adapter.layers(), new_layers, origins)
     return removed
 
 
-def _replace_layers(model: nn.Module, new_layers: list[nn.Module], origins: list[int]) -> None:
+def _replace_layers(model: nn.Module, layers: nn.ModuleList, new_layers: list[nn.Module], origins: list[int]) -> None:
     """Install the shortened block list; renumber the cache slots and shrink the config to match.
 
+    `layers` is the model's block list, refilled in place wherever the family keeps it (OPT: `decoder.layers`).
     `origins[i]` is the original index of new block i (for a bridge, the first block it replaces).
     """
     config = model.config
-    old_count = len(model.base_model.layers)
-    model.base_model.layers = nn.ModuleList(new_layers)
+    old_count = len(layers)
+    del layers[:]
+    layers.extend(new_layers)
     for position, layer in enumerate(new_layers):
         for module in layer.modules():
             if hasattr(module, "layer_idx"):

@@ -46,7 +46,7 @@ _ENCODER = dict(
 _SPECIAL_TOKENS = dict(pad_token_id=0, bos_token_id=2, eos_token_id=3)
 #: Plain-transformers recipes (see `ArchitectureEntry.plain_recipe`).
 _NO_REFIT = dict(reconstruction="none")
-_FFN_ONLY = dict(structures=["ffn_channels"])
+_FFN_ONLY = dict(structures=["ffn_channels"])  # configs that derive the head size from hidden size / heads
 _HALF_NO_REFIT = dict(sparsity=0.5, reconstruction="none")
 
 
@@ -137,7 +137,7 @@ ARCHITECTURES: list[ArchitectureEntry] = [
         note="dt_proj (2 inputs) is left dense by 2:4",
         plain_recipe=_HALF_NO_REFIT,
     ),
-    # ---- decoders: LLaMA-like ones structured through architectures/decoder.py; GPT-2, OPT, GPT-NeoX sparsity only --
+    # ---- decoders structured through architectures/decoder.py (OPT and GPT-NeoX too); GPT-2 sparsity only ----------
     ArchitectureEntry(
         "qwen3",
         "Qwen3Config",
@@ -197,9 +197,19 @@ ARCHITECTURES: list[ArchitectureEntry] = [
             max_position_embeddings=128,
             **_SPECIAL_TOKENS,
         ),
+        (STRUCTURED, PLAIN_RELOAD),
+        note="multi-head attention, ungated MLP",
+        plain_recipe=_FFN_ONLY,
     ),
     ArchitectureEntry(
-        "gpt_neox", "GPTNeoXConfig", "GPTNeoXForCausalLM", CAUSAL_LM, dict(_DECODER, bos_token_id=2, eos_token_id=3)
+        "gpt_neox",
+        "GPTNeoXConfig",
+        "GPTNeoXForCausalLM",
+        CAUSAL_LM,
+        dict(_DECODER, bos_token_id=2, eos_token_id=3),
+        (STRUCTURED, PLAIN_RELOAD),
+        note="qkv interleaved per head",
+        plain_recipe=_FFN_ONLY,
     ),
     ArchitectureEntry(
         "mixtral",

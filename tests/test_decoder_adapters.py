@@ -477,3 +477,58 @@ def test_depth_pruning_streams_each_block_with_its_own_mask(monkeypatch):
         torch.testing.assert_close(inputs, reference[sample][block], rtol=1e-5, atol=1e-6)
         if block + 1 < 3:  # the last entry of hidden_states is after the final norm
             torch.testing.assert_close(outputs, reference[sample][block + 1], rtol=1e-5, atol=1e-6)
+
+
+# ---- multi-head decoders with biases and ungated MLPs: OPT (separate q/k/v), GPT-NeoX (qkv interleaved per head) ---
+@pytest.mark.parametrize("family", ["opt", "gpt_neox"])
+def test_mha_decoder_equals_dense_model_with_pruned_columns_zeroed(family):
+    """Without reconstruction, the physically smaller model computes what the dense one computes with the removed
+    heads' and channels' consumer columns zeroed: the right rows of the fused / interleaved projections went."""
+    from architectures_matrix import BY_NAME
+
+    from optimum_prune.structured import prune_structured
+
+    entry = BY_NAME[family]
+    model, reference = entry.build(), entry.build()
+    adapter = get_adapter(model)
+    assert adapter.structure_kinds == ("attention_heads", "ffn_channels")
+    config = PruningConfig(sparsity=0.4, criterion="random", reconstruction="none", seed=1)
+    result = prune_structured(model, adapter, config, None, show_progress=False)
+    reference_adapter = get_adapter(reference)
+    for layer, kept in zip(reference_adapter.layers(), result.kept_units):
+        for group in reference_adapter.groups(layer):
+            if group.kind not in kept:
+                continue
+            pruned = torch.tensor(sorted(set(range(group.num_units)) - set(kept[group.kind])), dtype=torch.long)
+            assert pruned.numel(), group.kind
+            layer.get_submodule(group.consumers[0]).weight.data[:, group.unit_channels(pruned)] = 0.0
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in reference.parameters())
+    torch.testing.assert_close(_logits(model), _logits(reference), rtol=1e-5, atol=1e-5)
+    description = adapter.describe_layer(adapter.layers()[0])
+    assert description["num_attention_heads"] == len(result.kept_units[0]["attention_heads"]) < 4
+
+
+def test_depth_pruning_refills_the_block_list_where_the_family_keeps_it(tokenizer, texts, tmp_path):
+    """OPT keeps its blocks under `decoder.layers`: depth pruning shortens that list, and the checkpoint reloads."""
+    from architectures_matrix import BY_NAME
+
+    entry = BY_NAME["opt"]
+    torch.manual_seed(0)
+    model = getattr(transformers, entry.model_class)(
+        getattr(transformers, entry.config_class)(**{**entry.config, "num_hidden_layers": 4})
+    ).eval()
+    pruner = PrunerForCausalLM(model, tokenizer)
+    pruner.prune(
+        PruningConfig(
+            structures=["layers"], sparsity=0.25, reconstruction="none", dataset=texts, num_samples=2, seqlen=32
+        ),
+        show_progress=False,
+    )
+    layers = pruner.model.model.decoder.layers
+    assert len(layers) == pruner.model.config.num_hidden_layers == 3
+    assert not hasattr(pruner.model.model, "layers")
+    expected = _logits(pruner.model)
+    pruner.save_pretrained(tmp_path / "out")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert len(reloaded.model.decoder.layers) == 3
+    assert torch.equal(_logits(reloaded), expected)
