@@ -79,7 +79,7 @@ def table(results: dict[tuple[str, str], str]) -> str:
             reloads.append(get("test_structured_reload_in_fresh_process"))
         reload = "**FAILED**" if "failed" in reloads else ("not run" if None in reloads else "same logits")
         if PLAIN_RELOAD in entry.capabilities:
-            plain = _cell(get("test_structured_plain_transformers_reload"), passed="yes (uniform)")
+            plain = _cell(get("test_structured_plain_transformers_reload"), passed=f"yes: {entry.plain_recipe_text}")
         elif STRUCTURED in entry.capabilities:
             plain = "needs the plugin"
         else:
@@ -124,7 +124,12 @@ def main() -> int:
         "pruning with LIAR meets the budget. *same logits*: saved and reloaded in a fresh process, the logits are "
         "bit for bit those before saving where a dense save/reload is (within its difference otherwise). "
         "*no (clear error)*: no structured adapter yet; structured pruning stops with one line naming the "
-        "supported model types.\n"
+        "supported model types. *structured checkpoint in plain transformers*: a uniform structured run (25%, "
+        "activation criterion, LIAR, with the overrides named in the cell) saves a checkpoint whose sizes the "
+        "family's own config class expresses, and `from_pretrained` without the plugin gives the logits before "
+        "saving (bit for bit once the parameters are copied to fresh memory where a dense reload is bit for bit). "
+        "Other structured runs (global allocation, a LIAR refit adding biases the config has no flag for, "
+        "encoder heads) need `import optimum_prune` before loading.\n"
     )
     info = machine_info()
     footer = (

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .allocation import protected_layers
 from .architectures import ArchitectureAdapter
 from .configuration import PruningConfig
-from .layerwise import BlockInput, BlockStreamer
+from .layerwise import BlockInput, BlockStreamer, own_block_arguments, with_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +110,12 @@ def prune_depth(
         )
     layers = adapter.layers()
     first_inputs = streamer.capture(layers[0], samples)
+    # Blocks of different kinds (sliding-window / global attention) get their own masks and position embeddings.
+    own = own_block_arguments(model, layers, samples, streamer.offloaded)
     influence = []
     inputs = first_inputs
-    for layer in tqdm(layers, desc="Block influence", disable=not show_progress):
+    for index, layer in enumerate(tqdm(layers, desc="Block influence", disable=not show_progress)):
+        inputs = with_arguments(inputs, own, index)
         with streamer.materialized(layer, write_back=False):
             outputs = streamer.run(layer, inputs)
         influence.append(
@@ -140,6 +143,7 @@ def prune_depth(
                 run = run_starts[index]
                 dense_out = dense
                 for position in run:
+                    dense_out = with_arguments(dense_out, own, position)
                     with streamer.materialized(layers[position], write_back=False):
                         dense_out = list(streamer.run(layers[position], dense_out))
                 source = pruned if config.reconstruction == "liar_dense" else dense
@@ -155,6 +159,8 @@ def prune_depth(
                 index += len(run)
                 progress.update(len(run))
                 continue
+            dense = with_arguments(dense, own, index)
+            pruned = with_arguments(pruned, own, index)
             with streamer.materialized(layers[index], write_back=False):
                 dense = list(streamer.run(layers[index], dense))
                 pruned = list(streamer.run(layers[index], pruned))
@@ -172,18 +178,20 @@ def prune_depth(
         else:
             continue
         origins.append(index)
-    _replace_layers(model, new_layers, origins)
+    _replace_layers(model, adapter.layers(), new_layers, origins)
     return removed
 
 
-def _replace_layers(model: nn.Module, new_layers: list[nn.Module], origins: list[int]) -> None:
+def _replace_layers(model: nn.Module, layers: nn.ModuleList, new_layers: list[nn.Module], origins: list[int]) -> None:
     """Install the shortened block list; renumber the cache slots and shrink the config to match.
 
+    `layers` is the model's block list, refilled in place wherever the family keeps it (OPT: `decoder.layers`).
     `origins[i]` is the original index of new block i (for a bridge, the first block it replaces).
     """
     config = model.config
-    old_count = len(model.base_model.layers)
-    model.base_model.layers = nn.ModuleList(new_layers)
+    old_count = len(layers)
+    del layers[:]
+    layers.extend(new_layers)
     for position, layer in enumerate(new_layers):
         for module in layer.modules():
             if hasattr(module, "layer_idx"):

@@ -275,6 +275,35 @@ def blocks_need_own_arguments(
     return not all(_same_value(probe[0][0], per_block[0]) for per_block in probe[1:])
 
 
+def own_block_arguments(
+    model: nn.Module, blocks: Sequence[nn.Module], samples: list[dict[str, torch.Tensor]], offloaded: bool
+) -> list[list[tuple[tuple[Any, ...], dict[str, Any]]]] | None:
+    """`capture_block_arguments` where the blocks need their own (`blocks_need_own_arguments`), else None."""
+    if blocks_need_own_arguments(model, blocks, samples, offloaded):
+        return capture_block_arguments(model, blocks, samples)
+    return None
+
+
+def with_arguments(
+    inputs: Sequence[BlockInput] | None,
+    own_arguments: list[list[tuple[tuple[Any, ...], dict[str, Any]]]] | None,
+    index: int,
+) -> Sequence[BlockInput] | None:
+    """`inputs` with block `index`'s own arguments from `own_block_arguments` (unchanged when that is None).
+
+    An `ActivationStore` is rebound in place and returned; a list gives a new list with the same hidden states.
+    """
+    if inputs is None or own_arguments is None:
+        return inputs
+    if isinstance(inputs, ActivationStore):
+        inputs.rebind(own_arguments[index])
+        return inputs
+    arguments = own_arguments[index]
+    if len(arguments) != len(inputs):
+        raise ValueError(f"{len(arguments)} argument sets for {len(inputs)} samples.")
+    return [BlockInput(item.hidden_states, args, kwargs) for item, (args, kwargs) in zip(inputs, arguments)]
+
+
 def _same_value(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return (

@@ -19,7 +19,7 @@ from .checks import check_budget, checked_refit
 from .configuration import PruningConfig
 from .criteria import CRITERIA, ChannelCriterion, Criterion
 from .criteria.obs import OBSCriterion
-from .layerwise import BlockInput, BlockStreamer
+from .layerwise import BlockInput, BlockStreamer, own_block_arguments, with_arguments
 from .reconstruction import RECONSTRUCTIONS
 from .statistics import InputStatistics, attach_statistics
 
@@ -122,6 +122,8 @@ def prune_structured(
     with_gram = reconstruction.needs_gram or criterion.needs_gram
     generator = torch.Generator().manual_seed(config.seed)
     first_inputs = streamer.capture(layers[0], samples) if use_data else None
+    # Blocks of different kinds (sliding-window / global attention) get their own masks and position embeddings.
+    own_arguments = own_block_arguments(model, layers, samples, streamer.offloaded) if use_data else None
     if config.allocation != "uniform":
         unit_scores, layer_scale = _score_all_layers(
             streamer,
@@ -132,6 +134,7 @@ def prune_structured(
             generator,
             show_progress,
             config.allocation,
+            own_arguments,
         )
         plans = global_plan(adapter, kinds, config, unit_scores, mode=config.allocation, layer_scale=layer_scale)
         generator.manual_seed(config.seed)
@@ -145,6 +148,8 @@ def prune_structured(
     for index, layer in enumerate(tqdm(layers, desc="Pruning layers", disable=not show_progress)):
         # Offloaded weights are loaded once per block and the pruned ones written back on exit.
         with streamer.materialized(layer):
+            inputs = with_arguments(inputs, own_arguments, index)
+            dense_inputs = with_arguments(dense_inputs, own_arguments, index)
             dense_layer = copy.deepcopy(layer) if dense_inputs is not None else None
             kept_units: dict[str, list[int]] = {}
             for group in adapter.groups(layer):
@@ -228,12 +233,13 @@ def _score_all_layers(
     generator: torch.Generator,
     show_progress: bool,
     mode: str = "global",
+    own_arguments: list[list[tuple[tuple[Any, ...], dict[str, Any]]]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[float] | None]:
     """What the global allocation ranks, for every layer of the unpruned model (one streaming pass).
 
     "global": unit scores; "flap": channel scores [units, channels]; "obs": the error of each greedy OBS step, with
     the median over tokens of the squared norm of each layer's input hidden state (the second return value) to
-    compare layers by.
+    compare layers by. `own_arguments`: per-block arguments from `own_block_arguments`, if the blocks differ.
     """
     scores = []
     energies: list[float] | None = [] if mode == "obs" else None
@@ -243,6 +249,7 @@ def _score_all_layers(
         groups = [g for g in adapter.groups(layer) if g.kind in kinds]
         consumers = tuple(dict.fromkeys(g.consumers[0] for g in groups))
         with streamer.materialized(layer, write_back=False):  # read-only pass: nothing to write back
+            inputs = with_arguments(inputs, own_arguments, index)
             stats = _collect(streamer, layer, consumers, inputs, with_gram=with_gram)
             if mode == "obs":
                 assert isinstance(criterion, OBSCriterion) and inputs is not None and energies is not None

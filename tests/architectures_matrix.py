@@ -3,9 +3,9 @@
 `tests/test_architectures.py` runs every check on every entry; `benchmarks/architectures.py` turns that run into
 the README's supported-architectures table. To add a family, append one `ArchitectureEntry` to `ARCHITECTURES`
 (keep it tiny: 2 layers, hidden size 32-64, vocabulary `VOCAB_SIZE`). To declare a structured adapter, add
-`STRUCTURED` to its capabilities (and `PLAIN_RELOAD` when a uniform structured checkpoint's sizes fit the family's
-own config class, so it loads in plain transformers); the matrix then requires that it works, and requires a clear
-error for structured pruning where the capability is absent.
+`STRUCTURED` to its capabilities (and `PLAIN_RELOAD` with a `plain_recipe` when a uniform structured checkpoint's
+sizes fit the family's own config class, so it loads in plain transformers); the matrix then requires that it works,
+and requires a clear error for structured pruning where the capability is absent.
 """
 
 from __future__ import annotations
@@ -44,6 +44,10 @@ _ENCODER = dict(
     num_labels=2,
 )
 _SPECIAL_TOKENS = dict(pad_token_id=0, bos_token_id=2, eos_token_id=3)
+#: Plain-transformers recipes (see `ArchitectureEntry.plain_recipe`).
+_NO_REFIT = dict(reconstruction="none")
+_FFN_ONLY = dict(structures=["ffn_channels"])  # configs that derive the head size from hidden size / heads
+_HALF_NO_REFIT = dict(sparsity=0.5, reconstruction="none")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,11 @@ class ArchitectureEntry:
         task: `CAUSAL_LM` or `SEQUENCE_CLASSIFICATION` (which pruner and Auto class load it).
         config: keyword arguments of the tiny config.
         capabilities: `STRUCTURED` and `PLAIN_RELOAD` where supported.
+        plain_recipe: `PruningConfig` overrides of the matrix's structured run (25%, activation + LIAR, uniform)
+            under which `PLAIN_RELOAD` is promised: the result must be expressible by the family's own config class.
+            Empty means the default run itself. A LIAR refit adds output biases that most configs have no flag for
+            (hence `reconstruction="none"`); BERT-like configs derive the head size from hidden size / heads (hence
+            FFN channels only); Mamba configs need an integer `expand` (hence 50%).
         note: a short remark shown in the table.
     """
 
@@ -66,6 +75,7 @@ class ArchitectureEntry:
     config: dict[str, Any] = field(default_factory=dict)
     capabilities: tuple[str, ...] = ()
     note: str = ""
+    plain_recipe: dict[str, Any] = field(default_factory=dict)
 
     def build(self, seed: int = 0) -> torch.nn.Module:
         """A fresh tiny random model in eval mode (the same weights for the same seed)."""
@@ -77,16 +87,45 @@ class ArchitectureEntry:
     def is_causal_lm(self) -> bool:
         return self.task == CAUSAL_LM
 
+    @property
+    def plain_recipe_text(self) -> str:
+        """`plain_recipe` as it reads in the table, e.g. `reconstruction="none"` (or "default recipe")."""
+        if not self.plain_recipe:
+            return "default recipe"
+        return ", ".join(f"{key}={value!r}".replace("'", '"') for key, value in self.plain_recipe.items())
+
 
 ARCHITECTURES: list[ArchitectureEntry] = [
     # ---- families with structured adapters -------------------------------------------------------------------
     ArchitectureEntry(
         "llama", "LlamaConfig", "LlamaForCausalLM", CAUSAL_LM, dict(_DECODER), (STRUCTURED, PLAIN_RELOAD)
     ),
-    ArchitectureEntry("mistral", "MistralConfig", "MistralForCausalLM", CAUSAL_LM, dict(_DECODER), (STRUCTURED,)),
-    ArchitectureEntry("qwen2", "Qwen2Config", "Qwen2ForCausalLM", CAUSAL_LM, dict(_DECODER), (STRUCTURED,)),
     ArchitectureEntry(
-        "bert", "BertConfig", "BertForSequenceClassification", SEQUENCE_CLASSIFICATION, dict(_ENCODER), (STRUCTURED,)
+        "mistral",
+        "MistralConfig",
+        "MistralForCausalLM",
+        CAUSAL_LM,
+        dict(_DECODER),
+        (STRUCTURED, PLAIN_RELOAD),
+        plain_recipe=_NO_REFIT,
+    ),
+    ArchitectureEntry(
+        "qwen2",
+        "Qwen2Config",
+        "Qwen2ForCausalLM",
+        CAUSAL_LM,
+        dict(_DECODER),
+        (STRUCTURED, PLAIN_RELOAD),
+        plain_recipe=_NO_REFIT,
+    ),
+    ArchitectureEntry(
+        "bert",
+        "BertConfig",
+        "BertForSequenceClassification",
+        SEQUENCE_CLASSIFICATION,
+        dict(_ENCODER),
+        (STRUCTURED, PLAIN_RELOAD),
+        plain_recipe=_FFN_ONLY,
     ),
     ArchitectureEntry(
         "mamba",
@@ -94,15 +133,28 @@ ARCHITECTURES: list[ArchitectureEntry] = [
         "MambaForCausalLM",
         CAUSAL_LM,
         dict(vocab_size=VOCAB_SIZE, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2, conv_kernel=4),
-        (STRUCTURED,),
+        (STRUCTURED, PLAIN_RELOAD),
         note="dt_proj (2 inputs) is left dense by 2:4",
+        plain_recipe=_HALF_NO_REFIT,
     ),
-    # ---- decoders: LLaMA-like ones structured through architectures/decoder.py; GPT-2, OPT, GPT-NeoX sparsity only --
+    # ---- decoders structured through architectures/decoder.py (OPT and GPT-NeoX too); GPT-2 sparsity only ----------
     ArchitectureEntry(
-        "qwen3", "Qwen3Config", "Qwen3ForCausalLM", CAUSAL_LM, dict(_DECODER, head_dim=8), (STRUCTURED,)
+        "qwen3",
+        "Qwen3Config",
+        "Qwen3ForCausalLM",
+        CAUSAL_LM,
+        dict(_DECODER, head_dim=8),
+        (STRUCTURED, PLAIN_RELOAD),
+        plain_recipe=_NO_REFIT,
     ),
     ArchitectureEntry(
-        "gemma2", "Gemma2Config", "Gemma2ForCausalLM", CAUSAL_LM, dict(_DECODER, head_dim=8), (STRUCTURED,)
+        "gemma2",
+        "Gemma2Config",
+        "Gemma2ForCausalLM",
+        CAUSAL_LM,
+        dict(_DECODER, head_dim=8),
+        (STRUCTURED, PLAIN_RELOAD),
+        plain_recipe=_NO_REFIT,
     ),
     ArchitectureEntry(
         "gemma3_text",
@@ -110,10 +162,17 @@ ARCHITECTURES: list[ArchitectureEntry] = [
         "Gemma3ForCausalLM",
         CAUSAL_LM,
         dict(_DECODER, head_dim=8, layer_types=["sliding_attention", "full_attention"], sliding_window=8),
-        (STRUCTURED,),
+        (STRUCTURED, PLAIN_RELOAD),
+        plain_recipe=_NO_REFIT,
     ),
     ArchitectureEntry(
-        "phi3", "Phi3Config", "Phi3ForCausalLM", CAUSAL_LM, dict(_DECODER, **_SPECIAL_TOKENS), (STRUCTURED,)
+        "phi3",
+        "Phi3Config",
+        "Phi3ForCausalLM",
+        CAUSAL_LM,
+        dict(_DECODER, **_SPECIAL_TOKENS),
+        (STRUCTURED, PLAIN_RELOAD),
+        plain_recipe=_NO_REFIT,
     ),
     ArchitectureEntry(
         "gpt2",
@@ -138,9 +197,19 @@ ARCHITECTURES: list[ArchitectureEntry] = [
             max_position_embeddings=128,
             **_SPECIAL_TOKENS,
         ),
+        (STRUCTURED, PLAIN_RELOAD),
+        note="multi-head attention, ungated MLP",
+        plain_recipe=_FFN_ONLY,
     ),
     ArchitectureEntry(
-        "gpt_neox", "GPTNeoXConfig", "GPTNeoXForCausalLM", CAUSAL_LM, dict(_DECODER, bos_token_id=2, eos_token_id=3)
+        "gpt_neox",
+        "GPTNeoXConfig",
+        "GPTNeoXForCausalLM",
+        CAUSAL_LM,
+        dict(_DECODER, bos_token_id=2, eos_token_id=3),
+        (STRUCTURED, PLAIN_RELOAD),
+        note="qkv interleaved per head",
+        plain_recipe=_FFN_ONLY,
     ),
     ArchitectureEntry(
         "mixtral",
@@ -163,8 +232,9 @@ ARCHITECTURES: list[ArchitectureEntry] = [
             moe_intermediate_size=32,
             shared_expert_intermediate_size=32,
         ),
-        (STRUCTURED,),
+        (STRUCTURED, PLAIN_RELOAD),
         note="stacked 3-D experts and a shared expert; routers dense",
+        plain_recipe=_NO_REFIT,
     ),
     ArchitectureEntry(
         "qwen3_moe",
@@ -182,7 +252,8 @@ ARCHITECTURES: list[ArchitectureEntry] = [
         "RobertaForSequenceClassification",
         SEQUENCE_CLASSIFICATION,
         dict(_ENCODER),
-        (STRUCTURED,),
+        (STRUCTURED, PLAIN_RELOAD),
+        plain_recipe=_FFN_ONLY,
     ),
     ArchitectureEntry(
         "xlm-roberta",
@@ -190,7 +261,8 @@ ARCHITECTURES: list[ArchitectureEntry] = [
         "XLMRobertaForSequenceClassification",
         SEQUENCE_CLASSIFICATION,
         dict(_ENCODER),
-        (STRUCTURED,),
+        (STRUCTURED, PLAIN_RELOAD),
+        plain_recipe=_FFN_ONLY,
     ),
     ArchitectureEntry(
         "distilbert",
@@ -198,8 +270,9 @@ ARCHITECTURES: list[ArchitectureEntry] = [
         "DistilBertForSequenceClassification",
         SEQUENCE_CLASSIFICATION,
         dict(vocab_size=VOCAB_SIZE, dim=32, hidden_dim=64, n_layers=2, n_heads=4, max_position_embeddings=128),
-        (STRUCTURED,),
+        (STRUCTURED, PLAIN_RELOAD),
         note="no _no_split_modules: blocks from its layer list",
+        plain_recipe=_FFN_ONLY,
     ),
     ArchitectureEntry(
         "electra",
@@ -207,8 +280,9 @@ ARCHITECTURES: list[ArchitectureEntry] = [
         "ElectraForSequenceClassification",
         SEQUENCE_CLASSIFICATION,
         dict(_ENCODER, embedding_size=32),
-        (STRUCTURED,),
+        (STRUCTURED, PLAIN_RELOAD),
         note="no _no_split_modules: blocks from its layer list",
+        plain_recipe=_FFN_ONLY,
     ),
     ArchitectureEntry(
         "deberta-v2",
@@ -216,8 +290,9 @@ ARCHITECTURES: list[ArchitectureEntry] = [
         "DebertaV2ForSequenceClassification",
         SEQUENCE_CLASSIFICATION,
         dict(_ENCODER, relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=16),
-        (STRUCTURED,),
+        (STRUCTURED, PLAIN_RELOAD),
         note="no _no_split_modules: blocks from its layer list",
+        plain_recipe=_FFN_ONLY,
     ),
     ArchitectureEntry(
         "modernbert",
@@ -225,7 +300,8 @@ ARCHITECTURES: list[ArchitectureEntry] = [
         "ModernBertForSequenceClassification",
         SEQUENCE_CLASSIFICATION,
         dict(_ENCODER, pad_token_id=0, bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3),
-        (STRUCTURED,),
+        (STRUCTURED, PLAIN_RELOAD),
+        plain_recipe=_FFN_ONLY,
     ),
     # ---- state-space and hybrid models (FalconMamba, Mamba2 structured; Jamba sparsity only) -----------------------
     ArchitectureEntry(
@@ -234,8 +310,9 @@ ARCHITECTURES: list[ArchitectureEntry] = [
         "FalconMambaForCausalLM",
         CAUSAL_LM,
         dict(vocab_size=VOCAB_SIZE, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2, conv_kernel=4),
-        (STRUCTURED,),
+        (STRUCTURED, PLAIN_RELOAD),
         note="dt_proj input tapped at dt_layernorm",
+        plain_recipe=_HALF_NO_REFIT,
     ),
     ArchitectureEntry(
         "mamba2",
@@ -253,8 +330,9 @@ ARCHITECTURES: list[ArchitectureEntry] = [
             num_hidden_layers=2,
             chunk_size=16,
         ),
-        (STRUCTURED,),
+        (STRUCTURED, PLAIN_RELOAD),
         note="structured: whole SSM heads, the same number in every group",
+        plain_recipe=dict(sparsity=0.5),  # LIAR's out_proj intercept is expressed by use_bias
     ),
     ArchitectureEntry(
         "jamba",

@@ -364,3 +364,171 @@ def test_query_heads_global_allocation_reloads(tokenizer, texts, tmp_path):
     pruner.save_pretrained(tmp_path / "out")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     assert torch.equal(_logits(reloaded), _logits(pruner.model))
+
+
+# ---- blocks with their own masks: Gemma's sliding-window and full-attention layers ---------------------------------
+def _o_proj_statistics(model: torch.nn.Module, layer: int, samples: list[dict[str, torch.Tensor]]):
+    """The input statistics of `layer`'s o_proj over full forwards of `model` (the reference)."""
+    from optimum_prune.statistics import attach_statistics
+
+    stats, handles = attach_statistics({"o_proj": model.model.layers[layer].self_attn.o_proj}, with_gram=True)
+    with torch.no_grad():
+        for sample in samples:
+            model(**sample, use_cache=False)
+    for handle in handles:
+        handle.remove()
+    return stats["o_proj"]
+
+
+def _assert_same_statistics(collected, reference) -> None:
+    assert collected.count == reference.count
+    for field in ("sum", "sum_sq", "gram"):
+        torch.testing.assert_close(getattr(collected, field), getattr(reference, field), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "allocation, reconstruction", [("uniform", "none"), ("global", "none"), ("uniform", "liar_dense")]
+)
+def test_structured_calibrates_each_block_on_its_own_mask(allocation, reconstruction, monkeypatch):
+    """Gemma 3's full-attention layer is calibrated with its own mask and rotary embeddings, not with those of the
+    sliding-window layer before it: the statistics its consumer gets during a structured run equal those of full
+    forwards of the model as it stands (dense for global allocation's scoring pass; block 0 pruned in the main
+    loop; liar_dense also streams the dense copy of each block with the same arguments)."""
+    import copy
+
+    from optimum_prune import structured
+    from optimum_prune.layerwise import capture_block_arguments
+    from optimum_prune.structured import prune_structured
+
+    model = tiny_decoder("gemma3_text")
+    assert model.config.layer_types == ["sliding_attention", "full_attention"] and model.config.sliding_window == 4
+    dense = copy.deepcopy(model)
+    torch.manual_seed(1)
+    samples = [{"input_ids": torch.randint(4, 100, (1, 24))} for _ in range(3)]  # 24 tokens, a window of 4
+    full_o_proj = model.model.layers[1].self_attn.o_proj
+    collected = []  # InputStatistics the run gathered for the full-attention layer's o_proj, in order
+    original = structured.attach_statistics
+
+    def spy(modules, with_gram):
+        stats, handles = original(modules, True)  # with the Gram matrix, to compare it too
+        collected.extend(s for name, s in stats.items() if modules[name] is full_o_proj)
+        return stats, handles
+
+    monkeypatch.setattr(structured, "attach_statistics", spy)
+    config = PruningConfig(
+        structures=["attention_heads"], sparsity=0.5, reconstruction=reconstruction, allocation=allocation
+    )
+    prune_structured(model, get_adapter(model), config, samples, show_progress=False)
+    assert len(collected) == (2 if allocation == "global" else 1)
+    if allocation == "global":  # the scoring pass reads the dense model
+        _assert_same_statistics(collected[0], _o_proj_statistics(dense, 1, samples))
+    # The main loop reads block 1 (still dense) after block 0 was pruned.
+    reference_model = copy.deepcopy(model)
+    reference_model.model.layers[1] = copy.deepcopy(dense.model.layers[1])
+    reference = _o_proj_statistics(reference_model, 1, samples)
+    _assert_same_statistics(collected[-1], reference)
+
+    # The check can fail: with the sliding-window layer's arguments, the full-attention layer sees other inputs.
+    arguments = capture_block_arguments(reference_model, reference_model.model.layers, samples)
+    hidden = []
+    layer = reference_model.model.layers[1]
+    handle = layer.register_forward_pre_hook(
+        lambda _m, args, kwargs: hidden.append(args[0] if args else kwargs["hidden_states"]), with_kwargs=True
+    )
+    with torch.no_grad():
+        for sample in samples:
+            reference_model(**sample, use_cache=False)
+    handle.remove()
+    from optimum_prune.statistics import attach_statistics
+
+    wrong, handles = attach_statistics({"o_proj": layer.self_attn.o_proj}, with_gram=True)
+    with torch.no_grad():
+        for state, (args, kwargs) in zip(hidden, arguments[0]):
+            layer(state, *args, **kwargs)
+    handles[0].remove()
+    assert not torch.allclose(wrong["o_proj"].sum_sq, reference.sum_sq, rtol=1e-3)
+
+
+def test_depth_pruning_streams_each_block_with_its_own_mask(monkeypatch):
+    """Depth pruning's block influence reads what each block computes in a full forward: Gemma 3's full-attention
+    block with its own mask, not the sliding-window block's."""
+    from optimum_prune import depth
+    from optimum_prune.structured import prune_structured
+
+    model = tiny_decoder("gemma3_text", num_hidden_layers=3)
+    assert model.config.layer_types == ["sliding_attention", "full_attention", "sliding_attention"]
+    torch.manual_seed(1)
+    samples = [{"input_ids": torch.randint(4, 100, (1, 24))} for _ in range(2)]
+    with torch.no_grad():
+        reference = [model(**s, output_hidden_states=True, use_cache=False).hidden_states for s in samples]
+    streamed = []  # (block input, block output) of every block influence computed, in order
+    original = depth.block_influence
+
+    def spy(inputs, outputs):
+        streamed.append((inputs, outputs))
+        return original(inputs, outputs)
+
+    monkeypatch.setattr(depth, "block_influence", spy)
+    config = PruningConfig(structures=["layers"], sparsity=0.3, reconstruction="none")
+    prune_structured(model, get_adapter(model), config, samples, show_progress=False)
+    assert len(streamed) == 3 * len(samples)
+    for position, (inputs, outputs) in enumerate(streamed):
+        block, sample = divmod(position, len(samples))
+        torch.testing.assert_close(inputs, reference[sample][block], rtol=1e-5, atol=1e-6)
+        if block + 1 < 3:  # the last entry of hidden_states is after the final norm
+            torch.testing.assert_close(outputs, reference[sample][block + 1], rtol=1e-5, atol=1e-6)
+
+
+# ---- multi-head decoders with biases and ungated MLPs: OPT (separate q/k/v), GPT-NeoX (qkv interleaved per head) ---
+@pytest.mark.parametrize("family", ["opt", "gpt_neox"])
+def test_mha_decoder_equals_dense_model_with_pruned_columns_zeroed(family):
+    """Without reconstruction, the physically smaller model computes what the dense one computes with the removed
+    heads' and channels' consumer columns zeroed: the right rows of the fused / interleaved projections went."""
+    from architectures_matrix import BY_NAME
+
+    from optimum_prune.structured import prune_structured
+
+    entry = BY_NAME[family]
+    model, reference = entry.build(), entry.build()
+    adapter = get_adapter(model)
+    assert adapter.structure_kinds == ("attention_heads", "ffn_channels")
+    config = PruningConfig(sparsity=0.4, criterion="random", reconstruction="none", seed=1)
+    result = prune_structured(model, adapter, config, None, show_progress=False)
+    reference_adapter = get_adapter(reference)
+    for layer, kept in zip(reference_adapter.layers(), result.kept_units):
+        for group in reference_adapter.groups(layer):
+            if group.kind not in kept:
+                continue
+            pruned = torch.tensor(sorted(set(range(group.num_units)) - set(kept[group.kind])), dtype=torch.long)
+            assert pruned.numel(), group.kind
+            layer.get_submodule(group.consumers[0]).weight.data[:, group.unit_channels(pruned)] = 0.0
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in reference.parameters())
+    torch.testing.assert_close(_logits(model), _logits(reference), rtol=1e-5, atol=1e-5)
+    description = adapter.describe_layer(adapter.layers()[0])
+    assert description["num_attention_heads"] == len(result.kept_units[0]["attention_heads"]) < 4
+
+
+def test_depth_pruning_refills_the_block_list_where_the_family_keeps_it(tokenizer, texts, tmp_path):
+    """OPT keeps its blocks under `decoder.layers`: depth pruning shortens that list, and the checkpoint reloads."""
+    from architectures_matrix import BY_NAME
+
+    entry = BY_NAME["opt"]
+    torch.manual_seed(0)
+    model = getattr(transformers, entry.model_class)(
+        getattr(transformers, entry.config_class)(**{**entry.config, "num_hidden_layers": 4})
+    ).eval()
+    pruner = PrunerForCausalLM(model, tokenizer)
+    pruner.prune(
+        PruningConfig(
+            structures=["layers"], sparsity=0.25, reconstruction="none", dataset=texts, num_samples=2, seqlen=32
+        ),
+        show_progress=False,
+    )
+    layers = pruner.model.model.decoder.layers
+    assert len(layers) == pruner.model.config.num_hidden_layers == 3
+    assert not hasattr(pruner.model.model, "layers")
+    expected = _logits(pruner.model)
+    pruner.save_pretrained(tmp_path / "out")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert len(reloaded.model.decoder.layers) == 3
+    assert torch.equal(_logits(reloaded), expected)

@@ -7,10 +7,12 @@ from torch import nn
 from .base import ArchitectureAdapter, UnitGroup
 from .bert import BertAdapter, DebertaV2Adapter, DistilBertAdapter, ModernBertAdapter
 from .gemma import GemmaAdapter
+from .gpt_neox import GPTNeoXAdapter
 from .llama import LlamaAdapter, MistralAdapter
 from .mamba import FalconMambaAdapter, MambaAdapter
 from .mamba2 import Mamba2Adapter
 from .moe import MixtralAdapter, Qwen2MoeAdapter, Qwen3MoeAdapter
+from .opt import OPTAdapter
 from .phi3 import Phi3Adapter
 from .qwen3 import Qwen3Adapter
 
@@ -36,6 +38,8 @@ for _adapter in (
     MixtralAdapter,
     Qwen2MoeAdapter,
     Qwen3MoeAdapter,
+    OPTAdapter,
+    GPTNeoXAdapter,
 ):
     for _model_type in _adapter.model_types:
         ADAPTERS[_model_type] = _adapter

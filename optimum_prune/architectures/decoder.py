@@ -57,6 +57,17 @@ class DecoderLayout:
             expert and shared expert sizes; also the keys of the per-layer description in `config.pruning`.
         heads_from_config: The attention's forward reads the head count from the config (Phi-3's `qkv_proj`
             split), so a layer with fewer heads gets a config view of its own.
+        layers: Path of the block list inside the base model (OPT: "decoder.layers").
+        qkv_interleaved: `qkv_proj` rows are grouped per head, [q; k; v] of head 0, then of head 1, ... (GPT-NeoX;
+            multi-head attention only).
+        head_dim_attribute: The attention module's attribute holding the head size (GPT-NeoX: "head_size").
+        head_dim_key / kv_heads_key: Config fields of the head size and of the KV head count, or None where the
+            config class has none (it derives the head size from hidden_size / heads): checkpoints with fewer
+            heads then need the plugin.
+        mlp_always_biased: The MLP projections carry biases whatever the config says (GPT-NeoX).
+
+    A dense MLP without `gate_proj` and `gate_up_proj` is ungated (`up_proj`, activation, `down_proj`); `mlp=""`
+    when its projections sit in the block itself (OPT's fc1 / fc2).
     """
 
     attention: str = "self_attn"
@@ -78,6 +89,12 @@ class DecoderLayout:
     expert_size_key: str = "intermediate_size"
     shared_expert_size_key: str | None = None
     heads_from_config: bool = False
+    layers: str = "layers"
+    qkv_interleaved: bool = False
+    head_dim_attribute: str = "head_dim"
+    head_dim_key: str | None = "head_dim"
+    kv_heads_key: str | None = "num_key_value_heads"
+    mlp_always_biased: bool = False
 
 
 class AttentionConfigView:
@@ -126,7 +143,7 @@ class LlamaLikeAdapter(ArchitectureAdapter):
 
     # ---- layout helpers -------------------------------------------------------------------------------------
     def layers(self) -> nn.ModuleList:
-        return self.model.base_model.layers
+        return self.model.base_model.get_submodule(self.layout.layers)
 
     def _attention(self, layer: nn.Module) -> nn.Module:
         return layer.get_submodule(self.layout.attention)
@@ -135,7 +152,7 @@ class LlamaLikeAdapter(ArchitectureAdapter):
         return ".".join(p for p in parts if p)
 
     def _head_dim(self, layer: nn.Module) -> int:
-        return int(self._attention(layer).head_dim)
+        return int(getattr(self._attention(layer), self.layout.head_dim_attribute))
 
     def _head_counts(self, layer: nn.Module) -> tuple[int, int]:
         """(query heads, key/value heads) of `layer` at its current size."""
@@ -215,7 +232,7 @@ class LlamaLikeAdapter(ArchitectureAdapter):
                     kind=FFN_CHANNELS,
                     num_units=down.in_features,
                     channels_per_unit=1,
-                    params_per_unit=3 * hidden + self._mlp_row_biases(mlp),
+                    params_per_unit=(2 + self._is_gated()) * hidden + self._mlp_row_biases(mlp),
                     consumers=(self._path(path, self.layout.down_proj),),
                 )
             )
@@ -234,11 +251,14 @@ class LlamaLikeAdapter(ArchitectureAdapter):
                 )
         return groups
 
+    def _is_gated(self) -> bool:
+        return bool(self.layout.gate_up_proj or self.layout.gate_proj)
+
     def _mlp_row_biases(self, mlp: nn.Module) -> int:
         layout = self.layout
         if layout.gate_up_proj:
             return 2 * int(mlp.get_submodule(layout.gate_up_proj).bias is not None)
-        return sum(int(mlp.get_submodule(p).bias is not None) for p in (layout.gate_proj, layout.up_proj))
+        return sum(int(mlp.get_submodule(p).bias is not None) for p in (layout.gate_proj, layout.up_proj) if p)
 
     def select_units(self, group: UnitGroup, scores: torch.Tensor, keep_count: int) -> torch.Tensor:
         if group.kind != QUERY_HEADS:
@@ -262,7 +282,7 @@ class LlamaLikeAdapter(ArchitectureAdapter):
                 raise ValueError(f"Query heads must stay in equal numbers per KV group, got {keep.numel()} heads.")
             self._prune_attention(layer, q_rows=group.unit_channels(keep), kv_heads=None)
         elif group.kind == FFN_CHANNELS:
-            mlp_path = group.consumers[0].rsplit(".", 1)[0]
+            mlp_path = group.consumers[0].rpartition(".")[0]
             self._prune_mlp(layer.get_submodule(mlp_path), keep)
         elif group.kind == EXPERT_CHANNELS:
             self._prune_expert(layer, group, keep)
@@ -276,7 +296,12 @@ class LlamaLikeAdapter(ArchitectureAdapter):
         if kv_heads is None:
             kv_heads = torch.arange(num_kv, device=q_rows.device)
         kv_rows = (kv_heads[:, None] * head_dim + torch.arange(head_dim, device=kv_heads.device)).reshape(-1)
-        if layout.qkv_proj:
+        if layout.qkv_interleaved:
+            if heads != num_kv:
+                raise ValueError("Interleaved qkv_proj layouts are multi-head attention: one KV head per head.")
+            rows = (kv_heads[:, None] * 3 * head_dim + torch.arange(3 * head_dim, device=kv_heads.device)).reshape(-1)
+            select_rows(attn.get_submodule(layout.qkv_proj), rows)
+        elif layout.qkv_proj:
             q_size, kv_size = heads * head_dim, num_kv * head_dim
             rows = torch.cat([q_rows, q_size + kv_rows, q_size + kv_size + kv_rows])
             select_rows(attn.get_submodule(layout.qkv_proj), rows)
@@ -304,7 +329,8 @@ class LlamaLikeAdapter(ArchitectureAdapter):
             size = mlp.get_submodule(layout.down_proj).in_features
             select_rows(mlp.get_submodule(layout.gate_up_proj), torch.cat([keep, size + keep]))
         else:
-            select_rows(mlp.get_submodule(layout.gate_proj), keep)
+            if layout.gate_proj:
+                select_rows(mlp.get_submodule(layout.gate_proj), keep)
             select_rows(mlp.get_submodule(layout.up_proj), keep)
         select_columns(mlp.get_submodule(layout.down_proj), keep)
         if hasattr(mlp, "intermediate_size"):
@@ -328,14 +354,17 @@ class LlamaLikeAdapter(ArchitectureAdapter):
         attn, layout = self._attention(layer), self.layout
         if group.kind in (ATTENTION_HEADS, QUERY_HEADS):
             heads, _ = self._head_counts(layer)
+            if layout.qkv_interleaved:
+                weight = attn.get_submodule(layout.qkv_proj).weight
+                return weight.reshape(heads, 3, -1, weight.shape[1])[:, 0].reshape(-1, weight.shape[1])
             if layout.qkv_proj:
                 return attn.get_submodule(layout.qkv_proj).weight[: heads * self._head_dim(layer)]
             return attn.get_submodule(layout.q_proj).weight  # rows in o_proj column order: KV group, its heads
         if group.kind == FFN_CHANNELS:
-            mlp = layer.get_submodule(group.consumers[0].rsplit(".", 1)[0])
+            mlp = layer.get_submodule(group.consumers[0].rpartition(".")[0])
             if layout.gate_up_proj:
                 return mlp.get_submodule(layout.gate_up_proj).weight[: mlp.get_submodule(layout.down_proj).in_features]
-            return mlp.get_submodule(layout.gate_proj).weight
+            return mlp.get_submodule(layout.gate_proj or layout.up_proj).weight
         if group.kind == EXPERT_CHANNELS:
             return layer.get_submodule(group.consumers[0]).gate_weight
         raise ValueError(f"{type(self).__name__} layers have no {group.kind!r} units.")
@@ -363,6 +392,8 @@ class LlamaLikeAdapter(ArchitectureAdapter):
 
     def default_has_bias(self, consumer: str) -> bool:
         o_proj = self._path(self.layout.attention, self.layout.o_proj)
+        if consumer != o_proj and self.layout.mlp_always_biased:
+            return True
         flag = self.layout.attention_bias_flag if consumer == o_proj else self.layout.mlp_bias_flag
         return bool(flag and getattr(self.config, flag, False))
 
@@ -375,14 +406,22 @@ class LlamaLikeAdapter(ArchitectureAdapter):
             update[key] = values.pop()
         if self.config.hidden_size % update["num_attention_heads"]:
             return None  # the config classes validate hidden_size % num_attention_heads == 0, even with head_dim set
-        # head_dim no longer equals hidden_size // num_attention_heads once heads are gone.
-        update["head_dim"] = self._head_dim(self.layers()[0])
+        layout = self.layout
+        if layout.kv_heads_key is None:
+            update.pop("num_key_value_heads", None)
+        elif layout.kv_heads_key != "num_key_value_heads":
+            update[layout.kv_heads_key] = update.pop("num_key_value_heads")
+        if layout.head_dim_key is None:
+            if update["num_attention_heads"] != self.config.num_attention_heads:
+                return None  # the config derives the head size from hidden_size / heads
+        else:
+            # head_dim no longer equals hidden_size // num_attention_heads once heads are gone.
+            update[layout.head_dim_key] = self._head_dim(self.layers()[0])
         added = {name for d in descriptions for name in d["added_biases"]}
         if not added:
             return update
         # A bias flag puts a bias on all four attention (or all three MLP) projections: add zero biases to the
         # others so the flag describes the model exactly and plain transformers loads it.
-        layout = self.layout
         o_proj = self._path(layout.attention, layout.o_proj)
         flags = {o_proj: layout.attention_bias_flag}
         for path in {p for layer in self.layers() for p in self._dense_mlp_paths(layer)}:
@@ -390,7 +429,7 @@ class LlamaLikeAdapter(ArchitectureAdapter):
         if any(flags.get(name) is None for name in added):
             return None  # the config has no flag for a bias on this projection
         for consumer in sorted(added):
-            parent_path = consumer.rsplit(".", 1)[0]
+            parent_path = consumer.rpartition(".")[0]
             for layer in self.layers():
                 parent = layer.get_submodule(parent_path)
                 for child in parent.children():
