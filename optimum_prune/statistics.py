@@ -62,6 +62,24 @@ class InputStatistics:
         self._require_tokens()
         return (self.sum_sq / self.count - self.mean**2).clamp_min(0.0)
 
+    def augmented_gram(self) -> torch.Tensor:
+        """H = [X 1]^T [X 1], float64, [num_features + 1, num_features + 1]: the Gram matrix with a constant input.
+
+        The extra row and column (sums over tokens, and the token count in the corner) let a least-squares refit
+        solve for a bias jointly with the weights, as the structured OBS cost and the ADMM refit both do.
+
+        Raises:
+            ValueError: if the statistics were collected without the Gram matrix.
+        """
+        if self.gram is None:
+            raise ValueError("The augmented Gram matrix needs statistics collected with `with_gram=True`.")
+        n = self.num_features
+        h = torch.empty(n + 1, n + 1, dtype=torch.float64, device=self.gram.device)
+        h[:n, :n] = self.gram
+        h[:n, n] = h[n, :n] = self.sum
+        h[n, n] = float(self.count)
+        return h
+
 
 def attach_statistics(
     modules: dict[str, torch.nn.Module], with_gram: bool

@@ -40,34 +40,42 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
+#: Config fields of the tiny LLaMA-like decoder; Mistral, Qwen2 and other LLaMA-like configs take the same names.
+TINY_DECODER = dict(
+    vocab_size=VOCAB_SIZE,
+    hidden_size=48,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=6,
+    num_key_value_heads=3,
+    max_position_embeddings=256,
+)
+#: Config fields of the tiny BERT-like encoder; RoBERTa, ELECTRA, DeBERTa-v2 and ModernBERT take the same names.
+TINY_ENCODER = dict(
+    vocab_size=VOCAB_SIZE,
+    hidden_size=48,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=6,
+    max_position_embeddings=256,
+    num_labels=2,
+)
+
+
+def tiny_causal_lm(model_class: type, config_class: type, seed: int = 0, **overrides) -> torch.nn.Module:
+    """A seeded random `model_class(config_class(**TINY_DECODER, **overrides))` in eval mode."""
     torch.manual_seed(seed)
-    config = dict(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=48,
-        intermediate_size=96,
-        num_hidden_layers=3,
-        num_attention_heads=6,
-        num_key_value_heads=3,
-        max_position_embeddings=256,
-    )
-    config.update(overrides)
-    return LlamaForCausalLM(LlamaConfig(**config)).eval()
+    return model_class(config_class(**{**TINY_DECODER, **overrides})).eval()
+
+
+def tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
+    return tiny_causal_lm(LlamaForCausalLM, LlamaConfig, seed, **overrides)
 
 
 def tiny_bert(seed: int = 0, head: str = "classification") -> torch.nn.Module:
     torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=48,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=6,
-        max_position_embeddings=256,
-        num_labels=2,
-    )
     model_class = BertForSequenceClassification if head == "classification" else BertForQuestionAnswering
-    return model_class(config).eval()
+    return model_class(BertConfig(**TINY_ENCODER)).eval()
 
 
 def tiny_mamba(seed: int = 0) -> MambaForCausalLM:

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import TEXT, VOCAB_SIZE, make_tokenizer
+from conftest import TEXT, TINY_ENCODER, VOCAB_SIZE, make_tokenizer
 from transformers import (
     AutoModelForCausalLM,
     DebertaV2Config,
@@ -39,20 +39,10 @@ from optimum_prune.structured import prune_structured
 INPUT_IDS = torch.tensor([[5, 17, 33, 48, 9, 60, 71, 12, 90, 33, 41, 7]])
 SENTENCES = [s.strip() + "." for s in TEXT.split(".") if s.strip()][:40]
 
-_ENCODER = dict(
-    vocab_size=VOCAB_SIZE,
-    hidden_size=48,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=6,
-    max_position_embeddings=256,
-    num_labels=2,
-)
-
 
 def _modernbert() -> ModernBertForSequenceClassification:
     config = ModernBertConfig(
-        **_ENCODER,
+        **TINY_ENCODER,
         global_attn_every_n_layers=2,  # layer 0 global, layer 1 sliding-window attention
         local_attention=8,
         pad_token_id=0,
@@ -84,9 +74,9 @@ def _mamba2(n_groups: int) -> Mamba2ForCausalLM:
 
 #: family -> builder of a tiny random model; the Mamba-like ones are causal LMs, the rest sequence classifiers.
 FAMILIES = {
-    "roberta": lambda: RobertaForSequenceClassification(RobertaConfig(**_ENCODER, pad_token_id=0)),
-    "xlm-roberta": lambda: XLMRobertaForSequenceClassification(XLMRobertaConfig(**_ENCODER, pad_token_id=0)),
-    "electra": lambda: ElectraForSequenceClassification(ElectraConfig(**_ENCODER, embedding_size=32)),
+    "roberta": lambda: RobertaForSequenceClassification(RobertaConfig(**TINY_ENCODER, pad_token_id=0)),
+    "xlm-roberta": lambda: XLMRobertaForSequenceClassification(XLMRobertaConfig(**TINY_ENCODER, pad_token_id=0)),
+    "electra": lambda: ElectraForSequenceClassification(ElectraConfig(**TINY_ENCODER, embedding_size=32)),
     "distilbert": lambda: DistilBertForSequenceClassification(
         DistilBertConfig(
             vocab_size=VOCAB_SIZE, dim=48, hidden_dim=96, n_layers=2, n_heads=6, max_position_embeddings=256
@@ -94,7 +84,7 @@ FAMILIES = {
     ),
     "deberta-v2": lambda: DebertaV2ForSequenceClassification(
         DebertaV2Config(
-            **_ENCODER,
+            **TINY_ENCODER,
             relative_attention=True,
             pos_att_type=["p2c", "c2p"],  # builds pos_key_proj and pos_query_proj, which share the heads
             position_buckets=16,
@@ -104,7 +94,7 @@ FAMILIES = {
     # DeBERTa-v3's layout: relative-position scores through query_proj / key_proj themselves.
     "deberta-v3": lambda: DebertaV2ForSequenceClassification(
         DebertaV2Config(
-            **_ENCODER,
+            **TINY_ENCODER,
             relative_attention=True,
             pos_att_type=["p2c", "c2p"],
             share_att_key=True,

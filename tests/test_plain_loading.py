@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import VOCAB_SIZE, tiny_bert, tiny_llama, tiny_mamba
+from conftest import tiny_bert, tiny_causal_lm, tiny_llama, tiny_mamba
 from reload_checks import MIN_RELOAD_TOLERANCE
 from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -21,28 +21,11 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 INPUT_IDS = [[5, 17, 33, 48, 9, 60, 71, 12]]
 
 
-def _tiny_decoder(model_class, config_class):
-    def build():
-        torch.manual_seed(0)
-        config = config_class(
-            vocab_size=VOCAB_SIZE,
-            hidden_size=48,
-            intermediate_size=96,
-            num_hidden_layers=2,
-            num_attention_heads=6,
-            num_key_value_heads=3,
-            max_position_embeddings=256,
-        )
-        return model_class(config).eval()
-
-    return build
-
-
 # hidden_size 48 and 6 heads in 3 KV groups: 30% removes one group, leaving 4 heads, which divide 48.
 FAMILIES = {
     "llama": (lambda: tiny_llama(num_hidden_layers=2), PrunerForCausalLM),
-    "mistral": (_tiny_decoder(MistralForCausalLM, MistralConfig), PrunerForCausalLM),
-    "qwen2": (_tiny_decoder(Qwen2ForCausalLM, Qwen2Config), PrunerForCausalLM),
+    "mistral": (lambda: tiny_causal_lm(MistralForCausalLM, MistralConfig, num_hidden_layers=2), PrunerForCausalLM),
+    "qwen2": (lambda: tiny_causal_lm(Qwen2ForCausalLM, Qwen2Config, num_hidden_layers=2), PrunerForCausalLM),
     "bert": (tiny_bert, PrunerForSequenceClassification),
     "mamba": (tiny_mamba, PrunerForCausalLM),
 }

@@ -58,6 +58,17 @@ def test_liar_matches_least_squares_with_intercept():
     torch.testing.assert_close(p, reference[-1], rtol=1e-4, atol=1e-5)
 
 
+def test_augmented_gram_is_the_gram_of_inputs_with_a_constant_column():
+    x = _correlated_inputs(tokens=256, features=6)
+    stats = InputStatistics(6, with_gram=True)
+    stats.update(x[:100])
+    stats.update(x[100:])  # accumulated over batches, as calibration does
+    design = torch.cat([x, torch.ones(x.shape[0], 1)], 1).double()
+    torch.testing.assert_close(stats.augmented_gram(), design.T @ design, rtol=1e-5, atol=1e-3)
+    with pytest.raises(ValueError, match="with_gram=True"):
+        InputStatistics(6).augmented_gram()
+
+
 def test_liar_adds_bias_only_where_needed(tokenizer, texts):
     # Only the MLP of layer 1 is pruned: only its down_proj may gain a bias.
     overrides = {"0": {"sparsity": 0.0}, "2": {"sparsity": 0.0}}

@@ -40,10 +40,7 @@ def augmented_inverse_gram(stats: InputStatistics, damp: float) -> torch.Tensor:
     if stats.gram is None:
         raise ValueError("The OBS cost needs the input Gram matrix of the consumer layer.")
     n = stats.num_features
-    h = torch.empty(n + 1, n + 1, dtype=torch.float64, device=stats.gram.device)
-    h[:n, :n] = stats.gram
-    h[:n, n] = h[n, :n] = stats.sum
-    h[n, n] = float(stats.count)
+    h = stats.augmented_gram()
     ridge = damp * torch.diagonal(stats.gram).mean().clamp_min(1e-12)
     h[:n, :n] += ridge * torch.eye(n, dtype=h.dtype, device=h.device)
     try:

@@ -26,10 +26,7 @@ def admm_refit(
     if stats.gram is None:
         raise ValueError("ADMM reconstruction needs the input Gram matrix of the consumer layer.")
     features = stats.num_features
-    gram = torch.empty(features + 1, features + 1, dtype=torch.float64, device=stats.gram.device)
-    gram[:features, :features] = stats.gram
-    gram[:features, features] = gram[features, :features] = stats.sum
-    gram[features, features] = float(stats.count)
+    gram = stats.augmented_gram()
     weight = linear.weight.detach().double()
     bias = (
         linear.bias.detach().double() if linear.bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64)
