@@ -34,6 +34,8 @@ What differs from the reference, and why:
 - The reference builds one predictor for `config.intermediate_size` and refuses other shapes. Here each distinct
   producer shape in the run (an FFN and a Mamba mixer, or layers an earlier run left at other widths) gets its own
   predictor, trained on the layers of that shape; the discount still follows the layer order of the whole model.
+- How many channels each layer keeps is the allocation's (`uniform` by default: the same fraction in every layer,
+  with `round_to`), not the reference's `int((1 - r) * rows)`; training draws `int((1 - r) * rows)` as it does.
 - The policy file is safetensors with the settings in its metadata (the reference saves a torch state dict).
 
 Attention heads are not scored by the policy (the reference slices only the FFN; its authors report that slicing
