@@ -49,7 +49,9 @@ def test_policy_is_a_linear_map_of_the_raw_rows():
     predictor = SparsityPredictor(24, 8, torch.Generator().manual_seed(1))
     logits = predictor.logits(weight)
     # By hand: (W P^T + b) v.
-    by_hand = (weight @ predictor.proj_intermediate.weight.T + predictor.proj_intermediate.bias) @ predictor.row_sparsities
+    by_hand = (
+        weight @ predictor.proj_intermediate.weight.T + predictor.proj_intermediate.bias
+    ) @ predictor.row_sparsities
     assert torch.allclose(logits, by_hand.squeeze(-1), atol=1e-5)
     # Affine in the rows: each row's logit depends on that row only, linearly.
     other = torch.randn(24, 8)
