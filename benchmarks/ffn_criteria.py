@@ -1,6 +1,6 @@
 """FFN channel pruning of SmolLM2-135M: PruneNet vs data-driven criteria, with and without LIAR reconstruction.
 
-(This was benchmarks/structured.py before issue 13.) Rows: the dense model, then every criterion (prunenet, magnitude, activation, fluctuation) x reconstruction (none,
+(This was benchmarks/structured.py before issue 13.) Rows: the dense model, then every criterion (prunenet, prunenet_invariant, magnitude, activation, fluctuation) x reconstruction (none,
 liar) x FFN compression (20%, 30% of each layer's FFN channels, `structures=["ffn_channels"]`, uniform allocation),
 each on a fresh copy of the model. PruneNet and magnitude read no data to rank channels; with `liar` they still get
 the calibration windows, for the least-squares refit only. Rows marked `[random tokens]` calibrate the activation
@@ -26,7 +26,7 @@ from optimum_prune.data.calibration import RANDOM_TOKENS
 from optimum_prune.reconstruction import RECONSTRUCTIONS
 from optimum_prune.serialization.layout import count_parameters
 
-DEFAULT_CRITERIA = ("prunenet", "magnitude", "activation", "fluctuation")
+DEFAULT_CRITERIA = ("prunenet", "prunenet_invariant", "magnitude", "activation", "fluctuation")
 DEFAULT_RECONSTRUCTIONS = ("none", "liar")
 DEFAULT_SPARSITIES = (0.2, 0.3)
 QUICK_CRITERION = "activation"
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> MarkdownReport:
             "and by reconstructions other than 'none'",
             "evaluation": f"{windows} non-overlapping 512-token windows of the last 20% "
             f"({work.eval_ids.numel()} tokens)",
-            "prunenet": f"{episodes} REINFORCE episodes per run, trained at the row's compression; reads the "
+            "prunenet, prunenet_invariant": f"{episodes} REINFORCE episodes per run, trained at the row's compression; reads the "
             "weights only",
             "criteria": ", ".join(criteria),
             "reconstructions": ", ".join(reconstructions),

@@ -6,7 +6,7 @@ relative error of the FFN output on real calibration activations is measured exa
 
 * ``activation`` (data-driven, this library's criterion): ||D[:, j]|| * ||A[j]||;
 * weight-only scores: ``magnitude`` (||D[:, j]||, this library's criterion), the row norm of gate_proj, of gate_proj
-  and up_proj with the RMSNorm scale folded in, and PruneNet's row leverage features (``channel_features``);
+  and up_proj with the RMSNorm scale folded in, and the prunenet_invariant policy's row leverage features (``channel_features``);
 * ``activation`` on uniformly random token ids instead of text: what a criterion could learn without any data;
 * ``random`` (seeded per layer), the bar that a weight-only score has to clear.
 
@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 from common import RESULTS_DIR, load_workload, log, machine_info, today
 
-from optimum_prune.criteria.prunenet import FEATURE_NAMES, channel_features
+from optimum_prune.criteria.prunenet_invariant import FEATURE_NAMES, channel_features
 from optimum_prune.data.calibration import sample_token_windows
 
 ScoreFunction = Callable[[dict[str, torch.Tensor], int], torch.Tensor]

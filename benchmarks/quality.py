@@ -2,10 +2,11 @@
 
 Sections (``--sections``, default all, in this order):
 
-* ``classifier``: the all-MiniLM-L6-v2 sentiment classifier of ``fixtures/sentiment_classifier.py`` with 30%, 40%
-  and 50% of its encoder block parameters removed (attention heads + FFN channels, uniform allocation), every
-  criterion (activation, fluctuation, magnitude) x reconstruction (none, bias, liar, admm); dev accuracy, retention
-  vs the unpruned classifier, wall time. Calibration: sentences of the classifier's training split.
+* ``classifier``: the all-MiniLM-L6-v2 sentiment classifier of ``fixtures/sentiment_classifier.py`` with 30% to 70%
+  of its encoder block parameters removed (attention heads + FFN channels), every criterion (activation,
+  fluctuation, magnitude; ``obs`` on request) x reconstruction (none, bias, liar, admm; ``liar_dense`` on request) x
+  allocation (uniform; ``flap``, ``obs``, ``global`` on request); dev accuracy, retention vs the unpruned classifier,
+  wall time. Calibration: sentences of the classifier's training split.
 * ``smollm2``: SmolLM2-135M at 20% and 30% structured (activation + liar); held-out Wikipedia perplexity.
 * ``mamba``: the Mamba of ``fixtures/mamba_wiki.py`` with 20% and 30% of its inner channels removed.
 * ``peers``: llm-compressor 0.14 (SparseGPTModifier, WandaPruningModifier; 50% and 2:4, configured as its recipes
@@ -22,7 +23,11 @@ articles, perplexity on non-overlapping 512-token windows of the last 20% (``opt
 The markdown (``benchmarks/results/quality.md``) is rewritten after every row. Sections not run keep the rows of the
 previous run, which are stored in the file itself, so the sections can be run one at a time:
 
-    python benchmarks/quality.py --sections classifier           # ~40 min on 2 shared cores (36 configurations)
+    python benchmarks/quality.py --sections classifier           # ~1 hour on 2 shared cores (60 configurations)
+    python benchmarks/quality.py --sections classifier --keep-rows --classifier-sparsities 0.6 0.7 \
+        --criteria activation --reconstructions liar liar_dense    # add rows to the stored table
+    python benchmarks/quality.py --sections classifier --keep-rows --classifier-sparsities 0.6 0.7 \
+        --criteria obs --reconstructions liar_dense --allocations obs   # recipe="obs"
     python benchmarks/quality.py --sections mamba --eval-windows 40
     python benchmarks/quality.py --sections smollm2 --eval-windows 40
     OPTIMUM_PRUNE_PEERS_PYTHON=<venv>/bin/python python benchmarks/quality.py --sections peers \
@@ -61,8 +66,14 @@ import torch  # noqa: E402
 
 SECTIONS = ("classifier", "smollm2", "mamba", "peers")
 CRITERIA = ("activation", "fluctuation", "magnitude")
+#: Classifier options run only when asked for (--criteria / --reconstructions / --allocations).
+EXTRA_CRITERIA = ("obs",)
 RECONSTRUCTIONS = ("none", "bias", "liar", "admm")
-CLASSIFIER_SPARSITIES = (0.3, 0.4, 0.5)
+EXTRA_RECONSTRUCTIONS = ("liar_dense",)
+ALLOCATIONS = ("uniform", "flap", "obs", "global")
+CLASSIFIER_SPARSITIES = (0.3, 0.4, 0.5, 0.6, 0.7)
+#: Issue 13's goal for the classifier: this accuracy retention at 60% of the encoder block parameters removed.
+CLASSIFIER_GOAL = (0.6, 0.98)
 LLM_SPARSITIES = (0.2, 0.3)
 MAMBA_RECONSTRUCTIONS = ("none", "bias", "liar")
 PEER_JOBS = ("dense", "sparsegpt-50", "sparsegpt-2:4", "wanda-50", "wanda-2:4", "torch-pruning-20")
@@ -265,12 +276,14 @@ def run_classifier(args: argparse.Namespace, report: QualityReport) -> None:
     sparsities = args.classifier_sparsities or (CLASSIFIER_SPARSITIES[-1:] if args.quick else CLASSIFIER_SPARSITIES)
     criteria = args.criteria or (("activation",) if args.quick else CRITERIA)
     reconstructions = args.reconstructions or (("none", "liar") if args.quick else RECONSTRUCTIONS)
+    allocations = args.allocations or ("uniform",)
     # Sentences are short (27 tokens on average): 512 of them give LIAR ~14k tokens, 4 per kept FFN channel at 50%.
     num_samples = args.classifier_num_samples or (8 if args.quick else CLASSIFIER_SAMPLES)
 
     def encoder_parameters(m: torch.nn.Module) -> int:
         return sum(p.numel() for p in m.bert.encoder.parameters())
 
+    previous = report.sections.get("classifier")
     section = report.section(
         "classifier",
         "Sentiment classifier (all-MiniLM-L6-v2 fine-tuned on movie-review snippets)",
@@ -286,14 +299,22 @@ def run_classifier(args: argparse.Namespace, report: QualityReport) -> None:
             f"|rating| < {metadata['min_abs_rating']} dropped ({metadata['dropped_near_neutral']}), seeded dev split of "
             f"{len(dev_rows)}",
             "calibration": f"{num_samples} training-split sentences (one sequence each, at most 64 tokens), seed 0",
-            "structures": "attention_heads + ffn_channels, uniform allocation; removal = fraction of the encoder "
-            "blocks' prunable parameters (achieved value in the table)",
+            "structures": "attention_heads + ffn_channels; removal = fraction of the encoder blocks' prunable "
+            "parameters (achieved value in the table); a row names its allocation when it is not uniform (the "
+            "same fraction in every layer)",
             "criteria": ", ".join(criteria),
             "reconstructions": ", ".join(reconstructions),
+            "allocations": ", ".join(allocations),
         },
         ".4f",
         keep_rows=args.keep_rows,
     )
+    if args.keep_rows and previous is not None:
+        # Rows kept from earlier runs were measured with their own lists: the protocol names the union.
+        for key in ("criteria", "reconstructions", "allocations"):
+            earlier = str(previous.protocol.get(key, "uniform" if key == "allocations" else "")).split(", ")
+            now = str(section.protocol[key]).split(", ")
+            section.protocol[key] = ", ".join(dict.fromkeys(x for x in earlier + now if x))
     with _stopwatch() as timer:
         dense_accuracy = fixture.accuracy(model, tokenizer, dev_rows)
     dense_encoder = encoder_parameters(model)
@@ -311,45 +332,47 @@ def run_classifier(args: argparse.Namespace, report: QualityReport) -> None:
         },
     )
     log(f"classifier unpruned: dev accuracy {dense_accuracy:.4f}")
-    for sparsity in sparsities:
-        for criterion in criteria:
-            for reconstruction in reconstructions:
-                name = f"{sparsity:.0%} {criterion} + {reconstruction}"
-                pruner = PrunerForSequenceClassification(copy.deepcopy(model), tokenizer)
-                config = PruningConfig(
-                    target="structured",
-                    sparsity=sparsity,
-                    criterion=criterion,
-                    reconstruction=reconstruction,
-                    structures=["attention_heads", "ffn_channels"],
-                    num_samples=num_samples,
-                    seqlen=fixture.MAX_LENGTH,
-                    seed=0,
-                )
-                try:
-                    with _stopwatch() as prune_timer:
-                        pruner.prune(config, dataset=calibration, show_progress=False)
-                    with _stopwatch() as eval_timer:
-                        accuracy = fixture.accuracy(pruner.model, tokenizer, dev_rows)
-                except Exception as error:  # a failing configuration is a row, not the end of the run
-                    log(f"{name}: {traceback.format_exc()}")
-                    report.add(section, name, {"removed (target)": sparsity, "error": _error_text(error)})
-                    continue
-                row = {
-                    "removed (target)": sparsity,
-                    "removed (achieved)": pruner.summary["sparsity_achieved"],
-                    "encoder params (M)": encoder_parameters(pruner.model) / 1e6,
-                    "dev accuracy": accuracy,
-                    "retention": accuracy / dense_accuracy,
-                    "prune s": prune_timer["seconds"],
-                    "eval s": eval_timer["seconds"],
-                }
-                report.add(section, name, row)
-                log(
-                    f"{name}: dev accuracy {accuracy:.4f} (retention {row['retention']:.3f}), "
-                    f"{count_parameters(pruner.model) / 1e6:.2f}M parameters, prune {prune_timer['seconds']:.1f}s"
-                )
-                del pruner
+    grid = [(s, c, r, a) for s in sparsities for c in criteria for r in reconstructions for a in allocations]
+    for sparsity, criterion, reconstruction, allocation in grid:
+        name = f"{sparsity:.0%} {criterion} + {reconstruction}"
+        if allocation != "uniform":
+            name += f", {allocation} allocation"
+        pruner = PrunerForSequenceClassification(copy.deepcopy(model), tokenizer)
+        config = PruningConfig(
+            target="structured",
+            sparsity=sparsity,
+            criterion=criterion,
+            reconstruction=reconstruction,
+            allocation=allocation,
+            structures=["attention_heads", "ffn_channels"],
+            num_samples=num_samples,
+            seqlen=fixture.MAX_LENGTH,
+            seed=0,
+        )
+        try:
+            with _stopwatch() as prune_timer:
+                pruner.prune(config, dataset=calibration, show_progress=False)
+            with _stopwatch() as eval_timer:
+                accuracy = fixture.accuracy(pruner.model, tokenizer, dev_rows)
+        except Exception as error:  # a failing configuration is a row, not the end of the run
+            log(f"{name}: {traceback.format_exc()}")
+            report.add(section, name, {"removed (target)": sparsity, "error": _error_text(error)})
+            continue
+        row = {
+            "removed (target)": sparsity,
+            "removed (achieved)": pruner.summary["sparsity_achieved"],
+            "encoder params (M)": encoder_parameters(pruner.model) / 1e6,
+            "dev accuracy": accuracy,
+            "retention": accuracy / dense_accuracy,
+            "prune s": prune_timer["seconds"],
+            "eval s": eval_timer["seconds"],
+        }
+        report.add(section, name, row)
+        log(
+            f"{name}: dev accuracy {accuracy:.4f} (retention {row['retention']:.3f}), "
+            f"{count_parameters(pruner.model) / 1e6:.2f}M parameters, prune {prune_timer['seconds']:.1f}s"
+        )
+        del pruner
     report.finish(section, classifier_notes(section.rows, metadata))
 
 
@@ -370,6 +393,18 @@ def classifier_notes(rows: Mapping[str, Mapping[str, Any]], metadata: Mapping[st
         lines.append(
             f"- {sparsity:.0%} removed: best {best}, dev accuracy {at[best]['dev accuracy']:.4f}, "
             f"retention {at[best]['retention']:.1%}{liar_text}."
+        )
+    goal_sparsity, goal_retention = CLASSIFIER_GOAL
+    at_goal = {n: r for n, r in scored.items() if abs(r["removed (target)"] - goal_sparsity) < 1e-9}
+    if at_goal:
+        best = max(at_goal, key=lambda n: at_goal[n]["retention"])
+        retention = at_goal[best]["retention"]
+        verdict = (
+            "met" if retention >= goal_retention else f"missed by {(goal_retention - retention) * 100:.1f} points"
+        )
+        lines.append(
+            f"- Goal at {goal_sparsity:.0%} removed: at least {goal_retention:.0%} retention; best row {best} keeps "
+            f"{retention:.1%}: {verdict}."
         )
     fifty = [r["retention"] for r in scored.values() if abs(r["removed (target)"] - 0.5) < 1e-9]
     if fifty:
@@ -1084,15 +1119,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seqlen", type=int, default=None, help="LM calibration tokens per window (default 512)")
     parser.add_argument("--eval-windows", type=int, default=None, help="512-token perplexity windows (default 0: all)")
     parser.add_argument("--round-to", type=int, default=8, help="SmolLM2: kept FFN channels multiple (default 8)")
-    parser.add_argument("--criteria", nargs="+", choices=CRITERIA, default=None, help="classifier: default all")
+    parser.add_argument(
+        "--criteria",
+        nargs="+",
+        choices=CRITERIA + EXTRA_CRITERIA,
+        default=None,
+        help=f"classifier: default {' '.join(CRITERIA)}",
+    )
     parser.add_argument(
         "--reconstructions",
         nargs="+",
-        choices=RECONSTRUCTIONS,
+        choices=RECONSTRUCTIONS + EXTRA_RECONSTRUCTIONS,
         default=None,
-        help="classifier and Mamba: default all (Mamba: none, bias, liar)",
+        help=f"classifier and Mamba: default {' '.join(RECONSTRUCTIONS)} (Mamba: none, bias, liar)",
     )
-    parser.add_argument("--classifier-sparsities", nargs="+", type=float, default=None, help="default 0.3 0.4 0.5")
+    parser.add_argument(
+        "--allocations", nargs="+", choices=ALLOCATIONS, default=None, help="classifier: default uniform"
+    )
+    parser.add_argument(
+        "--classifier-sparsities",
+        nargs="+",
+        type=float,
+        default=None,
+        help=f"default {' '.join(f'{x:g}' for x in CLASSIFIER_SPARSITIES)}",
+    )
     parser.add_argument("--llm-sparsities", nargs="+", type=float, default=None, help="default 0.2 0.3")
     parser.add_argument(
         "--peers",

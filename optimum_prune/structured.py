@@ -96,11 +96,15 @@ def prune_structured(
         return StructuredResult(kept_units=[{} for _ in adapter.layers()])
     kinds = resolve_kinds(adapter, config)
     streamer = BlockStreamer(model, execution_device, activations_device, activations_dir)
-    if streamer.offloaded and config.criterion == "prunenet" and not config.prunenet_policy_path:
+    if (
+        streamer.offloaded
+        and config.criterion in ("prunenet", "prunenet_invariant")
+        and not config.prunenet_policy_path
+    ):
         # Training the policy reads every layer's weights at once, which an offloaded model does not hold.
         raise ValueError(
-            "criterion='prunenet' trains its policy on all layers' weights at once, which an offloaded model does "
-            "not hold in memory: train it on a model that fits (prunenet_save_policy=...) and pass "
+            f"criterion={config.criterion!r} trains its policy on all layers' weights at once, which an offloaded "
+            "model does not hold in memory: train it on a model that fits (prunenet_save_policy=...) and pass "
             "prunenet_policy_path=..., or load the model without offloading."
         )
     criterion = CRITERIA[config.criterion].prepare(adapter, config, show_progress=show_progress)

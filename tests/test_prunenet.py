@@ -1,8 +1,6 @@
-"""PruneNet: calibration-free structured pruning from a policy learnt on the weights alone."""
+"""criterion / recipe 'prunenet': the PruneNet reference implementation's policy (LCS2-IIITD/PruneNet)."""
 
 from __future__ import annotations
-
-import warnings
 
 import pytest
 import torch
@@ -11,180 +9,203 @@ from conftest import tiny_bert, tiny_llama, tiny_mamba
 from optimum_prune import PrunerForCausalLM, PrunerForSequenceClassification, PruningConfig
 from optimum_prune.architectures import get_adapter
 from optimum_prune.criteria.prunenet import (
+    DISCOUNT,
     PruneNet,
-    ks_distance,
-    plackett_luce_log_prob,
+    SparsityPredictor,
+    discounted_rewards,
     sample_without_replacement,
-    singular_values,
     spectral_reward,
     training_matrices,
 )
+from optimum_prune.criteria.prunenet_invariant import InvariantPruneNet, channel_features
 
 INPUT_IDS = torch.tensor([[5, 17, 33, 48, 9, 60, 71, 12, 90, 33, 41, 7]])
 
 
 def _config(**overrides) -> PruningConfig:
-    settings = dict(
-        target="structured",
-        criterion="prunenet",
-        reconstruction="none",
-        sparsity=0.3,
-        structures=["ffn_channels"],
-        prunenet_episodes=5,
-    )
+    settings = dict(target="structured", recipe="prunenet", sparsity=0.3, prunenet_episodes=3)
     settings.update(overrides)
     return PruningConfig(**settings)
 
 
-class _NoData(list):
-    """A stand-in that fails the test if anything reads calibration data."""
-
-    def __iter__(self):
-        raise AssertionError("calibration data was read")
-
-
-def test_no_calibration_data_is_touched(tokenizer, monkeypatch):
-    pruner = PrunerForCausalLM(tiny_llama(), tokenizer)
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("calibration samples were requested")
-
-    monkeypatch.setattr(pruner, "calibration_samples", refuse)
-    before = pruner.model.model.layers[0].mlp.gate_proj.out_features
-    pruner.prune(_config(), show_progress=False)
-    after = pruner.model.model.layers[0].mlp.gate_proj.out_features
-    assert after < before
-    with torch.no_grad():
-        assert torch.isfinite(pruner.model(INPUT_IDS).logits).all()
+def _kept(pruner) -> list[list[int]]:
+    """The FFN channels each layer kept, found by matching the pruned gate_proj rows to the unpruned model's."""
+    unpruned = tiny_llama()
+    kept = []
+    for layer, dense in zip(pruner.model.model.layers, unpruned.model.layers):
+        rows = dense.mlp.gate_proj.weight
+        kept.append([int((rows == row).all(1).nonzero()[0]) for row in layer.mlp.gate_proj.weight])
+    return kept
 
 
-def test_deterministic_for_a_seed(tokenizer):
-    def kept(seed: int) -> tuple[torch.Tensor, list[int]]:
-        pruner = PrunerForCausalLM(tiny_llama(), tokenizer)
-        pruner.prune(_config(seed=seed), show_progress=False)
-        with torch.no_grad():
-            logits = pruner.model(INPUT_IDS).logits
-        return logits, [layer["intermediate_size"] for layer in pruner.summary["layers"]]
-
-    first, sizes = kept(0)
-    second, _ = kept(0)
-    assert torch.equal(first, second)
-    assert all(size < 96 for size in sizes)
+def test_recipe_fills_the_reference_settings():
+    config = _config()
+    assert (config.criterion, config.structures, config.reconstruction) == ("prunenet", ["ffn_channels"], "none")
 
 
-def test_learned_policy_beats_random_choices():
-    model = tiny_llama(seed=3, intermediate_size=128, num_hidden_layers=2)
-    adapter = get_adapter(model)
-    config = _config(sparsity=0.5)
-    matrices = training_matrices(adapter, config)
-    # Give some rows a larger scale so that which rows are kept matters for the spectrum.
-    with torch.no_grad():
-        for weight in matrices:
-            weight[::4] *= 4.0
-    criterion = PruneNet.untrained(seed=0)
-    history = criterion.train(matrices, episodes=40, learning_rate=0.05, sparsity=0.5, show_progress=False)
-    assert len(history) == 40
-
-    generator = torch.Generator().manual_seed(1)
-    learned, random_mean = [], []
-    for weight in matrices:
-        keep_count = weight.shape[0] // 2
-        reference = singular_values(weight)
-        learned_keep = torch.topk(criterion.channel_scores(weight), keep_count).indices
-        learned.append(spectral_reward(weight, learned_keep, reference))
-        random_rewards = [
-            spectral_reward(weight, torch.randperm(weight.shape[0], generator=generator)[:keep_count], reference)
-            for _ in range(64)
-        ]
-        random_mean.append(sum(random_rewards) / len(random_rewards))
-    assert sum(learned) / len(learned) > sum(random_mean) / len(random_mean)
+def test_policy_is_a_linear_map_of_the_raw_rows():
+    torch.manual_seed(0)
+    weight = torch.randn(24, 8)
+    predictor = SparsityPredictor(24, 8, torch.Generator().manual_seed(1))
+    logits = predictor.logits(weight)
+    # By hand: (W P^T + b) v.
+    by_hand = (
+        weight @ predictor.proj_intermediate.weight.T + predictor.proj_intermediate.bias
+    ) @ predictor.row_sparsities
+    assert torch.allclose(logits, by_hand.squeeze(-1), atol=1e-5)
+    # Affine in the rows: each row's logit depends on that row only, linearly.
+    other = torch.randn(24, 8)
+    zero = predictor.logits(torch.zeros(24, 8))
+    assert torch.allclose(predictor.logits(weight + other), logits + predictor.logits(other) - zero, atol=1e-4)
+    # Raw rows, not rotation-invariant features: rotating the input space changes the policy's logits, while the
+    # rotation-invariant policy's features do not change.
+    rotation, _ = torch.linalg.qr(torch.randn(8, 8))
+    assert not torch.allclose(predictor.logits(weight @ rotation), logits, atol=1e-3)
+    assert torch.allclose(channel_features(weight @ rotation), channel_features(weight), atol=1e-4)
+    with pytest.raises(ValueError, match=r"reads \[24, 8\] matrices"):
+        predictor.logits(torch.randn(20, 8))
 
 
-def test_saved_policy_is_reused_for_other_ratios_without_training(tokenizer, tmp_path):
+def test_keep_probabilities_are_the_relaxed_bernoulli_of_the_reference():
+    weight = torch.randn(16, 6, generator=torch.Generator().manual_seed(2))
+    predictor = SparsityPredictor(16, 6, torch.Generator().manual_seed(3))
+    log_p = predictor.log_keep_probabilities(weight, torch.Generator().manual_seed(4))
+    # The reference's expression: sigmoid(log u - log(1 - u) + log alpha - log(1 - alpha)), same uniform draw.
+    u = torch.rand(16, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    alpha = torch.sigmoid(predictor.logits(weight)).double()
+    reference = torch.sigmoid(u.log() - (1 - u).log() + alpha.log() - (1 - alpha).log())
+    assert torch.allclose(log_p.double().exp(), reference, atol=1e-5)
+
+
+def test_channels_are_sampled_reproducibly_with_the_seed(tokenizer, tmp_path):
     path = tmp_path / "policy.safetensors"
     first = PrunerForCausalLM(tiny_llama(), tokenizer)
-    first.prune(_config(sparsity=0.25, prunenet_save_policy=str(path)), show_progress=False)
-    assert path.is_file()
+    first.prune(_config(prunenet_save_policy=str(path)), show_progress=False)
+    again = PrunerForCausalLM(tiny_llama(), tokenizer)
+    again.prune(_config(prunenet_policy_path=str(path)), show_progress=False)
+    assert _kept(again) == _kept(first)
 
+    # Same policy, other seed: other draws (a sample, not the most likely set).
+    other = PrunerForCausalLM(tiny_llama(), tokenizer)
+    other.prune(_config(prunenet_policy_path=str(path), seed=7), show_progress=False)
+    assert _kept(other) != _kept(first)
+    assert [len(k) for k in _kept(other)] == [len(k) for k in _kept(first)]
+
+    # Drawn with probability proportional to p: rows with large keep logits are kept far more often than the rest.
+    policy = PruneNet.load_policy(path)
+    weight = get_adapter(tiny_llama()).layers()[0].mlp.gate_proj.weight.detach()
+    predictor = policy.predictor_for(weight)
+    direction = torch.randn(weight.shape[1], generator=torch.Generator().manual_seed(5))
+    projection = weight @ direction
+    top = torch.topk(projection, 9).values
+    threshold = float(top[7] + top[8]) / 2
+    with torch.no_grad():
+        # v = e_0 and one row of the linear map: z_i = 20 (W_i . d - t) / spread, positive for the top 8 rows only.
+        scale = 20.0 / float(projection.std())
+        predictor.row_sparsities.zero_()
+        predictor.row_sparsities[0] = 1.0
+        predictor.proj_intermediate.weight[0] = scale * direction
+        predictor.proj_intermediate.bias[0] = -scale * threshold
+    favoured = torch.topk(projection, 8).indices
+    counts = torch.zeros(weight.shape[0])
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        counts[sample_without_replacement(policy.log_keep_probabilities(weight, generator), 8, generator)] += 1
+    others = torch.ones(weight.shape[0], dtype=torch.bool)
+    others[favoured] = False
+    assert counts[favoured].mean() > 10 * counts[others].mean()
+    assert counts[others].sum() > 0  # still a draw: the others are kept now and then
+
+
+def test_saved_policy_gives_the_same_plan_and_is_not_retrained(tokenizer, tmp_path, monkeypatch):
+    path = tmp_path / "policy.safetensors"
+    first = PrunerForCausalLM(tiny_llama(), tokenizer)
+    first.prune(_config(sparsity=0.4, prunenet_save_policy=str(path)), show_progress=False)
     loaded = PruneNet.load_policy(path)
-    weight = get_adapter(tiny_llama()).layers()[0].mlp.gate_proj.weight
-    assert loaded.settings["episodes"] == 5
-    assert loaded.training_steps == 0
-    scores = loaded.channel_scores(weight)
-
-    # Another compression ratio of the same model: the policy ranks, nothing is trained.
-    second = PrunerForCausalLM(tiny_llama(), tokenizer)
+    assert loaded.settings["episodes"] == 3 and loaded.training_steps == 0
     calls = []
-    original_train = PruneNet.train
-    PruneNet.train = lambda self, *a, **k: calls.append(1) or original_train(self, *a, **k)
-    try:
-        second.prune(_config(sparsity=0.5, prunenet_policy_path=str(path)), show_progress=False)
-    finally:
-        PruneNet.train = original_train
+    monkeypatch.setattr(PruneNet, "train", lambda self, *a, **k: calls.append(1))
+    second = PrunerForCausalLM(tiny_llama(), tokenizer)
+    second.prune(_config(sparsity=0.4, prunenet_policy_path=str(path)), show_progress=False)
     assert calls == []
-    kept_width = second.model.model.layers[0].mlp.gate_proj.out_features
-    assert kept_width == 48
-    # The kept channels are the top half by the saved policy's scores.
-    expected_rows = weight[torch.sort(torch.topk(scores, 48).indices).values]
-    assert torch.allclose(second.model.model.layers[0].mlp.gate_proj.weight, expected_rows)
+    assert _kept(second) == _kept(first)
+    for a, b in zip(first.model.model.layers, second.model.model.layers):
+        assert torch.equal(a.mlp.down_proj.weight, b.mlp.down_proj.weight)
+    with torch.no_grad():
+        assert torch.equal(first.model(INPUT_IDS).logits, second.model(INPUT_IDS).logits)
 
 
-def test_policy_file_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="No PruneNet policy"):
-        PruneNet.load_policy(tmp_path / "missing.safetensors")
-    from safetensors.torch import save_file
+def test_reward_is_discounted_over_layers():
+    assert discounted_rewards([2.0, 2.0, 4.0], 0.5) == [2.0, 1.0, 1.0]
+    model = tiny_llama(num_hidden_layers=3)
+    matrices = training_matrices(get_adapter(model), _config())
+    criterion = PruneNet.untrained(matrices, seed=0)
+    history = criterion.train(matrices, episodes=2, learning_rate=1e-3, sparsity=0.5, show_progress=False)
+    episode = criterion.last_episode
+    assert len(history) == 2 and history[-1] == pytest.approx(sum(episode["rewards"]))
+    assert episode["discounted"] == pytest.approx([DISCOUNT**i * r for i, r in enumerate(episode["rewards"])])
+    # Each reward is the reference's: 1 / KS distance of the kept rows' singular values to the whole matrix's.
+    for weight, keep, reward in zip(matrices, episode["kept"], episode["rewards"]):
+        assert len(keep) == int(0.5 * weight.shape[0])
+        assert reward == pytest.approx(spectral_reward(weight, keep))
+    assert criterion.training_steps == 2 * len(matrices)
 
-    other = tmp_path / "other.safetensors"
-    save_file({"x": torch.zeros(1)}, str(other))
-    with pytest.raises(ValueError, match="not a PruneNet policy"):
-        PruneNet.load_policy(other)
+
+def test_training_keeps_the_best_episode(monkeypatch):
+    model = tiny_llama(num_hidden_layers=2)
+    matrices = training_matrices(get_adapter(model), _config())
+    criterion = PruneNet.untrained(matrices, seed=0)
+    snapshots = []
+    original = PruneNet.train
+
+    rewards = iter([1.0, 1.0, 5.0, 5.0, 2.0, 2.0])  # episode totals 2, 10, 4: the second is best
+    monkeypatch.setattr("optimum_prune.criteria.prunenet.spectral_reward", lambda *a, **k: next(rewards))
+    step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        result = step(self, *args, **kwargs)
+        snapshots.append({k: v.clone() for k, v in criterion.predictors.state_dict().items()})
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    original(criterion, matrices, episodes=3, learning_rate=1e-2, sparsity=0.5, show_progress=False)
+    assert criterion.history == [2.0, 10.0, 4.0]
+    # After episode 2 (4 steps: 2 layers x 2 episodes) the policy is the one kept, not the last one.
+    best, last = snapshots[3], snapshots[-1]
+    state = criterion.predictors.state_dict()
+    assert all(torch.equal(state[k], best[k]) for k in state)
+    assert not all(torch.equal(state[k], last[k]) for k in state)
+
+
+def test_no_calibration_data_and_heads_fall_back_to_magnitude(tokenizer, monkeypatch):
+    pruner = PrunerForCausalLM(tiny_llama(), tokenizer)
+    monkeypatch.setattr(pruner, "calibration_samples", lambda *a, **k: pytest.fail("calibration data was read"))
+    pruner.prune(_config(recipe=None, criterion="prunenet", reconstruction="none", sparsity=0.5), show_progress=False)
+    assert pruner.summary["parameters_after"] < pruner.summary["parameters_before"]
+    assert pruner.model.model.layers[0].self_attn.k_proj.out_features < 24  # heads went too (by magnitude)
+    with torch.no_grad():
+        assert torch.isfinite(pruner.model(INPUT_IDS).logits).all()
 
 
 @pytest.mark.parametrize("factory,pruner_class", [(tiny_bert, PrunerForSequenceClassification), (tiny_mamba, None)])
 def test_bert_and_mamba(factory, pruner_class, tokenizer):
     pruner = (pruner_class or PrunerForCausalLM)(factory(), tokenizer)
-    pruner.prune(_config(structures=None), show_progress=False)
+    pruner.prune(_config(recipe=None, criterion="prunenet", reconstruction="none"), show_progress=False)
     assert pruner.summary["parameters_after"] < pruner.summary["parameters_before"]
 
 
-def test_liar_without_data_falls_back_to_none_with_a_warning(tokenizer):
-    pruner = PrunerForCausalLM(tiny_llama(), tokenizer)
-    with pytest.warns(UserWarning, match="calibration-free.*reconstruction='none'"):
-        pruner.prune(_config(reconstruction="liar"), show_progress=False)
-    assert pruner.summary["parameters_after"] < pruner.summary["parameters_before"]
-
-
-def test_liar_with_data_refits(tokenizer, texts):
-    def down_proj(reconstruction: str) -> torch.Tensor:
-        pruner = PrunerForCausalLM(tiny_llama(), tokenizer)
-        config = _config(reconstruction=reconstruction, dataset=texts, num_samples=4, seqlen=32)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            pruner.prune(config, show_progress=False)
-        # With data there is no fallback to reconstruction='none'.
-        assert not [w for w in caught if "calibration-free" in str(w.message)]
-        return pruner.model.model.layers[0].mlp.down_proj.weight
-
-    refit, plain = down_proj("liar"), down_proj("none")
-    # Same channels kept (the policy reads no data), but LIAR folded the pruned channels into the kept columns.
-    assert refit.shape == plain.shape
-    assert not torch.allclose(refit, plain)
-
-
-def test_sampling_helpers():
-    logits = torch.tensor([3.0, 0.0, -1.0, 2.0], dtype=torch.float64)
-    generator = torch.Generator().manual_seed(0)
-    counts = torch.zeros(4)
-    for _ in range(2000):
-        counts[sample_without_replacement(logits, 1, generator)] += 1
-    # One draw from Gumbel-top-1 is a softmax draw.
-    assert torch.allclose(counts / 2000, torch.softmax(logits, 0).float(), atol=0.04)
-    # Plackett-Luce: the probabilities of all orders of 2 items out of 3 sum to one.
-    small = torch.tensor([0.5, -0.2, 1.0], dtype=torch.float64)
-    total = sum(
-        plackett_luce_log_prob(small, torch.tensor([i, j])).exp() for i in range(3) for j in range(3) if i != j
-    )
-    assert abs(float(total) - 1.0) < 1e-9
-    a = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)
-    assert float(ks_distance(a, a)) == 0.0
-    assert float(ks_distance(a, a + 10)) == 1.0
+def test_policy_files_of_the_other_variant_are_refused(tokenizer, tmp_path):
+    invariant_path, reference_path = tmp_path / "invariant.safetensors", tmp_path / "reference.safetensors"
+    InvariantPruneNet.untrained(seed=0).save_policy(invariant_path)
+    matrices = training_matrices(get_adapter(tiny_llama()), _config())
+    PruneNet.untrained(matrices, seed=0).save_policy(reference_path)
+    with pytest.raises(ValueError, match="prunenet_invariant"):
+        PruneNet.load_policy(invariant_path)
+    with pytest.raises(ValueError, match="criterion='prunenet'"):
+        InvariantPruneNet.load_policy(reference_path)
+    # A policy trained on other FFN widths: a clear error before any weight changes.
+    narrow = PrunerForCausalLM(tiny_llama(intermediate_size=64), tokenizer)
+    before = [p.clone() for p in narrow.model.parameters()]
+    with pytest.raises(ValueError, match="tied to one shape"):
+        narrow.prune(_config(prunenet_policy_path=str(reference_path)), show_progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, narrow.model.parameters()))

@@ -117,7 +117,8 @@ CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
         "criterion",
         str,
         "activation",
-        "structured ranking: magnitude, activation, fluctuation, random, prunenet, obs (error left after the refit)",
+        "structured ranking: magnitude, activation, fluctuation, random, prunenet, prunenet_invariant, obs (error "
+        "left after the refit)",
     ),
     ConfigOption(
         "reconstruction",
@@ -199,7 +200,13 @@ CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
     ),
     ConfigOption("seed", int, 0, "seed for calibration sampling, the random criterion and PruneNet"),
     ConfigOption("prunenet_episodes", int, 20, "PruneNet: REINFORCE training episodes", metavar="N"),
-    ConfigOption("prunenet_learning_rate", float, 0.01, "PruneNet: policy learning rate", metavar="LR"),
+    ConfigOption(
+        "prunenet_learning_rate",
+        float,
+        None,
+        "PruneNet: policy learning rate (default 1e-3; invariant 1e-2)",
+        metavar="LR",
+    ),
     ConfigOption("prunenet_train_sparsity", float, None, "PruneNet: sparsity while training (default: --sparsity)"),
     ConfigOption("prunenet_policy_path", str, None, "PruneNet: reuse this saved policy", metavar="FILE"),
     ConfigOption("prunenet_save_policy", str, None, "PruneNet: save the policy to this file", metavar="FILE"),

@@ -6,8 +6,11 @@ from .fluctuation import FLUCTUATION
 from .magnitude import MAGNITUDE
 from .obs import OBS
 from .prunenet import PRUNENET
+from .prunenet_invariant import PRUNENET_INVARIANT
 from .random import RANDOM
 
-CRITERIA: dict[str, Criterion] = {c.name: c for c in (MAGNITUDE, ACTIVATION, FLUCTUATION, RANDOM, PRUNENET, OBS)}
+CRITERIA: dict[str, Criterion] = {
+    c.name: c for c in (MAGNITUDE, ACTIVATION, FLUCTUATION, RANDOM, PRUNENET, OBS, PRUNENET_INVARIANT)
+}
 
 __all__ = ["CRITERIA", "ChannelCriterion", "Criterion"]

@@ -1,36 +1,51 @@
-"""PruneNet (Sengupta et al., ICLR 2025, "You Only Prune Once"): a policy learnt from the weights alone ranks channels.
+"""PruneNet as its reference implementation does it (`criterion="prunenet"`, `recipe="prunenet"`).
 
-For every FFN group (and Mamba's inner channels) the policy reads the rows of the matrix that produces the channels
-(LLaMA `gate_proj`, BERT `intermediate.dense`, the x half of Mamba's `in_proj`) and gives each channel a keep logit.
-While it learns, channels are drawn without replacement from those logits (Plackett-Luce, by Gumbel-top-k) and the
-reward is how well the kept rows preserve the matrix's spectrum: 1 / the Kolmogorov-Smirnov distance between the
-singular values of the kept rows and those of the whole matrix. REINFORCE trains it; no calibration data is read.
+Sengupta, Chaudhary and Chakraborty, "You Only Prune Once: Designing Calibration-Free Model Compression With Policy
+Learning", ICLR 2025; reference implementation github.com/LCS2-IIITD/PruneNet (`experiments/prunenet.py`,
+`experiments/prunenet_utils.py`, `prunenet/SparsityPredictor.py`). No calibration data is read.
 
-Where this differs from the reference implementation, and why:
+The policy (the reference's `SparsityPredictor`) reads the raw rows of the matrix that produces the FFN channels
+(LLaMA `gate_proj`, BERT `intermediate.dense`, OPT `fc1`; here also the x half of Mamba's `in_proj`),
+`W: [rows, in]`, and maps them linearly to one keep logit per row:
 
-- The paper's policy projects the raw rows (a Linear(hidden, intermediate) and a learnt vector), which ties it to
-  one matrix shape. The spectrum is unchanged by any rotation of the input space, so this policy reads rotation-
-  invariant per-row features instead (log row norm; log leverage in the top 100%, 50% and 12.5% of the singular
-  subspace), standardised within the layer. One small MLP then serves every layer, every layer size, and a model
-  that an earlier run already pruned.
-- The log-probability of a draw is the exact Plackett-Luce log-probability of the drawn order, and the baseline is
-  the mean reward of the layer's other draws in the episode (the paper uses no baseline and discounts rewards over
-  layers, which are independent decisions).
-- Pruning keeps the channels with the top-k logits (the policy's mode) rather than drawing once more, so a given
-  policy always prunes the same way, at any compression ratio: a saved policy is reused without retraining.
+    z = (W P^T + b) v            P: [rows, in], b: [rows] (a Linear(in, rows)), v: [rows]
+    alpha = sigmoid(z)
+    p = sigmoid(logit(u) + logit(alpha)),  u ~ Uniform(0, 1) per row   (a relaxed Bernoulli draw, temperature 1)
 
-Measured limit (benchmarks/results/ffn_criteria.md, ffn_scores.md): on SmolLM2-135M the policy ranks FFN channels
-worse than chance (20% of FFN channels, no refit: perplexity 4,260 vs 170 for a random choice and 27.7 for the
-activation criterion). No per-row weight statistic tried there tracks how much output a channel carries in that
-model; the policy faithfully keeps the spectrum of gate_proj, which is not what the next layer needs. Prefer
-`activation` with real text when any is available.
+and `int((1 - r) * rows)` rows are drawn without replacement with probability proportional to `p`
+(`torch.multinomial(p, k, replacement=False)`). A layer's reward is 1 / the two-sample Kolmogorov-Smirnov distance
+between the singular values of the kept rows and those of the whole matrix (99999 when the distance is 0). In an
+episode every layer is drawn in order, then layer `i`'s reward is discounted to `0.99**i * reward_i` and each layer
+takes one AdamW step (learning rate 1e-3, weight decay 0.01) on `-sum(log p[kept]) * discounted reward_i`, with `p`
+drawn afresh. The policy of the episode with the largest total reward is the one kept and saved. Pruning draws once
+more from it, so the kept channels are a sample, not the most likely set.
 
-Attention heads are not scored by the policy (the authors report that slicing attention this way hurts): they fall
-back to `magnitude` (squared norm of the consumer columns), which needs no data either.
+What differs from the reference, and why:
+
+- Randomness comes from the run's seeded generators, not the global RNG: training from one seeded with
+  `PruningConfig.seed`, pruning from the pruner's generator (the one the `random` criterion uses), so one seed and one
+  policy give one plan, and a saved policy prunes exactly as the run that trained it. The draw without replacement is
+  done as the top-k of `log p + Gumbel noise`, which has the distribution of `torch.multinomial(p, k, replacement=False)`
+  and lets the allocation take any `k` from one set of scores.
+- `log p` is computed as `logsigmoid(logit(u) + z)`, the same value as the reference's expression (`logit(alpha)` is
+  `z`) without its saturation to `log 0` in float16; no autocast or grad scaler (CPU float32, float64 for the SVD).
+- The reference calls `clip_grad_norm_` after `zero_grad`, which clips nothing; nothing is clipped here either. Its
+  optional KL term (`--use_kld`, off by default) is not offered.
+- The reference builds one predictor for `config.intermediate_size` and refuses other shapes. Here each distinct
+  producer shape in the run (an FFN and a Mamba mixer, or layers an earlier run left at other widths) gets its own
+  predictor, trained on the layers of that shape; the discount still follows the layer order of the whole model.
+- How many channels each layer keeps is the allocation's (`uniform` by default: the same fraction in every layer,
+  with `round_to`), not the reference's `int((1 - r) * rows)`; training draws `int((1 - r) * rows)` as it does.
+- The policy file is safetensors with the settings in its metadata (the reference saves a torch state dict).
+
+Attention heads are not scored by the policy (the reference slices only the FFN; its authors report that slicing
+attention this way hurts): they fall back to `magnitude`, which needs no data either. The earlier, rotation-invariant
+policy of this package is `criterion="prunenet_invariant"` (`optimum_prune.criteria.prunenet_invariant`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -39,6 +54,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -56,40 +72,17 @@ logger = logging.getLogger(__name__)
 
 #: Unit kinds the policy scores; other kinds fall back to `magnitude`.
 POLICY_KINDS = ("ffn_channels", "mamba_inner")
-#: Fractions (by rank) of the singular subspace in which each row's leverage is a feature.
-LEVERAGE_FRACTIONS = (1.0, 0.5, 0.125)
-FEATURE_NAMES = ("log_row_norm", *(f"log_leverage_top_{fraction:g}" for fraction in LEVERAGE_FRACTIONS))
-#: Draws per layer and episode: the others' mean reward is each draw's baseline.
-SAMPLES_PER_LAYER = 4
-#: The KS distance is floored here so the reward of a (near) perfect draw stays finite.
-MIN_DISTANCE = 1e-3
-POLICY_FORMAT = "optimum-prune/prunenet-policy/1"
+#: The reference's reward discount per layer (`_discount_rewards(rewards, gamma=0.99)`).
+DISCOUNT = 0.99
+#: The reference's reward for a KS distance of exactly 0.
+ZERO_DISTANCE_REWARD = 99999.0
+#: The reference's AdamW learning rate (`--learning_rate_action`), used when `prunenet_learning_rate` is None.
+DEFAULT_LEARNING_RATE = 1e-3
+POLICY_FORMAT = "optimum-prune/prunenet-reference-policy/1"
 _METADATA_KEY = "prunenet"
 
 
-# ---- features and reward ------------------------------------------------------------------------------------------
-@torch.no_grad()
-def channel_features(weight: torch.Tensor) -> torch.Tensor:
-    """Per-row features of a producer matrix `[rows, in]`, standardised over its rows: `[rows, F]` float32 on CPU."""
-    w = weight.detach().double()
-    eigenvalues, eigenvectors = torch.linalg.eigh(w.T @ w)
-    eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.flip(1)
-    rank = int((eigenvalues > eigenvalues[0].clamp_min(1e-300) * 1e-12).sum())
-    # Rows of U from the SVD W = U S V^T, computed through the small Gram matrix: U = W V S^-1.
-    left = (w @ eigenvectors[:, :rank]) / eigenvalues[:rank].sqrt()
-    energy = left.pow(2)
-    columns = [w.norm(dim=1).clamp_min(1e-30).log()]
-    for fraction in LEVERAGE_FRACTIONS:
-        top = max(1, round(fraction * rank))
-        columns.append(energy[:, :top].sum(1).clamp_min(1e-30).log())
-    features = torch.stack(columns, 1)
-    std = features.std(0) if features.shape[0] > 1 else torch.zeros(features.shape[1], dtype=features.dtype)
-    standardised = (features - features.mean(0)) / std.clamp_min(1e-12)
-    # A feature that is the same for every row (e.g. full-rank leverage of a wide matrix) carries no information.
-    standardised[:, std < 1e-6] = 0.0
-    return standardised.float().cpu()
-
-
+# ---- spectrum and sampling (shared with prunenet_invariant) ---------------------------------------------------------
 @torch.no_grad()
 def singular_values(weight: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
     """Singular values of `weight` (or of its `rows`), ascending, in float64."""
@@ -101,102 +94,152 @@ def singular_values(weight: torch.Tensor, rows: torch.Tensor | None = None) -> t
 
 
 def ks_distance(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """Two-sample Kolmogorov-Smirnov statistic of two ascending 1-D samples."""
+    """Two-sample Kolmogorov-Smirnov statistic of two ascending 1-D samples (scipy's `ks_2samp(...).statistic`)."""
     points = torch.cat([first, second])
     cdf_first = torch.searchsorted(first.contiguous(), points, right=True).double() / first.numel()
     cdf_second = torch.searchsorted(second.contiguous(), points, right=True).double() / second.numel()
     return (cdf_first - cdf_second).abs().max()
 
 
-def spectral_reward(weight: torch.Tensor, keep: torch.Tensor, reference: torch.Tensor | None = None) -> float:
-    """1 / KS distance between the singular values of `weight[keep]` and of `weight` (`reference`, if precomputed)."""
-    if reference is None:
-        reference = singular_values(weight)
-    distance = float(ks_distance(reference, singular_values(weight, keep)).cpu())
-    return 1.0 / max(distance, MIN_DISTANCE)
-
-
-# ---- policy ---------------------------------------------------------------------------------------------------------
-class PolicyNetwork(nn.Module):
-    """Two-layer MLP from a channel's features to its keep logit, shared by every layer."""
-
-    def __init__(
-        self, num_features: int = len(FEATURE_NAMES), hidden_size: int = 16, generator: torch.Generator | None = None
-    ) -> None:
-        super().__init__()
-        self.hidden = nn.Linear(num_features, hidden_size)
-        self.output = nn.Linear(hidden_size, 1)
-        generator = generator if generator is not None else torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            # A small output layer starts the policy close to uniform, so the first episodes explore.
-            for linear, gain in ((self.hidden, 1.0), (self.output, 0.1)):
-                bound = gain / math.sqrt(linear.in_features)
-                linear.weight.uniform_(-bound, bound, generator=generator)
-                linear.bias.zero_()
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Keep logits `[rows]` for features `[rows, F]`."""
-        return self.output(torch.tanh(self.hidden(features))).squeeze(-1)
-
-
 def sample_without_replacement(logits: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
     """`count` indices drawn one at a time, each with probability softmax(logits) over those left, in draw order.
 
-    Gumbel-top-k: the top `count` of logits + Gumbel noise are exactly such a sequential draw.
+    Gumbel-top-k: the top `count` of logits + Gumbel noise are exactly such a sequential draw. With `logits = log p`
+    it is `torch.multinomial(p, count, replacement=False)`.
     """
-    uniform = torch.rand(logits.shape, generator=generator, dtype=torch.float64).clamp_min(1e-300)
-    gumbel = -torch.log(-torch.log(uniform))
-    return torch.topk(logits.detach().double() + gumbel, count).indices
+    return torch.topk(logits.detach().double() + gumbel_noise(logits.shape, generator), count).indices
 
 
-def plackett_luce_log_prob(logits: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """Log-probability of drawing `order` (in that order, without replacement) from softmax(logits)."""
-    chosen = logits[order]
-    left_out = torch.ones_like(logits, dtype=torch.bool)
-    left_out[order] = False
-    rest = torch.logsumexp(logits[left_out], 0) if left_out.any() else logits.new_tensor(-math.inf)
-    # Before draw j the pool holds the not-yet-drawn chosen channels (j..end) and the ones never drawn.
-    pool = torch.logaddexp(torch.logcumsumexp(chosen.flip(0), 0).flip(0), rest)
-    return (chosen - pool).sum()
+def gumbel_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Standard Gumbel draws, float64 on CPU."""
+    uniform = torch.rand(shape, generator=generator, dtype=torch.float64).clamp_min(1e-300)
+    return -torch.log(-torch.log(uniform))
+
+
+def training_matrices(adapter: ArchitectureAdapter, config: PruningConfig) -> list[torch.Tensor]:
+    """The producer matrices of every group the policy will score in this run, in layer order (views, not copies)."""
+    kinds = [k for k in (config.structures or adapter.structure_kinds) if k in POLICY_KINDS]
+    return [
+        adapter.producer_weight(layer, group).detach()
+        for layer in adapter.layers()
+        for group in adapter.groups(layer)
+        if group.kind in kinds
+    ]
+
+
+def spectral_reward(weight: torch.Tensor, keep: torch.Tensor, reference: torch.Tensor | None = None) -> float:
+    """The reference's reward: 1 / KS distance between the singular values of `weight[keep]` and of `weight`
+    (`reference`, if precomputed); `ZERO_DISTANCE_REWARD` when the distance is 0."""
+    if reference is None:
+        reference = singular_values(weight)
+    distance = float(ks_distance(reference, singular_values(weight, keep)).cpu())
+    return ZERO_DISTANCE_REWARD if distance == 0.0 else 1.0 / distance
+
+
+def discounted_rewards(rewards: Sequence[float], discount: float = DISCOUNT) -> list[float]:
+    """Layer `i`'s reward times `discount**i`, as the reference's `_discount_rewards` (no sum over later layers)."""
+    return [discount**index * reward for index, reward in enumerate(rewards)]
+
+
+def shape_key(weight: torch.Tensor) -> str:
+    """The name a predictor is stored under: `"{rows}x{in_features}"` of the producer matrices it reads."""
+    return f"{weight.shape[0]}x{weight.shape[1]}"
+
+
+# ---- policy ---------------------------------------------------------------------------------------------------------
+class SparsityPredictor(nn.Module):
+    """The reference's policy for producer matrices of one shape `[rows, in_features]`: a linear map of the raw rows.
+
+    `logits(W) = (W P^T + b) v`, `[rows]`; `keep_probabilities` adds the reference's relaxed-Bernoulli noise.
+    Initialised as the reference's: `P`, `b` as `nn.Linear(in_features, rows)` does, `v ~ Uniform(0, 1)`.
+    """
+
+    def __init__(self, rows: int, in_features: int, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.rows, self.in_features = rows, in_features
+        self.proj_intermediate = nn.Linear(in_features, rows, bias=True)
+        self.row_sparsities = nn.Parameter(torch.empty(rows, 1))
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            # nn.Linear's default init bound (kaiming_uniform with a=sqrt(5)) for weight and bias, from a seed.
+            bound = 1.0 / math.sqrt(in_features)
+            self.proj_intermediate.weight.uniform_(-bound, bound, generator=generator)
+            self.proj_intermediate.bias.uniform_(-bound, bound, generator=generator)
+            self.row_sparsities.uniform_(0.0, 1.0, generator=generator)
+
+    def logits(self, weight: torch.Tensor) -> torch.Tensor:
+        """`logit(alpha)` of every row of `weight` `[rows, in_features]`: `[rows]` float32."""
+        if tuple(weight.shape) != (self.rows, self.in_features):
+            raise ValueError(
+                f"This PruneNet predictor reads [{self.rows}, {self.in_features}] matrices, got {list(weight.shape)}."
+            )
+        return (self.proj_intermediate(weight.detach().float()) @ self.row_sparsities).squeeze(-1)
+
+    def log_keep_probabilities(self, weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """`log p` with `p = sigmoid(logit(u) + logit(alpha))`, `u ~ Uniform(0, 1)` drawn from `generator`: `[rows]`."""
+        logits = self.logits(weight)
+        uniform = torch.rand(logits.shape, generator=generator, dtype=torch.float64).clamp(1e-12, 1.0 - 1e-12)
+        noise = (torch.log(uniform) - torch.log1p(-uniform)).to(logits.dtype)
+        return F.logsigmoid(noise + logits)
 
 
 # ---- the criterion --------------------------------------------------------------------------------------------------
 class PruneNet(Criterion):
-    """Calibration-free criterion: a REINFORCE-trained policy scores channels from the producer weights.
+    """Calibration-free criterion: the reference PruneNet policy, trained by REINFORCE on the producer weights.
 
     The registered instance holds no policy; `prepare` returns a new one holding a trained (or loaded) policy.
+    Scores are `log p + Gumbel noise` per channel, so the top-k a plan keeps is a draw without replacement with
+    probability proportional to `p`, as the reference prunes; the noise comes from the generator the pruner passes.
 
     Example:
-        >>> config = PruningConfig(criterion="prunenet", reconstruction="none", sparsity=0.3, prunenet_episodes=20)
+        >>> config = PruningConfig(recipe="prunenet", sparsity=0.3)  # FFN channels, no refit, 20 episodes
         >>> PrunerForCausalLM(model, tokenizer).prune(config)
     """
 
     name = "prunenet"
     needs_calibration = False
 
-    def __init__(self, policy: PolicyNetwork | None = None, settings: dict[str, Any] | None = None) -> None:
-        self.policy = policy
+    def __init__(self, predictors: dict[str, SparsityPredictor] | None = None, settings: dict[str, Any] | None = None):
+        self.predictors = nn.ModuleDict(predictors or {})
         self.settings: dict[str, Any] = dict(settings or {})
-        #: Mean reward over the layers' draws, per training episode.
+        #: Total reward over the layers, per training episode.
         self.history: list[float] = list(self.settings.get("reward_history", []))
+        #: The last training episode: per layer, the kept rows, the reward and the discounted reward.
+        self.last_episode: dict[str, list[Any]] = {}
         #: Optimizer steps taken by this instance (0 for a loaded policy).
         self.training_steps = 0
 
     @classmethod
-    def untrained(cls, seed: int = 0, hidden_size: int = 16) -> PruneNet:
-        """A fresh policy, initialised from `seed` alone."""
-        policy = PolicyNetwork(hidden_size=hidden_size, generator=torch.Generator().manual_seed(seed))
-        return cls(policy, {"hidden_size": hidden_size, "seed": seed})
+    def untrained(cls, matrices: Sequence[torch.Tensor], seed: int = 0) -> PruneNet:
+        """Fresh predictors, one per distinct shape of `matrices`, initialised from `seed` alone."""
+        generator = torch.Generator().manual_seed(seed)
+        predictors: dict[str, SparsityPredictor] = {}
+        for weight in matrices:
+            key = shape_key(weight)
+            if key not in predictors:
+                predictors[key] = SparsityPredictor(weight.shape[0], weight.shape[1], generator)
+        return cls(predictors, {"seed": seed, "shapes": list(predictors)})
 
     # ---- Criterion API ------------------------------------------------------------------------------------------
     def prepare(self, adapter: ArchitectureAdapter, config: PruningConfig, show_progress: bool = True) -> PruneNet:
-        """Load `config.prunenet_policy_path`, or train a policy on this model's weights; save it if asked."""
+        """Load `config.prunenet_policy_path`, or train a policy on this model's weights; save it if asked.
+
+        Raises:
+            ValueError: when a loaded policy has no predictor for the shape of a matrix this run scores.
+        """
+        matrices = training_matrices(adapter, config)
         if config.prunenet_policy_path:
             criterion = PruneNet.load_policy(config.prunenet_policy_path)
+            missing = sorted({shape_key(w) for w in matrices} - set(criterion.predictors))
+            if missing:
+                raise ValueError(
+                    f"The PruneNet policy in {config.prunenet_policy_path!r} reads producer matrices of shape "
+                    f"{sorted(criterion.predictors)} (rows x in_features); this model also has {missing}. The "
+                    "reference policy is tied to one shape: train one on this model (no prunenet_policy_path)."
+                )
             logger.info("PruneNet: reusing the policy in %s, no training", config.prunenet_policy_path)
         else:
-            criterion = PruneNet.untrained(seed=config.seed)
-            matrices = training_matrices(adapter, config)
+            criterion = PruneNet.untrained(matrices, seed=config.seed)
             if matrices:
                 sparsity = config.prunenet_train_sparsity
                 if sparsity is None:
@@ -204,7 +247,7 @@ class PruneNet(Criterion):
                 criterion.train(
                     matrices,
                     episodes=config.prunenet_episodes,
-                    learning_rate=config.prunenet_learning_rate,
+                    learning_rate=config.prunenet_learning_rate or DEFAULT_LEARNING_RATE,
                     sparsity=sparsity,
                     seed=config.seed,
                     show_progress=show_progress,
@@ -221,21 +264,33 @@ class PruneNet(Criterion):
         stats: dict[str, InputStatistics] | None,
         generator: torch.Generator,
     ) -> torch.Tensor:
-        """Policy logits for FFN / Mamba inner channels; `magnitude` scores for attention heads."""
+        """`log p` + Gumbel noise per FFN / Mamba inner channel (a unit of several channels: log of their mean `p`);
+        `magnitude` scores for attention heads. Higher is kept first."""
         if group.kind not in POLICY_KINDS:
             return MAGNITUDE.score_units(adapter, layer, group, None, generator)
         weight = adapter.producer_weight(layer, group)
-        scores = self.channel_scores(weight).to(weight.device)
-        return scores.reshape(group.num_units, group.channels_per_unit).sum(1)
+        log_p = self.log_keep_probabilities(weight, generator)
+        channels = group.unit_channels(torch.arange(group.num_units))
+        unit_log_p = log_p[channels.cpu()].reshape(group.num_units, group.channels_per_unit)
+        unit_log_p = torch.logsumexp(unit_log_p, 1) - math.log(group.channels_per_unit)
+        return (unit_log_p + gumbel_noise(unit_log_p.shape, generator)).to(weight.device)
 
     # ---- policy -------------------------------------------------------------------------------------------------
+    def predictor_for(self, weight: torch.Tensor) -> SparsityPredictor:
+        """The predictor of `weight`'s shape."""
+        key = shape_key(weight)
+        if key not in self.predictors:
+            raise ValueError(
+                f"This PruneNet policy has predictors for {sorted(self.predictors)} (rows x in_features), not {key}."
+            )
+        return self.predictors[key]  # type: ignore[return-value]
+
     @torch.no_grad()
-    def channel_scores(self, weight: torch.Tensor) -> torch.Tensor:
-        """Keep logits (float64, CPU) of the rows of a producer matrix; higher = keep."""
-        if self.policy is None:
-            raise RuntimeError("This PruneNet criterion has no policy: use prepare(), untrained() or load_policy().")
-        self.policy.eval()
-        return self.policy(channel_features(weight)).double()
+    def log_keep_probabilities(self, weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """`log p` (float64, CPU) of the rows of a producer matrix, with fresh relaxed-Bernoulli noise."""
+        predictor = self.predictor_for(weight)
+        predictor.eval()
+        return predictor.log_keep_probabilities(weight.detach().cpu(), generator).double()
 
     def train(
         self,
@@ -245,68 +300,75 @@ class PruneNet(Criterion):
         learning_rate: float,
         sparsity: float,
         seed: int = 0,
-        samples_per_layer: int = SAMPLES_PER_LAYER,
+        discount: float = DISCOUNT,
         show_progress: bool = True,
     ) -> list[float]:
-        """REINFORCE on producer matrices: each episode draws `samples_per_layer` keep sets per matrix at
-        `sparsity` (fraction of rows removed), and steps once per matrix. Returns the mean reward per episode."""
-        if self.policy is None:
-            raise RuntimeError("No policy to train: build one with PruneNet.untrained().")
-        if samples_per_layer < 2:
-            raise ValueError("samples_per_layer must be >= 2: each draw's baseline is the others' mean reward.")
+        """The reference's REINFORCE loop over producer matrices given in layer order; returns the total reward per
+        episode. `sparsity` is the fraction of each matrix's rows removed while learning. Keeps the best episode's
+        policy (largest total reward), as the reference does."""
+        if not self.predictors:
+            raise RuntimeError("No policy to train: build one with PruneNet.untrained(matrices).")
         generator = torch.Generator().manual_seed(seed)
-        features = [channel_features(w) for w in matrices]
+        matrices = [w.detach().cpu() for w in matrices]
         references = [singular_values(w) for w in matrices]
-        optimizer = torch.optim.Adam(self.policy.parameters(), lr=learning_rate)
-        self.policy.train()
+        optimizer = torch.optim.AdamW(self.predictors.parameters(), lr=learning_rate)
+        best_total, best_state = -math.inf, copy.deepcopy(self.predictors.state_dict())
+        self.predictors.train()
         for _ in tqdm(range(episodes), desc="PruneNet policy", disable=not show_progress):
-            episode_rewards = []
-            for weight, layer_features, reference in zip(matrices, features, references):
-                rows = weight.shape[0]
-                keep_count = min(max(round((1.0 - sparsity) * rows), 1), rows - 1)
+            kept, rewards = [], []
+            with torch.no_grad():
+                for weight, reference in zip(matrices, references):
+                    rows = weight.shape[0]
+                    keep_count = min(max(int((1.0 - sparsity) * rows), 1), rows)
+                    log_p = self.predictor_for(weight).log_keep_probabilities(weight, generator)
+                    keep = sample_without_replacement(log_p, keep_count, generator).sort().values
+                    kept.append(keep)
+                    rewards.append(spectral_reward(weight, keep, reference))
+            discounted = discounted_rewards(rewards, discount)
+            for weight, keep, reward in zip(matrices, kept, discounted):
                 with torch.enable_grad():
-                    logits = self.policy(layer_features)
-                    orders = [
-                        sample_without_replacement(logits, keep_count, generator) for _ in range(samples_per_layer)
-                    ]
-                    rewards = torch.tensor(
-                        [spectral_reward(weight, o, reference) for o in orders], dtype=torch.float64
-                    )
-                    baseline = (rewards.sum() - rewards) / (samples_per_layer - 1)
-                    # Per-layer scaling: layers differ in how hard their spectrum is to keep, not in importance.
-                    advantage = ((rewards - baseline) / rewards.std().clamp_min(1e-12)).float()
-                    log_probs = torch.stack([plackett_luce_log_prob(logits, o) for o in orders])
-                    loss = -(advantage * log_probs).mean() / keep_count
+                    log_p = self.predictor_for(weight).log_keep_probabilities(weight, generator)
+                    loss = -log_p[keep].sum() * reward
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
                 self.training_steps += 1
-                episode_rewards.append(float(rewards.mean()))
-            self.history.append(sum(episode_rewards) / len(episode_rewards))
-        self.policy.eval()
+            total = float(sum(rewards))
+            self.history.append(total)
+            self.last_episode = {"kept": kept, "rewards": rewards, "discounted": discounted}
+            if total > best_total:
+                best_total, best_state = total, copy.deepcopy(self.predictors.state_dict())
+        self.predictors.load_state_dict(best_state)
+        self.predictors.eval()
         self.settings.update(
             episodes=self.settings.get("episodes", 0) + episodes,
             learning_rate=learning_rate,
             train_sparsity=sparsity,
-            samples_per_layer=samples_per_layer,
+            discount=discount,
+            best_total_reward=best_total,
             reward_history=self.history,
         )
         return self.history
 
     # ---- persistence --------------------------------------------------------------------------------------------
     def save_policy(self, path: str | os.PathLike) -> None:
-        """Write the policy to one safetensors file; its settings go in the file's metadata as JSON."""
-        if self.policy is None:
+        """Write the predictors to one safetensors file (`"{rows}x{in}.<parameter>"`); settings go in its metadata."""
+        if not self.predictors:
             raise RuntimeError("No policy to save.")
         path = os.fspath(path)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        settings = {**self.settings, "format": POLICY_FORMAT, "features": list(FEATURE_NAMES)}
-        tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in self.policy.state_dict().items()}
+        settings = {**self.settings, "format": POLICY_FORMAT, "shapes": sorted(self.predictors)}
+        tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in self.predictors.state_dict().items()}
         save_file(tensors, path, metadata={_METADATA_KEY: json.dumps(settings, sort_keys=True)})
 
     @classmethod
     def load_policy(cls, path: str | os.PathLike) -> PruneNet:
-        """Read a policy written by `save_policy`; it scores channels at any compression ratio without training."""
+        """Read a policy written by `save_policy`; it prunes at any compression ratio without training.
+
+        Raises:
+            FileNotFoundError: no file at `path`.
+            ValueError: the file is not a policy of this criterion.
+        """
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"No PruneNet policy at {path!r} (write one with prunenet_save_policy).")
@@ -315,26 +377,22 @@ class PruneNet(Criterion):
         if _METADATA_KEY not in metadata:
             raise ValueError(f"{path!r} is not a PruneNet policy file (no {_METADATA_KEY!r} metadata).")
         settings = json.loads(metadata[_METADATA_KEY])
-        if settings.get("format") != POLICY_FORMAT or settings.get("features") != list(FEATURE_NAMES):
+        if settings.get("format") != POLICY_FORMAT:
+            hint = ""
+            if settings.get("format") == "optimum-prune/prunenet-policy/1":
+                hint = " It is a rotation-invariant policy: load it with criterion='prunenet_invariant'."
             raise ValueError(
-                f"{path!r} holds a PruneNet policy of format {settings.get('format')!r} with features "
-                f"{settings.get('features')}; this version reads {POLICY_FORMAT!r} with {list(FEATURE_NAMES)}."
+                f"{path!r} holds a policy of format {settings.get('format')!r}; criterion='prunenet' reads "
+                f"{POLICY_FORMAT!r}.{hint}"
             )
-        policy = PolicyNetwork(hidden_size=int(settings["hidden_size"]))
-        policy.load_state_dict(load_file(path))
-        policy.eval()
-        return cls(policy, settings)
-
-
-def training_matrices(adapter: ArchitectureAdapter, config: PruningConfig) -> list[torch.Tensor]:
-    """The producer matrices of every group the policy will score in this run (views, not copies)."""
-    kinds = [k for k in (config.structures or adapter.structure_kinds) if k in POLICY_KINDS]
-    return [
-        adapter.producer_weight(layer, group).detach()
-        for layer in adapter.layers()
-        for group in adapter.groups(layer)
-        if group.kind in kinds
-    ]
+        predictors = {}
+        for key in settings["shapes"]:
+            rows, in_features = (int(x) for x in key.split("x"))
+            predictors[key] = SparsityPredictor(rows, in_features)
+        criterion = cls(predictors, settings)
+        criterion.predictors.load_state_dict(load_file(path))
+        criterion.predictors.eval()
+        return criterion
 
 
 PRUNENET = PruneNet()
