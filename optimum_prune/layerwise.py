@@ -29,7 +29,7 @@ _DISTINCT_PER_SHAPE = 4
 
 
 class _StopForward(Exception):
-    pass
+    """Ends a forward early: raised from a hook once everything wanted from that forward has been seen."""
 
 
 @dataclass
@@ -323,6 +323,54 @@ def _same_value(a: Any, b: Any) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def stopping_after(block: nn.Module, modules: Sequence[nn.Module]) -> Iterator[None]:
+    """Inside this context, a forward of `block` ends as soon as every one of `modules` has been entered once.
+
+    A statistics pass only needs the block up to its last hooked consumer (e.g. ``o_proj`` for attention heads, so
+    the MLP is skipped), as llm-compressor's pipelines stop the model at the first block when capturing its inputs.
+    The stop is an exception raised from a forward pre-hook of the module entered last, after the hooks registered
+    on it earlier (the statistics hooks) have run; `run_block` catches it (``keep_outputs=False`` only: a stopped
+    forward has no output). Nothing the stopped part would have computed is read, so the statistics are exactly
+    those of full forwards.
+
+    The first forward inside the context runs to the end and counts how often each module is entered. Stopping is
+    armed only if every module was entered exactly once; otherwise (a consumer that did not run, e.g. an expert no
+    token was routed to, or one called twice per forward) every forward runs to its end, as without this context.
+    Once armed, a forward in which some module is not entered (routing that differs per sample) also just runs to
+    its end. What it cannot see is a module entered once on the first sample and more often on a later one.
+    """
+    modules = list(modules)
+    calls = [0] * len(modules)
+    state = {"armed": False, "probed": False}
+
+    def start(_block, _args):
+        calls[:] = [0] * len(modules)
+
+    def finish(_block, _args, _output):
+        if not state["probed"]:  # the first forward ran to its end: stopping is safe if each module ran once
+            state["probed"] = True
+            state["armed"] = all(count == 1 for count in calls)
+
+    def entered(position: int):
+        def hook(_module, _args):
+            calls[position] += 1
+            if state["armed"] and all(calls):
+                raise _StopForward
+
+        return hook
+
+    handles = [block.register_forward_pre_hook(start), block.register_forward_hook(finish)]
+    # nn.Module's own registration, not an override: a view of one stacked expert (ExpertDownProjection) adds a
+    # driver on its experts module per registered hook, which would feed the view (and its statistics) twice.
+    handles += [nn.Module.register_forward_pre_hook(module, entered(i)) for i, module in enumerate(modules)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @torch.no_grad()
 def run_block(
     block: nn.Module,
@@ -335,11 +383,17 @@ def run_block(
 
     `device`: move each input there first (the block's execution device when activations wait elsewhere).
     `store`: where the outputs go (default: a list, tensors where the block produced them).
+    Forwards ended by `stopping_after` count as done when `keep_outputs` is False (RuntimeError otherwise).
     """
     outputs: list[BlockInput] | ActivationStore = [] if store is None else store
     for item in inputs:
         hidden, args, kwargs = to_device((item.hidden_states, item.args, item.kwargs), device)
-        out = block(hidden, *args, **kwargs)
+        try:
+            out = block(hidden, *args, **kwargs)
+        except _StopForward:
+            if keep_outputs:
+                raise RuntimeError("A forward whose outputs are kept was stopped early (stopping_after).") from None
+            continue
         if keep_outputs:
             hidden = out[0] if isinstance(out, (tuple, list)) else out
             outputs.append(BlockInput(hidden, item.args, item.kwargs))
@@ -360,6 +414,10 @@ class BlockStreamer:
             where they were produced.
         activations_dir: keep the hidden states in files under this folder instead (for many long samples).
     """
+
+    #: Whether `stopping_after` ends statistics passes at their last consumer; False runs every pass to the
+    #: block's end (the same statistics, more work: for comparisons and benchmarks).
+    stop_early: bool = True
 
     def __init__(
         self,
@@ -394,6 +452,10 @@ class BlockStreamer:
                 yield device
             finally:
                 self._current_device = previous
+
+    def stopping_after(self, block: nn.Module, modules: Sequence[nn.Module]) -> contextlib.AbstractContextManager:
+        """`stopping_after(block, modules)` for the passes run inside (a no-op when `stop_early` is False)."""
+        return stopping_after(block, modules) if self.stop_early else contextlib.nullcontext()
 
     def run(self, block: nn.Module, inputs: Sequence[BlockInput], keep_outputs: bool = True) -> ActivationStore | None:
         """Run `block` (inside `materialized`) on `inputs`; its outputs in a new store, or None."""

@@ -56,15 +56,35 @@ def _collect(
     inputs: Sequence[BlockInput] | None,
     with_gram: bool,
 ) -> dict[str, InputStatistics] | None:
+    """The input statistics of `consumers` over `inputs`, each forward of `layer` ending at the last of them."""
     if inputs is None:
         return None
-    stats, handles = attach_statistics({name: layer.get_submodule(name) for name in consumers}, with_gram)
+    modules = {name: layer.get_submodule(name) for name in consumers}
+    stats, handles = attach_statistics(modules, with_gram)
     try:
-        streamer.run(layer, inputs, keep_outputs=False)
+        with streamer.stopping_after(layer, list(modules.values())):
+            streamer.run(layer, inputs, keep_outputs=False)
     finally:
         for handle in handles:
             handle.remove()
     return stats
+
+
+def _collect_and_run(
+    streamer: BlockStreamer,
+    layer: nn.Module,
+    consumers: tuple[str, ...],
+    inputs: Sequence[BlockInput],
+    with_gram: bool,
+) -> tuple[dict[str, InputStatistics], Sequence[BlockInput]]:
+    """`_collect` and `layer`'s outputs in one full pass, for a layer that is not changed in between."""
+    stats, handles = attach_statistics({name: layer.get_submodule(name) for name in consumers}, with_gram)
+    try:
+        outputs = streamer.run(layer, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return stats, outputs
 
 
 @torch.no_grad()
@@ -83,6 +103,14 @@ def prune_structured(
 
     The model may be dispatched by accelerate with offloaded weights; the last three arguments say where blocks
     compute and where activations wait (see `BlockStreamer`).
+
+    Calibration work per block: one statistics pass per pruned kind, each ending at the kind's last consumer
+    (`layerwise.stopping_after`: the attention-head pass of a LLaMA block stops before ``o_proj`` runs and skips
+    the MLP), then one full pass for the next block's inputs. The passes cannot merge: each kind's statistics are
+    those of the block with the kinds before it already pruned and refit (the FFN reads the pruned attention's
+    output), and the next block's inputs are the outputs of the block with every kind pruned, known only after the
+    last kind's statistics were used. The global allocations' scoring pass reads the unpruned model, so there one
+    pass per block gives both the statistics and the next block's inputs.
     """
     layers = adapter.layers()
     config.check_layers(len(layers))
@@ -217,11 +245,15 @@ def _collect_with_dense(
             )
         )
     try:
-        for item, dense_item in zip(inputs, dense_inputs):
-            streamer.run(layer, [item], keep_outputs=False)
-            streamer.run(dense_layer, [dense_item], keep_outputs=False)
-            for name in consumers:
-                stats[name].update_cross(pruned_side[name].pop(), captured[name].pop())
+        with (
+            streamer.stopping_after(layer, [layer.get_submodule(name) for name in consumers]),
+            streamer.stopping_after(dense_layer, [dense_layer.get_submodule(name) for name in consumers]),
+        ):
+            for item, dense_item in zip(inputs, dense_inputs):
+                streamer.run(layer, [item], keep_outputs=False)
+                streamer.run(dense_layer, [dense_item], keep_outputs=False)
+                for name in consumers:
+                    stats[name].update_cross(pruned_side[name].pop(), captured[name].pop())
     finally:
         for handle in handles:
             handle.remove()
@@ -239,7 +271,8 @@ def _score_all_layers(
     mode: str = "global",
     own_arguments: list[list[tuple[tuple[Any, ...], dict[str, Any]]]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[float] | None]:
-    """What the global allocation ranks, for every layer of the unpruned model (one streaming pass).
+    """What the global allocation ranks, for every layer of the unpruned model (one streaming pass, one block pass
+    per layer: the statistics are gathered while the next block's inputs are computed).
 
     "global": unit scores; "flap": channel scores [units, channels]; "obs": the error of each greedy OBS step, with
     the median over tokens of the squared norm of each layer's input hidden state (the second return value) to
@@ -254,7 +287,11 @@ def _score_all_layers(
         consumers = tuple(dict.fromkeys(g.consumers[0] for g in groups))
         with streamer.materialized(layer, write_back=False):  # read-only pass: nothing to write back
             inputs = with_arguments(inputs, own_arguments, index)
-            stats = _collect(streamer, layer, consumers, inputs, with_gram=with_gram)
+            next_inputs = None
+            if inputs is not None and index + 1 < len(layers):
+                stats, next_inputs = _collect_and_run(streamer, layer, consumers, inputs, with_gram)
+            else:
+                stats = _collect(streamer, layer, consumers, inputs, with_gram=with_gram)
             if mode == "obs":
                 assert isinstance(criterion, OBSCriterion) and inputs is not None and energies is not None
                 layer_scores = {}
@@ -271,6 +308,6 @@ def _score_all_layers(
                 scores.append({g.kind: criterion.channel_scores(layer, g, stats, generator) for g in groups})
             else:
                 scores.append({g.kind: criterion.score_units(adapter, layer, g, stats, generator) for g in groups})
-            if inputs is not None and index + 1 < len(layers):
-                inputs = streamer.run(layer, inputs)
+            if next_inputs is not None:
+                inputs = next_inputs
     return scores, energies
