@@ -131,16 +131,20 @@ def stopwatch() -> Iterator[dict[str, float]]:
 
 
 @contextmanager
-def timed_calls(patches: Mapping[str, Sequence[tuple[Any, str]]]) -> Iterator[dict[str, float]]:
+def timed_calls(
+    patches: Mapping[str, Sequence[tuple[Any, str]]], calls: dict[str, int] | None = None
+) -> Iterator[dict[str, float]]:
     """Time every call of some functions, summed per bucket: ``{bucket: [(owner, attribute name), ...]}``.
 
     Each ``owner.<name>`` (a module-level function or a class's method) is replaced by a wrapper for the duration of
     the block and restored after it; the yielded dict holds the seconds spent in each bucket's calls so far. Used
     for the time breakdown of a pruning run: solver time and input-statistics time, the rest being the calibration
     forward passes (the floor no solver goes under). Buckets should not nest (a timed call inside another timed
-    call would be counted twice).
+    call would be counted twice). `calls`, when given, receives the number of calls per bucket.
     """
     totals = dict.fromkeys(patches, 0.0)
+    counts = calls if calls is not None else {}
+    counts.update(dict.fromkeys(patches, 0))
     originals: list[tuple[Any, str, Any]] = []
 
     def wrap(function: Callable[..., Any], bucket: str) -> Callable[..., Any]:
@@ -150,6 +154,7 @@ def timed_calls(patches: Mapping[str, Sequence[tuple[Any, str]]]) -> Iterator[di
                 return function(*args, **kwargs)
             finally:
                 totals[bucket] += time.perf_counter() - start
+                counts[bucket] += 1
 
         return timed
 
