@@ -27,6 +27,10 @@ previous run, which are stored in the file itself, so the sections can be run on
     python benchmarks/quality.py --sections smollm2 --eval-windows 40
     OPTIMUM_PRUNE_PEERS_PYTHON=<venv>/bin/python python benchmarks/quality.py --sections peers \
         --num-samples 32 --eval-windows 24                         # ~1 hour on 2 shared cores
+    # issue 14's table (~85 min on 2 shared cores; --resume after an interruption runs only the missing rows):
+    python benchmarks/quality.py --sections peers --num-samples 32 --eval-windows 24 --peer-timeout 2400 \
+        --ours sparsegpt-50 sparsegpt-2:4 wanda-50 wanda-2:4 admm-50 admm-2:4 obs_multi-50 obs_multi-2:4 \
+        admm-50-matrix admm-50-cg admm-2:4-cg
     python benchmarks/quality.py --quick                          # smoke test of every section, a few minutes
 
 Missing fixtures are built first (``benchmarks/fixtures/``, about 10 minutes each, cached in
