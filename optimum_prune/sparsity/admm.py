@@ -327,8 +327,9 @@ def solve(
     default, so the matrix loses exactly its share but rows end with different counts. On SmolLM2's layer 12 the
     matrix ranking gave 5-7% lower layer error at 50% and 70%, on calibration and held-out tokens
     (``benchmarks/solvers.py``), yet end to end at 50% it gave perplexity 31.91 against 30.89 for the row ranking
-    (``benchmarks/admm_end_to_end.py``), so the row ranking stays the default. N:M targets always choose per group
-    of ``m``.
+    (``benchmarks/admm_end_to_end.py``), so the row ranking stays the default; re-measured in one run beside
+    llm-compressor (``benchmarks/quality.py --sections peers``, 32 x 512 calibration tokens, 24 windows): 30.89 per
+    row against 31.91 per matrix. N:M targets always choose per group of ``m``.
 
     ``refit``: replace the ADMM iterate by the least-squares optimum on the final mask (same damping):
     ``"cg"`` warm-started conjugate gradients to relative residual ``cg_tol`` (at most ``cg_max_iter`` steps, each
@@ -336,7 +337,9 @@ def solve(
     (``"auto"`` method, slow on wide layers), ``"none"`` (default, as the reference) keeps the ADMM iterate.
     ``True`` / ``False`` mean ``"exact"`` / ``"none"`` (older spelling; ``refit_method`` then picks the method).
     On SmolLM2's layers the iterate's layer error is within 0.3% of the exact refit's at 50%, 2:4 and 70%, while
-    the CG refit adds about half of the ADMM iterations' time, so it is off by default.
+    the CG refit adds about half of the ADMM iterations' time, so it is off by default. End to end in the same run:
+    the CG refit gave perplexity 30.86 against 30.89 at 50% and 53.74 against 54.53 at 2:4 for 9-22% more pruning
+    time, which at 2:4 would take ADMM past 1.5 x llm-compressor's SparseGPT time (issue 14's goal).
 
     ``cache``: a dict shared by the calls for modules that read the same input (same ``gram``); the normalised
     Gram matrix and the factorisation of ``G + rho I`` are then computed once per input. Results are identical.
