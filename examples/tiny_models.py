@@ -104,11 +104,12 @@ def synthetic_articles(count: int = 50, sentences: int = 12, seed: int = 0) -> l
 
 
 def labelled_sentences(count: int = 40, seed: int = 0) -> tuple[list[str], list[int]]:
-    """Movie-review-like sentences with labels 0 (negative) and 1 (positive), alternating."""
+    """Movie-review-like sentences with labels 0 (negative) and 1 (positive) in pairs (0, 0, 1, 1, ...), so that every
+    other sentence (the examples' calibration / evaluation split) still holds both labels."""
     rng = random.Random(seed)
     texts, labels = [], []
     for index in range(count):
-        label = index % 2
+        label = (index // 2) % 2
         word = rng.choice(_POSITIVE if label else _NEGATIVE)
         texts.append(f"{rng.choice(['the film', 'this movie', 'the plot'])} is {word} and {rng.choice(_OBJECTS)} .")
         labels.append(label)

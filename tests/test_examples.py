@@ -66,6 +66,10 @@ def test_prune_causal_lm(example, tmp_path):
 
 
 def test_prune_sequence_classifier(example, tmp_path):
+    from tiny_models import labelled_sentences
+
+    _, labels = labelled_sentences()
+    assert set(labels[1::2]) == {0, 1}  # the example's evaluation half holds both labels
     results = example("prune_sequence_classifier").main(["--tiny", "--output", str(tmp_path)])
     dense, pruned = results["dense"], results["pruned"]
     assert pruned["parameters (M)"] < dense["parameters (M)"]
