@@ -116,6 +116,30 @@ def gumbel_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator
     return -torch.log(-torch.log(uniform))
 
 
+def train_from_config(
+    criterion: Any,
+    matrices: list[torch.Tensor],
+    config: PruningConfig,
+    default_learning_rate: float,
+    show_progress: bool,
+) -> None:
+    """Train `criterion`'s policy (either PruneNet variant) on `matrices` with the config's PruneNet fields: the
+    training sparsity defaults to the run's (0.5 for a run without one), the learning rate to the variant's own."""
+    if not matrices:
+        return
+    sparsity = config.prunenet_train_sparsity
+    if sparsity is None:
+        sparsity = config.sparsity if config.sparsity > 0 else 0.5
+    criterion.train(
+        matrices,
+        episodes=config.prunenet_episodes,
+        learning_rate=config.prunenet_learning_rate or default_learning_rate,
+        sparsity=sparsity,
+        seed=config.seed,
+        show_progress=show_progress,
+    )
+
+
 def training_matrices(adapter: ArchitectureAdapter, config: PruningConfig) -> list[torch.Tensor]:
     """The producer matrices of every group the policy will score in this run, in layer order (views, not copies)."""
     kinds = [k for k in (config.structures or adapter.structure_kinds) if k in POLICY_KINDS]
@@ -240,18 +264,7 @@ class PruneNet(Criterion):
             logger.info("PruneNet: reusing the policy in %s, no training", config.prunenet_policy_path)
         else:
             criterion = PruneNet.untrained(matrices, seed=config.seed)
-            if matrices:
-                sparsity = config.prunenet_train_sparsity
-                if sparsity is None:
-                    sparsity = config.sparsity if config.sparsity > 0 else 0.5
-                criterion.train(
-                    matrices,
-                    episodes=config.prunenet_episodes,
-                    learning_rate=config.prunenet_learning_rate or DEFAULT_LEARNING_RATE,
-                    sparsity=sparsity,
-                    seed=config.seed,
-                    show_progress=show_progress,
-                )
+            train_from_config(criterion, matrices, config, DEFAULT_LEARNING_RATE, show_progress)
         if config.prunenet_save_policy:
             criterion.save_policy(config.prunenet_save_policy)
         return criterion

@@ -51,7 +51,14 @@ from ..statistics import InputStatistics
 from .base import Criterion
 from .magnitude import MAGNITUDE
 from .prunenet import POLICY_FORMAT as REFERENCE_POLICY_FORMAT
-from .prunenet import POLICY_KINDS, ks_distance, sample_without_replacement, singular_values, training_matrices
+from .prunenet import (
+    POLICY_KINDS,
+    ks_distance,
+    sample_without_replacement,
+    singular_values,
+    train_from_config,
+    training_matrices,
+)
 
 if TYPE_CHECKING:
     from ..architectures import ArchitectureAdapter, UnitGroup
@@ -176,18 +183,7 @@ class InvariantPruneNet(Criterion):
         else:
             criterion = InvariantPruneNet.untrained(seed=config.seed)
             matrices = training_matrices(adapter, config)
-            if matrices:
-                sparsity = config.prunenet_train_sparsity
-                if sparsity is None:
-                    sparsity = config.sparsity if config.sparsity > 0 else 0.5
-                criterion.train(
-                    matrices,
-                    episodes=config.prunenet_episodes,
-                    learning_rate=config.prunenet_learning_rate or DEFAULT_LEARNING_RATE,
-                    sparsity=sparsity,
-                    seed=config.seed,
-                    show_progress=show_progress,
-                )
+            train_from_config(criterion, matrices, config, DEFAULT_LEARNING_RATE, show_progress)
         if config.prunenet_save_policy:
             criterion.save_policy(config.prunenet_save_policy)
         return criterion
