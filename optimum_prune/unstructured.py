@@ -123,7 +123,10 @@ def prune_unstructured(
                 if own_arguments is not None:
                     inputs.rebind(own_arguments[index])
                 matrices = [matrix for matrix, _ in plan]
-                with observe_inputs(block, matrices, with_gram=statistics == "gram") as observed:
+                with (
+                    observe_inputs(block, matrices, with_gram=statistics == "gram") as observed,
+                    streamer.stopping_after(block, _stop_modules(matrices)),
+                ):
                     streamer.run(block, inputs, keep_outputs=False)
             caches: dict[int, dict] = {}  # one per shared input: its factorisations are computed once
             for matrix, pattern in plan:
@@ -179,6 +182,19 @@ def prune_unstructured(
     return {key: value for key, value in record.items() if key not in ("format", "target", "method")} | {
         "prunable_parameters": total
     }
+
+
+def _stop_modules(matrices: list[WeightMatrix]) -> list[nn.Module]:
+    """The modules whose entry ends a statistics pass: the matrices' own modules, each entered once per forward.
+
+    The pass needs the block only up to the last matrix's input (in a LLaMA block, `down_proj` and everything after
+    it are skipped). None for stacked experts, whose statistics come from inside the experts' call, so those passes
+    run to the end. A tapped input (Mamba's `dt_proj`) is read from a module that runs before the matrix's own, and
+    a matrix whose module is never entered leaves the stop disarmed (see `layerwise.stopping_after`).
+    """
+    if any(m.expert is not None for m in matrices):
+        return []
+    return list({id(m.module): m.module for m in matrices}.values())
 
 
 def _check_solver_options(solver, config: PruningConfig) -> bool:

@@ -200,3 +200,44 @@ def _layer_kwargs(model: torch.nn.Module, length: int) -> dict:
     positions = torch.arange(length)[None]
     cos_sin = model.model.rotary_emb(torch.zeros(1, length, 48), positions)
     return {"position_embeddings": cos_sin, "position_ids": positions}
+
+
+def _sparsify(model, config, monkeypatch, stop_early: bool) -> dict[torch.nn.Module, int]:
+    """Sparsify `model` in place through the pruner's unstructured path; return the calls of every leaf module."""
+    monkeypatch.setattr(BlockStreamer, "stop_early", stop_early)
+    calls: dict[torch.nn.Module, int] = {}
+
+    def count(module, _args, _output):
+        calls[module] = calls.get(module, 0) + 1
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    try:
+        pruner = PrunerForCausalLM(model, make_tokenizer())
+        pruner.prune(config, show_progress=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda", "admm"])
+@pytest.mark.parametrize("name", ["llama", "mamba", "mixtral"])
+def test_unstructured_statistics_pass_stops_at_the_last_matrix(name, method, monkeypatch):
+    """The sparsity path's statistics pass ends where the block's last weight matrix is entered, with identical
+    weights. On LLaMA down_proj runs once per sample fewer per block; on Mamba (dt_proj applied through its weight by
+    the reference scan, so never entered) and Mixtral (stacked experts) every pass runs to its end."""
+    build = {"llama": tiny_llama, "mamba": tiny_mamba, "mixtral": lambda: tiny_decoder("mixtral")}[name]
+    config = PruningConfig(
+        target="unstructured", method=method, sparsity=0.5, dataset=[TEXT], num_samples=NUM_SAMPLES, seqlen=16
+    )
+    stopped, full = build(), build()
+    calls_stopped = _sparsify(stopped, config, monkeypatch, stop_early=True)
+    calls_full = _sparsify(full, config, monkeypatch, stop_early=False)
+    _assert_identical(stopped, full)
+    assert stopped.config.pruning["sparsity_achieved"] > 0.4
+    saved = sum(calls_full.values()) - sum(calls_stopped.values())
+    assert (saved > 0) == (name == "llama")
+    if name == "llama":
+        for layer_stopped, layer_full in zip(stopped.model.layers, full.model.layers):
+            assert calls_full[layer_full.mlp.down_proj] - calls_stopped[layer_stopped.mlp.down_proj] == NUM_SAMPLES - 1
+            assert calls_full[layer_full.mlp.up_proj] == calls_stopped[layer_stopped.mlp.up_proj]
