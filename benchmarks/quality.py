@@ -769,8 +769,8 @@ def _our_config(job: str, args: argparse.Namespace) -> Any:
     method, pattern, option = _parse_our_job(job)
     fields: dict[str, Any] = {}
     if option in SCOPE_OPTIONS:
-        # SparseGPT's scope is a config field; the other solvers take theirs as a solver option.
-        fields = {"mask_scope": option} if method == "sparsegpt" else {"solver_options": {"mask_scope": option}}
+        # The jobs keep the solvers' old scope names ("block", "matrix"), so earlier rows keep their names.
+        fields = {"mask_scope": option}
     elif option:
         fields = {"solver_options": {"refit": REFIT_OPTIONS[option]}}
     return PruningConfig(

@@ -24,8 +24,20 @@ STRUCTURE_KINDS = (
     "layers",
 )
 OVERRIDE_KEYS = ("sparsity", "num_heads", "ffn_channels")
-#: `mask_scope` values (kept here, not imported from the solver, so that reading a config needs no torch).
-MASK_SCOPES = ("row", "block")
+#: `mask_scope` values of every solver that has one: the same count pruned from each output row, or one ranking over
+#: the whole layer (kept here, not in the solvers, so that reading a config needs no torch).
+MASK_SCOPES = ("row", "layer")
+#: Earlier solver-specific names of the "layer" scope (SparseGPT's "block", ADMM's "matrix"), still accepted.
+MASK_SCOPE_ALIASES = {"block": "layer", "matrix": "layer"}
+
+
+def canonical_mask_scope(value: str) -> str:
+    """ "row" or "layer" for any accepted spelling; ValueError (one line) for anything else."""
+    scope = MASK_SCOPE_ALIASES.get(value, value) if isinstance(value, str) else value
+    if scope not in MASK_SCOPES:
+        raise ValueError(f"mask_scope must be one of {MASK_SCOPES}, got {value!r}.")
+    return scope
+
 
 CONFIG_NAME = "pruning_config.json"
 
@@ -156,21 +168,23 @@ class PruningConfig:
         default=0.01,
         metadata={"help": "Ridge damping, as a fraction of the mean diagonal of the input Gram matrix."},
     )
-    mask_scope: str = field(
-        default="row",
+    mask_scope: str | None = field(
+        default=None,
         metadata={
-            "help": "SparseGPT, unstructured targets: where each column block's mask is chosen. 'row' removes the "
-            "same number of weights from every row (every row ends at exactly `sparsity`); 'block' uses one "
-            "threshold over all rows of the block, as the SparseGPT reference and llm-compressor do (same total, "
-            "uneven rows). 'row' measured better on SmolLM2-135M at 50% (benchmarks/results/quality.md). N:M "
-            "targets and the other methods ignore it."
+            "help": "Unstructured targets, methods 'sparsegpt' and 'admm': 'row' removes the same number of weights "
+            "from every output row (every row ends at exactly `sparsity`); 'layer' ranks the whole layer at once "
+            "(same total, uneven rows), as the SparseGPT reference and llm-compressor do within each column block "
+            "and the ADMM reference does over the matrix ('block' and 'matrix' are accepted as the old names). None "
+            "(default) is 'row', which measured better end to end on SmolLM2-135M at 50% for both methods "
+            "(benchmarks/results/quality.md). N:M targets always choose per group of M; setting it for a method "
+            "without a scope raises ValueError."
         },
     )
     solver_options: dict[str, Any] = field(
         default_factory=dict,
         metadata={
-            "help": "Unstructured targets: extra keyword options of the sparsity solver, e.g. {'mask_scope': "
-            "'matrix', 'refit': 'cg'} for ADMM or {'refit': 'cg'} for obs_multi (see each solver's docstring). "
+            "help": "Unstructured targets: extra keyword options of the sparsity solver, e.g. {'refit': 'cg', "
+            "'iterations': 30} for ADMM or {'refit': 'cg'} for obs_multi (see each solver's docstring). "
             "Names are checked against the solver before any weight changes; `damp` has its own field."
         },
     )
@@ -289,11 +303,20 @@ class PruningConfig:
             raise ValueError("num_samples must be >= 1 and seqlen >= 2.")
         if self.damp < 0:
             raise ValueError(f"damp must be >= 0, got {self.damp!r}.")
-        _known("mask_scope", self.mask_scope, MASK_SCOPES)
         if not isinstance(self.solver_options, dict) or "damp" in self.solver_options:
             raise ValueError(
                 f"solver_options must be a dict of solver keyword options (not damp), got {self.solver_options!r}."
             )
+        if self.mask_scope is not None:
+            self.mask_scope = canonical_mask_scope(self.mask_scope)
+        if "mask_scope" in self.solver_options:
+            scope = canonical_mask_scope(self.solver_options["mask_scope"])
+            if self.mask_scope not in (None, scope):
+                raise ValueError(
+                    f"mask_scope={self.mask_scope!r} and solver_options['mask_scope']={scope!r} disagree; set one."
+                )
+            self.mask_scope = scope
+            self.solver_options = {k: v for k, v in self.solver_options.items() if k != "mask_scope"}
         if self.sequential_targets is not None:
             if isinstance(self.sequential_targets, str):
                 self.sequential_targets = [self.sequential_targets]

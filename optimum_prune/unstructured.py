@@ -149,7 +149,7 @@ def prune_unstructured(
                     else:
                         gram = stats.gram if statistics == "gram" else stats.sum_sq
                 if method is solver:
-                    options = {"mask_scope": config.mask_scope} if config.method == "sparsegpt" else {}
+                    options = {"mask_scope": config.mask_scope} if config.mask_scope is not None else {}
                     if takes_cache and stats is not None:
                         options["cache"] = caches.setdefault(id(stats), {})
                     options.update(config.solver_options)
@@ -198,10 +198,13 @@ def _stop_modules(matrices: list[WeightMatrix]) -> list[nn.Module]:
 
 
 def _check_solver_options(solver, config: PruningConfig) -> bool:
-    """ValueError for an option `solver` does not take; returns whether it takes a factorisation ``cache``."""
+    """ValueError for an option `solver` does not take (`mask_scope` included); returns whether it takes a
+    factorisation ``cache``."""
     parameters = inspect.signature(solver).parameters
     open_ended = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
     reserved = {"weight", "gram", "pattern", "damp", "cache"}
+    if config.mask_scope is not None and "mask_scope" not in parameters:
+        raise ValueError(f"method={config.method!r} has no mask_scope; 'sparsegpt' and 'admm' have one.")
     for name in config.solver_options:
         if name in reserved or not (open_ended or name in parameters):
             known = sorted(set(parameters) - reserved - {"options"})

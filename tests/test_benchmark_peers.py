@@ -97,9 +97,9 @@ def test_our_jobs_map_options_to_the_right_config_fields(quality) -> None:
 
     args = argparse.Namespace(num_samples=4, seqlen=8)
     block = quality._our_config("sparsegpt-50-block", args)
-    assert (block.mask_scope, block.solver_options) == ("block", {})
+    assert (block.mask_scope, block.solver_options) == ("layer", {})
     matrix = quality._our_config("admm-50-matrix", args)
-    assert (matrix.mask_scope, matrix.solver_options) == ("row", {"mask_scope": "matrix"})
+    assert (matrix.mask_scope, matrix.solver_options) == ("layer", {})
     refit = quality._our_config("admm-2:4-cg", args)
     assert (refit.target, refit.solver_options) == ("2:4", {"refit": "cg"})
     assert quality._our_config("obs_multi-50-norefit", args).solver_options == {"refit": "none"}

@@ -75,7 +75,8 @@ def test_unknown_scope_is_refused(layer) -> None:
 
 
 def test_config_scope_reaches_the_solver(texts) -> None:
-    """Through the pruner: the block scope keeps the layer's total but not every row's count, and is saved."""
+    """Through the pruner: the layer scope keeps the layer's total but not every row's count, and is saved (the old
+    name "block" reads as "layer")."""
     pruner = PrunerForCausalLM(tiny_llama(), make_tokenizer())
     config = PruningConfig(
         target="unstructured",
@@ -94,4 +95,4 @@ def test_config_scope_reaches_the_solver(texts) -> None:
             assert int(zeros.sum()) == (linear.in_features // 2) * linear.out_features
             uneven += int(zeros.min() != zeros.max())
     assert uneven > 0
-    assert PruningConfig.from_dict(config.to_dict()).mask_scope == "block"
+    assert config.mask_scope == PruningConfig.from_dict(config.to_dict()).mask_scope == "layer"

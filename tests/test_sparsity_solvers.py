@@ -293,7 +293,7 @@ def test_admm_cheap_refit_is_within_one_percent_of_exact(layer, target: str) -> 
     assert err["none"] <= 1.01 * err["exact"], err
 
 
-@pytest.mark.parametrize("mask_scope", ["row", "matrix"])
+@pytest.mark.parametrize("mask_scope", ["row", "layer"])
 def test_admm_mask_scope(layer, mask_scope: str) -> None:
     weight, gram, _ = layer
     pattern = SparsityPattern(sparsity=0.5)

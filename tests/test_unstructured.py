@@ -131,16 +131,31 @@ def test_optimal_updates_beat_baselines_on_model_output(texts, tokenizer):
     assert errors["sparsegpt"] < errors["magnitude"], errors
 
 
-def test_admm_matrix_scope_and_bad_solver_option(texts):
-    options = {"solver_options": {"mask_scope": "matrix"}}
-    pruner = _run(tiny_llama, PrunerForCausalLM, texts, target="unstructured", sparsity=0.5, method="admm", **options)
+def test_admm_layer_scope_and_bad_solver_option(texts):
+    common = dict(target="unstructured", sparsity=0.5, method="admm")
+    pruner = _run(tiny_llama, PrunerForCausalLM, texts, mask_scope="layer", **common)
+    uneven = 0
     for name, fraction in pruner.summary["modules"].items():
         assert fraction == pytest.approx(0.5), name  # every matrix loses exactly half, rows may differ
+    for layer in pruner.adapter.layers():
+        for linear in prunable_linears(layer, []).values():
+            zeros = (linear.weight == 0).sum(1)
+            uneven += int(zeros.min() != zeros.max())
+    assert uneven > 0
+    # The old spelling through solver_options is the same scope.
+    old = _run(tiny_llama, PrunerForCausalLM, texts, solver_options={"mask_scope": "matrix"}, **common)
+    assert all(torch.equal(a, b) for a, b in zip(pruner.model.parameters(), old.model.parameters()))
+    with pytest.raises(ValueError, match="disagree"):
+        PruningConfig(**common, mask_scope="row", solver_options={"mask_scope": "layer"})
     model = tiny_llama()
     before = [p.detach().clone() for p in model.parameters()]
     pruner = PrunerForCausalLM(model, __import__("conftest").make_tokenizer())
     config = PruningConfig(method="admm", target="unstructured", dataset=texts, num_samples=2, seqlen=32)
     config.solver_options = {"mask_scop": "row"}
     with pytest.raises(ValueError, match="has no option 'mask_scop'"):
+        pruner.prune(config, show_progress=False)
+    config = PruningConfig(method="wanda", target="unstructured", dataset=texts, num_samples=2, seqlen=32)
+    config.mask_scope = "layer"
+    with pytest.raises(ValueError, match="'wanda' has no mask_scope"):
         pruner.prune(config, show_progress=False)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # nothing written half-way

@@ -189,13 +189,17 @@ CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
     ConfigOption("seqlen", int, 512, "tokens per calibration sequence (and per perplexity window)", metavar="N"),
     ConfigOption("damp", float, 0.01, "ridge damping of the least-squares solves", metavar="F"),
     ConfigOption(
-        "mask_scope", str, "row", "sparsegpt, unstructured: each block's mask per row (equal counts) or per block"
+        "mask_scope",
+        str,
+        None,
+        "sparsegpt / admm, unstructured: 'row' (equal counts per row; the default) or 'layer' (one ranking)",
+        metavar="{row,layer}",
     ),
     ConfigOption(
         "solver_options",
         _json_object,
         {},
-        'unstructured: extra solver options as JSON, e.g. \'{"mask_scope": "matrix"}\' for admm',
+        'unstructured: extra solver options as JSON, e.g. \'{"refit": "cg"}\' for admm',
         metavar="JSON",
     ),
     ConfigOption("seed", int, 0, "seed for calibration sampling, the random criterion and PruneNet"),

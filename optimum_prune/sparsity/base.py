@@ -47,7 +47,7 @@ class SparsityPattern:
     """Which weights a solver has to remove.
 
     Either unstructured (``n == m == 0``): every output row loses exactly ``floor(sparsity * in_features)`` weights
-    (ADMM's ``mask_scope="matrix"`` keeps that total for the matrix but lets rows differ);
+    (``mask_scope="layer"`` keeps that total for the matrix but lets rows differ);
     or N:M (``n > 0``): every group of ``m`` consecutive input weights of a row has exactly ``n`` zeros, so "2:4"
     keeps 2 of every 4 weights and "4:8" keeps 4 of every 8.
     """

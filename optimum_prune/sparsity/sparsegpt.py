@@ -4,15 +4,16 @@ Columns are visited left to right. A pruned weight's error is spread over the no
 through the inverse Hessian of the remaining columns, which the upper Cholesky factor of ``H^-1`` provides row by row.
 Updates to columns outside the current block are accumulated and applied once per block ("lazy batch updates").
 
-Unstructured masks are chosen per block of columns, in one of two scopes (``mask_scope``):
+Unstructured masks are chosen per block of columns, in one of two scopes (``mask_scope``, the same two every solver
+with a scope has):
 
 * ``"row"``: every row loses the same number of the block's columns, so every row ends at exactly the target
   sparsity (the convention of Wanda and of this library's other solvers).
-* ``"block"``: one threshold over the whole ``rows x blocksize`` block, as the reference implementation
+* ``"layer"``: one threshold over all rows of each ``rows x blocksize`` block, as the reference implementation
   (IST-DASLab/sparsegpt, ``prune_n == 0``) and llm-compressor's SparseGPTModifier do: the block loses the same total
   number of weights, but rows whose weights matter less lose more of them.
 
-On SmolLM2-135M at 50% (32 x 512 calibration tokens, 24 held-out windows) "row" gave perplexity 35.80 and "block"
+On SmolLM2-135M at 50% (32 x 512 calibration tokens, 24 held-out windows) "row" gave perplexity 35.80 and "layer"
 37.32, the same as llm-compressor's SparseGPTModifier (37.31), so "row" is the default.
 
 N:M patterns are chosen per group of ``m`` columns of one row in both scopes.
@@ -24,6 +25,7 @@ import math
 
 import torch
 
+from ..configuration import MASK_SCOPES, canonical_mask_scope
 from .base import (
     SparsityPattern,
     check_layer,
@@ -35,9 +37,6 @@ from .base import (
 )
 
 __all__ = ["MASK_SCOPES", "solve"]
-
-#: Where one unstructured mask decision is made: per row of a column block, or over the whole block.
-MASK_SCOPES = ("row", "block")
 
 
 def solve(
@@ -56,7 +55,7 @@ def solve(
     ``damp`` adds ``damp * mean(diag(G))`` to the Hessian diagonal. The mask is chosen inside each block of
     ``blocksize`` columns by ``w^2 / [U]_jj^2`` (U the Cholesky factor of ``H^-1``). For unstructured sparsity,
     ``mask_scope="row"`` removes each row's share of the block's columns (every row ends with exactly the same
-    count) and ``mask_scope="block"`` removes the same total from the block with one threshold over all its rows
+    count) and ``mask_scope="layer"`` removes the same total from the block with one threshold over all its rows
     (the SparseGPT reference's choice; per-row counts then vary, the layer total is the same). For N:M each group of
     ``m`` columns is chosen when the sweep reaches it, after the updates from earlier columns. ``cache``: a dict
     shared by the modules that read the same input, so the inverse Hessian is factorised once per input.
@@ -69,8 +68,7 @@ def solve(
         return dense_result(weight)
     if blocksize < 1:
         raise ValueError(f"blocksize must be positive, got {blocksize}")
-    if mask_scope not in MASK_SCOPES:
-        raise ValueError(f"mask_scope must be one of {MASK_SCOPES}, got {mask_scope!r}")
+    mask_scope = canonical_mask_scope(mask_scope)
     device = weight.device
     rows, cols = weight.shape
     if pattern.is_nm:
