@@ -214,6 +214,11 @@ class Report:
             lines += markdown_table(header, rows)
             lines.append("")
 
+        if not self.quick:
+            from calibration_memory import speed_table_section
+
+            section = speed_table_section()
+            lines += section + ([""] if section else [])
         lines += ["## Machine", ""] + [f"- {k}: {v}" for k, v in self.machine.items()] + [""]
         lines += ["Command: `" + " ".join(["python", os.path.relpath(sys.argv[0])] + sys.argv[1:]) + "`", ""]
         return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""Benchmark result pages assembled from measured JSON: the speed table's calibration-memory section and the
+structured table's shards."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+def _module(name: str):
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(BENCHMARKS)
+
+
+def _record(rows: dict, **protocol) -> dict:
+    return {
+        "title": "t",
+        "protocol": protocol or {"samples": 4, "seqlen": 8, "activations_dir": "tmp"},
+        "machine": {"CPU": "x"},
+        "started": "2026-12-01 00:00 UTC",
+        "finished": "2026-12-01 01:00 UTC",
+        "rows": rows,
+    }
+
+
+def test_speed_table_gets_the_memory_rows_once(tmp_path) -> None:
+    memory = _module("calibration_memory")
+    data = tmp_path / "calibration_memory.json"
+    data.write_text(json.dumps(_record({"before": {"peak RSS (MiB)": 2611.7}, "after": {"peak RSS (MiB)": 560.8}})))
+    speed = tmp_path / "speed.md"
+    speed.write_text("# Speed\n\n## Cost\n\ntable\n\n## Machine\n\n- CPU: x\n")
+    memory.update_speed_table(str(speed), str(data))
+    first = speed.read_text()
+    assert "| before | 2611.7 |" in first and "| after | 560.8 |" in first
+    assert first.index("## Cost") < first.index(memory.BEGIN) < first.index("## Machine")
+    data.write_text(json.dumps(_record({"after": {"peak RSS (MiB)": 500.0}})))
+    memory.update_speed_table(str(speed), str(data))  # replaced, not appended
+    second = speed.read_text()
+    assert second.count(memory.BEGIN) == 1 and "| after | 500.0 |" in second and "2611.7" not in second
+
+
+def _shard_row(ppl: float) -> dict:
+    return {"perplexity": ppl, "ppl / dense": ppl / 20.0, "forward (s)": 1.0, "decode (s)": 1.0}
+
+
+def test_structured_shards_split_the_plan_and_merge_in_plan_order(tmp_path) -> None:
+    structured = _module("structured")
+    plan = structured.row_plan()
+    shards = [structured.shard_of(plan, f"{k}/2") for k in range(2)]
+    names = [name for name, _ in plan]
+    assert sorted(n for shard in shards for n, _ in shard) == sorted(names)  # every row exactly once
+    costs = [sum(structured._relative_cost(f) for _, f in shard) for shard in shards]
+    assert abs(costs[0] - costs[1]) <= max(structured._relative_cost(f) for _, f in plan)
+    with pytest.raises(ValueError, match="--shard"):
+        structured.shard_of(plan, "2/2")
+
+    paths = []
+    for k, shard in enumerate(shards):
+        rows = {"dense": _shard_row(20.0)} | {name: _shard_row(30.0 + i) for i, (name, _) in enumerate(shard[:3])}
+        path = tmp_path / f"structured-shard{k}of2.json"
+        path.write_text(json.dumps(_record(rows, calibration="64 x 512")))
+        paths.append(str(path))
+    report = structured.merge_shards(paths, str(tmp_path / "structured.md"))
+    merged = [name for name in report.rows if name != "dense"]
+    assert merged == [name for name in names if name in merged] and len(merged) == 6
+    assert report.finished is not None and "2 concurrent processes" in report.protocol["processes"]
+
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(_record({"dense": _shard_row(20.0)}, calibration="16 x 512")))
+    with pytest.raises(ValueError, match="another protocol"):
+        structured.merge_shards([paths[0], str(other)], str(tmp_path / "mixed.md"))
