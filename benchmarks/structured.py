@@ -256,6 +256,7 @@ def merge_shards(paths: list[str], output: str) -> MarkdownReport:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="+", default=None, help="run only rows whose name contains one of these")
+    parser.add_argument("--skip-rows", nargs="+", default=None, help="leave out rows whose name contains one of these")
     parser.add_argument("--num-samples", type=int, default=64, help="calibration windows (default 64)")
     parser.add_argument("--seqlen", type=int, default=512, help="tokens per calibration window (default 512)")
     parser.add_argument("--eval-windows", type=int, default=40, help="512-token windows scored (default 40)")
@@ -291,6 +292,8 @@ def main(argv: list[str] | None = None) -> MarkdownReport:
     if args.rows:
         plan = [(name, fields) for name, fields in plan if any(key in name for key in args.rows)]
     plan = shard_of(plan, args.shard)
+    if args.skip_rows:  # after the split, so a shard keeps its rows whatever another process takes over
+        plan = [(name, fields) for name, fields in plan if not any(key in name for key in args.skip_rows)]
     if args.quick:
         args.num_samples, args.seqlen, args.eval_windows, args.speed_repeats = 4, 128, 4, 1
         plan = [row for row in plan if "20% heads+FFN, liar" in row[0] or "20% blocks, shortgpt (" in row[0]]
