@@ -213,8 +213,7 @@ def global_plan(
     for position, (_score, index, group, _unit) in enumerate(entries):
         if removed + group.params_per_unit / 2 > budget:
             continue  # a smaller unit further down may still fit
-        floor = max(1, math.ceil(config.min_keep_fraction * group.num_units))
-        if plans[index][group.kind] > floor:
+        if plans[index][group.kind] > _floor(group, config):
             plans[index][group.kind] -= 1
             removed += group.params_per_unit
             taken[position] = True
@@ -223,6 +222,11 @@ def global_plan(
             plans[index][group.kind] = _round_group(group, plans[index][group.kind], config.round_to)
     _fill_rounding_shortfall(plans, groups_per_layer, ranked_layers, entries, taken, budget, config)
     return plans
+
+
+def _floor(group: UnitGroup, config: PruningConfig) -> int:
+    """The fewest units of `group` a layer keeps (`min_keep_fraction`, at least one)."""
+    return max(1, math.ceil(config.min_keep_fraction * group.num_units))
 
 
 def _fill_rounding_shortfall(
@@ -256,7 +260,6 @@ def _fill_rounding_shortfall(
             continue
         if removed + group.params_per_unit / 2 > budget:
             continue
-        floor = max(1, math.ceil(config.min_keep_fraction * group.num_units))
-        if plans[index][group.kind] > floor:
+        if plans[index][group.kind] > _floor(group, config):
             plans[index][group.kind] -= 1
             removed += group.params_per_unit
