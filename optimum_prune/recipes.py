@@ -11,7 +11,9 @@ told from one left alone, and takes the recipe's).
 - `liar`: activation (Wanda-style) ranking, the same fraction in every layer, and LIAR's least-squares
   interpolation of the pruned channels from the kept ones (this package's default).
 - `obs`: units ranked greedily by the structured OBS cost (the error left after the refit, ZipLM / SlimGPT), the
-  budget spread across layers and kinds by that cost, and the refit to the dense model's outputs (`liar_dense`).
+  budget spread across layers and kinds by that cost, and LIAR's refit. The refit to the dense model's outputs
+  (`reconstruction="liar_dense"`) is left out: on SmolLM2-135M it raised perplexity at every budget measured
+  (benchmarks/results/structured.md).
 - `shortgpt` (Men et al. 2024, "ShortGPT"): whole blocks removed, lowest block influence (1 - cos between a
   block's input and output hidden states) first, nothing refit.
 - `shortgpt_linear`: ShortGPT's blocks, each removed run replaced by one least-squares linear map of the hidden
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 RECIPES: dict[str, dict[str, Any]] = {
     "flap": {"criterion": "fluctuation", "reconstruction": "bias", "allocation": "flap"},
     "liar": {"criterion": "activation", "reconstruction": "liar", "allocation": "uniform"},
-    "obs": {"criterion": "obs", "reconstruction": "liar_dense", "allocation": "obs"},
+    "obs": {"criterion": "obs", "reconstruction": "liar", "allocation": "obs"},
     "shortgpt": {"structures": ["layers"], "reconstruction": "none"},
     "shortgpt_linear": {"structures": ["layers"], "reconstruction": "liar"},
     "prunenet": {"criterion": "prunenet", "structures": ["ffn_channels"], "reconstruction": "none"},
