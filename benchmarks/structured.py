@@ -10,8 +10,8 @@ Rows, in the order they run (the most telling first, so an interrupted run still
 - `liar`: the same recipe with today's allocation (KV groups rounded down, the FFN absorbs the rest).
 - `flap`: FLAP (fluctuation metric, per-layer standardised global allocation of heads and channels weighed by
   size, bias compensation), `recipe="flap"`.
-- `obs`: greedy structured-OBS ranking, allocation by the post-refit cost, refit to the dense outputs
-  (`recipe="obs"`); then each of its pieces alone on top of `liar`.
+- `obs`: greedy structured-OBS ranking, allocation by the post-refit cost, LIAR refit (`recipe="obs"`); then each
+  piece alone on top of `liar`, and the refit to the dense outputs (`liar_dense`) alone and with the OBS ranking.
 - `query heads+FFN`: single query heads inside the KV groups instead of whole groups, with `liar` and with `obs`.
 - `shortgpt` / `shortgpt_linear`: whole blocks by block influence, without / with a least-squares linear bridge.
 - FFN-only rows (`structures=["ffn_channels"]`) as in the earlier version of this table.
@@ -65,7 +65,7 @@ def row_plan() -> list[tuple[str, dict[str, Any]]]:
         p = f"{s:.0%} heads+FFN"
         heads_ffn[s] = [
             (f"{p}, liar (activation + liar, uniform)", {"recipe": "liar"}),
-            (f"{p}, obs (OBS greedy + OBS-cost allocation + liar_dense)", {"recipe": "obs"}),
+            (f"{p}, obs (OBS greedy + OBS-cost allocation + liar)", {"recipe": "obs"}),
             (f"{p}, flap (FLAP: fluctuation, per-layer standardised global, bias)", {"recipe": "flap"}),
             (f"{p}, old default (activation + liar, KV groups rounded to nearest)", _old_allocation(s)),
             (
@@ -73,7 +73,7 @@ def row_plan() -> list[tuple[str, dict[str, Any]]]:
                 {"recipe": "liar", **query_heads},
             ),
             (
-                f"{s:.0%} query heads+FFN, obs (query heads + every obs piece, as many parameters)",
+                f"{s:.0%} query heads+FFN, obs (query heads + the obs recipe, as many parameters)",
                 {"recipe": "obs", **query_heads},
             ),
         ]
@@ -107,7 +107,7 @@ def row_plan() -> list[tuple[str, dict[str, Any]]]:
         for s in (0.2, 0.3)
         for name, fields in (
             ("activation + liar", {}),
-            ("obs + liar_dense", {"criterion": "obs", "reconstruction": "liar_dense"}),
+            ("obs + liar", {"criterion": "obs"}),
         )
     ]
     rows = heads_ffn[0.2] + heads_ffn[0.3] + depth[0.2] + depth[0.3] + heads_ffn[0.5]
@@ -118,7 +118,7 @@ def _relative_cost(fields: dict[str, Any]) -> int:
     """Rough single-thread cost of a row, in units of a `liar` row: the greedy OBS and the dense stream dominate."""
     recipe = fields.get("recipe")
     obs = recipe == "obs" or "obs" in (fields.get("criterion"), fields.get("allocation"))
-    dense_stream = recipe == "obs" or fields.get("reconstruction") == "liar_dense"
+    dense_stream = fields.get("reconstruction") == "liar_dense"
     return 1 + 2 * obs + dense_stream
 
 
@@ -204,6 +204,11 @@ INTRO = (
 )
 
 
+def _hardware(machine: dict[str, str]) -> dict[str, str]:
+    """The machine fields that change measurements: the kernel build (the OS line) changes between sessions."""
+    return {key: value for key, value in machine.items() if key != "OS"}
+
+
 def merge_shards(paths: list[str], output: str) -> MarkdownReport:
     """One table from the shards of one run: rows in plan order, each shard's speed-ups against its own dense row.
 
@@ -217,8 +222,9 @@ def merge_shards(paths: list[str], output: str) -> MarkdownReport:
             shards.append(json.load(handle))
     first = shards[0]
     for path, shard in zip(paths[1:], shards[1:]):
-        if (shard["protocol"], shard["machine"]) != (first["protocol"], first["machine"]):
+        if (shard["protocol"], _hardware(shard["machine"])) != (first["protocol"], _hardware(first["machine"])):
             raise ValueError(f"{path} was measured with another protocol or machine than {paths[0]}")
+    kernels = sorted({shard["machine"]["OS"] for shard in shards if "OS" in shard["machine"]})
     rows: dict[str, dict[str, Any]] = {"dense": first["rows"]["dense"]}
     order = {name: i for i, (name, _) in enumerate(row_plan())}
     measured = {name: metrics for shard in shards for name, metrics in shard["rows"].items() if name != "dense"}
@@ -227,7 +233,8 @@ def merge_shards(paths: list[str], output: str) -> MarkdownReport:
         log(f"left out, not rows of today's plan: {superseded}")
     rows.update(sorted(((n, m) for n, m in measured.items() if n in order), key=lambda item: order[item[0]]))
     dense_times = "; ".join(
-        f"process {i}: forward {s['rows']['dense']['forward (s)']:.2f} s, decode {s['rows']['dense']['decode (s)']:.2f} s"
+        f"process {i} (started {s['started']}, {len(s['rows']) - 1} rows): forward "
+        f"{s['rows']['dense']['forward (s)']:.2f} s, decode {s['rows']['dense']['decode (s)']:.2f} s"
         f" (dense perplexity {s['rows']['dense']['perplexity']:.3f})"
         for i, s in enumerate(shards)
     )
@@ -237,11 +244,11 @@ def merge_shards(paths: list[str], output: str) -> MarkdownReport:
         intro=INTRO,
         protocol=first["protocol"]
         | {
-            "processes": f"{len(shards)} concurrent processes of one torch thread each, rows split by "
-            "`--shard k/n` (every row of one run, one code version); each process timed its own dense row and "
+            "processes": f"{len(shards)} processes of one torch thread each, rows split by `--shard k/n`, a row "
+            "measured by a later process replacing the earlier one; each process timed its own dense row and "
             f"its speed-ups are against that row ({dense_times})",
         },
-        machine=first["machine"],
+        machine=first["machine"] | ({"OS": " / ".join(kernels)} if kernels else {}),
         planned=1 + len(order),
         rows=rows,
         started=min(s["started"] for s in shards),

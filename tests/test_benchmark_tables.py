@@ -72,7 +72,15 @@ def test_structured_shards_split_the_plan_and_merge_in_plan_order(tmp_path) -> N
     report = structured.merge_shards(paths, str(tmp_path / "structured.md"))
     merged = [name for name in report.rows if name != "dense"]
     assert merged == [name for name in names if name in merged] and len(merged) == 6
-    assert report.finished is not None and "2 concurrent processes" in report.protocol["processes"]
+    assert report.finished is not None and "2 processes" in report.protocol["processes"]
+
+    # A later process (another session: another kernel build) re-measures a row: its number wins.
+    rerun = _record({"dense": _shard_row(20.0), shards[0][0][0]: _shard_row(25.0)}, calibration="64 x 512")
+    rerun["machine"]["OS"] = "Linux other-build"
+    (tmp_path / "rerun.json").write_text(json.dumps(rerun))
+    report = structured.merge_shards(paths + [str(tmp_path / "rerun.json")], str(tmp_path / "structured.md"))
+    assert report.rows[shards[0][0][0]]["perplexity"] == 25.0 and len(report.rows) == 7
+    assert "Linux other-build" in report.machine["OS"]
 
     other = tmp_path / "other.json"
     other.write_text(json.dumps(_record({"dense": _shard_row(20.0)}, calibration="16 x 512")))
