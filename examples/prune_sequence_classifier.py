@@ -18,6 +18,7 @@ sentiment passed with --model (e.g. a BERT fine-tuned on SST-2, labels 0 negativ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 from typing import Any
@@ -56,7 +57,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser.add_argument("--reconstruction", default="liar")
     parser.add_argument("--round-to", type=int, default=8)
     parser.add_argument("--seqlen", type=int, default=128, help="tokens per snippet (truncation)")
-    parser.add_argument("--output", default=None, help="where to save the pruned model (default: a temp folder)")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="where to save the pruned model (default: a temporary folder, deleted after its size is measured)",
+    )
     parser.add_argument("--tiny", action="store_true", help="a tiny random BERT and generated sentences (seconds)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -97,7 +102,6 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     after = evaluate()
     agreement = float(np.mean(np.asarray(before["predictions"]) == np.asarray(after["predictions"])))
 
-    output = args.output or tempfile.mkdtemp(prefix="optimum-prune-classifier-")
     pruner.eval_results = {
         "accuracy": {
             "value": round(after["accuracy"], 4),
@@ -106,7 +110,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
             "split": "odd lines",
         }
     }
-    pruner.save_pretrained(output)
+    folder = (
+        contextlib.nullcontext(args.output)
+        if args.output
+        else tempfile.TemporaryDirectory(prefix="optimum-prune-classifier-")
+    )
+    with folder as output:
+        pruner.save_pretrained(output)
     summary = pruner.summary
     results: dict[str, dict[str, Any]] = {
         "dense": {"parameters (M)": summary["parameters_before"] / 1e6, "accuracy": before["accuracy"]},
@@ -125,7 +135,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         + ("" if args.model or args.tiny else " (random head: only the agreement is meaningful)")
     )
     print(format_results_table(results))
-    print(f"Saved to {output}")
+    print(
+        f"Saved to {output}"
+        if args.output
+        else "Saved and measured in a temporary folder, now deleted (--output keeps it)"
+    )
     return results
 
 

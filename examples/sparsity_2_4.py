@@ -15,6 +15,7 @@ sparse tensors on a GPU) is what turns the pattern into speed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 from typing import Any
@@ -65,7 +66,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--num-samples", type=int, default=32)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--eval-windows", type=int, default=40, help="windows scored (0: all)")
-    parser.add_argument("--output", default=None, help="where to save the pruned model (default: a temp folder)")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="where to save the pruned model (default: a temporary folder, deleted after its size is measured)",
+    )
     parser.add_argument("--tiny", action="store_true", help="a tiny random LLaMA and synthetic text (seconds)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -97,8 +102,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     layers = pattern_report(pruner, config)
     pattern_ok = all(row["groups breaking it"] == 0 for row in layers.values())
 
-    output = args.output or tempfile.mkdtemp(prefix="optimum-prune-2of4-")
-    pruner.save_pretrained(output)
+    folder = (
+        contextlib.nullcontext(args.output)
+        if args.output
+        else tempfile.TemporaryDirectory(prefix="optimum-prune-2of4-")
+    )
+    with folder as output:
+        pruner.save_pretrained(output)
     results = {
         "dense": {"perplexity": before["perplexity"]},
         f"{config.target} {args.method}": {
@@ -113,8 +123,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print()
     print(f"Perplexity on {after['windows']} x {args.seqlen} held-out tokens:")
     print(format_results_table(results))
-    print(f"Saved to {output}")
-    return {"results": results, "layers": layers, "pattern_ok": pattern_ok, "output": output}
+    print(
+        f"Saved to {output}"
+        if args.output
+        else "Saved and measured in a temporary folder, now deleted (--output keeps it)"
+    )
+    return {"results": results, "layers": layers, "pattern_ok": pattern_ok, "output": args.output}
 
 
 if __name__ == "__main__":

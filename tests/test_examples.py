@@ -65,6 +65,17 @@ def test_prune_causal_lm(example, tmp_path):
     assert reloaded.num_parameters() == round(pruned["parameters (M)"] * 1e6)
 
 
+def test_prune_causal_lm_without_output_leaves_nothing_behind(example, tmp_path, monkeypatch, capsys):
+    """The checkpoint is measured in a temporary folder and deleted: repeated runs must not fill the disk."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    results = example("prune_causal_lm").main(["--tiny", *FEW_WINDOWS])
+    assert results["pruned"]["saved size (MB)"] > 0
+    assert list(tmp_path.iterdir()) == []
+    assert "now deleted" in capsys.readouterr().out
+
+
 def test_prune_sequence_classifier(example, tmp_path):
     from tiny_models import labelled_sentences
 
