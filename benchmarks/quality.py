@@ -8,7 +8,8 @@ Sections (``--sections``, default all, in this order):
   allocation (uniform; ``flap``, ``obs``, ``global`` on request); dev accuracy, retention vs the unpruned classifier,
   wall time. Calibration: sentences of the classifier's training split.
 * ``smollm2``: SmolLM2-135M at 20% and 30% structured (activation + liar); held-out Wikipedia perplexity.
-* ``mamba``: the Mamba of ``fixtures/mamba_wiki.py`` with 20% and 30% of its inner channels removed.
+* ``mamba``: the Mamba of ``fixtures/mamba_wiki.py`` with 20%, 30% and 50% of its inner channels removed, and every
+  sparsity method (magnitude, Wanda, SparseGPT, ADMM, obs_multi) at 50% unstructured and 2:4.
 * ``peers``: llm-compressor 0.14 (SparseGPTModifier, WandaPruningModifier; 50% and 2:4, configured as its recipes
   are) on SmolLM2 with the same calibration windows and perplexity protocol, next to this library's SparseGPT (both
   mask scopes) and Wanda (optionally ADMM, ``--ours``; Torch-Pruning's LLaMA recipe with ``--peers``). Every row
@@ -79,7 +80,14 @@ CLASSIFIER_SPARSITIES = (0.3, 0.4, 0.5, 0.6, 0.7)
 #: Issue 13's goal for the classifier: this accuracy retention at 60% of the encoder block parameters removed.
 CLASSIFIER_GOAL = (0.6, 0.98)
 LLM_SPARSITIES = (0.2, 0.3)
+MAMBA_SPARSITIES = (0.2, 0.3, 0.5)
 MAMBA_RECONSTRUCTIONS = ("none", "bias", "liar")
+#: Unstructured and N:M rows on the Mamba fixture (method-pattern, as `OUR_JOBS`): every sparsity method.
+MAMBA_JOBS = tuple(
+    f"{method}-{pattern}"
+    for method in ("magnitude", "wanda", "sparsegpt", "admm", "obs_multi")
+    for pattern in ("50", "2:4")
+)
 PEER_JOBS = ("dense", "sparsegpt-50", "sparsegpt-2:4", "wanda-50", "wanda-2:4", "torch-pruning-20")
 DEFAULT_PEER_JOBS = PEER_JOBS[:5]
 #: This library's rows: method-pattern[-option], the option a mask scope (SparseGPT's `mask_scope` field, ADMM's
@@ -582,8 +590,9 @@ def run_mamba(args: argparse.Namespace, report: QualityReport) -> None:
         model, tokenizer, metadata = fixture.load(quick=args.quick)
     calibration, evaluation = wikipedia_split()
     eval_ids = tokenizer(evaluation, return_tensors="pt", add_special_tokens=False).input_ids
-    sparsities = args.llm_sparsities or (LLM_SPARSITIES[:1] if args.quick else LLM_SPARSITIES)
+    sparsities = args.llm_sparsities or (MAMBA_SPARSITIES[:1] if args.quick else MAMBA_SPARSITIES)
     reconstructions = args.reconstructions or (("none", "liar") if args.quick else MAMBA_RECONSTRUCTIONS)
+    jobs = args.mamba_jobs or (MAMBA_JOBS[4:5] if args.quick else MAMBA_JOBS)
     windows = args.eval_windows or None
 
     def inner_channels(m: torch.nn.Module) -> int:
@@ -591,14 +600,17 @@ def run_mamba(args: argparse.Namespace, report: QualityReport) -> None:
 
     section = report.section(
         "mamba",
-        "Mamba (trained on Wikipedia), inner channels",
+        "Mamba (trained on Wikipedia): inner channels and sparsity methods",
         "Perplexity (lower is better, with the fixture's own 8k-token vocabulary, so not comparable with SmolLM2's) "
-        "after removing a fraction of every layer's inner (expanded) channels, activation criterion, no retraining.",
+        "after removing a fraction of every layer's inner (expanded) channels (activation criterion), and after "
+        "unstructured 50% / 2:4 sparsity of every block Linear by each method; no retraining. `block zeros` counts "
+        "zeros in the block Linears, `untargeted changed` the elements of every other parameter that moved.",
         {
             "model": f"MambaForCausalLM from `benchmarks/fixtures/mamba_wiki.py`: {metadata['parameters'] / 1e6:.2f}M "
             f"parameters, hidden {metadata['hidden_size']}, {metadata['num_layers']} layers, "
-            f"{metadata['intermediate_size']} inner channels per layer, trained {metadata['steps']} steps "
-            f"({metadata['train_tokens_seen']} tokens) on the first 80% of the articles",
+            f"{metadata['intermediate_size']} inner channels per layer, trained "
+            f"{metadata.get('steps_done', metadata['steps'])} steps ({metadata['train_tokens_seen']} tokens, "
+            f"{metadata.get('schedule', 'cosine')}) on the first 80% of the articles",
             "calibration": f"{args.num_samples} random windows x {args.seqlen} tokens of the first 80%, seed 0",
             "evaluation": f"{'all' if windows is None else windows} non-overlapping 512-token windows of the last 20% "
             f"({eval_ids.numel()} tokens)",
@@ -659,6 +671,37 @@ def run_mamba(args: argparse.Namespace, report: QualityReport) -> None:
             )
             log(f"{name}: perplexity {result['perplexity']:.3f}, prune {prune_timer['seconds']:.0f}s")
             del pruner
+    # Unstructured and N:M sparsity of every Linear in the blocks (in_proj, x_proj, dt_proj, out_proj), with the
+    # census that shows nothing outside them (embeddings, conv1d, A_log, D, norms) was touched.
+    reference = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    for job in jobs:
+        name = _our_row_name(job).replace("optimum-prune ", "")
+        pruner = PrunerForCausalLM(copy.deepcopy(model), tokenizer)
+        try:
+            with _stopwatch() as prune_timer:
+                pruner.prune(_our_config(job, args), dataset=calibration, show_progress=False)
+            with _stopwatch() as eval_timer:
+                result = llm_perplexity(pruner.model, eval_ids, windows)
+        except Exception as error:
+            log(f"{name}: {traceback.format_exc()}")
+            report.add(section, name, {"error": _error_text(error)})
+            continue
+        census = weight_census(pruner.model, reference)
+        report.add(
+            section,
+            name,
+            {
+                "params (M)": count_parameters(pruner.model) / 1e6,
+                "block zeros": census["block zeros"],
+                "untargeted changed": census["untargeted changed"],
+                "perplexity": _finite(result["perplexity"]),
+                "ppl / dense": result["perplexity"] / dense["perplexity"],
+                "prune s": prune_timer["seconds"],
+                "eval s": eval_timer["seconds"],
+            },
+        )
+        log(f"{name}: perplexity {result['perplexity']:.3f}, prune {prune_timer['seconds']:.0f}s")
+        del pruner
     report.finish(section)
 
 
@@ -1299,7 +1342,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"default {' '.join(f'{x:g}' for x in CLASSIFIER_SPARSITIES)}",
     )
-    parser.add_argument("--llm-sparsities", nargs="+", type=float, default=None, help="default 0.2 0.3")
+    parser.add_argument(
+        "--llm-sparsities", nargs="+", type=float, default=None, help="default 0.2 0.3 (Mamba: 0.2 0.3 0.5)"
+    )
     parser.add_argument(
         "--peers",
         nargs="+",
@@ -1315,6 +1360,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"this library's rows next to the peers' (default: {' '.join(DEFAULT_OUR_JOBS)})",
     )
     parser.add_argument("--skip-ours", action="store_true", help="peers: leave out this library's rows")
+    parser.add_argument(
+        "--mamba-jobs",
+        nargs="+",
+        choices=MAMBA_JOBS,
+        default=None,
+        help="Mamba: unstructured / 2:4 rows (default: every method at 50%% and 2:4)",
+    )
     parser.add_argument(
         "--peers-python",
         default=os.environ.get(PEERS_PYTHON_ENV) or None,
