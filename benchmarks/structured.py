@@ -95,21 +95,18 @@ def row_plan() -> list[tuple[str, dict[str, Any]]]:
                 f"{s:.0%} heads+FFN, activation + liar, allocation obs (OBS-cost allocation only)",
                 {"allocation": "obs"},
             ),
-            (
-                f"{s:.0%} heads+FFN, obs + liar_dense, uniform (OBS ranking + dense-target refit)",
-                {"criterion": "obs", "reconstruction": "liar_dense"},
-            ),
         ]
         for s in BUDGETS
     }
-    ffn = [
-        (f"{s:.0%} FFN only, {name}", {"structures": ["ffn_channels"], **fields})
-        for s in (0.2, 0.3)
-        for name, fields in (
-            ("activation + liar", {}),
-            ("obs + liar", {"criterion": "obs"}),
+    # Two combinations that explain why the dense-target refit left the obs recipe (measured at 20% and 30% only).
+    for s in (0.2, 0.3):
+        pieces[s].append(
+            (
+                f"{s:.0%} heads+FFN, obs + liar_dense, uniform (OBS ranking + dense-target refit)",
+                {"criterion": "obs", "reconstruction": "liar_dense"},
+            )
         )
-    ]
+    ffn = [(f"{s:.0%} FFN only, activation + liar", {"structures": ["ffn_channels"]}) for s in (0.2, 0.3)]
     rows = heads_ffn[0.2] + heads_ffn[0.3] + depth[0.2] + depth[0.3] + heads_ffn[0.5]
     return rows + pieces[0.2] + pieces[0.3] + pieces[0.5] + ffn
 
