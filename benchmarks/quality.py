@@ -55,7 +55,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -634,10 +634,35 @@ def run_mamba(args: argparse.Namespace, report: QualityReport) -> None:
         },
     )
     log(f"Mamba dense perplexity {dense['perplexity']:.3f} ({dense['windows']} windows)")
+
+    def measure(name: str, config: Any, describe: Callable[[torch.nn.Module], dict[str, Any]]) -> None:
+        """Prune a fresh copy of the fixture with `config` and add its row; `describe` adds the row's own columns."""
+        pruner = PrunerForCausalLM(copy.deepcopy(model), tokenizer)
+        try:
+            with _stopwatch() as prune_timer:
+                pruner.prune(config, dataset=calibration, show_progress=False)
+            with _stopwatch() as eval_timer:
+                result = llm_perplexity(pruner.model, eval_ids, windows)
+        except Exception as error:
+            log(f"{name}: {traceback.format_exc()}")
+            report.add(section, name, {"error": _error_text(error)})
+            return
+        report.add(
+            section,
+            name,
+            {
+                "params (M)": count_parameters(pruner.model) / 1e6,
+                **describe(pruner.model),
+                "perplexity": _finite(result["perplexity"]),
+                "ppl / dense": result["perplexity"] / dense["perplexity"],
+                "prune s": prune_timer["seconds"],
+                "eval s": eval_timer["seconds"],
+            },
+        )
+        log(f"{name}: perplexity {result['perplexity']:.3f}, prune {prune_timer['seconds']:.0f}s")
+
     for sparsity in sparsities:
         for reconstruction in reconstructions:
-            name = f"{sparsity:.0%} activation + {reconstruction}"
-            pruner = PrunerForCausalLM(copy.deepcopy(model), tokenizer)
             config = PruningConfig(
                 target="structured",
                 sparsity=sparsity,
@@ -648,60 +673,21 @@ def run_mamba(args: argparse.Namespace, report: QualityReport) -> None:
                 seqlen=args.seqlen,
                 seed=0,
             )
-            try:
-                with _stopwatch() as prune_timer:
-                    pruner.prune(config, dataset=calibration, show_progress=False)
-                with _stopwatch() as eval_timer:
-                    result = llm_perplexity(pruner.model, eval_ids, windows)
-            except Exception as error:
-                log(f"{name}: {traceback.format_exc()}")
-                report.add(section, name, {"error": _error_text(error)})
-                continue
-            report.add(
-                section,
-                name,
-                {
-                    "params (M)": count_parameters(pruner.model) / 1e6,
-                    "inner channels kept": inner_channels(pruner.model) / dense_channels,
-                    "perplexity": _finite(result["perplexity"]),
-                    "ppl / dense": result["perplexity"] / dense["perplexity"],
-                    "prune s": prune_timer["seconds"],
-                    "eval s": eval_timer["seconds"],
-                },
+            measure(
+                f"{sparsity:.0%} activation + {reconstruction}",
+                config,
+                lambda pruned: {"inner channels kept": inner_channels(pruned) / dense_channels},
             )
-            log(f"{name}: perplexity {result['perplexity']:.3f}, prune {prune_timer['seconds']:.0f}s")
-            del pruner
     # Unstructured and N:M sparsity of every Linear in the blocks (in_proj, x_proj, dt_proj, out_proj), with the
     # census that shows nothing outside them (embeddings, conv1d, A_log, D, norms) was touched.
     reference = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+
+    def census_columns(pruned: torch.nn.Module) -> dict[str, Any]:
+        census = weight_census(pruned, reference)
+        return {"block zeros": census["block zeros"], "untargeted changed": census["untargeted changed"]}
+
     for job in jobs:
-        name = _our_row_name(job).replace("optimum-prune ", "")
-        pruner = PrunerForCausalLM(copy.deepcopy(model), tokenizer)
-        try:
-            with _stopwatch() as prune_timer:
-                pruner.prune(_our_config(job, args), dataset=calibration, show_progress=False)
-            with _stopwatch() as eval_timer:
-                result = llm_perplexity(pruner.model, eval_ids, windows)
-        except Exception as error:
-            log(f"{name}: {traceback.format_exc()}")
-            report.add(section, name, {"error": _error_text(error)})
-            continue
-        census = weight_census(pruner.model, reference)
-        report.add(
-            section,
-            name,
-            {
-                "params (M)": count_parameters(pruner.model) / 1e6,
-                "block zeros": census["block zeros"],
-                "untargeted changed": census["untargeted changed"],
-                "perplexity": _finite(result["perplexity"]),
-                "ppl / dense": result["perplexity"] / dense["perplexity"],
-                "prune s": prune_timer["seconds"],
-                "eval s": eval_timer["seconds"],
-            },
-        )
-        log(f"{name}: perplexity {result['perplexity']:.3f}, prune {prune_timer['seconds']:.0f}s")
-        del pruner
+        measure(_our_row_name(job).replace("optimum-prune ", ""), _our_config(job, args), census_columns)
     report.finish(section)
 
 
