@@ -241,8 +241,9 @@ def merge_shards(paths: list[str], output: str) -> MarkdownReport:
         intro=INTRO,
         protocol=first["protocol"]
         | {
-            "processes": f"{len(shards)} processes of one torch thread each, rows split by `--shard k/n`, a row "
-            "measured by a later process replacing the earlier one; each process timed its own dense row and "
+            "processes": f"{len(shards)} processes of one torch thread each, at most 3 at a time on the 2 cores, rows "
+            "split by `--shard k/n` or `--rows`, a row measured by a later process replacing the earlier one (same "
+            "protocol; the dense perplexity of every process is shown); each process timed its own dense row and "
             f"its speed-ups are against that row ({dense_times})",
         },
         machine=first["machine"] | ({"OS": " / ".join(kernels)} if kernels else {}),
