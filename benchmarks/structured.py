@@ -251,8 +251,10 @@ def merge_shards(paths: list[str], output: str) -> MarkdownReport:
         rows=rows,
         started=min(s["started"] for s in shards),
     )
-    if all(s.get("finished") for s in shards):
-        report.finished = max(s["finished"] for s in shards)
+    # Complete means every planned row was measured, whichever processes measured them (a process stopped mid-row
+    # whose rows a later one re-ran never "finished"; one run with --rows finishes with a few rows only).
+    if len(rows) == 1 + len(order):
+        report.finished = max(s.get("finished") or s["started"] for s in shards)
     report.write()
     log(f"merged {len(paths)} shards, {len(rows)} rows: {output}")
     return report

@@ -72,7 +72,17 @@ def test_structured_shards_split_the_plan_and_merge_in_plan_order(tmp_path) -> N
     report = structured.merge_shards(paths, str(tmp_path / "structured.md"))
     merged = [name for name in report.rows if name != "dense"]
     assert merged == [name for name in names if name in merged] and len(merged) == 6
-    assert report.finished is not None and "2 processes" in report.protocol["processes"]
+    assert report.finished is None and "2 processes" in report.protocol["processes"]  # 6 of the planned rows
+
+    # Every planned row, from processes that never finished (stopped mid-row, re-run elsewhere): complete.
+    everything = _record(
+        {"dense": _shard_row(20.0)} | {name: _shard_row(40.0) for name in names}, calibration="64 x 512"
+    )
+    everything["finished"] = None
+    (tmp_path / "all.json").write_text(json.dumps(everything))
+    full = structured.merge_shards(paths + [str(tmp_path / "all.json")], str(tmp_path / "full.md"))
+    assert full.finished is not None and len(full.rows) == 1 + len(names)
+    assert "Complete" in (tmp_path / "full.md").read_text()
 
     # A later process (another session: another kernel build) re-measures a row: its number wins.
     rerun = _record({"dense": _shard_row(20.0), shards[0][0][0]: _shard_row(25.0)}, calibration="64 x 512")
