@@ -224,6 +224,7 @@ def merge_shards(paths: list[str], output: str) -> MarkdownReport:
     kernels = sorted({shard["machine"]["OS"] for shard in shards if "OS" in shard["machine"]})
     rows: dict[str, dict[str, Any]] = {"dense": first["rows"]["dense"]}
     order = {name: i for i, (name, _) in enumerate(row_plan())}
+    planned = 1 + len(order)  # the dense row and the plan's
     measured = {name: metrics for shard in shards for name, metrics in shard["rows"].items() if name != "dense"}
     superseded = sorted(set(measured) - set(order))
     if superseded:
@@ -247,13 +248,13 @@ def merge_shards(paths: list[str], output: str) -> MarkdownReport:
             f"its speed-ups are against that row ({dense_times})",
         },
         machine=first["machine"] | ({"OS": " / ".join(kernels)} if kernels else {}),
-        planned=1 + len(order),
+        planned=planned,
         rows=rows,
         started=min(s["started"] for s in shards),
     )
     # Complete means every planned row was measured, whichever processes measured them (a process stopped mid-row
     # whose rows a later one re-ran never "finished"; one run with --rows finishes with a few rows only).
-    if len(rows) == 1 + len(order):
+    if len(rows) == planned:
         report.finished = max(s.get("finished") or s["started"] for s in shards)
     report.write()
     log(f"merged {len(paths)} shards, {len(rows)} rows: {output}")
