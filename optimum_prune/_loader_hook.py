@@ -1,10 +1,15 @@
-"""Registers the pruned-checkpoint loader with transformers as soon as transformers' quantizer registry is loaded.
+"""Registers the pruned-checkpoint classes with transformers as soon as the registries they go into are loaded.
 
-`import optimum_prune` must register the loader (`serialization.quantizer.register`), yet stay free of torch and
-transformers so that the `optimum-prune` command starts at once. The registry lives in `transformers.quantizers.auto`,
-which every `from_pretrained` imports before it reads a checkpoint's `quantization_config`. So: if that module is
-already loaded, register now; otherwise a finder on `sys.meta_path` waits for it and registers right after it has
-run, before the code that imported it continues (a post-import hook, as in PEP 369).
+`import optimum_prune` must register two things, yet stay free of torch and transformers so that the
+`optimum-prune` command starts at once:
+
+- the heterogeneous configs (`serialization.heterogeneous.register_auto_classes`) with `AutoConfig`, whose registry
+  is `transformers.models.auto.configuration_auto`, imported by every Auto class before it reads a `config.json`;
+- the loader of older checkpoints (`serialization.quantizer.register`) with transformers' quantizer registry,
+  `transformers.quantizers.auto`, which every `from_pretrained` imports before it reads a `quantization_config`.
+
+For each: if the registry module is already loaded, register now; otherwise a finder on `sys.meta_path` waits for it
+and registers right after it has run, before the code that imported it continues (a post-import hook, as in PEP 369).
 """
 
 from __future__ import annotations
@@ -15,20 +20,33 @@ import importlib.util
 import sys
 from typing import Any
 
-_REGISTRY_MODULE = "transformers.quantizers.auto"
-
-
-def _register() -> None:
+def _register_quantizer() -> None:
     from .serialization.quantizer import register
 
     register()
 
 
+def _register_auto_classes() -> None:
+    from .serialization.heterogeneous import register_auto_classes
+
+    register_auto_classes()
+
+
+#: Registry module -> what to register once it has run.
+_REGISTRIES = {
+    "transformers.quantizers.auto": _register_quantizer,
+    "transformers.models.auto.configuration_auto": _register_auto_classes,
+}
+
+
 class _RegisterAfterLoading(importlib.abc.MetaPathFinder):
-    """Finds `transformers.quantizers.auto` through the other finders and runs `_register` after executing it."""
+    """Finds one registry module through the other finders and runs its registration after executing it."""
+
+    def __init__(self, module: str) -> None:
+        self.module = module
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname != _REGISTRY_MODULE:
+        if fullname != self.module:
             return None
         sys.meta_path.remove(self)  # one use; also keeps find_spec below from finding this finder again
         spec = importlib.util.find_spec(fullname)
@@ -39,16 +57,17 @@ class _RegisterAfterLoading(importlib.abc.MetaPathFinder):
 
         def exec_module(module: Any) -> None:
             original(module)
-            _register()
+            _REGISTRIES[fullname]()
 
         loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
 
 
 def register_when_transformers_loads() -> None:
-    """Idempotent: register now if the registry is loaded, else once it is."""
-    if _REGISTRY_MODULE in sys.modules:
-        _register()
-        return
-    if not any(isinstance(finder, _RegisterAfterLoading) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _RegisterAfterLoading())
+    """Idempotent: register now where the registry is loaded, else once it is."""
+    waiting = {finder.module for finder in sys.meta_path if isinstance(finder, _RegisterAfterLoading)}
+    for module, register in _REGISTRIES.items():
+        if module in sys.modules:
+            register()
+        elif module not in waiting:
+            sys.meta_path.insert(0, _RegisterAfterLoading(module))

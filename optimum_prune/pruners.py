@@ -256,6 +256,9 @@ class BasePruner:
                 "The last prune() stopped with an error part-way, so the model may be half-pruned: nothing was saved. "
                 "Load the model again and prune it with a corrected config."
             )
+        from .serialization.heterogeneous import check_serializable
+
+        check_serializable(self.model)
         save_pruned_checkpoint(
             self.model,
             save_directory,

@@ -177,7 +177,12 @@ def prune_unstructured(
         "data_free": data_free,
         "input_taps": input_taps,
     }
-    # Dense safetensors hold the zeros; the record tells readers (and the model card) what was done.
+    # Dense safetensors hold the zeros; the record tells readers (and the model card) what was done. A structured
+    # run before this one left the per-layer sizes its checkpoint is rebuilt from: they stay.
+    earlier = getattr(model.config, "pruning", None)
+    if isinstance(earlier, dict) and "layers" in earlier:
+        record = {**record, **{key: earlier[key] for key in ("layers", "requires_plugin", "loader") if key in earlier}}
+        record["structured"] = {key: value for key, value in earlier.items() if key != "layers"}
     model.config.pruning = record
     return {key: value for key, value in record.items() if key not in ("format", "target", "method")} | {
         "prunable_parameters": total

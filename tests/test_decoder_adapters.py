@@ -139,9 +139,9 @@ def test_fresh_process_reload_and_plain_transformers(tokenizer, texts, tmp_path)
             pruner.save_pretrained(folder)
             torch.save(_logits(pruner.model), folder / "expected.pt")
             config = json.loads((folder / "config.json").read_text())
-            cases[str(folder)] = config["pruning"]["requires_plugin"]
+            cases[str(folder)] = config["pruning"]["loader"] != "transformers"
             if allocation == "uniform":
-                assert config["pruning"]["requires_plugin"] is False, family
+                assert config["pruning"]["loader"] == "transformers", family
                 assert "quantization_config" not in config
 
     def save_plain(name, pruner):
@@ -149,7 +149,7 @@ def test_fresh_process_reload_and_plain_transformers(tokenizer, texts, tmp_path)
         pruner.save_pretrained(folder)
         torch.save(_logits(pruner.model), folder / "expected.pt")
         config = json.loads((folder / "config.json").read_text())
-        assert config["pruning"]["requires_plugin"] is False and "quantization_config" not in config
+        assert config["pruning"]["loader"] == "transformers" and "quantization_config" not in config
         cases[str(folder)] = False
         return config
 

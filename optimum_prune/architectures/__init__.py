@@ -51,7 +51,9 @@ class UnsupportedArchitectureError(ValueError):
 
 def get_adapter(model: nn.Module) -> ArchitectureAdapter:
     """The adapter for `model`, chosen by `model.config.model_type`."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    from ..serialization.heterogeneous import base_model_type
+
+    model_type = base_model_type(getattr(getattr(model, "config", None), "model_type", None))
     if model_type not in ADAPTERS:
         raise UnsupportedArchitectureError(
             f"optimum_prune does not support model_type {model_type!r} ({type(model).__name__}). "

@@ -54,26 +54,40 @@ def record_layout(
 ) -> dict[str, Any]:
     """Write the layer sizes into `model.config` and choose how the checkpoint reloads.
 
-    When plain transformers can express the sizes (e.g. uniform LLaMA pruning), the ordinary config fields are
-    updated and no plugin is needed to load. Otherwise `quantization_config = {"quant_method": "optimum_prune"}`
-    routes `from_pretrained` through the plugin's loader, which resizes each layer before the weights load.
+    Three ways, first that fits (`layout["loader"]` says which):
+
+    - "transformers": the family's own config fields express the sizes (e.g. uniform LLaMA pruning); they are
+      updated, and plain transformers loads the checkpoint.
+    - "per_layer_config": the model becomes its family's heterogeneous variant (`serialization.heterogeneous`):
+      per-layer overrides in `config.json`, loaded through remote code shipped in the checkpoint or the Auto classes
+      the plugin registers; `quantization_config` stays free for quantizers.
+    - "optimum_prune" (families whose layers cannot be rebuilt from config values, and depth pruning's linear
+      bridges): `quantization_config = {"quant_method": "optimum_prune"}` routes `from_pretrained` through the
+      plugin's loader, which resizes each layer before the weights load.
     """
-    config = model.config
+    from .heterogeneous import convert_to_heterogeneous, is_heterogeneous
+
     descriptions = _describe(adapter)
-    # Depth pruning's linear bridges are not decoder blocks: only the plugin can rebuild them.
+    # Depth pruning's linear bridges are not decoder blocks: only the plugin's loader can rebuild them.
     bridged = any(BRIDGE_KEY in d for d in descriptions)
-    update = None if bridged else adapter.vanilla_config_update(descriptions)
+    update = None if bridged or is_heterogeneous(model.config) else adapter.vanilla_config_update(descriptions)
     if update is not None:
         for key, value in update.items():
-            setattr(config, key, value)
+            setattr(model.config, key, value)
         descriptions = _describe(adapter)
-        if _is_ours(getattr(config, "quantization_config", None)):
-            del config.quantization_config
+        loader = "transformers"
+    elif not bridged and convert_to_heterogeneous(model, descriptions):
+        loader = "per_layer_config"
     else:
-        config.quantization_config = {"quant_method": QUANT_METHOD}
+        model.config.quantization_config = {"quant_method": QUANT_METHOD}
+        loader = "optimum_prune"
+    config = model.config
+    if loader != "optimum_prune" and _is_ours(getattr(config, "quantization_config", None)):
+        del config.quantization_config
     layout = {
         "format": LAYOUT_FORMAT,
-        "requires_plugin": update is None,
+        "requires_plugin": loader == "optimum_prune",
+        "loader": loader,
         "layers": descriptions,
         **(extra or {}),
     }
@@ -127,7 +141,26 @@ def apply_layout(model: nn.Module) -> None:
             bridge = LinearBridge(model.config.hidden_size, replaced=description[BRIDGE_KEY])
             layers[index] = bridge.to(device=reference.device, dtype=reference.dtype)
             continue
-        adapter.resize_layer(layer, description)
+        _check_description(index, description)
+        try:
+            adapter.resize_layer(layer, description)
+        except KeyError as err:
+            raise ValueError(
+                f"config.json `{LAYOUT_KEY}.layers[{index}]` has no {err.args[0]!r}, which this layer's size needs: "
+                "the checkpoint's config was edited or damaged."
+            ) from err
+
+
+def _check_description(index: int, description: Any) -> None:
+    """One line naming the layer and the key for a damaged (hand-edited, truncated) layer description."""
+    where = f"config.json `{LAYOUT_KEY}.layers[{index}]`"
+    if not isinstance(description, dict) or not description:
+        raise ValueError(f"{where} is empty ({description!r}): the checkpoint's config was edited or damaged.")
+    for key, value in description.items():
+        if key in ("added_biases", BRIDGE_KEY):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{where}.{key} is {value!r}; a layer size must be a non-negative integer.")
 
 
 def write_loading_guard(folder: str | os.PathLike) -> bool:
