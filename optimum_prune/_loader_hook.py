@@ -20,6 +20,7 @@ import importlib.util
 import sys
 from typing import Any
 
+
 def _register_quantizer() -> None:
     from .serialization.quantizer import register
 

@@ -194,9 +194,7 @@ def _reload_equal(pruner, folder, auto_class=AutoModelForCausalLM) -> None:
     pruner.save_pretrained(folder)
     reloaded = auto_class.from_pretrained(folder).eval()
     with torch.no_grad():
-        torch.testing.assert_close(
-            reloaded(INPUT).logits, pruner.model.eval()(INPUT).logits, rtol=0, atol=TOLERANCE
-        )
+        torch.testing.assert_close(reloaded(INPUT).logits, pruner.model.eval()(INPUT).logits, rtol=0, atol=TOLERANCE)
 
 
 def test_structured_then_unstructured_reloads(tmp_path):

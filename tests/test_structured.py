@@ -25,7 +25,6 @@ from optimum_prune import (
     PrunerForSequenceClassification,
     PruningConfig,
 )
-from optimum_prune.serialization.layout import PLUGIN_REQUIRED_MESSAGE
 
 INPUT_IDS = torch.tensor([[5, 17, 33, 48, 9, 60, 71, 12, 90, 33, 41, 7]])
 

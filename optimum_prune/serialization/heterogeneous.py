@@ -79,7 +79,11 @@ HETEROGENEOUS_FAMILIES = (
 
 def base_model_type(model_type: str | None) -> str | None:
     """The family of a (possibly heterogeneous) `model_type`: "pruned_llama" -> "llama"."""
-    if model_type and model_type.startswith(PRUNED_PREFIX) and model_type[len(PRUNED_PREFIX) :] in HETEROGENEOUS_FAMILIES:
+    if (
+        model_type
+        and model_type.startswith(PRUNED_PREFIX)
+        and model_type[len(PRUNED_PREFIX) :] in HETEROGENEOUS_FAMILIES
+    ):
         return model_type[len(PRUNED_PREFIX) :]
     return model_type
 
@@ -168,7 +172,9 @@ def pruned_config_class(family: str) -> type:
         # Model classes are made on first use, so importing the plugin imports no family's modeling code.
         _register_model_classes(family)
 
-    return type(name, (PrunedConfigMixin, base), {"model_type": PRUNED_PREFIX + family, "__post_init__": __post_init__})
+    return type(
+        name, (PrunedConfigMixin, base), {"model_type": PRUNED_PREFIX + family, "__post_init__": __post_init__}
+    )
 
 
 @functools.cache
