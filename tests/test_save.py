@@ -190,3 +190,25 @@ def test_a_staging_folder_of_a_running_save_is_left_alone(tmp_path):
         (folder / "model.safetensors").write_bytes(b"half")
     _save(target, **NEW)
     assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "checkpoint"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_a_new_checkpoint_follows_the_umask(tmp_path, umask):
+    """As a plain `save_pretrained` into a new folder would make it: the folder 0o777 & ~umask, every file 0o666 &
+    ~umask (safetensors 0.8 writes its files 0o600 whatever the umask, and a temporary folder is 0o700)."""
+    previous = os.umask(umask)
+    try:
+        target = _save(tmp_path / "checkpoint", **NEW)
+    finally:
+        os.umask(previous)
+    assert oct(target.stat().st_mode & 0o7777) == oct(0o777 & ~umask)
+    modes = {path.name: oct(path.stat().st_mode & 0o7777) for path in target.rglob("*")}
+    assert "model.safetensors" in modes
+    assert modes == dict.fromkeys(modes, oct(0o666 & ~umask))
+
+
+def test_an_overwritten_checkpoint_keeps_its_folders_permissions(tmp_path):
+    target = _save(tmp_path / "checkpoint", **OLD)
+    target.chmod(0o750)
+    _save(target, **NEW)
+    assert oct(target.stat().st_mode & 0o7777) == oct(0o750)

@@ -10,6 +10,9 @@ same target puts it back before anything else. Staging folders left by killed ru
 
 Replacing the target as a whole is what makes an overwrite clean: shards and index files of an older checkpoint,
 which a file-by-file copy would leave beside the new weights, are gone with the old folder.
+
+Permissions are those of a plain `save_pretrained`: a new checkpoint folder gets 0o777 and its files 0o666, less the
+process umask (the weights too, which safetensors itself writes 0o600); an overwritten folder keeps its own mode.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -89,7 +94,7 @@ def save_pruned_checkpoint(
         )
 
     # The process id in the name tells a later save whether this folder is stale or another save's work in progress.
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{_STAGING_INFIX}{os.getpid()}-", dir=target.parent))
+    staging = _new_folder(target.parent, f".{target.name}{_STAGING_INFIX}{os.getpid()}-")
     try:
         model.save_pretrained(staging)
         write_loading_guard(staging)
@@ -100,6 +105,7 @@ def save_pruned_checkpoint(
             pruning_config.to_json_file(staging / CONFIG_NAME)
         if model_card is not None:
             model_card.save(staging / "README.md")
+        _open_up_files(staging)
         _sync_tree(staging)
         _after_step("staged")
         if not target.exists():
@@ -107,7 +113,7 @@ def save_pruned_checkpoint(
             _sync_folder(target.parent)
             _after_step("swapped")
             return target
-        # mkdtemp gives 0o700; a checkpoint folder gets the usual permissions, as the old one had.
+        # An overwritten checkpoint keeps its folder's permissions, as an overwrite by `save_pretrained` would.
         os.chmod(staging, target.stat().st_mode & 0o7777)
         if _exchange(staging, target):
             _sync_folder(target.parent)
@@ -127,6 +133,48 @@ def save_pruned_checkpoint(
             shutil.rmtree(staging, ignore_errors=True)
         _recover(target)
         raise
+
+
+def _new_folder(parent: Path, prefix: str) -> Path:
+    """Make a new folder `prefix` + 8 random characters in `parent` with the permissions `save_pretrained`'s
+    `os.makedirs` gives a new folder: 0o777 less the umask (or as a default ACL of `parent` says). Unlike
+    `tempfile.mkdtemp` (0o700), so that the staging folder can become the checkpoint folder as it is."""
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            os.mkdir(path, 0o777)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"No free name for a folder {prefix}XXXXXXXX in {str(parent)!r}")
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:  # Linux: read without changing it
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o077)  # elsewhere the only way to read it is to set it (briefly to the strictest sensible value)
+    os.umask(umask)
+    return umask
+
+
+def _open_up_files(folder: Path) -> None:
+    """Give every file of `folder` at least the permissions a file made with `open()` gets, 0o666 less the umask.
+
+    safetensors (0.8) writes through a temporary file that it creates 0o600 and renames into place, whatever the
+    umask, so `model.safetensors` would be readable by its owner alone while config.json beside it is not (see
+    safetensors issue #782). Permissions are only added, never removed, so a default ACL that gave more stays."""
+    wanted = 0o666 & ~_umask()
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            mode = stat.S_IMODE(os.lstat(path).st_mode)
+            if mode & wanted != wanted:
+                os.chmod(path, mode | wanted)
 
 
 def _check_not_protected(target: Path, protected: Iterable[str | os.PathLike | None]) -> None:
