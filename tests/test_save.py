@@ -212,3 +212,64 @@ def test_an_overwritten_checkpoint_keeps_its_folders_permissions(tmp_path):
     target.chmod(0o750)
     _save(target, **NEW)
     assert oct(target.stat().st_mode & 0o7777) == oct(0o750)
+
+
+# One save stops after writing its weights and waits; meanwhile a second save into the same target (in the worker that
+# forked the first), then a save into a sibling, then, once the first has finished, another save into the target.
+# argv[1]: the tests folder; argv[2]: the target.
+TWO_SAVERS = textwrap.dedent(
+    """
+    import os, sys
+    sys.path.insert(0, sys.argv[1])
+    from conftest import tiny_llama
+    from optimum_prune import PruningConfig
+    from optimum_prune.serialization import save
+
+    model, config, target = tiny_llama(seed={seed}), PruningConfig(sparsity={sparsity}), sys.argv[2]
+    paused_read, paused_write = os.pipe()
+    go_read, go_write = os.pipe()
+    first = os.fork()
+    if first == 0:
+        def after_step(done):
+            if done == "weights":
+                os.write(paused_write, b"PAUSED")
+                os.read(go_read, 1)
+
+        save._after_step = after_step
+        save.save_pruned_checkpoint(model, target, pruning_config=config)
+        os._exit(0)
+    print("FIRST", first, os.read(paused_read, 16).decode(), flush=True)
+    try:
+        save.save_pruned_checkpoint(model, target, pruning_config=config)
+        print("SECOND saved", flush=True)
+    except save.CheckpointTargetError as err:
+        print("SECOND refused", err, flush=True)
+    save.save_pruned_checkpoint(model, target + "-sibling", pruning_config=config)
+    os.write(go_write, b"x")
+    print("FIRST status", os.waitstatus_to_exitcode(os.waitpid(first, 0)[1]), flush=True)
+    save.save_pruned_checkpoint(model, target, pruning_config=config)
+    print("THIRD saved", flush=True)
+    """
+).format(**NEW)
+
+
+def test_a_second_save_into_the_same_folder_is_refused_while_the_first_runs(references, tmp_path):
+    target = tmp_path / "checkpoint"
+    _save(target, **OLD)
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    done = subprocess.run(
+        [sys.executable, "-c", TWO_SAVERS, str(Path(__file__).parent), str(target)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    first = lines[0].split()[1]
+    assert lines[0] == f"FIRST {first} PAUSED"
+    assert lines[1].startswith(f"SECOND refused another process (pid {first}) is saving to {str(target)!r}"), lines
+    assert lines[2:] == ["FIRST status 0", "THIRD saved"], lines
+    assert _hashes(target) == references["new"]
+    # The lock file went with the saves that held it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "checkpoint-sibling"]

@@ -8,6 +8,13 @@ filesystems), the old folder is first renamed aside (`.NAME.old-XXXX`) and the n
 between those two renames leaves the target missing and the complete old checkpoint aside, and the next save to the
 same target puts it back before anything else. Staging folders left by killed runs are removed by the next save.
 
+One save at a time per target: a save holds an flock on `.NAME.lock` beside the target (the file holds its process
+id) from before it looks at the target until the swap is done, then removes it. A second save into the same target
+meanwhile fails at once with `CheckpointBusyError`, naming that process, instead of both succeeding and the last one
+winning. The system releases an flock when its process ends, however it ends, so a killed save blocks nothing; it only
+leaves the small lock file, which the next save into that target takes over and removes. Where flock is missing
+(Windows, some network filesystems) saves are not locked.
+
 Replacing the target as a whole is what makes an overwrite clean: shards and index files of an older checkpoint,
 which a file-by-file copy would leave beside the new weights, are gone with the old folder.
 
@@ -25,7 +32,8 @@ import secrets
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +42,16 @@ from torch import nn
 from ..configuration import CONFIG_NAME, PruningConfig
 from .layout import write_loading_guard
 
-__all__ = ["CheckpointTargetError", "save_pruned_checkpoint"]
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, and saves there are not locked
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["CheckpointBusyError", "CheckpointTargetError", "save_pruned_checkpoint"]
 
 _STAGING_INFIX = ".partial-"
 _OLD_INFIX = ".old-"
+_LOCK_SUFFIX = ".lock"
 #: Files whose presence says a folder holds a checkpoint that a save may replace as a whole.
 _CHECKPOINT_MARKERS = ("config.json", CONFIG_NAME, "model.safetensors", "model.safetensors.index.json")
 
@@ -49,6 +63,10 @@ def _after_step(step: str) -> None:
 
 class CheckpointTargetError(ValueError):
     """The save target may not be replaced: it is (or holds) the input model, or a folder that is no checkpoint."""
+
+
+class CheckpointBusyError(CheckpointTargetError):
+    """Another save into the same target is running (it holds the lock file `.NAME.lock` beside the target)."""
 
 
 def save_pruned_checkpoint(
@@ -77,6 +95,8 @@ def save_pruned_checkpoint(
         NotADirectoryError: The target exists and is a file.
         CheckpointTargetError: The target is (or contains) a protected folder, or is a non-empty folder that holds
             no checkpoint (replacing it would delete files that are not ours).
+        CheckpointBusyError: Another save into the same target is running (a `CheckpointTargetError`); it is not
+            waited for.
         OSError: Writing failed (a full disk, a bad tokenizer); the target is then as it was.
     """
     target = Path(os.path.abspath(os.path.expanduser(save_directory)))
@@ -86,25 +106,38 @@ def save_pruned_checkpoint(
         raise NotADirectoryError(f"Cannot save to {str(target)!r}: it exists and is not a folder.")
     _check_not_protected(target, protected)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _recover(target)
-    if target.exists() and any(target.iterdir()) and not _is_checkpoint(target):
-        raise CheckpointTargetError(
-            f"Cannot save to {str(target)!r}: it is a non-empty folder that holds no checkpoint, and saving replaces "
-            "the whole folder. Choose a new or empty folder."
-        )
+    lock = _lock(target)
+    try:
+        _recover(target)
+        if target.exists() and any(target.iterdir()) and not _is_checkpoint(target):
+            raise CheckpointTargetError(
+                f"Cannot save to {str(target)!r}: it is a non-empty folder that holds no checkpoint, and saving "
+                "replaces the whole folder. Choose a new or empty folder."
+            )
 
+        def write(staging: Path) -> None:
+            model.save_pretrained(staging)
+            write_loading_guard(staging)
+            _after_step("weights")
+            if tokenizer is not None:
+                tokenizer.save_pretrained(staging)
+            if pruning_config is not None:
+                pruning_config.to_json_file(staging / CONFIG_NAME)
+            if model_card is not None:
+                model_card.save(staging / "README.md")
+
+        _write_and_swap(target, write)
+    finally:
+        _unlock(target, lock)
+    return target
+
+
+def _write_and_swap(target: Path, write: Callable[[Path], None]) -> None:
+    """Stage the checkpoint that `write` writes into a hidden folder beside `target`, then swap it in."""
     # The process id in the name tells a later save whether this folder is stale or another save's work in progress.
     staging = _new_folder(target.parent, f".{target.name}{_STAGING_INFIX}{os.getpid()}-")
     try:
-        model.save_pretrained(staging)
-        write_loading_guard(staging)
-        _after_step("weights")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
-        if pruning_config is not None:
-            pruning_config.to_json_file(staging / CONFIG_NAME)
-        if model_card is not None:
-            model_card.save(staging / "README.md")
+        write(staging)
         _open_up_files(staging)
         _sync_tree(staging)
         _after_step("staged")
@@ -112,14 +145,14 @@ def save_pruned_checkpoint(
             os.replace(staging, target)
             _sync_folder(target.parent)
             _after_step("swapped")
-            return target
+            return
         # An overwritten checkpoint keeps its folder's permissions, as an overwrite by `save_pretrained` would.
         os.chmod(staging, target.stat().st_mode & 0o7777)
         if _exchange(staging, target):
             _sync_folder(target.parent)
             _after_step("swapped")
             shutil.rmtree(staging, ignore_errors=True)  # now the old checkpoint
-            return target
+            return
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}{_OLD_INFIX}{os.getpid()}-", dir=target.parent))
         os.replace(target, old)
         _after_step("old-moved-aside")
@@ -127,12 +160,93 @@ def save_pruned_checkpoint(
         _sync_folder(target.parent)
         _after_step("swapped")
         shutil.rmtree(old, ignore_errors=True)
-        return target
     except BaseException:
         if staging.exists() and staging.resolve() != target:
             shutil.rmtree(staging, ignore_errors=True)
         _recover(target)
         raise
+
+
+def _lock_path(target: Path) -> Path:
+    return target.parent / f".{target.name}{_LOCK_SUFFIX}"
+
+
+def _lock(target: Path) -> int | None:
+    """Take the lock of saves into `target`, the file `.NAME.lock` beside it, at once or not at all.
+
+    Returns the descriptor holding it, or None where files cannot be locked (no `fcntl.flock` on this system or
+    filesystem: the save then runs unlocked). The lock is an flock on that file, so the system releases it when its
+    process ends however it ends; the file holds the process id, for the message of a save that finds it taken.
+
+    Raises:
+        CheckpointBusyError: Another save holds it.
+    """
+    if fcntl is None:
+        return None
+    path = _lock_path(target)
+    patience = time.monotonic() + 1.0
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            holder = _lock_holder(path)
+            if holder is None and time.monotonic() < patience:
+                # Taken an instant ago, and its process id not written yet: look again shortly.
+                time.sleep(0.05)
+                continue
+            who = "another save in this process" if holder == os.getpid() else "another process"
+            raise CheckpointBusyError(
+                f"{who} (pid {holder if holder is not None else 'unknown'}) is saving to {str(target)!r}; wait for "
+                "it to finish, or save to another folder."
+            ) from None
+        except OSError as err:
+            os.close(descriptor)
+            if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                return None  # a filesystem without flock: save unlocked, as saves always did
+            raise
+        except BaseException:
+            os.close(descriptor)
+            raise
+        try:
+            if _same_file(descriptor, path):
+                os.ftruncate(descriptor, 0)
+                os.write(descriptor, f"{os.getpid()}\n".encode())
+                return descriptor
+        except BaseException:
+            os.close(descriptor)
+            raise
+        # A save that ended between our open and our flock removed the file we opened: lock the one there now.
+        os.close(descriptor)
+
+
+def _unlock(target: Path, descriptor: int | None) -> None:
+    """Remove the lock file and release the lock (in that order, so that a save waiting on this very file sees it
+    removed when it gets the lock, and takes the next one: see `_lock`)."""
+    if descriptor is None:
+        return
+    try:
+        if _same_file(descriptor, _lock_path(target)):
+            os.unlink(_lock_path(target))
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _lock_holder(path: Path) -> int | None:
+    try:
+        return int(path.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _same_file(descriptor: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(descriptor), os.stat(path, follow_symlinks=False))
+    except FileNotFoundError:
+        return False
 
 
 def _new_folder(parent: Path, prefix: str) -> Path:
