@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -273,3 +274,101 @@ def test_a_second_save_into_the_same_folder_is_refused_while_the_first_runs(refe
     assert _hashes(target) == references["new"]
     # The lock file went with the saves that held it.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "checkpoint-sibling"]
+
+
+# As SAVER, but the child sends itself SIGTERM at the job's step and this worker reports how it ended: "DONE" if the
+# save returned, and its exit status (-15: killed by SIGTERM).
+SIGTERMED_SAVER = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path.insert(0, sys.argv[1])
+    from conftest import tiny_llama
+    from optimum_prune import PruningConfig
+    from optimum_prune.serialization import save
+
+    model = tiny_llama(seed={seed})
+    config = PruningConfig(sparsity={sparsity})
+    for job in sys.stdin.read().splitlines():
+        target, step, exchange = job.split()
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:
+            os.close(read_end)
+            if exchange == "0":
+                os.environ["OPTIMUM_PRUNE_NO_RENAME_EXCHANGE"] = "1"
+
+            def after_step(done, step=step):
+                if done == step:
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+            save._after_step = after_step
+            save.save_pruned_checkpoint(model, target, pruning_config=config)
+            os.write(write_end, b"DONE")
+            os._exit(0)
+        os.close(write_end)
+        said = os.read(read_end, 16).decode() or "-"
+        status = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+        os.close(read_end)
+        print(target, said, status, flush=True)
+    """
+).format(**NEW)
+
+SIGTERM_POINTS = [
+    # (step SIGTERM arrives after, renameat2 exchange available, what the target then holds: None if missing)
+    ("weights", True, "old"),
+    ("staged", True, "old"),
+    ("swapped", True, "new"),  # the save is complete, but the process was still told to end, and ends
+    ("old-moved-aside", False, "old"),  # the two-rename fallback, between the renames: the old one is put back
+    ("swapped", False, "new"),
+    ("weights", True, None),  # a save into a new folder
+]
+
+
+def test_sigterm_during_a_save_cleans_up_and_still_ends_the_process(references, tmp_path):
+    jobs = []
+    for index, (step, exchange, expected) in enumerate(SIGTERM_POINTS):
+        target = tmp_path / f"case{index}" / "checkpoint"
+        if expected is None:
+            target.parent.mkdir()
+        else:
+            _save(target, **OLD)
+        jobs.append(f"{target} {step} {int(exchange)}")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    done = subprocess.run(
+        [sys.executable, "-c", SIGTERMED_SAVER, str(Path(__file__).parent)],
+        input="\n".join(jobs),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    # Every save ended its process as SIGTERM does (never reporting success), after removing its staging folder.
+    assert [line.split()[1:] for line in done.stdout.splitlines()] == [["-", "-15"]] * len(SIGTERM_POINTS), done
+    for index, (step, exchange, expected) in enumerate(SIGTERM_POINTS):
+        folder = tmp_path / f"case{index}"
+        left = sorted(p.name for p in folder.iterdir())
+        if expected is None:
+            assert left == [], (step, exchange)
+        else:
+            assert left == ["checkpoint"], (step, exchange)
+            assert _hashes(folder / "checkpoint") == references[expected], (step, exchange)
+
+
+def test_the_sigterm_handler_is_the_saves_only_while_it_saves(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(save_module, "_after_step", lambda step: seen.append(signal.getsignal(signal.SIGTERM)))
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    _save(tmp_path / "default", **NEW)
+    assert all(callable(handler) for handler in seen) and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+    # A handler someone else installed (or SIG_IGN) stays in charge during the save, and after it.
+    for theirs in (lambda signum, frame: None, signal.SIG_IGN):
+        seen.clear()
+        previous = signal.signal(signal.SIGTERM, theirs)
+        try:
+            _save(tmp_path / "theirs", **NEW)
+            assert seen and all(handler is theirs for handler in seen)
+            assert signal.getsignal(signal.SIGTERM) is theirs
+        finally:
+            signal.signal(signal.SIGTERM, previous)

@@ -8,6 +8,10 @@ filesystems), the old folder is first renamed aside (`.NAME.old-XXXX`) and the n
 between those two renames leaves the target missing and the complete old checkpoint aside, and the next save to the
 same target puts it back before anything else. Staging folders left by killed runs are removed by the next save.
 
+A SIGTERM during a save (where SIGTERM has its default action, in the main thread) first removes the staging folder
+and the lock, then ends the process as SIGTERM does; the save never returns. SIGKILL cannot be caught: what it leaves
+is removed by a later save, as above.
+
 One save at a time per target: a save holds an flock on `.NAME.lock` beside the target (the file holds its process
 id) from before it looks at the target until the swap is done, then removes it. A second save into the same target
 meanwhile fails at once with `CheckpointBusyError`, naming that process, instead of both succeeding and the last one
@@ -30,8 +34,10 @@ import errno
 import os
 import secrets
 import shutil
+import signal
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -106,6 +112,19 @@ def save_pruned_checkpoint(
         raise NotADirectoryError(f"Cannot save to {str(target)!r}: it exists and is not a folder.")
     _check_not_protected(target, protected)
     target.parent.mkdir(parents=True, exist_ok=True)
+    with _SigtermCleanup() as sigterm:
+        _save_locked(target, sigterm, model, tokenizer, pruning_config, model_card)
+    return target
+
+
+def _save_locked(
+    target: Path,
+    sigterm: _SigtermCleanup,
+    model: nn.Module,
+    tokenizer: Any | None,
+    pruning_config: PruningConfig | None,
+    model_card: Any | None,
+) -> None:
     lock = _lock(target)
     try:
         _recover(target)
@@ -126,13 +145,13 @@ def save_pruned_checkpoint(
             if model_card is not None:
                 model_card.save(staging / "README.md")
 
-        _write_and_swap(target, write)
+        _write_and_swap(target, write, sigterm)
     finally:
+        sigterm.defer()
         _unlock(target, lock)
-    return target
 
 
-def _write_and_swap(target: Path, write: Callable[[Path], None]) -> None:
+def _write_and_swap(target: Path, write: Callable[[Path], None], sigterm: _SigtermCleanup) -> None:
     """Stage the checkpoint that `write` writes into a hidden folder beside `target`, then swap it in."""
     # The process id in the name tells a later save whether this folder is stale or another save's work in progress.
     staging = _new_folder(target.parent, f".{target.name}{_STAGING_INFIX}{os.getpid()}-")
@@ -161,10 +180,61 @@ def _write_and_swap(target: Path, write: Callable[[Path], None]) -> None:
         _after_step("swapped")
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
+        sigterm.defer()
         if staging.exists() and staging.resolve() != target:
             shutil.rmtree(staging, ignore_errors=True)
         _recover(target)
         raise
+
+
+class _Terminated(BaseException):
+    """Raised by the SIGTERM handler of a save (`_SigtermCleanup`) to unwind it through its clean-up."""
+
+
+class _SigtermCleanup:
+    """For the duration of a save, make SIGTERM remove the staging folder and the lock before the process ends.
+
+    SIGTERM's default action ends the process on the spot, leaving a model-sized staging folder. While this is
+    entered, the first SIGTERM raises `_Terminated` instead (a BaseException, so no `except Exception` on the way
+    swallows it), the save unwinds through its clean-up (staging folder removed, an old checkpoint set aside put back,
+    lock released), and on the way out the default action is restored and SIGTERM raised again: the process ends
+    killed by SIGTERM, as it would have, and the save never returns. A SIGTERM that arrives once the clean-up has
+    begun (`defer`) waits for its end. Whether the target then holds the old or the new checkpoint depends on whether
+    the swap was done, as for any kill.
+
+    Only where SIGTERM has its default action and this is the main thread (the only one where Python can set a
+    handler); else nothing changes: a handler someone installed stays in charge (if it raises, as `sys.exit` does,
+    the save cleans up as for any exception), and an ignored SIGTERM stays ignored. The handler is installed for the
+    save only, and the previous one restored after it.
+    """
+
+    def __init__(self) -> None:
+        self.installed = self.received = self.deferred = False
+
+    def __enter__(self) -> _SigtermCleanup:
+        if threading.current_thread() is threading.main_thread() and (
+            signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        ):
+            signal.signal(signal.SIGTERM, self._handle)
+            self.installed = True
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        first, self.received = not self.received, True
+        if first and not self.deferred:
+            raise _Terminated
+
+    def defer(self) -> None:
+        """From now on a SIGTERM waits for the save to end: the clean-up must not be cut short."""
+        self.deferred = True
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if not self.installed:
+            return
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if self.received:
+            signal.raise_signal(signal.SIGTERM)
+            raise SystemExit(128 + signal.SIGTERM)  # only where this thread blocks SIGTERM: end all the same
 
 
 def _lock_path(target: Path) -> Path:
