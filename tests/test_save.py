@@ -372,3 +372,36 @@ def test_the_sigterm_handler_is_the_saves_only_while_it_saves(tmp_path, monkeypa
             assert signal.getsignal(signal.SIGTERM) is theirs
         finally:
             signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_save_removes_what_killed_saves_left_beside_other_targets_in_its_folder(tmp_path):
+    """SIGKILL cannot be caught: a killed save leaves its staging folder (or, after the two-rename fallback's swap,
+    the old checkpoint set aside). Any save into the same parent folder removes those of dead processes, whatever
+    their target, except a set-aside checkpoint whose target is missing (the only copy: its own next save puts it
+    back), and anything of a save that runs, or that holds its target's lock."""
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, running = int(ended.stdout), os.getppid()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "held").mkdir()
+    names = {
+        f".other.partial-{dead}-abcd1234": False,  # False: removed
+        f".other.old-{dead}-abcd1234": False,  # `other` exists: a leftover of a finished swap
+        f".other.partial-{running}-abcd1234": True,  # True: kept
+        f".gone.old-{dead}-abcd1234": True,  # `gone` is missing: this is the only copy of it
+        f".held.partial-{dead}-abcd1234": True,  # `held` is being saved (its lock is taken, below)
+        ".notes.partial-backup": True,  # not a name a save gives
+        f".a.b-c.partial-{dead}-abcd1234": False,  # a target `a.b-c`
+    }
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"half")
+    lock = save_module._lock(tmp_path / "held")
+    try:
+        _save(tmp_path / "checkpoint", **NEW)
+    finally:
+        save_module._unlock(tmp_path / "held", lock)
+    kept = sorted([name for name, keep in names.items() if keep] + ["checkpoint", "held", "other"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == kept
+
+    _save(tmp_path / "checkpoint", **NEW)  # `held` is no longer being saved
+    assert not (tmp_path / f".held.partial-{dead}-abcd1234").exists()

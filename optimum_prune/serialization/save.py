@@ -6,11 +6,16 @@ atomically, so a reader (or a process killed at any instant) sees either the com
 new one, never a mix; the old one is then deleted. Where the exchange is not available (other systems, some
 filesystems), the old folder is first renamed aside (`.NAME.old-XXXX`) and the new one renamed into place; a kill
 between those two renames leaves the target missing and the complete old checkpoint aside, and the next save to the
-same target puts it back before anything else. Staging folders left by killed runs are removed by the next save.
+same target puts it back before anything else.
 
 A SIGTERM during a save (where SIGTERM has its default action, in the main thread) first removes the staging folder
-and the lock, then ends the process as SIGTERM does; the save never returns. SIGKILL cannot be caught: what it leaves
-is removed by a later save, as above.
+and the lock, then ends the process as SIGTERM does; the save never returns. SIGKILL (or a power loss) cannot be
+caught: it leaves a model-sized staging folder (or, killed after the fallback's swap, the old checkpoint aside). Every
+save removes such leftovers of dead processes from its target's parent folder, whatever their target, not only its
+own: a run killed while saving `out/run1` and followed by saves into `out/run2` would otherwise keep it for good. It
+spares a running save's folders (its process lives, or it holds its target's lock) and a set-aside checkpoint whose
+target is missing (the only copy, which the next save into that target puts back). Leftovers in a folder that no
+later save writes into stay until one does.
 
 One save at a time per target: a save holds an flock on `.NAME.lock` beside the target (the file holds its process
 id) from before it looks at the target until the swap is done, then removes it. A second save into the same target
@@ -32,6 +37,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -58,6 +64,10 @@ __all__ = ["CheckpointBusyError", "CheckpointTargetError", "save_pruned_checkpoi
 _STAGING_INFIX = ".partial-"
 _OLD_INFIX = ".old-"
 _LOCK_SUFFIX = ".lock"
+#: The names of a staging or set-aside folder, ".TARGET.partial-PID-XXXX" / ".TARGET.old-PID-XXXX".
+_LEFTOVER = re.compile(r"\.(?P<target>.+)\.(?P<kind>partial|old)-(?P<pid>[0-9]+)-[A-Za-z0-9_]+")
+#: Names of the staging and set-aside folders this process's saves are using now.
+_IN_USE: set[str] = set()
 #: Files whose presence says a folder holds a checkpoint that a save may replace as a whole.
 _CHECKPOINT_MARKERS = ("config.json", CONFIG_NAME, "model.safetensors", "model.safetensors.index.json")
 
@@ -128,6 +138,7 @@ def _save_locked(
     lock = _lock(target)
     try:
         _recover(target)
+        _sweep(target)
         if target.exists() and any(target.iterdir()) and not _is_checkpoint(target):
             raise CheckpointTargetError(
                 f"Cannot save to {str(target)!r}: it is a non-empty folder that holds no checkpoint, and saving "
@@ -155,6 +166,8 @@ def _write_and_swap(target: Path, write: Callable[[Path], None], sigterm: _Sigte
     """Stage the checkpoint that `write` writes into a hidden folder beside `target`, then swap it in."""
     # The process id in the name tells a later save whether this folder is stale or another save's work in progress.
     staging = _new_folder(target.parent, f".{target.name}{_STAGING_INFIX}{os.getpid()}-")
+    old: Path | None = None
+    _IN_USE.add(staging.name)
     try:
         write(staging)
         _open_up_files(staging)
@@ -173,6 +186,7 @@ def _write_and_swap(target: Path, write: Callable[[Path], None], sigterm: _Sigte
             shutil.rmtree(staging, ignore_errors=True)  # now the old checkpoint
             return
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}{_OLD_INFIX}{os.getpid()}-", dir=target.parent))
+        _IN_USE.add(old.name)
         os.replace(target, old)
         _after_step("old-moved-aside")
         os.replace(staging, target)
@@ -181,10 +195,17 @@ def _write_and_swap(target: Path, write: Callable[[Path], None], sigterm: _Sigte
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         sigterm.defer()
+        _IN_USE.difference_update(_names(staging, old))  # what is left of them is stale now
         if staging.exists() and staging.resolve() != target:
             shutil.rmtree(staging, ignore_errors=True)
         _recover(target)
         raise
+    finally:
+        _IN_USE.difference_update(_names(staging, old))
+
+
+def _names(*folders: Path | None) -> set[str]:
+    return {folder.name for folder in folders if folder is not None}
 
 
 class _Terminated(BaseException):
@@ -263,7 +284,8 @@ def _lock(target: Path) -> int | None:
             os.close(descriptor)
             holder = _lock_holder(path)
             if holder is None and time.monotonic() < patience:
-                # Taken an instant ago, and its process id not written yet: look again shortly.
+                # Taken an instant ago and its process id not written yet, or only looked at by a save into
+                # another target (`_lock_is_free`): look again shortly.
                 time.sleep(0.05)
                 continue
             who = "another save in this process" if holder == os.getpid() else "another process"
@@ -301,6 +323,31 @@ def _unlock(target: Path, descriptor: int | None) -> None:
             os.unlink(_lock_path(target))
     except OSError:
         pass
+    finally:
+        os.close(descriptor)
+
+
+def _lock_is_free(target: Path) -> bool:
+    """Whether no save into `target` holds its lock; a lock file that a killed save left is removed."""
+    if fcntl is None:
+        return True
+    path = _lock_path(target)
+    try:
+        descriptor = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # cannot tell: leave that target alone
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True  # no flock on this filesystem: only the process ids tell
+        if _same_file(descriptor, path):
+            os.unlink(path)
+        return True
     finally:
         os.close(descriptor)
 
@@ -379,25 +426,59 @@ def _is_checkpoint(folder: Path) -> bool:
     return any(marker in names for marker in _CHECKPOINT_MARKERS) or any(n.endswith(".safetensors") for n in names)
 
 
+def _leftovers(parent: Path) -> dict[str, list[tuple[str, Path]]]:
+    """The staging ("partial") and set-aside ("old") folders of saves in `parent`, by the name of their target."""
+    found: dict[str, list[tuple[str, Path]]] = {}
+    with os.scandir(parent) as entries:
+        for entry in entries:
+            match = _LEFTOVER.fullmatch(entry.name)
+            if match and entry.is_dir(follow_symlinks=False):
+                found.setdefault(match["target"], []).append((match["kind"], Path(entry.path)))
+    return found
+
+
 def _recover(target: Path) -> None:
-    """Finish what a killed save left beside `target`: put a set-aside old checkpoint back, drop staging folders."""
-    leftovers = sorted(target.parent.glob(f".{target.name}{_OLD_INFIX}*"), key=lambda p: p.stat().st_mtime)
-    if leftovers and not target.exists():
+    """Finish what a killed save left beside `target`: put a set-aside old checkpoint back, drop staging folders.
+
+    Called by a save that holds `target`'s lock, so no other save into `target` runs (bar one of a version without
+    the lock, whose folders the process-id check spares)."""
+    leftovers = _leftovers(target.parent).get(target.name, [])
+    aside = sorted((path for kind, path in leftovers if kind == "old"), key=lambda p: p.stat().st_mtime)
+    if aside and not target.exists():
         # Killed between the two renames of the fallback path: the newest set-aside folder is the complete old one.
-        os.replace(leftovers.pop(), target)
-    for stale in [*leftovers, *target.parent.glob(f".{target.name}{_STAGING_INFIX}*")]:
+        os.replace(aside.pop(), target)
+    for stale in [*aside, *(path for kind, path in leftovers if kind == "partial")]:
         if not _owner_alive(stale.name):
             shutil.rmtree(stale, ignore_errors=True)
 
 
+def _sweep(target: Path) -> None:
+    """Remove what killed saves left beside the other targets in `target`'s folder.
+
+    A SIGKILL (or a power loss) leaves a model-sized staging folder, and `_recover` only looks at one target: a run
+    killed while saving `out/run1` and followed by saves into `out/run2` would leave it there for good. So every save
+    also removes the leftovers of dead processes beside its siblings: staging folders, and set-aside old checkpoints
+    whose target exists (the swap was done). It leaves alone a set-aside checkpoint whose target is missing (the only
+    copy; the next save into that target puts it back), anything of a running process, and every leftover of a target
+    whose lock is held (a save into it runs: on this machine or, on a shared filesystem, another, where the process
+    ids mean nothing here). Leftovers in other folders wait for a save there."""
+    for name, leftovers in _leftovers(target.parent).items():
+        other = target.parent / name
+        if name == target.name or not _lock_is_free(other):
+            continue
+        for kind, path in leftovers:
+            if (kind == "partial" or other.exists()) and not _owner_alive(path.name):
+                shutil.rmtree(path, ignore_errors=True)
+
+
 def _owner_alive(name: str) -> bool:
-    """Whether the process that made the staging folder `name` (".NAME.partial-PID-XXXX") still runs."""
+    """Whether the process that made the folder `name` (".NAME.partial-PID-XXXX", ".NAME.old-PID-XXXX") still runs."""
     try:
         pid = int(name.rsplit("-", 2)[-2])
     except (ValueError, IndexError):
         return False
     if pid == os.getpid():
-        return False  # this process saves one folder at a time: anything of ours lying there is stale
+        return name in _IN_USE  # another thread's save, else a save of this process that failed to clean up
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
