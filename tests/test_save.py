@@ -405,3 +405,31 @@ def test_a_save_removes_what_killed_saves_left_beside_other_targets_in_its_folde
 
     _save(tmp_path / "checkpoint", **NEW)  # `held` is no longer being saved
     assert not (tmp_path / f".held.partial-{dead}-abcd1234").exists()
+
+
+@pytest.mark.parametrize(
+    ("step", "exchange", "existing"),
+    [("swapped", True, True), ("swapped", False, True), ("swapped", True, False), ("staged", True, True)],
+)
+def test_ctrl_c_after_the_swap_says_the_checkpoint_was_saved(
+    references, tmp_path, monkeypatch, step, exchange, existing
+):
+    """A KeyboardInterrupt still stops the save, but once the new checkpoint is in place it carries `saved_to`, so
+    that a caller (the CLI) can say the truth: the checkpoint was saved."""
+    target = tmp_path / "checkpoint"
+    if existing:
+        _save(target, **OLD)
+    if not exchange:
+        monkeypatch.setenv("OPTIMUM_PRUNE_NO_RENAME_EXCHANGE", "1")
+
+    def interrupt(done):
+        if done == step:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(save_module, "_after_step", interrupt)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        _save(target, **NEW)
+    swapped = step == "swapped"
+    assert getattr(caught.value, "saved_to", None) == (target if swapped else None)
+    assert _hashes(target) == references["new" if swapped else "old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]

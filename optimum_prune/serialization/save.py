@@ -17,6 +17,10 @@ spares a running save's folders (its process lives, or it holds its target's loc
 target is missing (the only copy, which the next save into that target puts back). Leftovers in a folder that no
 later save writes into stay until one does.
 
+A Ctrl-C (KeyboardInterrupt) stops a save like any exception: before the swap the target keeps the old checkpoint;
+after it, the new checkpoint is complete, and the KeyboardInterrupt carries `saved_to` (the target) so that the
+command line can say it was saved rather than interrupted.
+
 One save at a time per target: a save holds an flock on `.NAME.lock` beside the target (the file holds its process
 id) from before it looks at the target until the swap is done, then removes it. A second save into the same target
 meanwhile fails at once with `CheckpointBusyError`, naming that process, instead of both succeeding and the last one
@@ -114,6 +118,9 @@ def save_pruned_checkpoint(
         CheckpointBusyError: Another save into the same target is running (a `CheckpointTargetError`); it is not
             waited for.
         OSError: Writing failed (a full disk, a bad tokenizer); the target is then as it was.
+        KeyboardInterrupt: Ctrl-C stops a save like any exception. If it came once the new checkpoint was in place
+            (while the old one was being removed, say), the exception's `saved_to` attribute is the target: the
+            save is complete, and a caller can say so rather than that it was interrupted.
     """
     target = Path(os.path.abspath(os.path.expanduser(save_directory)))
     if target.is_symlink():
@@ -122,18 +129,32 @@ def save_pruned_checkpoint(
         raise NotADirectoryError(f"Cannot save to {str(target)!r}: it exists and is not a folder.")
     _check_not_protected(target, protected)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _SigtermCleanup() as sigterm:
-        _save_locked(target, sigterm, model, tokenizer, pruning_config, model_card)
+
+    def write(staging: Path) -> None:
+        model.save_pretrained(staging)
+        write_loading_guard(staging)
+        _after_step("weights")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        if pruning_config is not None:
+            pruning_config.to_json_file(staging / CONFIG_NAME)
+        if model_card is not None:
+            model_card.save(staging / "README.md")
+
+    staged: list[tuple[int, int]] = []
+    try:
+        with _SigtermCleanup() as sigterm:
+            _save_locked(target, write, sigterm, staged)
+    except KeyboardInterrupt as err:
+        if staged and _identity(target) == staged[0]:
+            # Ctrl-C came after the swap (during the removal of the old checkpoint, say): stop, but say the truth.
+            err.saved_to = target  # type: ignore[attr-defined]
+        raise
     return target
 
 
 def _save_locked(
-    target: Path,
-    sigterm: _SigtermCleanup,
-    model: nn.Module,
-    tokenizer: Any | None,
-    pruning_config: PruningConfig | None,
-    model_card: Any | None,
+    target: Path, write: Callable[[Path], None], sigterm: _SigtermCleanup, staged: list[tuple[int, int]]
 ) -> None:
     lock = _lock(target)
     try:
@@ -144,26 +165,17 @@ def _save_locked(
                 f"Cannot save to {str(target)!r}: it is a non-empty folder that holds no checkpoint, and saving "
                 "replaces the whole folder. Choose a new or empty folder."
             )
-
-        def write(staging: Path) -> None:
-            model.save_pretrained(staging)
-            write_loading_guard(staging)
-            _after_step("weights")
-            if tokenizer is not None:
-                tokenizer.save_pretrained(staging)
-            if pruning_config is not None:
-                pruning_config.to_json_file(staging / CONFIG_NAME)
-            if model_card is not None:
-                model_card.save(staging / "README.md")
-
-        _write_and_swap(target, write, sigterm)
+        _write_and_swap(target, write, sigterm, staged)
     finally:
         sigterm.defer()
         _unlock(target, lock)
 
 
-def _write_and_swap(target: Path, write: Callable[[Path], None], sigterm: _SigtermCleanup) -> None:
-    """Stage the checkpoint that `write` writes into a hidden folder beside `target`, then swap it in."""
+def _write_and_swap(
+    target: Path, write: Callable[[Path], None], sigterm: _SigtermCleanup, staged: list[tuple[int, int]]
+) -> None:
+    """Stage the checkpoint that `write` writes into a hidden folder beside `target`, then swap it in. Before the
+    swap, the staging folder's identity is appended to `staged`: if the target has it, the new checkpoint is in."""
     # The process id in the name tells a later save whether this folder is stale or another save's work in progress.
     staging = _new_folder(target.parent, f".{target.name}{_STAGING_INFIX}{os.getpid()}-")
     old: Path | None = None
@@ -172,6 +184,7 @@ def _write_and_swap(target: Path, write: Callable[[Path], None], sigterm: _Sigte
         write(staging)
         _open_up_files(staging)
         _sync_tree(staging)
+        staged.append(_identity(staging))
         _after_step("staged")
         if not target.exists():
             os.replace(staging, target)
@@ -202,6 +215,14 @@ def _write_and_swap(target: Path, write: Callable[[Path], None], sigterm: _Sigte
         raise
     finally:
         _IN_USE.difference_update(_names(staging, old))
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 def _names(*folders: Path | None) -> set[str]:
