@@ -8,6 +8,13 @@ filesystems), the old folder is first renamed aside (`.NAME.old-XXXX`) and the n
 between those two renames leaves the target missing and the complete old checkpoint aside, and the next save to the
 same target puts it back before anything else.
 
+One save at a time per target: a save holds an flock on `.NAME.lock` beside the target (the file holds its process
+id) from before it looks at the target until the old checkpoint is deleted, then removes the file. A second save into
+the same target meanwhile fails at once with `CheckpointBusyError`, naming that process, instead of both succeeding
+and the last one winning. The system releases an flock when its process ends, however it ends, so a killed save
+blocks nothing; it only leaves the small lock file, which the next save into that target takes over and removes.
+Where flock is missing (Windows, some network filesystems) saves are not locked.
+
 A SIGTERM during a save (where SIGTERM has its default action, in the main thread) first removes the staging folder
 and the lock, then ends the process as SIGTERM does; the save never returns. SIGKILL (or a power loss) cannot be
 caught: it leaves a model-sized staging folder (or, killed after the fallback's swap, the old checkpoint aside). Every
@@ -20,13 +27,6 @@ later save writes into stay until one does.
 A Ctrl-C (KeyboardInterrupt) stops a save like any exception: before the swap the target keeps the old checkpoint;
 after it, the new checkpoint is complete, and the KeyboardInterrupt carries `saved_to` (the target) so that the
 command line can say it was saved rather than interrupted.
-
-One save at a time per target: a save holds an flock on `.NAME.lock` beside the target (the file holds its process
-id) from before it looks at the target until the swap is done, then removes it. A second save into the same target
-meanwhile fails at once with `CheckpointBusyError`, naming that process, instead of both succeeding and the last one
-winning. The system releases an flock when its process ends, however it ends, so a killed save blocks nothing; it only
-leaves the small lock file, which the next save into that target takes over and removes. Where flock is missing
-(Windows, some network filesystems) saves are not locked.
 
 Replacing the target as a whole is what makes an overwrite clean: shards and index files of an older checkpoint,
 which a file-by-file copy would leave beside the new weights, are gone with the old folder.
@@ -304,9 +304,10 @@ def _lock(target: Path) -> int | None:
         except BlockingIOError:
             os.close(descriptor)
             holder = _lock_holder(path)
-            if holder is None and time.monotonic() < patience:
-                # Taken an instant ago and its process id not written yet, or only looked at by a save into
-                # another target (`_lock_is_free`): look again shortly.
+            if (holder is None or not _pid_alive(holder)) and time.monotonic() < patience:
+                # Taken an instant ago and its process id not written yet (the file may still name the killed
+                # process that left it), or only looked at by a save into another target (`_lock_is_free`): look
+                # again shortly.
                 time.sleep(0.05)
                 continue
             who = "another save in this process" if holder == os.getpid() else "another process"
@@ -500,6 +501,14 @@ def _owner_alive(name: str) -> bool:
         return False
     if pid == os.getpid():
         return name in _IN_USE  # another thread's save, else a save of this process that failed to clean up
+    return _pid_alive(pid)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False  # os.kill would address a process group
+    if pid == os.getpid():
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
