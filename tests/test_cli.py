@@ -414,3 +414,20 @@ def test_the_cards_command_line_recipe_runs_as_written(work, tmp_path, monkeypat
         (tmp_path / "first" / "pruning_config.json").read_text()
     )
     assert (rerun / "model.safetensors").read_bytes() == (tmp_path / "first" / "model.safetensors").read_bytes()
+
+
+def test_ctrl_c_after_the_checkpoint_was_swapped_in_says_it_was_saved(work, tmp_path, capsys, monkeypatch):
+    from optimum_prune.serialization import save as save_module
+
+    def interrupt(step):
+        if step == "swapped":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(save_module, "_after_step", interrupt)
+    output = tmp_path / "pruned"
+    assert main(["-m", str(work.model), "--criterion", "magnitude", "--no-progress", str(output)]) == 130
+    lines = _error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and "interrupted" not in lines[0], lines
+    assert lines[0].startswith("optimum-prune: stopped by Ctrl-C after the save: ") and str(output) in lines[0]
+    AutoModelForCausalLM.from_pretrained(output)  # complete
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned"]

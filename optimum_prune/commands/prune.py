@@ -352,8 +352,17 @@ def run_prune(args: argparse.Namespace, prog: str = "optimum-prune") -> int:
     except CLIError as err:
         print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted.", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        saved_to = getattr(err, "saved_to", None)  # set once the new checkpoint is in place (serialization.save)
+        if saved_to is None:
+            print(f"{prog}: interrupted.", file=sys.stderr)
+        else:
+            pushing = getattr(args, "push_to_hub", None)
+            print(
+                f"{prog}: stopped by Ctrl-C after the save: {saved_to} holds the complete pruned checkpoint"
+                + (f" (the push to {pushing} may not have finished)." if pushing else "."),
+                file=sys.stderr,
+            )
         return 130
     except Exception as err:
         if getattr(args, "traceback", False):
@@ -503,46 +512,53 @@ def _prune(
     except (OSError, ValueError) as err:
         raise CLIError(f"Cannot save to {output!r}: {err}") from err
 
-    summary = pruner.summary
-    results: dict[str, dict[str, Any]] = {
-        "before": {
-            "parameters": summary["parameters_before"],
-            "size on disk (MB)": _source_megabytes(model_path, gguf_file),
-            "pruning time (s)": None,
-            "sparsity achieved": None,
-        },
-        "after": {
-            "parameters": summary["parameters_after"],
-            "size on disk (MB)": _folder_bytes(output) / 1e6,
-            "pruning time (s)": prune_seconds,
-            "sparsity achieved": summary["sparsity_achieved"],
-        },
-    }
-    if before_ppl is not None:
-        results["before"]["perplexity"] = before_ppl["perplexity"]
-        results["after"]["perplexity"] = after_ppl["perplexity"]
+    try:
+        summary = pruner.summary
+        results: dict[str, dict[str, Any]] = {
+            "before": {
+                "parameters": summary["parameters_before"],
+                "size on disk (MB)": _source_megabytes(model_path, gguf_file),
+                "pruning time (s)": None,
+                "sparsity achieved": None,
+            },
+            "after": {
+                "parameters": summary["parameters_after"],
+                "size on disk (MB)": _folder_bytes(output) / 1e6,
+                "pruning time (s)": prune_seconds,
+                "sparsity achieved": summary["sparsity_achieved"],
+            },
+        }
+        if before_ppl is not None:
+            results["before"]["perplexity"] = before_ppl["perplexity"]
+            results["after"]["perplexity"] = after_ppl["perplexity"]
 
-    log("")
-    log(
-        f"{config.target} pruning of {args.model} ({summary['model_type']}): {summary['sparsity_achieved']:.1%} of "
-        f"the prunable parameters {'removed' if config.is_structured else 'zeroed'}"
-        + (f"; perplexity on {after_ppl['windows']} x {eval_seqlen} tokens" if after_ppl else "")
-    )
-    log(format_results_table(_display(results), row_header="model"))
-    if gguf_file:
-        dtype = str(next(pruner.model.parameters()).dtype).replace("torch.", "")
-        log(f"The size before is the quantized {gguf_file}; the pruned model is saved dequantized, in {dtype}.")
-    log(f"Saved to {output}")
+        log("")
+        log(
+            f"{config.target} pruning of {args.model} ({summary['model_type']}): "
+            f"{summary['sparsity_achieved']:.1%} of the prunable parameters "
+            f"{'removed' if config.is_structured else 'zeroed'}"
+            + (f"; perplexity on {after_ppl['windows']} x {eval_seqlen} tokens" if after_ppl else "")
+        )
+        log(format_results_table(_display(results), row_header="model"))
+        if gguf_file:
+            dtype = str(next(pruner.model.parameters()).dtype).replace("torch.", "")
+            log(f"The size before is the quantized {gguf_file}; the pruned model is saved dequantized, in {dtype}.")
+        log(f"Saved to {output}")
 
-    if args.push_to_hub:
-        from optimum_prune.serialization.hub import HubPublishError
+        if args.push_to_hub:
+            from optimum_prune.serialization.hub import HubPublishError
 
-        try:
-            url = pruner.push_to_hub(args.push_to_hub, folder=output, private=args.private or None, token=args.token)
-        except (HubPublishError, ValueError) as err:
-            raise CLIError(f"The pruned model is saved in {output}, but publishing it failed: {err}") from err
-        results["hub"] = {"url": url}
-        log(f"Pushed to {url}")
+            try:
+                url = pruner.push_to_hub(
+                    args.push_to_hub, folder=output, private=args.private or None, token=args.token
+                )
+            except (HubPublishError, ValueError) as err:
+                raise CLIError(f"The pruned model is saved in {output}, but publishing it failed: {err}") from err
+            results["hub"] = {"url": url}
+            log(f"Pushed to {url}")
+    except KeyboardInterrupt as err:
+        err.saved_to = output  # type: ignore[attr-defined]  # the checkpoint is complete: say so (run_prune)
+        raise
     return results
 
 
