@@ -359,12 +359,18 @@ class PruningConfig:
             setattr(self, name, os.fspath(value) if value is not None else None)
 
     def check_layers(self, num_layers: int) -> None:
-        """Raise when an override names a layer the model does not have."""
+        """Raise when an override or a protected index names a layer the model does not have."""
         missing = sorted(int(k) for k in self.layer_overrides if int(k) >= num_layers)
         if missing:
             raise ValueError(
                 f"layer_overrides name layers {missing}, but the model has {num_layers} layers (0..{num_layers - 1})."
             )
+        for index in self.protect_layers:
+            if not -num_layers <= index < num_layers:
+                raise ValueError(
+                    f"protect_layers names layer {index}, but the model has {num_layers} layers "
+                    f"(0..{num_layers - 1}, or -{num_layers}..-1 from the end)."
+                )
 
     # ---- serialisation ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,71 @@
+"""Issue 26: calibration folders, a model card that neither breaks nor leaks local paths, unstructured sparsity that
+is met or refused, and protect_layers indices the model has."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_tokenizer, tiny_llama
+
+from optimum_prune import PrunerForCausalLM, PruningConfig
+from optimum_prune.cli import main
+
+SMALL = {"num_samples": 2, "seqlen": 32}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def saved_llama(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("issue26") / "tiny-llama"
+    tiny_llama().save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def _unchanged(before: dict[str, torch.Tensor], model: torch.nn.Module) -> bool:
+    return all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def _one_error_line(capsys) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("optimum-prune: error: "), lines
+    return lines[0]
+
+
+# ---- 6. protect_layers names layers the model has ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("index", [99, 3, -4])
+def test_protect_layers_out_of_range_is_refused(tokenizer, texts, index):
+    pruner = PrunerForCausalLM(tiny_llama(), tokenizer)  # 3 layers
+    before = {k: v.clone() for k, v in pruner.model.state_dict().items()}
+    with pytest.raises(ValueError) as info:
+        pruner.prune(
+            PruningConfig(sparsity=0.2, dataset=texts, protect_layers=[0, index], **SMALL), show_progress=False
+        )
+    message = str(info.value)
+    assert "\n" not in message and f"protect_layers names layer {index}" in message and "3 layers" in message
+    assert _unchanged(before, pruner.model)
+
+
+def test_protect_layers_in_range_still_works(tokenizer, texts):
+    pruner = PrunerForCausalLM(tiny_llama(), tokenizer)
+    pruner.prune(PruningConfig(sparsity=0.2, dataset=texts, protect_layers=[0, -1], **SMALL), show_progress=False)
+    sizes = [layer["intermediate_size"] for layer in pruner.summary["layers"]]
+    assert sizes[0] == sizes[2] == 96 and sizes[1] < 96
+
+
+def test_the_cli_refuses_protect_layers_out_of_range(saved_llama, tmp_path, capsys):
+    output = tmp_path / "out"
+    arguments = ["-m", str(saved_llama), "--criterion", "magnitude", "--protect-layers", "99"]
+    assert main([*arguments, "--no-progress", str(output)]) == 1
+    line = _one_error_line(capsys)
+    assert "protect_layers names layer 99" in line and "3 layers" in line
+    assert list(tmp_path.iterdir()) == []
