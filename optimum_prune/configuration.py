@@ -158,7 +158,8 @@ class PruningConfig:
         default=None,
         metadata={
             "help": "Calibration data: a list of strings, a datasets.Dataset, a local file (.txt/.json/.jsonl/.csv/"
-            ".parquet), a dataset name ('wikitext2', 'c4', 'ptb'), or 'random-tokens' (uniformly random token ids: "
+            ".parquet) or a folder of files of one such type (read in sorted order), a dataset name ('wikitext2', "
+            "'c4', 'ptb'), or 'random-tokens' (uniformly random token ids: "
             "data-driven criteria and refits without any data). Not saved to JSON unless it is a string."
         },
     )

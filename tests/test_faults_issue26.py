@@ -3,12 +3,15 @@ is met or refused, and protect_layers indices the model has."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
-from conftest import make_tokenizer, tiny_llama
+from conftest import TEXT, make_tokenizer, tiny_llama
 
 from optimum_prune import PrunerForCausalLM, PruningConfig
 from optimum_prune.cli import main
+from optimum_prune.data.calibration import CalibrationDataError, load_texts
 
 SMALL = {"num_samples": 2, "seqlen": 32}
 
@@ -37,6 +40,69 @@ def _one_error_line(capsys) -> str:
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("optimum-prune: error: "), lines
     return lines[0]
+
+
+# ---- 2. a calibration folder ------------------------------------------------------------------------------------------
+
+
+def test_a_folder_of_text_files_is_calibration_data_in_sorted_order(tmp_path, tokenizer):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "b.txt").write_text("second " + TEXT, encoding="utf-8")
+    (folder / "a.txt").write_text("first " + TEXT, encoding="utf-8")
+    texts = load_texts(str(folder))
+    assert [t.split()[0] for t in texts] == ["first", "second"]
+
+    pruner = PrunerForCausalLM(tiny_llama(), tokenizer)
+    pruner.prune(PruningConfig(sparsity=0.3, dataset=str(folder), **SMALL), show_progress=False)
+    assert pruner.summary["sparsity_achieved"] > 0.2
+
+
+def test_a_folder_of_jsonl_shards_is_read_in_sorted_order(tmp_path):
+    folder = tmp_path / "shards"
+    (folder / "part").mkdir(parents=True)
+    (folder / "part" / "01.jsonl").write_text(json.dumps({"text": "two"}) + "\n", encoding="utf-8")
+    (folder / "00.jsonl").write_text(json.dumps({"text": "one"}) + "\n", encoding="utf-8")
+    assert load_texts(str(folder)) == ["one", "two"]
+
+
+def test_a_folder_that_mixes_file_types_is_refused_naming_the_types(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "a.txt").write_text(TEXT, encoding="utf-8")
+    (folder / "b.csv").write_text("text\nhello\n", encoding="utf-8")
+    with pytest.raises(CalibrationDataError) as info:
+        load_texts(str(folder))
+    message = str(info.value)
+    assert "\n" not in message and str(folder) in message and "'.csv'" in message and "'.txt'" in message
+
+
+def test_a_folder_without_calibration_files_is_refused_naming_it(tmp_path):
+    folder = tmp_path / "nothing"
+    folder.mkdir()
+    (folder / "notes.md").write_text("# notes", encoding="utf-8")
+    with pytest.raises(CalibrationDataError) as info:
+        load_texts(str(folder))
+    assert str(folder) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_an_unsupported_file_type_names_the_path(tmp_path):
+    path = tmp_path / "notes.md"
+    path.write_text(TEXT, encoding="utf-8")
+    with pytest.raises(CalibrationDataError) as info:
+        load_texts(str(path))
+    assert "Unsupported calibration file type '.md'" in str(info.value) and str(path) in str(info.value)
+
+
+def test_the_cli_reads_a_calibration_folder(saved_llama, tmp_path, capsys):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text(TEXT, encoding="utf-8")
+    (folder / "b.txt").write_text(TEXT, encoding="utf-8")
+    output = tmp_path / "out"
+    arguments = ["-m", str(saved_llama), "--sparsity", "0.3", "--dataset", str(folder), "--num-samples", "2"]
+    assert main([*arguments, "--seqlen", "32", "--no-progress", str(output)]) == 0, capsys.readouterr().err
+    assert (output / "model.safetensors").exists()
 
 
 # ---- 6. protect_layers names layers the model has ---------------------------------------------------------------------

@@ -284,7 +284,8 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--dataset",
         default=None,
         metavar="FILE_OR_NAME",
-        help="calibration text: a .txt/.json/.jsonl/.csv/.parquet file, or wikitext2, c4, ptb (need the Hub), or "
+        help="calibration text: a .txt/.json/.jsonl/.csv/.parquet file or a folder of such files (one type, read in "
+        "sorted order), or wikitext2, c4, ptb (need the Hub), or "
         "random-tokens (uniformly random token ids: no data at all)",
     )
     data.add_argument("--text-column", default=None, help="text column of a json/csv/parquet --dataset")
