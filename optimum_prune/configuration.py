@@ -122,9 +122,10 @@ class PruningConfig:
     allow_sparsity_shortfall: bool = field(
         default=False,
         metadata={
-            "help": "Structured targets: accept a plan that removes clearly less than `sparsity` (every layer keeps "
-            "at least one unit of each kind; round_to and min_keep_fraction set the steps). Off: such a request is "
-            "refused before any weight changes."
+            "help": "Accept a plan that removes clearly less than `sparsity`. Structured targets: every layer keeps "
+            "at least one unit of each kind; round_to and min_keep_fraction set the steps. Unstructured: every row "
+            "loses floor(sparsity x its length) weights, so keeps at least one. Off: such a request is refused "
+            "before any weight changes."
         },
     )
     layer_overrides: dict[str, dict[str, Any]] = field(

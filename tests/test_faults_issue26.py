@@ -10,6 +10,7 @@ import torch
 from conftest import TEXT, make_tokenizer, tiny_llama
 
 from optimum_prune import PrunerForCausalLM, PruningConfig
+from optimum_prune.checks import SparsityShortfallError
 from optimum_prune.cli import main
 from optimum_prune.data.calibration import CalibrationDataError, load_texts
 
@@ -103,6 +104,53 @@ def test_the_cli_reads_a_calibration_folder(saved_llama, tmp_path, capsys):
     arguments = ["-m", str(saved_llama), "--sparsity", "0.3", "--dataset", str(folder), "--num-samples", "2"]
     assert main([*arguments, "--seqlen", "32", "--no-progress", str(output)]) == 0, capsys.readouterr().err
     assert (output / "model.safetensors").exists()
+
+
+# ---- 5. unstructured sparsity: met, or refused before any weight changes -------------------------------------------------
+
+
+def test_unstructured_sparsity_rows_cannot_reach_is_refused_before_any_change(tokenizer):
+    # Rows of 48 and 96 weights; each keeps at least one, so 0.999 cannot be had: at most 47/48 = 97.9% of a row.
+    pruner = PrunerForCausalLM(tiny_llama(), tokenizer)
+    before = {k: v.clone() for k, v in pruner.model.state_dict().items()}
+    config = PruningConfig(target="unstructured", method="magnitude", sparsity=0.999)
+    with pytest.raises(SparsityShortfallError) as info:
+        pruner.prune(config, show_progress=False)
+    message = str(info.value)
+    assert "\n" not in message and "sparsity=0.999 cannot be met" in message and "97.9%" in message
+    assert "allow_sparsity_shortfall" in message
+    assert _unchanged(before, pruner.model)
+
+    allowed = PruningConfig(target="unstructured", method="magnitude", sparsity=0.999, allow_sparsity_shortfall=True)
+    pruner.prune(allowed, show_progress=False)
+    assert pruner.summary["sparsity_achieved"] == pytest.approx((336 * 47 + 48 * 95) / (336 * 48 + 48 * 96))
+
+
+def test_unstructured_sparsity_that_rounds_to_nothing_removed_is_refused(tokenizer):
+    # 0.02 x 48 = 0.96 weights asked of each row of 48, floor gives none: 0.2% in all, a tenth of the request.
+    pruner = PrunerForCausalLM(tiny_llama(), tokenizer)
+    with pytest.raises(
+        SparsityShortfallError, match=r"sparsity=0.02 cannot be met: .* lose none, .* at least 0.02083"
+    ):
+        pruner.prune(PruningConfig(target="unstructured", method="magnitude", sparsity=0.02), show_progress=False)
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.7, 0.95, 0.98])
+def test_unstructured_sparsity_within_rounding_still_passes(tokenizer, sparsity):
+    pruner = PrunerForCausalLM(tiny_llama(), tokenizer)
+    pruner.prune(PruningConfig(target="unstructured", method="magnitude", sparsity=sparsity), show_progress=False)
+    assert sparsity - 0.03 < pruner.summary["sparsity_achieved"] <= sparsity
+
+
+def test_the_cli_refuses_unstructured_sparsity_it_cannot_reach(saved_llama, tmp_path, capsys):
+    output = tmp_path / "out"
+    arguments = ["-m", str(saved_llama), "--target", "unstructured", "--method", "magnitude", "--sparsity", "0.999"]
+    assert main([*arguments, "--no-progress", str(output)]) == 1
+    line = _one_error_line(capsys)
+    assert "sparsity=0.999 cannot be met" in line and "97.9%" in line
+    assert list(tmp_path.iterdir()) == []
+    assert main([*arguments, "--dry-run", str(output)]) == 1
+    assert "sparsity=0.999 cannot be met" in _one_error_line(capsys)
 
 
 # ---- 6. protect_layers names layers the model has ---------------------------------------------------------------------
