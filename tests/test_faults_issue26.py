@@ -8,11 +8,13 @@ import json
 import pytest
 import torch
 from conftest import TEXT, make_tokenizer, tiny_llama
+from huggingface_hub import ModelCard
 
 from optimum_prune import PrunerForCausalLM, PruningConfig
 from optimum_prune.checks import SparsityShortfallError
 from optimum_prune.cli import main
 from optimum_prune.data.calibration import CalibrationDataError, load_texts
+from optimum_prune.serialization.hub import create_model_card
 
 SMALL = {"num_samples": 2, "seqlen": 32}
 
@@ -104,6 +106,39 @@ def test_the_cli_reads_a_calibration_folder(saved_llama, tmp_path, capsys):
     arguments = ["-m", str(saved_llama), "--sparsity", "0.3", "--dataset", str(folder), "--num-samples", "2"]
     assert main([*arguments, "--seqlen", "32", "--no-progress", str(output)]) == 0, capsys.readouterr().err
     assert (output / "model.safetensors").exists()
+
+
+# ---- 3. a model card that nothing in a name or a dataset string can break ----------------------------------------------
+
+
+def _markdown_tokens(text: str):
+    markdown_it = pytest.importorskip("markdown_it")
+    return markdown_it.MarkdownIt("commonmark").parse(text)
+
+
+def test_a_dataset_string_cannot_end_the_cards_code_block_or_add_a_heading(tmp_path):
+    injected = "wiki\n```\n# injected"
+    base = tmp_path / "my `model`\n# base heading"
+    base.mkdir()
+    card = create_model_card(
+        base_model=str(base),
+        pipeline_tag="text-generation",
+        pruning_config={"target": "unstructured", "sparsity": 0.5, "method": "wanda", "dataset": injected},
+        summary={"parameters_before": 100, "parameters_after": 100, "model_type": "llama"},
+        eval_results={"perplexity": {"value": 3.0, "dataset": "evil\n# eval heading | x", "dataset_name": "a\r# b"}},
+        cli_options=["--text-column", "x\n````\n# cli heading"],
+    )
+    text = ModelCard(str(card)).text
+    tokens = _markdown_tokens(text)
+    headings = [tokens[i + 1].content for i, t in enumerate(tokens) if t.type == "heading_open"]
+    assert headings[1:] == ["What was removed", "How to reproduce", "How to load", "Evaluation"], headings
+    assert "\n" not in headings[0] and "base heading" in headings[0]  # the folder name, on one line
+    fences = {t.info: t.content for t in tokens if t.type == "fence"}
+    assert set(fences) == {"json", "python", "bash"}
+    assert fences["bash"].startswith("optimum-cli prune") and "# injected" in fences["bash"]
+    assert "# cli heading" in fences["bash"] and "--text-column" in fences["bash"]
+    assert fences["bash"].rstrip().endswith("-pruned'")  # the whole command, up to its last argument
+    assert ModelCard(str(card)).data.to_dict()["model-index"][0]["results"][0]["dataset"]["type"].startswith("evil")
 
 
 # ---- 5. unstructured sparsity: met, or refused before any weight changes -------------------------------------------------
