@@ -6,6 +6,8 @@
   `IllConditionedWarning` that names the layer.
 - `check_budget`: a structured plan that removes clearly less than the requested sparsity (whole units, minimum
   sizes and `round_to` allow only so much) is refused before any weight changes, unless the config allows it.
+- `check_row_counts`: the same for unstructured sparsity, whose per-row counts `floor(sparsity x row length)` can
+  neither empty a row nor remove a fraction of a weight.
 - `check_sequence_length`: `seqlen` longer than the model's position embeddings is refused before loading data.
 """
 
@@ -25,6 +27,7 @@ __all__ = [
     "NonFiniteWeightsError",
     "SparsityShortfallError",
     "check_budget",
+    "check_row_counts",
     "check_sequence_length",
     "check_inputs",
     "check_solution",
@@ -47,7 +50,7 @@ class IllConditionedWarning(UserWarning):
 
 
 class SparsityShortfallError(ValueError):
-    """The structured plan removes clearly less than the requested sparsity."""
+    """The plan (structured, or unstructured per-row counts) removes clearly less than the requested sparsity."""
 
 
 def check_solution(
@@ -186,6 +189,52 @@ def check_budget(
         f"parameters removable ({int(removed):,} of {int(requested):,} requested; every layer keeps at least one unit "
         "of each kind, and round_to / min_keep_fraction set the steps). Lower sparsity, or set "
         "allow_sparsity_shortfall=True (--allow-sparsity-shortfall) to accept the smaller model."
+    )
+
+
+def check_row_counts(matrices: Sequence[tuple[str, int, int, Any]], config: Any) -> None:
+    """Raise `SparsityShortfallError` when unstructured per-row counts cannot come near the requested sparsity.
+
+    Args:
+        matrices: `(name, rows, row_length, pattern)` for every matrix to sparsify; `pattern` is its
+            `SparsityPattern` (N:M patterns are exact and not checked).
+        config: The `PruningConfig`; its allow_sparsity_shortfall is read.
+
+    Every row loses `floor(sparsity x row_length)` weights (`mask_scope="layer"` keeps that total), so a row always
+    keeps one weight, and loses none while `sparsity x row_length < 1`. Rounding down is accepted, except:
+
+    - where rows are asked to keep under half a weight: they keep one, e.g. sparsity=0.999 on rows of 48 reaches
+      47/48 = 97.9% (the unstructured form of structured pruning's one unit kept per layer);
+    - where less than half the requested weights would go in all, because short rows lose none (sparsity=0.02 on
+      rows of 48). A few short matrices left dense among longer ones (a Mamba dt_proj of 2 inputs) pass.
+    """
+    if getattr(config, "allow_sparsity_shortfall", False):
+        return
+    counted = [entry for entry in matrices if not entry[3].is_nm and not entry[3].is_dense]
+    total = sum(rows * length for _, rows, length, _ in counted)
+    requested = sum(rows * length * pattern.sparsity for _, rows, length, pattern in counted)
+    removed = sum(rows * pattern.num_pruned(length) for _, rows, length, pattern in counted)
+    achieved = f"{removed / max(total, 1):.1%}"
+    # The matrix furthest from its request, the first in model order among equals.
+    dense_rows = [entry for entry in counted if (1.0 - entry[3].sparsity) * entry[2] < 0.5 - 1e-9]
+    untouched = [entry for entry in counted if entry[3].num_pruned(entry[2]) == 0]
+    if dense_rows:
+        name, _, length, pattern = min(dense_rows, key=lambda entry: entry[2])
+        why = f"; each row keeps at least one weight, so the {length}-weight rows of {name}"
+        reach, advice = f"lose at most {(length - 1) / length:.1%}", f"Lower it to at most {(length - 1) / length:.4g}"
+        others = len(dense_rows) - 1
+    elif untouched and removed < 0.5 * requested:
+        name, _, length, pattern = max(untouched, key=lambda entry: entry[2])
+        why = f", so the {length}-weight rows of {name}"
+        reach, advice = "lose none", f"Raise it to at least {1 / length:.4g} (or 0 for none)"
+        others = len(untouched) - 1
+    else:
+        return
+    more = f" (and {others} more matrices)" if others else ""
+    raise SparsityShortfallError(
+        f"sparsity={pattern.sparsity:g} cannot be met: a row loses floor(sparsity x its length) weights{why}{more} "
+        f"{reach}, and the pruned matrices {achieved} in all. {advice}, or set allow_sparsity_shortfall=True "
+        f"(--allow-sparsity-shortfall) to accept {achieved}."
     )
 
 

@@ -122,9 +122,10 @@ class PruningConfig:
     allow_sparsity_shortfall: bool = field(
         default=False,
         metadata={
-            "help": "Structured targets: accept a plan that removes clearly less than `sparsity` (every layer keeps "
-            "at least one unit of each kind; round_to and min_keep_fraction set the steps). Off: such a request is "
-            "refused before any weight changes."
+            "help": "Accept a plan that removes clearly less than `sparsity`. Structured targets: every layer keeps "
+            "at least one unit of each kind; round_to and min_keep_fraction set the steps. Unstructured: every row "
+            "loses floor(sparsity x its length) weights, so keeps at least one. Off: such a request is refused "
+            "before any weight changes."
         },
     )
     layer_overrides: dict[str, dict[str, Any]] = field(
@@ -158,7 +159,8 @@ class PruningConfig:
         default=None,
         metadata={
             "help": "Calibration data: a list of strings, a datasets.Dataset, a local file (.txt/.json/.jsonl/.csv/"
-            ".parquet), a dataset name ('wikitext2', 'c4', 'ptb'), or 'random-tokens' (uniformly random token ids: "
+            ".parquet) or a folder of files of one such type (read in sorted order), a dataset name ('wikitext2', "
+            "'c4', 'ptb'), or 'random-tokens' (uniformly random token ids: "
             "data-driven criteria and refits without any data). Not saved to JSON unless it is a string."
         },
     )
@@ -359,12 +361,18 @@ class PruningConfig:
             setattr(self, name, os.fspath(value) if value is not None else None)
 
     def check_layers(self, num_layers: int) -> None:
-        """Raise when an override names a layer the model does not have."""
+        """Raise when an override or a protected index names a layer the model does not have."""
         missing = sorted(int(k) for k in self.layer_overrides if int(k) >= num_layers)
         if missing:
             raise ValueError(
                 f"layer_overrides name layers {missing}, but the model has {num_layers} layers (0..{num_layers - 1})."
             )
+        for index in self.protect_layers:
+            if not -num_layers <= index < num_layers:
+                raise ValueError(
+                    f"protect_layers names layer {index}, but the model has {num_layers} layers "
+                    f"(0..{num_layers - 1}, or -{num_layers}..-1 from the end)."
+                )
 
     # ---- serialisation ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

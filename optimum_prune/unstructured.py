@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .architectures.blocks import find_blocks
 from .architectures.weights import WeightMatrix, find_weight_matrices
-from .checks import solve_checked
+from .checks import check_row_counts, solve_checked
 from .configuration import PruningConfig
 from .layerwise import BlockStreamer, blocks_need_own_arguments, capture_block_arguments
 from .sparsity import SparsityPattern, get_sparsity_method, required_statistics
@@ -98,6 +98,14 @@ def prune_unstructured(
         raise ValueError(
             f"No weight matrix of {type(model).__name__} fits the pattern: {next(iter(misfits.values()))}."
         )
+    check_row_counts(
+        [
+            (f"{block_name}.{matrix.name}", matrix.numel // matrix.in_features, matrix.in_features, pattern)
+            for (block_name, _), plan in zip(blocks, plans)
+            for matrix, pattern in plan
+        ],
+        config,
+    )
     for name, why in misfits.items():
         logger.warning("Left %s dense: %s.", name, why)
 

@@ -150,7 +150,8 @@ CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
         "allow_sparsity_shortfall",
         bool,
         False,
-        "structured: accept a plan that removes clearly less than --sparsity (otherwise refused)",
+        "accept a plan that removes clearly less than --sparsity (otherwise refused): structured whole units, or "
+        "unstructured rows that cannot reach it",
     ),
     ConfigOption(
         "min_keep_fraction", float, 0.05, "global allocation: least fraction of each layer kept", metavar="F"
@@ -284,7 +285,8 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--dataset",
         default=None,
         metavar="FILE_OR_NAME",
-        help="calibration text: a .txt/.json/.jsonl/.csv/.parquet file, or wikitext2, c4, ptb (need the Hub), or "
+        help="calibration text: a .txt/.json/.jsonl/.csv/.parquet file or a folder of such files (one type, read in "
+        "sorted order), or wikitext2, c4, ptb (need the Hub), or "
         "random-tokens (uniformly random token ids: no data at all)",
     )
     data.add_argument("--text-column", default=None, help="text column of a json/csv/parquet --dataset")
@@ -805,10 +807,14 @@ def _sparsity_plan(model: Any, config: Any) -> list[dict[str, Any]]:
     stays dense."""
     from optimum_prune.architectures.blocks import find_blocks
     from optimum_prune.architectures.weights import find_weight_matrices
+    from optimum_prune.checks import check_row_counts
     from optimum_prune.unstructured import module_pattern
 
     rows = []
-    for index, (_, block) in enumerate(find_blocks(model, config.sequential_targets)):
+    counted = []
+    blocks = find_blocks(model, config.sequential_targets)
+    config.check_layers(len(blocks))
+    for index, (block_name, block) in enumerate(blocks):
         row: dict[str, Any] = {"layer": index}
         matrices, left_dense = find_weight_matrices(block, config.modules_to_not_prune)
         for matrix in matrices:
@@ -819,8 +825,12 @@ def _sparsity_plan(model: Any, config: Any) -> list[dict[str, Any]]:
                 row[matrix.name] = "dense"
             else:
                 row[matrix.name] = config.target if pattern.is_nm else f"{pattern.sparsity:.0%}"
+                counted.append(
+                    (f"{block_name}.{matrix.name}", matrix.numel // matrix.in_features, matrix.in_features, pattern)
+                )
         row.update({name: "dense" for name in left_dense})
         rows.append(row)
+    check_row_counts(counted, config)  # as a real run would, before any weight is read
     return rows
 
 

@@ -62,7 +62,7 @@ def load_texts(source: Any, text_column: str | None = None, split: str | None = 
     """Turn any supported calibration source into a list of strings."""
     if source is None:
         raise CalibrationDataError(
-            "No calibration data: pass `dataset=` (a list of strings, a datasets.Dataset, a local file, one of "
+            "No calibration data: pass `dataset=` (a list of strings, a datasets.Dataset, a local file or folder, one of "
             f"{sorted(NAMED_DATASETS)}, or {RANDOM_TOKENS!r} for random token ids), or choose a criterion and "
             "reconstruction that need none."
         )
@@ -79,7 +79,7 @@ def load_texts(source: Any, text_column: str | None = None, split: str | None = 
             source = _load_file(source)
         else:
             raise CalibrationDataError(
-                f"Calibration source {source!r} is neither a local file nor a known dataset name "
+                f"Calibration source {source!r} is neither a local file or folder nor a known dataset name "
                 f"({', '.join(sorted(NAMED_DATASETS))})."
             )
     if isinstance(source, Sequence) and not hasattr(source, "column_names"):
@@ -133,18 +133,61 @@ def _special_token_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
 
 
 def _load_file(path: str) -> Any:
+    """The content of a calibration file, or of a folder of them (see `calibration_files`)."""
     import datasets
 
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in _FILE_BUILDERS:
-        raise CalibrationDataError(f"Unsupported calibration file type {ext!r}; use one of {sorted(_FILE_BUILDERS)}.")
+    files = calibration_files(path)
+    ext = os.path.splitext(files[0])[1].lower()
+    if ext == ".txt":
+        texts = []
+        for file in files:
+            try:
+                with open(file, encoding="utf-8") as handle:
+                    texts.append(handle.read())
+            except UnicodeDecodeError as err:
+                raise _not_utf8(file, err) from None
+        return texts
     try:
-        if ext == ".txt":
-            with open(path, encoding="utf-8") as handle:
-                return [handle.read()]
-        return datasets.load_dataset(_FILE_BUILDERS[ext], data_files=path, split="train")
+        return datasets.load_dataset(_FILE_BUILDERS[ext], data_files=files, split="train")
     except UnicodeDecodeError as err:
         raise _not_utf8(path, err) from None
+
+
+def calibration_files(path: str) -> list[str]:
+    """The files `path` stands for: itself, or for a folder its files of the supported types, in sorted order.
+
+    A folder is read recursively; hidden files and folders (".git", ".cache") and files of other types (a README)
+    are passed over. Its files must all be read the same way: text files, or one of the json, csv, parquet kinds
+    (.json and .jsonl together are fine). Raises `CalibrationDataError` naming the path otherwise.
+    """
+    if not os.path.isdir(path):
+        ext = os.path.splitext(path)[1].lower()
+        if ext not in _FILE_BUILDERS:
+            raise CalibrationDataError(
+                f"Unsupported calibration file type {ext!r} for {path!r}; use one of {sorted(_FILE_BUILDERS)}, or a "
+                "folder of such files."
+            )
+        return [path]
+    files = []
+    for root, folders, names in os.walk(path):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        files += [
+            os.path.join(root, name)
+            for name in names
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in _FILE_BUILDERS
+        ]
+    files.sort(key=lambda file: os.path.relpath(file, path))
+    if not files:
+        raise CalibrationDataError(
+            f"The calibration folder {path!r} holds no file of a supported type ({', '.join(sorted(_FILE_BUILDERS))})."
+        )
+    kinds = sorted({os.path.splitext(file)[1].lower() for file in files})
+    if len({_FILE_BUILDERS[kind] for kind in kinds}) > 1:
+        raise CalibrationDataError(
+            f"The calibration folder {path!r} mixes file types {kinds}: keep files of one type in it (.json and "
+            ".jsonl count as one)."
+        )
+    return files
 
 
 def _not_utf8(path: str, err: UnicodeDecodeError) -> CalibrationDataError:

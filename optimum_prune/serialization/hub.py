@@ -14,7 +14,9 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import shlex
+import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -244,10 +246,11 @@ def _eval_entries(eval_results: Mapping[str, Any] | None, *, default_task: str) 
             if missing:
                 raise ValueError(f"eval_results[{key!r}] is missing {missing}; 'value' and 'dataset' are required.")
             metric = str(entry.get("metric") or key)
+            dataset = str(entry["dataset"])
             result = EvalResult(
                 task_type=str(entry.get("task") or default_task),
-                dataset_type=str(entry["dataset"]),
-                dataset_name=str(entry.get("dataset_name") or entry["dataset"]),
+                dataset_type=dataset,
+                dataset_name=str(entry.get("dataset_name") or dataset),
                 dataset_config=entry.get("dataset_config"),
                 dataset_split=entry.get("split"),
                 metric_type=metric,
@@ -273,13 +276,13 @@ def _intro(model_name: str, base_model: str | None, hub_base: str | None, summar
     if hub_base:
         origin = f"a pruned version of [{hub_base}](https://huggingface.co/{hub_base})"
     elif base_model:
-        origin = f"a pruned version of `{base_model}`"
+        origin = f"a pruned version of {_code(base_model)}"
     else:
         origin = "a pruned model"
     if summary.get("model_type"):
-        origin += f" ({summary['model_type']} architecture)"
+        origin += f" ({_text(summary['model_type'])} architecture)"
     return (
-        f"# {model_name}\n\n"
+        f"# {_text(model_name)}\n\n"
         f"This is {origin}, made with optimum-prune without retraining. "
         "The sections below say what was removed, how to reproduce it and how to load it."
     )
@@ -338,9 +341,9 @@ def _sparsity_exceptions(summary: Mapping[str, Any]) -> str:
     """Matrices of the blocks that unstructured / N:M pruning left dense or could not calibrate, with why."""
     lines = []
     for name, why in (summary.get("skipped") or {}).items():
-        lines.append(f"- `{name}` left dense: {why}")
+        lines.append(f"- {_code(name)} left dense: {_text(why)}")
     for name, why in (summary.get("data_free") or {}).items():
-        lines.append(f"- `{name}`: {why}")
+        lines.append(f"- {_code(name)}: {_text(why)}")
     return "\n\nExceptions:\n\n" + "\n".join(lines) if lines else ""
 
 
@@ -403,13 +406,13 @@ def _recipe_section(
             "`dataset` to reproduce the result exactly."
         )
     if recipe_note:
-        note += f"\n\n{recipe_note}"
+        note += f"\n\n{_one_line(recipe_note)}"
     return (
         "## How to reproduce\n\n"
         "The recipe, as saved in `pruning_config.json` in this repository:\n\n"
-        f"```json\n{json.dumps(dict(config), indent=2, sort_keys=True)}\n```\n\n"
-        f"With Python:\n\n```python\n{python}\n```\n\n"
-        f"From the command line:\n\n```bash\n{cli}\n```{note}"
+        f"{_fenced('json', json.dumps(dict(config), indent=2, sort_keys=True))}\n\n"
+        f"With Python:\n\n{_fenced('python', python)}\n\n"
+        f"From the command line:\n\n{_fenced('bash', cli)}{note}"
     )
 
 
@@ -428,7 +431,7 @@ def _load_section(repo_id: str, pipeline_tag: str | None) -> str:
     auto_class = _AUTO_CLASS_BY_PIPELINE.get(pipeline_tag or "text-generation", "AutoModel")
     return (
         "## How to load\n\n"
-        f"```python\n{_LOAD_SNIPPET.format(auto_class=auto_class, repo_id=repo_id)}\n```\n\n"
+        f"{_fenced('python', _LOAD_SNIPPET.format(auto_class=auto_class, repo_id=repo_id))}\n\n"
         "`import optimum_prune` comes first: it registers the loader that rebuilds layers of different sizes from "
         "the per-layer sizes saved in `config.json`."
     )
@@ -470,8 +473,42 @@ def _cell(value: Any) -> str:
         text = ", ".join(str(item) for item in value)
     else:
         text = str(value)
-    # A pipe would end the table cell early.
-    return text.replace("|", "\\|").replace("\n", " ")
+    # A pipe would end the table cell early, a line break the table.
+    return _text(text)
+
+
+# ---- text that cannot break the markdown around it -------------------------------------------------------------------
+
+# What could start markdown structure inside a line of text: code spans, emphasis, links, raw HTML, table cells,
+# heading markers. Underscores are left alone (intraword `_` is never emphasis, and column names such as
+# num_heads read better without escapes).
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*\[\]<>|#!~])")
+
+
+def _one_line(text: object) -> str:
+    """`text` on one line: line breaks and other control characters written as escapes (\\n, \\r, \\x1b)."""
+    return "".join(
+        ascii(char)[1:-1] if unicodedata.category(char) in ("Cc", "Zl", "Zp") else char for char in str(text)
+    )
+
+
+def _text(text: object) -> str:
+    """`text` as literal markdown text on one line: nothing in it can start a heading, a block, a link or HTML."""
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", _one_line(text))
+
+
+def _code(text: object) -> str:
+    """`text` as an inline code span on one line, whatever backticks it holds."""
+    text = _one_line(text)
+    ticks = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
+
+
+def _fenced(info: str, body: str) -> str:
+    """A fenced code block whose fence is longer than any backtick run in `body`, so nothing in it can close it."""
+    fence = "`" * max(3, max((len(run) for run in re.findall(r"`+", body)), default=0) + 1)
+    return f"{fence}{info}\n{body}\n{fence}"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
