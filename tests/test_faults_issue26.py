@@ -3,6 +3,7 @@ is met or refused, and protect_layers indices the model has."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -139,6 +140,56 @@ def test_a_dataset_string_cannot_end_the_cards_code_block_or_add_a_heading(tmp_p
     assert "# cli heading" in fences["bash"] and "--text-column" in fences["bash"]
     assert fences["bash"].rstrip().endswith("-pruned'")  # the whole command, up to its last argument
     assert ModelCard(str(card)).data.to_dict()["model-index"][0]["results"][0]["dataset"]["type"].startswith("evil")
+
+
+# ---- 4. no local path in the card ----------------------------------------------------------------------------------------
+
+
+def test_a_card_names_a_local_calibration_file_by_name_and_hash_not_by_path(tmp_path, tokenizer):
+    data = tmp_path / "private" / "wiki.txt"
+    data.parent.mkdir()
+    data.write_text(TEXT, encoding="utf-8")
+    pruner = PrunerForCausalLM(tiny_llama(), tokenizer)
+    pruner.prune(PruningConfig(sparsity=0.3, dataset=str(data), **SMALL), show_progress=False)
+    pruner.save_pretrained(tmp_path / "out")
+    card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
+    assert str(tmp_path) not in card and str(data.parent) not in card
+    assert "wiki.txt" in card and hashlib.sha256(data.read_bytes()).hexdigest()[:16] in card
+
+
+def test_a_card_names_a_local_calibration_folder_by_name_and_hash_not_by_path(tmp_path, tokenizer):
+    folder = tmp_path / "private" / "corpus"
+    folder.mkdir(parents=True)
+    (folder / "a.txt").write_text(TEXT, encoding="utf-8")
+    pruner = PrunerForCausalLM(tiny_llama(), tokenizer)
+    pruner.prune(PruningConfig(sparsity=0.3, dataset=str(folder), **SMALL), show_progress=False)
+    pruner.save_pretrained(tmp_path / "out")
+    card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
+    assert str(tmp_path) not in card and "corpus" in card and "sha256" in card
+
+
+def test_the_cli_card_has_no_absolute_calibration_path(saved_llama, tmp_path):
+    data = tmp_path / "private" / "wiki.txt"
+    data.parent.mkdir()
+    data.write_text(TEXT, encoding="utf-8")
+    output = tmp_path / "out"
+    arguments = ["-m", str(saved_llama), "--sparsity", "0.3", "--dataset", str(data), "--evaluate", "ppl"]
+    assert (
+        main([*arguments, "--num-samples", "2", "--seqlen", "32", "--eval-windows", "1", "--no-progress", str(output)])
+        == 0
+    )
+    card = (output / "README.md").read_text(encoding="utf-8")
+    assert str(tmp_path) not in card and "wiki.txt" in card
+
+
+def test_a_hub_dataset_name_is_published_as_it_is():
+    card = create_model_card(
+        base_model=None,
+        pipeline_tag="text-generation",
+        pruning_config={"target": "unstructured", "sparsity": 0.5, "method": "wanda", "dataset": "wikitext2"},
+        summary={"parameters_before": 100, "parameters_after": 100},
+    )
+    assert "--dataset wikitext2" in card.text and "dataset='wikitext2'" in card.text and "sha256" not in card.text
 
 
 # ---- 5. unstructured sparsity: met, or refused before any weight changes -------------------------------------------------

@@ -485,10 +485,11 @@ def _prune(
         if split_calibration:
             # The recipe's command line repeats --evaluate ppl, which makes the same 80/20 split.
             pruner.recipe_cli_options += ["--evaluate", "ppl"]
+            # The card names the data itself (a local path by its base name only): the note does not repeat it.
             pruner.recipe_note = (
-                f"Calibration used the first {CALIBRATION_FRACTION:.0%} of the text of `{args.dataset}` (the rest was "
-                "held out for the perplexity above): the command line, with `--evaluate ppl`, makes the same split; "
-                "the Python recipe calibrates on all of it."
+                f"Calibration used the first {CALIBRATION_FRACTION:.0%} of the calibration text (the rest was held "
+                "out for the perplexity above): the command line, with `--evaluate ppl`, makes the same split; the "
+                "Python recipe calibrates on all of it."
             )
 
     if eval_ids is not None:

@@ -11,6 +11,7 @@ Two public entry points:
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -157,7 +158,8 @@ def create_model_card(
         recipe_note: A sentence shown under the recipe (e.g. how the calibration data was split).
 
     A `base_model` that is a local path (not a Hub id) is shown by its folder name only, in the text and in the
-    recipe, which then runs from the folder that holds the model.
+    recipe, which then runs from the folder that holds the model. So is a recipe's local calibration file or folder
+    (`dataset`, and PruneNet's policy files), the inputs with the sha256 of their content; dataset names are kept.
 
     Returns:
         A `ModelCard` whose `data` holds base_model, base_model_relation, tags, library_name, pipeline_tag (and
@@ -170,6 +172,12 @@ def create_model_card(
         if key not in summary:
             raise ValueError(f"summary is missing {key!r}; parameters_before and parameters_after are required.")
     config = dict(pruning_config)
+    # Local files are named by their base name (a reader cannot use this machine's path, and it may name the user's
+    # home); inputs get a content hash, so a reader can tell whether their copy is the same data.
+    local_paths = {
+        key: config[key] for key in _PATH_FIELDS if isinstance(config.get(key), str) and _is_local_path(config[key])
+    }
+    config.update({key: _local_name(path) for key, path in local_paths.items()})
     hub_base = base_model if base_model and _is_hub_id(base_model) else None
     base_model = hub_base or _shown_base_model(base_model)
     if model_name is None:
@@ -196,7 +204,7 @@ def create_model_card(
         for part in (
             _intro(model_name, base_model, hub_base, summary),
             _removed_section(config, summary),
-            _recipe_section(config, base_model, model_name, pipeline_tag, cli_options, recipe_note),
+            _recipe_section(config, base_model, model_name, pipeline_tag, cli_options, recipe_note, local_paths),
             _load_section(repo_id or model_name, pipeline_tag),
             _eval_section(entries),
         )
@@ -247,6 +255,7 @@ def _eval_entries(eval_results: Mapping[str, Any] | None, *, default_task: str) 
                 raise ValueError(f"eval_results[{key!r}] is missing {missing}; 'value' and 'dataset' are required.")
             metric = str(entry.get("metric") or key)
             dataset = str(entry["dataset"])
+            dataset = _local_name(dataset) if _is_local_path(dataset) else dataset
             result = EvalResult(
                 task_type=str(entry.get("task") or default_task),
                 dataset_type=dataset,
@@ -378,6 +387,7 @@ def _recipe_section(
     pipeline_tag: str | None,
     cli_options: Sequence[str] = (),
     recipe_note: str | None = None,
+    local_paths: Mapping[str, str] | None = None,
 ) -> str:
     base = base_model or "<base-model-id>"
     output_dir = model_name.split("/")[-1]
@@ -405,11 +415,19 @@ def _recipe_section(
             "\n\nThe calibration data was passed in memory and is not recorded in the recipe: pass the same data as "
             "`dataset` to reproduce the result exactly."
         )
+    for key, path in (local_paths or {}).items():
+        if key in _INPUT_PATH_FIELDS:
+            note += "\n\n" + _local_input_note(key, path, str(config[key]))
     if recipe_note:
         note += f"\n\n{_one_line(recipe_note)}"
+    saved = (
+        "The recipe, as in `pruning_config.json` in this repository, with local files named by their base name:"
+        if local_paths
+        else "The recipe, as saved in `pruning_config.json` in this repository:"
+    )
     return (
         "## How to reproduce\n\n"
-        "The recipe, as saved in `pruning_config.json` in this repository:\n\n"
+        f"{saved}\n\n"
         f"{_fenced('json', json.dumps(dict(config), indent=2, sort_keys=True))}\n\n"
         f"With Python:\n\n{_fenced('python', python)}\n\n"
         f"From the command line:\n\n{_fenced('bash', cli)}{note}"
@@ -479,6 +497,10 @@ def _cell(value: Any) -> str:
 
 # ---- text that cannot break the markdown around it -------------------------------------------------------------------
 
+#: Recipe fields that may hold a local path (see `_local_name`), and those of them that the run read.
+_PATH_FIELDS = ("dataset", "prunenet_policy_path", "prunenet_save_policy")
+_INPUT_PATH_FIELDS = ("dataset", "prunenet_policy_path")
+
 # What could start markdown structure inside a line of text: code spans, emphasis, links, raw HTML, table cells,
 # heading markers. Underscores are left alone (intraword `_` is never emphasis, and column names such as
 # num_heads read better without escapes).
@@ -509,6 +531,59 @@ def _fenced(info: str, body: str) -> str:
     """A fenced code block whose fence is longer than any backtick run in `body`, so nothing in it can close it."""
     fence = "`" * max(3, max((len(run) for run in re.findall(r"`+", body)), default=0) + 1)
     return f"{fence}{info}\n{body}\n{fence}"
+
+
+def _is_local_path(value: str) -> bool:
+    """Whether a recipe value names a local file or folder (one that exists here, or is written as a path)."""
+    return os.path.exists(value) or os.path.isabs(value) or value.startswith(("~", "./", "../", ".\\", "..\\"))
+
+
+def _local_name(path: str) -> str:
+    """The base name of a local path: what a reader can recreate beside the recipe."""
+    return os.path.basename(os.path.normpath(os.path.expanduser(path))) or path
+
+
+def _local_input_note(key: str, path: str, name: str) -> str:
+    what = "calibration data" if key == "dataset" else "PruneNet policy"
+    path = os.path.expanduser(path)
+    if os.path.isdir(path):
+        digest = _folder_sha256(path)
+        kind = "folder"
+        how = "the sha256 of the lines `<sha256>  <path in the folder>` of the files it was read from, in sorted order"
+    elif os.path.isfile(path):
+        digest, kind, how = _file_sha256(path), "file", "the sha256 of the file"
+    else:
+        return (
+            f"The {what} was the local path {_code(name)} (only its base name is shown), which is not part of this "
+            "repository."
+        )
+    return (
+        f"The {what} was the local {kind} {_code(name)}, not part of this repository; its content hash ({how}) is "
+        f"`sha256:{digest}`. The recipes name it by its base name: run them beside a copy."
+    )
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _folder_sha256(path: str) -> str:
+    """sha256 of `sha256sum`-style lines for the files a calibration folder is read from, in their order."""
+    from ..data.calibration import CalibrationDataError, calibration_files
+
+    try:
+        files = calibration_files(path)
+    except CalibrationDataError:  # not (or no longer) a calibration folder: every file it holds
+        files = sorted(
+            (os.path.join(root, name) for root, _, names in os.walk(path) for name in names),
+            key=lambda file: os.path.relpath(file, path),
+        )
+    listing = "".join(f"{_file_sha256(file)}  {os.path.relpath(file, path)}\n" for file in files)
+    return hashlib.sha256(listing.encode("utf-8")).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
