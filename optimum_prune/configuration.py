@@ -229,6 +229,16 @@ class PruningConfig:
             "from the end); the other layers remove more so the total budget still holds."
         },
     )
+    serving: str | None = field(
+        default=None,
+        metadata={
+            "help": "Structured: restrict the plan to what a serving engine loads at the pruned size, and save in its "
+            "layout. 'vllm': vLLM's heterogeneous LLaMA layout (DeciLM), per-layer FFN widths and whole blocks; "
+            "attention heads stay, since that layout keeps every layer's query heads (structures default to "
+            "['ffn_channels']). Families: llama, mistral, qwen2. A plan the engine cannot load is refused before "
+            "any weight changes."
+        },
+    )
     recipe: str | None = field(
         default=None,
         metadata={
@@ -294,6 +304,17 @@ class PruningConfig:
                     "structures has both 'attention_heads' (whole KV groups) and 'query_heads' (query heads inside "
                     "the groups): choose one."
                 )
+        if self.serving is not None:
+            from .serialization.serving import check_config, default_structures
+
+            if not self.is_structured:
+                raise ValueError(
+                    f"serving={self.serving!r} applies to structured pruning: {self.target} sparsity keeps every "
+                    "shape, so its checkpoint serves as the dense model does."
+                )
+            check_config(self.serving, self.structures, self.reconstruction)
+            if self.structures is None:
+                self.structures = default_structures(self.serving)
         if not isinstance(self.protect_layers, list) or any(type(i) is not int for i in self.protect_layers):
             raise ValueError(f"protect_layers must be a list of layer indices, got {self.protect_layers!r}.")
         if int(self.round_to) < 1:

@@ -167,6 +167,10 @@ class BasePruner:
         # Before calibration data is read.
         if config.is_structured:
             config.check_layers(len(self.adapter.layers()))
+            if config.serving is not None:
+                from .serialization.serving import check_plan
+
+                check_plan(model.config, config.serving, config.structures, config.reconstruction)
         else:
             config.check_layers(len(find_blocks(model, config.sequential_targets)))
         # Until this run finishes, the model may be half-pruned: save_pretrained refuses to write it.
@@ -241,9 +245,15 @@ class BasePruner:
         *,
         push_to_hub: bool = False,
         repo_id: str | None = None,
+        serving: str | None = None,
         **hub_kwargs: Any,
     ) -> None:
         """Write safetensors, config.json (with per-layer sizes), pruning_config.json, tokenizer and model card.
+
+        `serving` (default: the pruning config's `serving`) writes the layout of a serving engine instead of the
+        family's own: "vllm" gives a DeciLM (`nemotron-nas`) checkpoint that `vllm.LLM(path, trust_remote_code=True)`
+        serves and transformers loads with `trust_remote_code=True` (see `serialization.serving`); it raises
+        `ServingPlanError` when the pruned model cannot be expressed there.
 
         Everything is written to a staging folder next to `save_directory`, which then replaces it as a whole
         (see `serialization.save`): a failure or a kill leaves the old content, and no file of an older checkpoint
@@ -259,9 +269,19 @@ class BasePruner:
         from .serialization.heterogeneous import check_serializable
 
         check_serializable(self.model)
+        serving = serving or getattr(self.pruning_config, "serving", None)
+        write_weights = None
+        if serving is not None:
+            from functools import partial
+
+            from .serialization.serving import check_config, write_vllm_checkpoint
+
+            check_config(serving, ["ffn_channels"], "none")  # the target's name only; the model is checked on write
+            write_weights = partial(write_vllm_checkpoint, self.model)
         save_pruned_checkpoint(
             self.model,
             save_directory,
+            write_weights=write_weights,
             tokenizer=self.tokenizer,
             pruning_config=self.pruning_config,
             model_card=self._model_card(repo_id),

@@ -97,6 +97,7 @@ def save_pruned_checkpoint(
     pruning_config: PruningConfig | None = None,
     model_card: Any | None = None,
     protected: Iterable[str | os.PathLike | None] = (),
+    write_weights: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write the model, tokenizer, `pruning_config.json` and README.md into `save_directory`, replacing it whole.
 
@@ -105,6 +106,8 @@ def save_pruned_checkpoint(
         save_directory: Target folder. It may be missing, empty, or hold an earlier checkpoint (config.json,
             pruning_config.json or safetensors weights), which is replaced as a whole: no file of it remains.
         tokenizer, pruning_config, model_card: Written beside the weights when given.
+        write_weights: Writes the weights and config.json into the staging folder instead of the model's own
+            `save_pretrained` (a serving engine's layout, `serialization.serving`).
         protected: Folders that must survive the save, e.g. the input model's folder: the target may be neither
             one of them nor a folder that contains one.
 
@@ -131,8 +134,11 @@ def save_pruned_checkpoint(
     target.parent.mkdir(parents=True, exist_ok=True)
 
     def write(staging: Path) -> None:
-        model.save_pretrained(staging)
-        write_loading_guard(staging)
+        if write_weights is not None:
+            write_weights(staging)
+        else:
+            model.save_pretrained(staging)
+            write_loading_guard(staging)
         _after_step("weights")
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)

@@ -169,3 +169,72 @@ class PrunedModelMixin:
     def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         rebuild_layers(self, config)
+
+
+# ---- vLLM's heterogeneous LLaMA layout (DeciLM, `model_type: "nemotron-nas"`) ------------------------------------
+class _Fields:
+    """A block config entry read by attribute (`block.attention.n_heads_in_group`), as vLLM reads it."""
+
+    def __init__(self, **fields: Any) -> None:
+        self.__dict__.update(fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: value.to_dict() if isinstance(value, _Fields) else value for key, value in vars(self).items()}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({vars(self)})"
+
+
+def _fields(entry: Any) -> _Fields:
+    if isinstance(entry, _Fields):
+        return entry
+    return _Fields(**{key: _fields(value) if isinstance(value, dict) else value for key, value in dict(entry).items()})
+
+
+def _ffn_mult_to_intermediate_size(ffn_mult: float, hidden_size: int) -> int:
+    # The DeciLM convention (vLLM's nemotron_nas.py, llama.cpp's DeciModel): 2/3 of the multiple, rounded up to 256.
+    size = int(2 * ffn_mult * hidden_size / 3)
+    return size if size % 256 == 0 else size + 256 - size % 256
+
+
+class DeciLMConfigMixin(PrunedConfigMixin):
+    """A LLaMA config whose layers are described by DeciLM's `block_configs`, the heterogeneous layout vLLM serves
+    (`DeciLMForCausalLM`): per layer, `attention.n_heads_in_group` (KV heads = num_attention_heads / it; the query
+    heads are the same in every layer) and `ffn.intermediate_size` (or `ffn.ffn_mult`). The per-layer overrides that
+    build the transformers model are derived from the blocks; sub-blocks removed as `no_op` are not supported here.
+    """
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        blocks = kwargs.pop("block_configs", None) or []
+        kwargs.pop(PER_LAYER_KEY, None)
+        super().__post_init__(**kwargs)
+        self.__dict__["block_configs"] = [_fields(block) for block in blocks]
+        overrides: dict[int, dict[str, Any]] = {}
+        for index, block in enumerate(self.block_configs):
+            if getattr(block.attention, "no_op", False) or getattr(block.ffn, "no_op", False):
+                raise ValueError(f"block_configs[{index}] removes a sub-block (no_op), which this code cannot build.")
+            layer: dict[str, Any] = {}
+            kv_heads = self.num_attention_heads // block.attention.n_heads_in_group
+            if kv_heads != self.num_key_value_heads:
+                layer["num_key_value_heads"] = kv_heads
+            if hasattr(block.ffn, "intermediate_size"):
+                width = block.ffn.intermediate_size
+            else:
+                width = _ffn_mult_to_intermediate_size(block.ffn.ffn_mult, self.hidden_size)
+            if width != self.intermediate_size:
+                layer["intermediate_size"] = width
+            if layer:
+                overrides[index] = layer
+        self.set_layers(overrides, self.added_biases)
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output.pop(PER_LAYER_KEY, None)
+        output["block_configs"] = [block.to_dict() for block in self.block_configs]
+        return output
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        output = super().to_diff_dict()
+        output.pop(PER_LAYER_KEY, None)
+        output["block_configs"] = [block.to_dict() for block in self.block_configs]
+        return output
