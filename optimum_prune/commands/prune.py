@@ -217,6 +217,14 @@ CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
     ConfigOption("prunenet_save_policy", str, None, "PruneNet: save the policy to this file", metavar="FILE"),
     ConfigOption("protect_layers", int, [], "structured: layers left dense, e.g. 0 -1", nargs="*", metavar="INDEX"),
     ConfigOption(
+        "serving",
+        str,
+        None,
+        "structured: plan only what this engine loads at the pruned size, and save in its layout: vllm (per-layer "
+        "FFN widths, whole blocks; llama, mistral, qwen2)",
+        metavar="ENGINE",
+    ),
+    ConfigOption(
         "recipe", str, None, "a published method's settings: flap, liar, obs, shortgpt, shortgpt_linear, prunenet"
     ),
 )
