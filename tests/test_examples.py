@@ -144,3 +144,34 @@ def test_push_to_hub_against_a_local_hub(example, tmp_path, monkeypatch):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "download")
     assert model.num_parameters() == result["parameters"]["pruned"]
     assert torch.isfinite(model(torch.tensor([[5, 6, 7]])).logits).all()
+
+
+@pytest.mark.parametrize(
+    "name", ["prune_causal_lm", "prune_sequence_classifier", "sparsity_2_4", "calibration_free", "push_to_hub"]
+)
+def test_every_example_runs_with_tiny_alone(example, name, tmp_path, monkeypatch):
+    """The README's promise, as a user types it: `python examples/NAME.py --tiny`, no other argument (push_to_hub
+    then stops before the upload and needs neither a token nor a network)."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # whatever the example writes goes here
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    assert EXAMPLES.joinpath(f"{name}.py").exists()
+    result = example(name).main(["--tiny"])
+    assert result
+
+
+def test_push_to_hub_without_repo_id_uploads_nothing(example, tmp_path, capsys):
+    result = example("push_to_hub").main(["--tiny", "--output", str(tmp_path / "model"), *FEW_WINDOWS])
+    assert result["url"] is None and result["repo_id"] is None
+    assert {"README.md", "config.json", "model.safetensors"} <= set(result["files"])
+    assert set(result["files"]) == {p.name for p in (tmp_path / "model").iterdir()}
+    assert "nothing was uploaded" in capsys.readouterr().out
+
+
+def test_push_to_hub_needs_repo_id_for_a_real_run(example, capsys):
+    with pytest.raises(SystemExit) as done:
+        example("push_to_hub").main([])
+    assert done.value.code == 2
+    assert "--repo-id is required" in capsys.readouterr().err
