@@ -8,11 +8,11 @@ to expect before it starts.
 
 Why liar: in benchmarks/results/structured.md (64 x 512 calibration tokens, 40 windows) it keeps SmolLM2 at 1.55x
 the dense perplexity at 20% (30.99 against 19.98), where recipe obs reaches 1.39x (27.86) in 5.6x the pruning time
-and flap 1.82x (36.41) in about the same time. `--full` runs the benchmark protocol instead: recipe obs, 32 x 512
+and flap 1.82x (36.41) in about the same time. `--full` runs the former default instead: recipe obs, 32 x 512
 calibration tokens, 40 windows (about 12 minutes on 2 idle cores).
 
     python examples/prune_causal_lm.py                       # the README job
-    python examples/prune_causal_lm.py --full                # recipe obs, the benchmark protocol
+    python examples/prune_causal_lm.py --full                # recipe obs, the former default
     python examples/prune_causal_lm.py --model path/or/hub-id --sparsity 0.3 --allocation global
     python examples/prune_causal_lm.py --tiny                # a tiny random LLaMA and synthetic text, in seconds
 """
@@ -91,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--full",
         action="store_true",
-        help=f"the benchmark protocol: recipe {FULL['recipe']}, {FULL['num_samples']} x 512 calibration tokens, "
+        help=f"the former default: recipe {FULL['recipe']}, {FULL['num_samples']} x 512 calibration tokens, "
         f"{FULL['eval_windows']} windows (about 12 minutes on 2 idle cores, against a few for the default)",
     )
     parser.add_argument(

@@ -81,7 +81,7 @@ def test_prune_causal_lm_says_how_long_before_it_starts(example, capsys):
     assert capsys.readouterr().out.splitlines()[0] == "Expected: a few seconds (tiny random model)."
 
 
-def test_prune_causal_lm_default_is_the_quick_demo_and_full_the_benchmark_protocol(example):
+def test_prune_causal_lm_default_is_the_quick_demo_and_full_the_former_one(example):
     demo = example("prune_causal_lm")
     quick, full = demo.parse_args([]), demo.parse_args(["--full"])
     assert (quick.recipe, quick.num_samples, quick.eval_windows) == ("liar", 16, 16)
