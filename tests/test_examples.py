@@ -84,13 +84,13 @@ def test_prune_causal_lm_says_how_long_before_it_starts(example, capsys):
 def test_prune_causal_lm_default_is_the_quick_demo_and_full_the_former_one(example):
     demo = example("prune_causal_lm")
     quick, full = demo.parse_args([]), demo.parse_args(["--full"])
-    assert (quick.recipe, quick.num_samples, quick.eval_windows) == ("liar", 16, 16)
+    assert (quick.recipe, quick.num_samples, quick.eval_windows) == ("liar", 16, 8)
     assert (full.recipe, full.num_samples, full.eval_windows) == ("obs", 32, 40)  # the former default
     assert demo.parse_args(["--full", "--num-samples", "8"]).num_samples == 8  # options given win
     # Issue 26's goal: the README job within 5 minutes on 2 idle cores, by the timed model of its cost; and it says so.
-    assert demo.expected_seconds("liar", 16, 16, 512) <= 300
+    assert demo.expected_seconds("liar", 16, 8, 512) <= 300
     assert demo.expectation(quick).startswith("Expected: about ") and "--full: about" in demo.expectation(quick)
-    assert demo.expected_seconds("obs", 32, 40, 512) > 2 * demo.expected_seconds("liar", 16, 16, 512)
+    assert demo.expected_seconds("obs", 32, 40, 512) > 2 * demo.expected_seconds("liar", 16, 8, 512)
     assert "no estimate" in demo.expectation(demo.parse_args(["--model", "some/model"]))
     assert "no estimate" in demo.expectation(demo.parse_args(["--allocation", "global"]))
 
