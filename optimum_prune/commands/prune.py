@@ -26,8 +26,6 @@ from typing import Any
 
 from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 
-from ..offline import hub_unreachable_error, is_hub_unreachable
-
 __all__ = [
     "CONFIG_OPTIONS",
     "TASKS",
@@ -449,6 +447,8 @@ def _prune(
         if args.device:
             pruner.model.to(args.device)
     except Exception as err:
+        from optimum_prune.offline import is_hub_unreachable
+
         if isinstance(err, ConnectionError) and is_hub_unreachable(err):  # HubUnreachableError: already one line
             raise CLIError(str(err)) from err
         raise CLIError(f"Cannot load {args.model!r} for --task {args.task}: {err}") from err
@@ -652,6 +652,8 @@ def _load(load_texts: Callable[..., list[str]], source: str, column: str | None,
     try:
         return load_texts(source, text_column=column, split=split)
     except Exception as err:  # a missing file, an unknown name, no text column, the Hub out of reach
+        from optimum_prune.offline import is_hub_unreachable
+
         if is_hub_unreachable(err):  # HubUnreachableError names the dataset and what to do
             raise CLIError(f"{flag}: {err}") from err
         raise CLIError(f"Cannot read {flag} {source!r}: {err}") from err
@@ -674,6 +676,8 @@ def _check_model_config(
             model_path, **({"gguf_file": gguf_file} if gguf_file else {}), **(hub_options or {})
         )
     except Exception as err:
+        from optimum_prune.offline import hub_unreachable_error, is_hub_unreachable
+
         if is_hub_unreachable(err):
             raise CLIError(
                 str(
