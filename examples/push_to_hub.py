@@ -13,6 +13,10 @@ calibrated on the first 80% of gensim's Wikipedia dump, perplexity on the last 2
 
     HF_TOKEN=hf_... python examples/push_to_hub.py --repo-id your-name/SmolLM2-135M-pruned-20
     HF_TOKEN=hf_... python examples/push_to_hub.py --repo-id your-name/tiny-pruned --tiny --private
+    python examples/push_to_hub.py --tiny     # no --repo-id: everything but the upload (no token, no network)
+
+Without --repo-id (allowed with --tiny only) the script prunes, writes the checkpoint and its model card, and lists
+the files it would upload, then stops: nothing is sent anywhere.
 """
 
 from __future__ import annotations
@@ -32,7 +36,12 @@ from optimum_prune.evaluation import perplexity
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repo-id", required=True, help="namespace/name of the model repository (created if needed)")
+    parser.add_argument(
+        "--repo-id",
+        default=None,
+        help="namespace/name of the model repository (created if needed); required unless --tiny, where leaving it "
+        "out stops before the upload",
+    )
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--model", default=None, help="Hub id or folder; default: the offline SmolLM2-135M GGUF")
     parser.add_argument("--sparsity", type=float, default=0.2)
@@ -41,6 +50,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--output", default=None, help="also keep the pruned model in this folder")
     parser.add_argument("--tiny", action="store_true", help="a tiny random LLaMA and synthetic text (seconds)")
     args = parser.parse_args(argv)
+    if args.repo_id is None and not args.tiny:
+        parser.error("--repo-id is required (only --tiny runs without it, and then uploads nothing)")
     torch.manual_seed(0)
 
     seqlen, round_to, dataset_name = 512, 8, "gensim enwiki sample (last 20% of articles)"
@@ -90,20 +101,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.output or os.path.join(tmp, "checkpoint")
         pruner.save_pretrained(folder)
-        url = pruner.push_to_hub(args.repo_id, folder=folder, private=args.private or None)
-    files = sorted(HfApi().list_repo_files(args.repo_id))
+        if args.repo_id is None:  # --tiny without a repository: stop before the upload
+            url, endpoint = None, None
+            files = sorted(
+                os.path.relpath(os.path.join(root, f), folder) for root, _, names in os.walk(folder) for f in names
+            )
+        else:
+            url = pruner.push_to_hub(args.repo_id, folder=folder, private=args.private or None)
+            endpoint = constants.ENDPOINT
+    if args.repo_id is not None:
+        files = sorted(HfApi().list_repo_files(args.repo_id))
 
     print()
     print(
         f"Pruned {pruner.summary['sparsity_achieved']:.1%} of the prunable parameters; perplexity "
         f"{before['perplexity']:.3f} -> {after['perplexity']:.3f}"
     )
-    print(f"Published {args.repo_id} on {constants.ENDPOINT}: {url}")
-    print("Files: " + ", ".join(files))
+    if url is None:
+        print("No --repo-id: nothing was uploaded. These files, model card included, would be: " + ", ".join(files))
+        print(f"Kept in {args.output}" if args.output else "They were written to a temporary folder, now deleted.")
+    else:
+        print(f"Published {args.repo_id} on {endpoint}: {url}")
+        print("Files: " + ", ".join(files))
     return {
         "repo_id": args.repo_id,
         "url": url,
-        "endpoint": constants.ENDPOINT,
+        "endpoint": endpoint,
         "files": files,
         "perplexity": {"dense": before["perplexity"], "pruned": after["perplexity"]},
         "parameters": {"dense": pruner.summary["parameters_before"], "pruned": pruner.summary["parameters_after"]},

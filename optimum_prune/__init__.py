@@ -24,6 +24,7 @@ _LAZY = {
     "UnsupportedArchitectureError": ".architectures",
     "get_adapter": ".architectures",
     "PruningConfig": ".configuration",
+    "HubUnreachableError": ".offline",
     "BasePruner": ".pruners",
     "PrunerForCausalLM": ".pruners",
     "PrunerForQuestionAnswering": ".pruners",
@@ -33,6 +34,7 @@ _LAZY = {
 __all__ = [
     "ADAPTERS",
     "BasePruner",
+    "HubUnreachableError",
     "PrunerForCausalLM",
     "PrunerForQuestionAnswering",
     "PrunerForSequenceClassification",
@@ -44,6 +46,7 @@ __all__ = [
 if TYPE_CHECKING:
     from .architectures import ADAPTERS, UnsupportedArchitectureError, get_adapter
     from .configuration import PruningConfig
+    from .offline import HubUnreachableError
     from .pruners import BasePruner, PrunerForCausalLM, PrunerForQuestionAnswering, PrunerForSequenceClassification
 
 

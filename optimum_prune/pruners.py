@@ -24,6 +24,7 @@ from .checks import check_sequence_length
 from .configuration import PruningConfig
 from .criteria import CRITERIA
 from .data.calibration import RANDOM_TOKENS, load_texts, random_token_samples, sample_examples, sample_token_windows
+from .offline import hub_unreachable_error, is_hub_unreachable
 from .offload import is_offloaded, new_offloaded_zero_biases
 from .reconstruction import RECONSTRUCTIONS
 from .serialization.layout import count_parameters, pruned_heads, record_layout
@@ -77,14 +78,15 @@ class BasePruner:
         `device_map` ("auto" or a dict), `max_memory` and `offload_folder` are accelerate's big-model loading:
         a model larger than memory is pruned one block at a time, with offloaded blocks loaded for their turn
         and the pruned weights written back (to `offload_folder` for disk-offloaded ones).
+
+        A Hub id that is not cached while the Hub is unreachable (`HF_HUB_OFFLINE=1`, no network) raises
+        `optimum_prune.offline.HubUnreachableError` (a ConnectionError) with a one-line message; offline, the
+        install ships SmolLM2-135M: `folder, gguf = optimum_prune.assets.smollm2_path()`, then
+        `from_pretrained(folder, gguf_file=gguf)`.
         """
         model_name_or_path = str(model_name_or_path)
         _check_local_folder(model_name_or_path)
         extra = {"gguf_file": gguf_file} if gguf_file else {}
-        if tokenizer is None:
-            # The tokenizer comes from the same revision, with the same credentials and trust, as the model.
-            hub_options = {k: model_kwargs[k] for k in ("revision", "token", "trust_remote_code") if k in model_kwargs}
-            tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **extra, **hub_options)
         placement = {
             key: value
             for key, value in (
@@ -94,9 +96,25 @@ class BasePruner:
             )
             if value is not None
         }
-        model = cls.auto_model_class.from_pretrained(
-            model_name_or_path, dtype=dtype, **extra, **placement, **model_kwargs
-        )
+        try:
+            if tokenizer is None:
+                # The tokenizer comes from the same revision, with the same credentials and trust, as the model.
+                hub_options = {
+                    k: model_kwargs[k] for k in ("revision", "token", "trust_remote_code") if k in model_kwargs
+                }
+                tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **extra, **hub_options)
+            model = cls.auto_model_class.from_pretrained(
+                model_name_or_path, dtype=dtype, **extra, **placement, **model_kwargs
+            )
+        except OSError as err:
+            if os.path.exists(model_name_or_path) or not is_hub_unreachable(err):
+                raise
+            # Offline with an uncached Hub id: one line instead of huggingface_hub's chained traceback.
+            raise hub_unreachable_error(
+                f"model {model_name_or_path!r}",
+                "download it once where the Hub is reachable (`hf download "
+                f"{model_name_or_path}`) or pass a local folder",
+            ) from None
         if gguf_file and is_offloaded(model):
             # GGUF weights are dequantized in memory and copied (below); offloading needs a safetensors checkpoint.
             raise ValueError(

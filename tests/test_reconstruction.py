@@ -102,3 +102,25 @@ def test_liar_lowers_model_output_error(tokenizer, texts, sparsity):
             errors[name] = (pruner.prune(config, show_progress=False)(ids).logits - reference).pow(2).mean().item()
     assert errors["liar"] < errors["none"] and errors["bias"] < errors["none"], errors
     assert errors["admm"] < errors["none"], errors
+
+
+def test_liar_warns_users_about_too_few_calibration_tokens():
+    """The warning the test suite filters out (pyproject.toml: tiny test models run on a few tokens on purpose) still
+    reaches users: below 4 tokens per kept channel, and not above."""
+    import warnings
+
+    from optimum_prune.reconstruction.liar import MIN_TOKENS_PER_KEPT_CHANNEL
+
+    linear = torch.nn.Linear(32, 8)
+    kept, pruned = torch.arange(0, 32, 2), torch.arange(1, 32, 2)
+    for tokens, should_warn in (
+        (MIN_TOKENS_PER_KEPT_CHANNEL * 16 - 1, True),
+        (MIN_TOKENS_PER_KEPT_CHANNEL * 16, False),
+    ):
+        stats = InputStatistics(32, with_gram=True)
+        stats.update(_correlated_inputs(tokens=tokens))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            RECONSTRUCTIONS["liar"].refit(copy.deepcopy(linear), stats, kept, pruned, 0.01)
+        messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+        assert any("LIAR fits each pruned channel" in m for m in messages) == should_warn, (tokens, messages)

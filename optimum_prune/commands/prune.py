@@ -65,8 +65,12 @@ magnitude, prunenet or random (reconstruction falls back to none), or --target u
 
 EPILOG = """\
 examples:
-  {prog} -m ./SmolLM2-135M --sparsity 0.2 --criterion activation --reconstruction liar \\
-      --dataset wiki.txt --num-samples 128 --evaluate ppl ./smollm2-pruned
+  # offline, on the SmolLM2-135M and the Wikipedia text the install ships (see `python -m optimum_prune.assets`):
+  python -m optimum_prune.assets wikipedia wiki.jsonl
+  {prog} -m "$(python -m optimum_prune.assets smollm2)" --sparsity 0.2 --criterion activation \\
+      --reconstruction liar --dataset wiki.jsonl --num-samples 16 --evaluate ppl --eval-windows 8 smollm2-pruned
+  # from the Hub:
+  {prog} -m HuggingFaceTB/SmolLM2-135M --sparsity 0.2 --dataset wikitext2 --evaluate ppl ./smollm2-pruned
   {prog} -m ./minilm --task sequence-classification --criterion prunenet --sparsity 0.3 ./minilm-pruned
   {prog} -m ./llama --target 2:4 --method sparsegpt --dataset c4 ./llama-2of4
 """
@@ -242,7 +246,8 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "-m",
         "--model",
         required=True,
-        help="model folder, a .gguf file, or a Hub id (needs network access)",
+        help="model folder, a .gguf file, or a Hub id (needs the Hub or its cache); offline, `python -m "
+        "optimum_prune.assets smollm2` prints the path of the SmolLM2-135M .gguf the install ships",
     )
     model.add_argument(
         "--task",
@@ -294,8 +299,9 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         default=None,
         metavar="FILE_OR_NAME",
         help="calibration text: a .txt/.json/.jsonl/.csv/.parquet file or a folder of such files (one type, read in "
-        "sorted order), or wikitext2, c4, ptb (need the Hub), or "
-        "random-tokens (uniformly random token ids: no data at all)",
+        "sorted order), or wikitext2, c4, ptb (need the Hub), or random-tokens (uniformly random token ids: no data "
+        "at all); offline, `python -m optimum_prune.assets wikipedia wiki.jsonl` writes the Wikipedia articles the "
+        "install ships",
     )
     data.add_argument("--text-column", default=None, help="text column of a json/csv/parquet --dataset")
     data.add_argument(
@@ -460,6 +466,10 @@ def _prune(
         if args.device:
             pruner.model.to(args.device)
     except Exception as err:
+        from optimum_prune.offline import is_hub_unreachable
+
+        if isinstance(err, ConnectionError) and is_hub_unreachable(err):  # HubUnreachableError: already one line
+            raise CLIError(str(err)) from err
         raise CLIError(f"Cannot load {args.model!r} for --task {args.task}: {err}") from err
     show_progress = not args.no_progress
 
@@ -669,6 +679,10 @@ def _load(load_texts: Callable[..., list[str]], source: str, column: str | None,
     try:
         return load_texts(source, text_column=column, split=split)
     except Exception as err:  # a missing file, an unknown name, no text column, the Hub out of reach
+        from optimum_prune.offline import is_hub_unreachable
+
+        if is_hub_unreachable(err):  # HubUnreachableError names the dataset and what to do
+            raise CLIError(f"{flag}: {err}") from err
         raise CLIError(f"Cannot read {flag} {source!r}: {err}") from err
 
 
@@ -689,6 +703,18 @@ def _check_model_config(
             model_path, **({"gguf_file": gguf_file} if gguf_file else {}), **(hub_options or {})
         )
     except Exception as err:
+        from optimum_prune.offline import hub_unreachable_error, is_hub_unreachable
+
+        if is_hub_unreachable(err):
+            raise CLIError(
+                str(
+                    hub_unreachable_error(
+                        f"model {model_path!r}",
+                        f"download it once where the Hub is reachable (`hf download {model_path}`) or pass a local "
+                        "folder or .gguf file",
+                    )
+                )
+            ) from err
         raise CLIError(f"Cannot read the model config of {model_path!r}: {err}") from err
     if pruning_config.is_structured and config.model_type not in adapters:  # sparsity works on any model
         raise CLIError(

@@ -48,14 +48,27 @@ class CalibrationDataError(ValueError):
 
 
 def load_named_dataset(name: str, split: str | None = None) -> Any:
-    """Load `name` ('wikitext2', 'c4', 'ptb') with `datasets.load_dataset` as the pruning papers do."""
+    """Load `name` ('wikitext2', 'c4', 'ptb') with `datasets.load_dataset` as the pruning papers do.
+
+    Raises `optimum_prune.offline.HubUnreachableError` when the dataset is not cached and the Hub is unreachable."""
     import datasets
 
     spec = NAMED_DATASETS[name]
     data_files = spec.data_files
     if split is not None and split != spec.split and name == "c4":
         data_files = {"validation": "en/c4-validation.00000-of-00008.json.gz"}
-    return datasets.load_dataset(spec.path, spec.name, split=split or spec.split, data_files=data_files)
+    try:
+        return datasets.load_dataset(spec.path, spec.name, split=split or spec.split, data_files=data_files)
+    except Exception as err:
+        from ..offline import hub_unreachable_error, is_hub_unreachable
+
+        if not is_hub_unreachable(err):
+            raise
+        # Offline and not in the datasets cache: one line (HubUnreachableError) instead of datasets' chain.
+        raise hub_unreachable_error(
+            f"dataset {name!r} (Hub dataset {spec.path!r})",
+            "use a local text/json/csv/parquet file, a list of strings or a datasets.Dataset",
+        ) from None
 
 
 def load_texts(source: Any, text_column: str | None = None, split: str | None = None) -> list[str]:
