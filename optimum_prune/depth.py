@@ -91,24 +91,32 @@ def _hidden(items) -> list[torch.Tensor]:
     return [item.hidden_states for item in items]
 
 
-@torch.no_grad()
-def prune_depth(
-    model: nn.Module,
-    adapter: ArchitectureAdapter,
-    config: PruningConfig,
-    samples: list[dict[str, torch.Tensor]] | None,
-    streamer: BlockStreamer,
-    show_progress: bool = True,
-) -> list[int]:
-    """Remove blocks from `model` in place (see the module docstring); returns the original indices removed."""
-    if not samples:
-        raise ValueError("Depth pruning ranks blocks on calibration data, and none was given.")
+def _check_depth_config(config: PruningConfig) -> None:
+    if config.structures is not None and len(config.structures) > 1:
+        raise ValueError("structures=['layers'] (depth pruning) cannot be combined with other kinds in one run.")
     if config.reconstruction not in ("none", "liar", "liar_dense"):
         raise ValueError(
             f"Depth pruning bridges removed blocks with reconstruction 'liar' or 'liar_dense', or 'none'; "
             f"got {config.reconstruction!r}."
         )
+
+
+@torch.no_grad()
+def _rank_blocks(
+    model: nn.Module,
+    adapter: ArchitectureAdapter,
+    config: PruningConfig,
+    samples: list[dict[str, torch.Tensor]] | None,
+    streamer: BlockStreamer,
+    show_progress: bool,
+):
+    """(blocks to remove, the first block's inputs, the blocks' own arguments): ShortGPT's ranking of the unpruned
+    model, what `plan_depth` returns and `prune_depth` goes on with."""
+    _check_depth_config(config)
+    if not samples:
+        raise ValueError("Depth pruning ranks blocks on calibration data, and none was given.")
     layers = adapter.layers()
+    config.check_layers(len(layers))
     first_inputs = streamer.capture(layers[0], samples)
     # Blocks of different kinds (sliding-window / global attention) get their own masks and position embeddings.
     own = own_block_arguments(model, layers, samples, streamer.offloaded)
@@ -124,6 +132,37 @@ def prune_depth(
         inputs = outputs
     removed = blocks_to_remove(adapter, config, influence)
     logger.info("depth pruning: removing blocks %s (block influence %s)", removed, [round(b, 4) for b in influence])
+    return removed, first_inputs, own
+
+
+def plan_depth(
+    model: nn.Module,
+    adapter: ArchitectureAdapter,
+    config: PruningConfig,
+    samples: list[dict[str, torch.Tensor]] | None,
+    show_progress: bool = False,
+    *,
+    execution_device: torch.device | str | None = None,
+    activations_device: torch.device | str | None = None,
+    activations_dir: str | None = None,
+) -> list[int]:
+    """The original indices of the blocks a `prune_depth` run removes (the same ranking); nothing is changed."""
+    streamer = BlockStreamer(model, execution_device, activations_device, activations_dir)
+    return _rank_blocks(model, adapter, config, samples, streamer, show_progress)[0]
+
+
+@torch.no_grad()
+def prune_depth(
+    model: nn.Module,
+    adapter: ArchitectureAdapter,
+    config: PruningConfig,
+    samples: list[dict[str, torch.Tensor]] | None,
+    streamer: BlockStreamer,
+    show_progress: bool = True,
+) -> list[int]:
+    """Remove blocks from `model` in place (see the module docstring); returns the original indices removed."""
+    removed, first_inputs, own = _rank_blocks(model, adapter, config, samples, streamer, show_progress)
+    layers = adapter.layers()
     runs: list[list[int]] = []
     for index in removed:
         if runs and runs[-1][-1] == index - 1:

@@ -49,6 +49,150 @@ def needs_calibration(config: PruningConfig) -> bool:
     return CRITERIA[config.criterion].needs_calibration or RECONSTRUCTIONS[config.reconstruction].needs_calibration
 
 
+def _is_depth(config: PruningConfig) -> bool:
+    return config.structures is not None and "layers" in config.structures
+
+
+@dataclass
+class StructuredPlan:
+    """How many units of each pruned kind every layer keeps, decided before any weight changes."""
+
+    kinds: tuple[str, ...]
+    #: Per layer, kind -> units kept (a merged count for parallel groups of one kind, such as MoE experts).
+    plans: list[LayerPlan]
+
+
+@dataclass
+class _PlannedRun:
+    """A structured run up to its plan: what `prune_structured` goes on with."""
+
+    plan: StructuredPlan
+    streamer: BlockStreamer | None
+    criterion: Criterion | None
+    reconstruction: Any
+    with_gram: bool
+    generator: torch.Generator
+    first_inputs: Sequence[BlockInput] | None
+    own_arguments: Any
+
+
+@torch.no_grad()
+def plan_structured(
+    model: nn.Module,
+    adapter: ArchitectureAdapter,
+    config: PruningConfig,
+    samples: list[dict[str, torch.Tensor]] | None = None,
+    show_progress: bool = False,
+    *,
+    execution_device: torch.device | str | None = None,
+    activations_device: torch.device | str | None = None,
+    activations_dir: str | os.PathLike | None = None,
+) -> StructuredPlan:
+    """The units every layer keeps in a `prune_structured` run of `config` with `samples`; nothing is changed.
+
+    The same code decides for the run. A uniform allocation reads only the layer shapes (`model` may be on the
+    meta device, `samples` None); a global one scores every unit of the unpruned model with the criterion, which
+    reads the weights, and reads `samples` where the criterion or the allocation ("flap", "obs") needs data.
+    Depth pruning (`structures=["layers"]`) has its own planner, `depth.plan_depth`.
+    """
+    if _is_depth(config):
+        raise ValueError("structures=['layers'] removes whole blocks: plan it with depth.plan_depth.")
+    config.check_layers(len(adapter.layers()))
+    placement = (execution_device, activations_device, activations_dir)
+    return _plan(model, adapter, config, samples, show_progress, placement, plan_only=True).plan
+
+
+def _plan(
+    model: nn.Module,
+    adapter: ArchitectureAdapter,
+    config: PruningConfig,
+    samples: list[dict[str, torch.Tensor]] | None,
+    show_progress: bool,
+    placement: tuple[Any, Any, Any],
+    plan_only: bool = False,
+) -> _PlannedRun:
+    """Check the recipe, prepare the criterion and the calibration inputs, and allocate the units.
+
+    With `plan_only`, only what the allocation reads is prepared: a uniform plan prepares no criterion and
+    captures no data (so it runs on a meta-device model), a global one with a calibration-free criterion
+    captures no data.
+    """
+    layers = adapter.layers()
+    kinds = resolve_kinds(adapter, config)
+    ranked = config.allocation != "uniform"
+    needed = ranked or not plan_only
+    streamer = BlockStreamer(model, *placement) if needed else None
+    if (
+        streamer is not None
+        and streamer.offloaded
+        and config.criterion in ("prunenet", "prunenet_invariant")
+        and not config.prunenet_policy_path
+    ):
+        # Training the policy reads every layer's weights at once, which an offloaded model does not hold.
+        raise ValueError(
+            f"criterion={config.criterion!r} trains its policy on all layers' weights at once, which an offloaded "
+            "model does not hold in memory: train it on a model that fits (prunenet_save_policy=...) and pass "
+            "prunenet_policy_path=..., or load the model without offloading."
+        )
+    criterion = CRITERIA[config.criterion].prepare(adapter, config, show_progress=show_progress) if needed else None
+    reconstruction = RECONSTRUCTIONS[config.reconstruction]
+    use_data = needs_calibration(config)
+    # What the run reads; a plan alone reads data only where the scores that rank units do.
+    read_data = (
+        use_data
+        if not plan_only
+        else ranked and (config.allocation in ("flap", "obs") or CRITERIA[config.criterion].needs_calibration)
+    )
+    if read_data and not samples:
+        raise ValueError(
+            f"criterion={config.criterion!r} with reconstruction={config.reconstruction!r} needs calibration data, "
+            "and none was given."
+            if not plan_only
+            else f"allocation={config.allocation!r} with criterion={config.criterion!r} ranks units on calibration "
+            "data, and none was given."
+        )
+    if config.allocation == "obs" and not isinstance(criterion, OBSCriterion):
+        criterion_for_allocation: Criterion | None = OBSCriterion(config.damp)
+    else:
+        criterion_for_allocation = criterion
+    if config.allocation in ("flap", "obs") and not use_data:
+        raise ValueError(f"allocation={config.allocation!r} reads calibration data; give a dataset.")
+    if config.allocation == "flap" and not isinstance(criterion, ChannelCriterion):
+        raise ValueError(f"allocation='flap' standardises channel scores; criterion {config.criterion!r} has none.")
+    with_gram = reconstruction.needs_gram or (criterion is not None and criterion.needs_gram)
+    generator = torch.Generator().manual_seed(config.seed)
+    first_inputs = streamer.capture(layers[0], samples) if read_data else None
+    # Blocks of different kinds (sliding-window / global attention) get their own masks and position embeddings.
+    own_arguments = own_block_arguments(model, layers, samples, streamer.offloaded) if read_data else None
+    if ranked:
+        unit_scores, layer_scale = _score_all_layers(
+            streamer,
+            adapter,
+            kinds,
+            criterion_for_allocation,
+            first_inputs,
+            generator,
+            show_progress,
+            config.allocation,
+            own_arguments,
+        )
+        plans = global_plan(adapter, kinds, config, unit_scores, mode=config.allocation, layer_scale=layer_scale)
+        generator.manual_seed(config.seed)
+    else:
+        plans = uniform_plan(adapter, kinds, config)
+    check_budget([[g for g in adapter.groups(layer) if g.kind in kinds] for layer in layers], plans, config)
+    return _PlannedRun(
+        StructuredPlan(kinds, plans),
+        streamer,
+        criterion,
+        reconstruction,
+        with_gram,
+        generator,
+        first_inputs,
+        own_arguments,
+    )
+
+
 def _collect(
     streamer: BlockStreamer,
     layer: nn.Module,
@@ -112,67 +256,19 @@ def prune_structured(
     last kind's statistics were used. The global allocations' scoring pass reads the unpruned model, so there one
     pass per block gives both the statistics and the next block's inputs.
     """
-    layers = adapter.layers()
-    config.check_layers(len(layers))
-    if config.structures is not None and "layers" in config.structures:
+    config.check_layers(len(adapter.layers()))
+    if _is_depth(config):
         from .depth import prune_depth
 
-        if len(config.structures) > 1:
-            raise ValueError("structures=['layers'] (depth pruning) cannot be combined with other kinds in one run.")
         streamer = BlockStreamer(model, execution_device, activations_device, activations_dir)
         prune_depth(model, adapter, config, samples, streamer, show_progress)
         return StructuredResult(kept_units=[{} for _ in adapter.layers()])
-    kinds = resolve_kinds(adapter, config)
-    streamer = BlockStreamer(model, execution_device, activations_device, activations_dir)
-    if (
-        streamer.offloaded
-        and config.criterion in ("prunenet", "prunenet_invariant")
-        and not config.prunenet_policy_path
-    ):
-        # Training the policy reads every layer's weights at once, which an offloaded model does not hold.
-        raise ValueError(
-            f"criterion={config.criterion!r} trains its policy on all layers' weights at once, which an offloaded "
-            "model does not hold in memory: train it on a model that fits (prunenet_save_policy=...) and pass "
-            "prunenet_policy_path=..., or load the model without offloading."
-        )
-    criterion = CRITERIA[config.criterion].prepare(adapter, config, show_progress=show_progress)
-    reconstruction = RECONSTRUCTIONS[config.reconstruction]
-    use_data = needs_calibration(config)
-    if use_data and not samples:
-        raise ValueError(
-            f"criterion={config.criterion!r} with reconstruction={config.reconstruction!r} needs calibration data, "
-            "and none was given."
-        )
-    if config.allocation == "obs" and not isinstance(criterion, OBSCriterion):
-        criterion_for_allocation: Criterion = OBSCriterion(config.damp)
-    else:
-        criterion_for_allocation = criterion
-    if config.allocation in ("flap", "obs") and not use_data:
-        raise ValueError(f"allocation={config.allocation!r} reads calibration data; give a dataset.")
-    if config.allocation == "flap" and not isinstance(criterion, ChannelCriterion):
-        raise ValueError(f"allocation='flap' standardises channel scores; criterion {config.criterion!r} has none.")
-    with_gram = reconstruction.needs_gram or criterion.needs_gram
-    generator = torch.Generator().manual_seed(config.seed)
-    first_inputs = streamer.capture(layers[0], samples) if use_data else None
-    # Blocks of different kinds (sliding-window / global attention) get their own masks and position embeddings.
-    own_arguments = own_block_arguments(model, layers, samples, streamer.offloaded) if use_data else None
-    if config.allocation != "uniform":
-        unit_scores, layer_scale = _score_all_layers(
-            streamer,
-            adapter,
-            kinds,
-            criterion_for_allocation,
-            first_inputs,
-            generator,
-            show_progress,
-            config.allocation,
-            own_arguments,
-        )
-        plans = global_plan(adapter, kinds, config, unit_scores, mode=config.allocation, layer_scale=layer_scale)
-        generator.manual_seed(config.seed)
-    else:
-        plans = uniform_plan(adapter, kinds, config)
-    check_budget([[g for g in adapter.groups(layer) if g.kind in kinds] for layer in layers], plans, config)
+    run = _plan(
+        model, adapter, config, samples, show_progress, (execution_device, activations_device, activations_dir)
+    )
+    layers, kinds, plans = adapter.layers(), run.plan.kinds, run.plan.plans
+    streamer, criterion, reconstruction, generator = run.streamer, run.criterion, run.reconstruction, run.generator
+    with_gram, first_inputs, own_arguments = run.with_gram, run.first_inputs, run.own_arguments
     result = StructuredResult(plans=plans)
     inputs = first_inputs
     # Error-correcting refits also run the dense copy of each block on the dense model's own stream.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,6 +43,77 @@ def module_pattern(config: PruningConfig, layer_index: int, module_name: str) ->
     return SparsityPattern.parse(config.target, sparsity)
 
 
+@dataclass
+class SparsityPlan:
+    """Every matrix's fate, decided before the first weight changes (`plan_sparsity`)."""
+
+    #: (name, block) of the repeated blocks, as `find_blocks` finds them.
+    blocks: list[tuple[str, nn.Module]]
+    #: Per block, the matrices to sparsify and their patterns.
+    matrices: list[list[tuple[WeightMatrix, SparsityPattern]]]
+    #: Full name -> why it stays dense (excluded by name, a router, a shape the N:M pattern does not fit).
+    dense: dict[str, str]
+    #: Full names of the matrices whose pattern asks for nothing (sparsity 0 by a layer or module override).
+    unpruned: list[str]
+
+    @property
+    def misfits(self) -> dict[str, str]:
+        """The dense matrices worth a warning (all but MoE routers)."""
+        return {name: why for name, why in self.dense.items() if not why.startswith("MoE router")}
+
+
+def plan_sparsity(
+    model: nn.Module, config: PruningConfig, blocks: list[tuple[str, nn.Module]] | None = None
+) -> SparsityPlan:
+    """Which matrices of which blocks a `prune_unstructured` run of `config` sparsifies, and with which pattern.
+
+    Reads only shapes (a meta-device model will do). A shape that does not fit the pattern is left dense, not a
+    refusal of the whole model; raises ValueError when no matrix fits, or when the per-row counts cannot come near
+    the requested sparsity (`checks.check_row_counts`).
+    """
+    if blocks is None:
+        blocks = find_blocks(model, config.sequential_targets)
+        config.check_layers(len(blocks))
+    plans: list[list[tuple[WeightMatrix, SparsityPattern]]] = []
+    skipped: dict[str, str] = {}
+    unpruned: list[str] = []
+    for index, (block_name, block) in enumerate(blocks):
+        matrices, left_dense = find_weight_matrices(block, config.modules_to_not_prune)
+        skipped.update({f"{block_name}.{name}": why for name, why in left_dense.items()})
+        plan = []
+        for matrix in matrices:
+            pattern = module_pattern(config, index, matrix.name)
+            if pattern.is_nm and matrix.in_features % pattern.m:
+                skipped[f"{block_name}.{matrix.name}"] = (
+                    f"{pattern.target} needs in_features divisible by {pattern.m}, got {matrix.in_features}"
+                )
+                continue
+            if pattern.is_dense:
+                unpruned.append(f"{block_name}.{matrix.name}")
+            else:
+                plan.append((matrix, pattern))
+        plans.append(plan)
+    result = SparsityPlan(blocks, plans, skipped, unpruned)
+    if result.misfits and not any(plans):
+        raise ValueError(
+            f"No weight matrix of {type(model).__name__} fits the pattern: {next(iter(result.misfits.values()))}."
+        )
+    check_row_counts(
+        [
+            (f"{block_name}.{matrix.name}", matrix.numel // matrix.in_features, matrix.in_features, pattern)
+            for (block_name, _), plan in zip(blocks, plans)
+            for matrix, pattern in plan
+        ],
+        config,
+    )
+    return result
+
+
+def check_solver_config(config: PruningConfig) -> None:
+    """ValueError for an unknown method or an option it does not take (what `prune_unstructured` checks first)."""
+    _check_solver_options(get_sparsity_method(config.method), config)
+
+
 @torch.no_grad()
 def prune_unstructured(
     model: nn.Module,
@@ -75,38 +147,9 @@ def prune_unstructured(
     if use_data and not samples:
         raise ValueError(f"method={config.method!r} needs calibration data, and none was given.")
 
-    # Decide every matrix's fate before the first weight changes: a shape that does not fit the pattern is left
-    # dense (with a warning), not a refusal of the whole model.
-    plans: list[list[tuple[WeightMatrix, SparsityPattern]]] = []
-    skipped: dict[str, str] = {}
-    for index, (block_name, block) in enumerate(blocks):
-        matrices, left_dense = find_weight_matrices(block, config.modules_to_not_prune)
-        skipped.update({f"{block_name}.{name}": why for name, why in left_dense.items()})
-        plan = []
-        for matrix in matrices:
-            pattern = module_pattern(config, index, matrix.name)
-            if pattern.is_nm and matrix.in_features % pattern.m:
-                skipped[f"{block_name}.{matrix.name}"] = (
-                    f"{pattern.target} needs in_features divisible by {pattern.m}, got {matrix.in_features}"
-                )
-                continue
-            if not pattern.is_dense:
-                plan.append((matrix, pattern))
-        plans.append(plan)
-    misfits = {name: why for name, why in skipped.items() if not why.startswith("MoE router")}
-    if misfits and not any(plans):
-        raise ValueError(
-            f"No weight matrix of {type(model).__name__} fits the pattern: {next(iter(misfits.values()))}."
-        )
-    check_row_counts(
-        [
-            (f"{block_name}.{matrix.name}", matrix.numel // matrix.in_features, matrix.in_features, pattern)
-            for (block_name, _), plan in zip(blocks, plans)
-            for matrix, pattern in plan
-        ],
-        config,
-    )
-    for name, why in misfits.items():
+    sparsity_plan = plan_sparsity(model, config, blocks)
+    plans, skipped = sparsity_plan.matrices, sparsity_plan.dense
+    for name, why in sparsity_plan.misfits.items():
         logger.warning("Left %s dense: %s.", name, why)
 
     streamer = BlockStreamer(model, execution_device, activations_device, activations_dir)
