@@ -26,6 +26,7 @@ from .criteria import CRITERIA
 from .data.calibration import RANDOM_TOKENS, load_texts, random_token_samples, sample_examples, sample_token_windows
 from .offline import hub_unreachable_error, is_hub_unreachable
 from .offload import is_offloaded, new_offloaded_zero_biases
+from .planning import PruningPlan, plan_inputs, plan_pruning, pruned_kinds
 from .reconstruction import RECONSTRUCTIONS
 from .serialization.layout import count_parameters, pruned_heads, record_layout
 from .serialization.save import save_pruned_checkpoint
@@ -168,29 +169,8 @@ class BasePruner:
         `activations_dir` (where calibration activations wait between blocks: a device, or files in a folder)
         change where the work happens, not its result; see `layerwise.BlockStreamer`.
         """
-        if config is None:
-            config = PruningConfig(**kwargs)
-        elif kwargs:
-            raise TypeError(f"Pass either a PruningConfig or its fields, not both (got {sorted(kwargs)}).")
-        if dataset is not None:
-            config = copy.copy(config)
-            config.dataset = dataset
+        config = self._checked_config(config, dataset, kwargs)
         model = self.model
-        model.eval()
-        if config.is_structured and self.adapter is None:
-            raise UnsupportedArchitectureError(
-                f"Structured pruning does not support model_type {model.config.model_type!r} ({type(model).__name__}). "
-                f"Supported model types: {', '.join(sorted(ADAPTERS))}. Unstructured and N:M sparsity work on any model."
-            )
-        # Before calibration data is read.
-        if config.is_structured:
-            config.check_layers(len(self.adapter.layers()))
-            if config.serving is not None:
-                from .serialization.serving import check_plan
-
-                check_plan(model.config, config.serving, config.structures, config.reconstruction)
-        else:
-            config.check_layers(len(find_blocks(model, config.sequential_targets)))
         # Until this run finishes, the model may be half-pruned: save_pretrained refuses to write it.
         self._prune_incomplete = True
         placement = {
@@ -200,7 +180,7 @@ class BasePruner:
         }
         parameters_before = count_parameters(model)
         prunable_before = (
-            self.adapter.count_prunable_parameters(_pruned_kinds(self.adapter, config)) if config.is_structured else 0
+            self.adapter.count_prunable_parameters(pruned_kinds(self.adapter, config)) if config.is_structured else 0
         )
         heads_before = (
             [
@@ -255,6 +235,70 @@ class BasePruner:
             100 * summary["sparsity_achieved"],
         )
         return model
+
+    def plan(
+        self,
+        config: PruningConfig | None = None,
+        *,
+        dataset: Any = None,
+        show_progress: bool = True,
+        execution_device: torch.device | str | None = None,
+        activations_device: torch.device | str | None = None,
+        activations_dir: str | os.PathLike | None = None,
+        **kwargs: Any,
+    ) -> PruningPlan:
+        """What `prune()` with the same arguments would do, per layer, with its parameter totals; the model is
+        not changed.
+
+        The plan comes from the code `prune()` decides with (`planning.plan_pruning`). A uniform allocation and
+        sparsity patterns read only the layer shapes, so the model may have been built on the meta device; a
+        global allocation reads the weights, and calibration data (`dataset`) is read only where the plan depends
+        on it (`planning.plan_inputs`): flap and obs allocations, global with a data-driven criterion, depth
+        pruning.
+        """
+        config = self._checked_config(config, dataset, kwargs)
+        samples = None
+        if config.is_structured:
+            config = _drop_reconstruction_without_data(config)
+            if plan_inputs(config).data is not None and config.dataset is not None:
+                samples = self.calibration_samples(config)
+        return plan_pruning(
+            self.model,
+            config,
+            samples,
+            adapter=self.adapter,
+            show_progress=show_progress,
+            execution_device=execution_device,
+            activations_device=activations_device,
+            activations_dir=activations_dir,
+        )
+
+    def _checked_config(self, config: PruningConfig | None, dataset: Any, kwargs: dict[str, Any]) -> PruningConfig:
+        """The config `prune()` and `plan()` run (with `dataset`), after the checks made before data is read."""
+        if config is None:
+            config = PruningConfig(**kwargs)
+        elif kwargs:
+            raise TypeError(f"Pass either a PruningConfig or its fields, not both (got {sorted(kwargs)}).")
+        if dataset is not None:
+            config = copy.copy(config)
+            config.dataset = dataset
+        model = self.model
+        model.eval()
+        if config.is_structured and self.adapter is None:
+            raise UnsupportedArchitectureError(
+                f"Structured pruning does not support model_type {model.config.model_type!r} ({type(model).__name__}). "
+                f"Supported model types: {', '.join(sorted(ADAPTERS))}. Unstructured and N:M sparsity work on any model."
+            )
+        # Before calibration data is read.
+        if config.is_structured:
+            config.check_layers(len(self.adapter.layers()))
+            if config.serving is not None:
+                from .serialization.serving import check_plan
+
+                check_plan(model.config, config.serving, config.structures, config.reconstruction)
+        else:
+            config.check_layers(len(find_blocks(model, config.sequential_targets)))
+        return config
 
     # ---- saving ---------------------------------------------------------------------------------------------
     def save_pretrained(
@@ -422,12 +466,3 @@ def _check_local_folder(name: str) -> None:
     )
     if looks_local:
         raise FileNotFoundError(f"Model folder {name!r} does not exist (and it is not a Hub id such as 'org/name').")
-
-
-def _pruned_kinds(adapter: Any, config: PruningConfig) -> tuple[str, ...]:
-    """The unit kinds a structured run prunes; depth pruning counts the FFN and attention units it removes."""
-    from .structured import resolve_kinds
-
-    if config.structures and "layers" in config.structures:
-        return tuple(adapter.default_structure_kinds or adapter.structure_kinds)
-    return resolve_kinds(adapter, config)
