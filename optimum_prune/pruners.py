@@ -257,11 +257,10 @@ class BasePruner:
         pruning.
         """
         config = self._checked_config(config, dataset, kwargs)
+        # (No reconstruction is dropped for want of data, as prune() does: the units kept do not depend on it.)
         samples = None
-        if config.is_structured:
-            config = _drop_reconstruction_without_data(config)
-            if plan_inputs(config).data is not None and config.dataset is not None:
-                samples = self.calibration_samples(config)
+        if plan_inputs(config).data is not None and config.dataset is not None:
+            samples = self.calibration_samples(config)
         return plan_pruning(
             self.model,
             config,
