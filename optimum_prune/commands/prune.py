@@ -329,7 +329,9 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     out.add_argument(
         "--dry-run",
         action="store_true",
-        help="check everything and print the per-layer plan from the model's config; read no weights, write nothing",
+        help="print the per-layer plan the run executes, with parameter totals, and write nothing: from the config "
+        "alone for a uniform allocation or sparsity; a global allocation reads the weights, and flap / obs allocations, "
+        "data-driven global ones and depth pruning need --dataset (read with the weights)",
     )
     out.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
     out.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -417,60 +419,30 @@ def _prune(
 ) -> dict[str, Any]:
     import optimum_prune
     from optimum_prune.criteria import CRITERIA
-    from optimum_prune.data.calibration import NAMED_EVAL_SPLITS, RANDOM_TOKENS, load_texts
     from optimum_prune.evaluation import format_results_table, perplexity
     from optimum_prune.reconstruction import RECONSTRUCTIONS
     from optimum_prune.unstructured import DATA_FREE_METHODS
 
     config = _build_config(args)
+    run_needs_data = None
+    if args.dry_run and not args.dataset:
+        _check_plan_without_data(config)
     if not args.dataset:
-        _check_calibration_free(config, args, CRITERIA, RECONSTRUCTIONS, DATA_FREE_METHODS, log)
+        try:
+            _check_calibration_free(config, args, CRITERIA, RECONSTRUCTIONS, DATA_FREE_METHODS, log)
+        except CLIError as err:
+            if not args.dry_run:
+                raise
+            # The plan may not depend on the data the run reads: the dry run goes on, and says so.
+            run_needs_data = str(err)
+    if args.dry_run:
+        return _dry_run(args, config, model_path, gguf_file, run_needs_data, log)
 
-    calibration: list[str] | str | None = None
-    eval_text: str | None = None
-    eval_split: str | None = None
-    split_calibration = False
-    if args.dataset == RANDOM_TOKENS:
-        # No text: the pruner draws the token ids; evaluation needs --eval-dataset.
-        calibration = RANDOM_TOKENS
-    elif args.dataset:
-        texts = _load(load_texts, args.dataset, args.text_column, "--dataset")
-        if args.evaluate and not args.eval_dataset:
-            calibration, eval_text = split_for_evaluation(texts)
-            eval_split = f"last {1 - CALIBRATION_FRACTION:.0%}"
-            split_calibration = True
-        else:
-            calibration = texts
-    if args.eval_dataset:
-        split = NAMED_EVAL_SPLITS.get(args.eval_dataset)
-        eval_text = "\n\n".join(_load(load_texts, args.eval_dataset, args.text_column, "--eval-dataset", split))
-        eval_split = split
-
+    calibration, eval_text, eval_split, split_calibration = _read_texts(args)
     hub_options = _hub_options(args)
     model_config = _check_model_config(model_path, gguf_file, optimum_prune.ADAPTERS, config, hub_options)
-    if args.dataset or args.eval_dataset:
-        from optimum_prune.checks import check_sequence_length
-
-        try:
-            check_sequence_length(config.seqlen, model_config)
-        except ValueError as err:
-            raise CLIError(str(err)) from err
-    if args.dry_run:
-        return _dry_run(args, config, model_config, log)
-
-    pruner_class = getattr(optimum_prune, TASKS[args.task])
-    try:
-        pruner = pruner_class.from_pretrained(
-            model_path, gguf_file=gguf_file, dtype=_torch_dtype(args.dtype), **hub_options
-        )
-        if args.device:
-            pruner.model.to(args.device)
-    except Exception as err:
-        from optimum_prune.offline import is_hub_unreachable
-
-        if isinstance(err, ConnectionError) and is_hub_unreachable(err):  # HubUnreachableError: already one line
-            raise CLIError(str(err)) from err
-        raise CLIError(f"Cannot load {args.model!r} for --task {args.task}: {err}") from err
+    _check_seqlen(args, config, model_config)
+    pruner = _load_pruner(args, model_path, gguf_file, hub_options)
     show_progress = not args.no_progress
 
     before_ppl = after_ppl = None
@@ -581,6 +553,63 @@ def _prune(
         err.saved_to = output  # type: ignore[attr-defined]  # the checkpoint is complete: say so (run_prune)
         raise
     return results
+
+
+def _read_texts(
+    args: argparse.Namespace, with_eval: bool = True
+) -> tuple[list[str] | str | None, str | None, str | None, bool]:
+    """(calibration, evaluation text, evaluation split label, whether the calibration is --dataset's first 80%)."""
+    from optimum_prune.data.calibration import NAMED_EVAL_SPLITS, RANDOM_TOKENS, load_texts
+
+    calibration: list[str] | str | None = None
+    eval_text: str | None = None
+    eval_split: str | None = None
+    split_calibration = False
+    if args.dataset == RANDOM_TOKENS:
+        # No text: the pruner draws the token ids; evaluation needs --eval-dataset.
+        calibration = RANDOM_TOKENS
+    elif args.dataset:
+        texts = _load(load_texts, args.dataset, args.text_column, "--dataset")
+        if args.evaluate and not args.eval_dataset:
+            calibration, eval_text = split_for_evaluation(texts)
+            eval_split = f"last {1 - CALIBRATION_FRACTION:.0%}"
+            split_calibration = True
+        else:
+            calibration = texts
+    if args.eval_dataset and with_eval:
+        split = NAMED_EVAL_SPLITS.get(args.eval_dataset)
+        eval_text = "\n\n".join(_load(load_texts, args.eval_dataset, args.text_column, "--eval-dataset", split))
+        eval_split = split
+    return calibration, eval_text, eval_split, split_calibration
+
+
+def _check_seqlen(args: argparse.Namespace, config: Any, model_config: Any) -> None:
+    if args.dataset or args.eval_dataset:
+        from optimum_prune.checks import check_sequence_length
+
+        try:
+            check_sequence_length(config.seqlen, model_config)
+        except ValueError as err:
+            raise CLIError(str(err)) from err
+
+
+def _load_pruner(args: argparse.Namespace, model_path: str, gguf_file: str | None, hub_options: dict[str, Any]) -> Any:
+    import optimum_prune
+
+    pruner_class = getattr(optimum_prune, TASKS[args.task])
+    try:
+        pruner = pruner_class.from_pretrained(
+            model_path, gguf_file=gguf_file, dtype=_torch_dtype(args.dtype), **hub_options
+        )
+        if args.device:
+            pruner.model.to(args.device)
+    except Exception as err:
+        from optimum_prune.offline import is_hub_unreachable
+
+        if isinstance(err, ConnectionError) and is_hub_unreachable(err):  # HubUnreachableError: already one line
+            raise CLIError(str(err)) from err
+        raise CLIError(f"Cannot load {args.model!r} for --task {args.task}: {err}") from err
+    return pruner
 
 
 # ---- checks made before anything heavy is loaded --------------------------------------------------------------------
@@ -765,39 +794,104 @@ def _version() -> str:
         return "unknown"
 
 
-def _dry_run(args: argparse.Namespace, config: Any, model_config: Any, log: Callable[[str], None]) -> dict[str, Any]:
-    """Print the per-layer plan of `config` for the model described by `model_config`; read no weights.
+def _dry_run(
+    args: argparse.Namespace,
+    config: Any,
+    model_path: str,
+    gguf_file: str | None,
+    run_needs_data: str | None,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Print the per-layer plan a run with `args` executes, from the planner the run uses; write nothing.
 
-    The model is built on the meta device (shapes only). Structured plans are checked against the requested
-    sparsity as a real run would; a global allocation's sizes depend on calibration scores, so only its budget is
-    shown.
+    What is read depends on what the plan depends on (`planning.plan_inputs`): a uniform allocation and sparsity
+    patterns follow from the config (the model is built on the meta device; --dataset is not read), a global
+    allocation with a calibration-free criterion reads the weights, and flap / obs allocations, global ones with a
+    data-driven criterion and depth pruning read the weights and --dataset (without it: a one-line error).
+    `run_needs_data`: why the run itself would refuse to start without --dataset, if it would.
     """
-    import torch
-    import transformers
+    import optimum_prune
+    from optimum_prune.planning import plan_inputs
 
-    from optimum_prune import get_adapter
+    hub_options = _hub_options(args)
+    model_config = _check_model_config(model_path, gguf_file, optimum_prune.ADAPTERS, config, hub_options)
+    needs = plan_inputs(config)
+    _check_sources(args)
+    _check_seqlen(args, config, model_config)
+    calibration = None
+    if needs.data or needs.weights:
+        log(
+            f"Dry run: the plan depends on {'calibration data' if needs.data else 'the weights'} "
+            f"({needs.data or needs.weights}): loading the weights of {args.model}"
+            + (f" and --dataset {_dataset_label(args.dataset)} to compute it." if needs.data else " to compute it.")
+        )
+        if needs.data:
+            calibration = _read_texts(args, with_eval=False)[0]
+        pruner = _load_pruner(args, model_path, gguf_file, hub_options)
+    else:
+        import torch
+        import transformers
 
-    auto_class = getattr(transformers, _AUTO_CLASS_BY_TASK[args.task])
+        auto_class = getattr(transformers, _AUTO_CLASS_BY_TASK[args.task])
+        try:
+            with torch.device("meta"):
+                model = auto_class.from_config(model_config, trust_remote_code=args.trust_remote_code)
+        except Exception as err:
+            raise CLIError(f"Cannot build {args.model!r} for --task {args.task} from its config: {err}") from err
+        pruner = getattr(optimum_prune, TASKS[args.task])(model)
     try:
-        with torch.device("meta"):
-            model = auto_class.from_config(model_config, trust_remote_code=args.trust_remote_code)
-    except Exception as err:
-        raise CLIError(f"Cannot build {args.model!r} for --task {args.task} from its config: {err}") from err
-    layers: list[dict[str, Any]] = []
-    try:
-        if config.is_structured:
-            layers = _structured_plan(get_adapter(model), config)
-        else:
-            layers = _sparsity_plan(model, config)
-    except ValueError as err:
+        plan = pruner.plan(config, dataset=calibration, show_progress=not args.no_progress)
+    except (ValueError, FloatingPointError) as err:
         raise CLIError(str(err)) from err
-    plan = {"dry_run": True, "model_type": model_config.model_type, "target": config.target, "layers": layers}
+    read = "the config only" if plan.reads == ["config"] else ", ".join(plan.reads)
+    allocation = f", allocation {plan.allocation}" if plan.allocation else ""
+    if config.is_structured and plan.allocation is None:
+        allocation = ", whole blocks (depth pruning)"
     log(
-        f"Dry run: {config.target} pruning of {args.model} ({model_config.model_type}); nothing was loaded or written."
+        f"Dry run: {config.target} pruning of {args.model} ({model_config.model_type}){allocation}; read "
+        f"{read}; nothing was written."
     )
-    for row in layers:
+    rows = plan.rows()
+    for row in rows:
         log("  " + ", ".join(f"{key} {value}" for key, value in row.items()))
-    return plan
+    totals = plan.totals()
+    if plan.structured:
+        depth = config.structures is not None and "layers" in config.structures
+        refit = " (before any bias the refit adds)" if config.reconstruction != "none" and not depth else ""
+        log(
+            f"Parameters: {totals['parameters_before']:,} before, {totals['parameters_after']:,} after{refit}: "
+            f"{totals['parameters_removed']:,} removed, {totals['sparsity']:.1%} of the "
+            f"{totals['prunable_parameters']:,} prunable."
+        )
+    else:
+        log(
+            f"Parameters: {totals['parameters_before']:,} (zeros are stored): {totals['parameters_zeroed']:,} "
+            f"zeroed, {totals['sparsity']:.1%} of the {totals['prunable_parameters']:,} in the pruned matrices."
+        )
+    notes = []
+    if run_needs_data:
+        notes.append(f"The run itself needs --dataset: {run_needs_data}")
+    for note in notes:
+        log(note)
+    return {
+        "dry_run": True,
+        "model_type": model_config.model_type,
+        **plan.to_dict(),
+        "layers": rows,
+        "notes": notes,
+    }
+
+
+def _check_plan_without_data(config: Any) -> None:
+    """A dry run without --dataset: refuse, in one line, a plan that depends on calibration data."""
+    from optimum_prune.planning import plan_inputs
+
+    reason = plan_inputs(config).data
+    if reason:
+        raise CLIError(
+            f"--dry-run: this plan depends on calibration data ({reason}): pass --dataset to compute it (the dry run "
+            "then loads the weights and the data; it writes nothing)."
+        )
 
 
 _AUTO_CLASS_BY_TASK = {
@@ -807,66 +901,16 @@ _AUTO_CLASS_BY_TASK = {
 }
 
 
-def _structured_plan(adapter: Any, config: Any) -> list[dict[str, Any]]:
-    from optimum_prune.allocation import uniform_plan
-    from optimum_prune.checks import check_budget
-    from optimum_prune.structured import resolve_kinds
+def _check_sources(args: argparse.Namespace) -> None:
+    """--dataset and --eval-dataset name a known dataset or an existing path (checked without reading them)."""
+    from optimum_prune.data.calibration import NAMED_DATASETS, RANDOM_TOKENS
 
-    kinds = resolve_kinds(adapter, config)
-    groups = [[g for g in adapter.groups(layer) if g.kind in kinds] for layer in adapter.layers()]
-    config.check_layers(len(groups))
-    if config.allocation == "global":
-        total = sum(g.num_units * g.params_per_unit for layer in groups for g in layer)
-        return [
-            {
-                "layer": "all",
-                "allocation": "global (per-layer sizes follow the calibration scores)",
-                "parameters to remove": f"{int(config.sparsity * total):,} of {total:,}",
-            }
-        ]
-    plans = uniform_plan(adapter, kinds, config)
-    check_budget(groups, plans, config)
-    rows = []
-    for index, (layer, layer_groups, plan) in enumerate(zip(adapter.layers(), groups, plans)):
-        row: dict[str, Any] = {"layer": index}
-        for group in layer_groups:
-            # Heads go in whole KV groups; the plan counts groups, the reader thinks in heads.
-            per_unit = adapter.heads_per_unit(layer) if group.kind == "attention_heads" else 1
-            row[group.kind] = f"{group.num_units * per_unit} -> {plan[group.kind] * per_unit}"
-        rows.append(row)
-    return rows
-
-
-def _sparsity_plan(model: Any, config: Any) -> list[dict[str, Any]]:
-    """One row per block found as a real run finds them (any model): each weight matrix's pattern, or why it
-    stays dense."""
-    from optimum_prune.architectures.blocks import find_blocks
-    from optimum_prune.architectures.weights import find_weight_matrices
-    from optimum_prune.checks import check_row_counts
-    from optimum_prune.unstructured import module_pattern
-
-    rows = []
-    counted = []
-    blocks = find_blocks(model, config.sequential_targets)
-    config.check_layers(len(blocks))
-    for index, (block_name, block) in enumerate(blocks):
-        row: dict[str, Any] = {"layer": index}
-        matrices, left_dense = find_weight_matrices(block, config.modules_to_not_prune)
-        for matrix in matrices:
-            pattern = module_pattern(config, index, matrix.name)
-            if pattern.is_nm and matrix.in_features % pattern.m:
-                row[matrix.name] = f"dense ({pattern.target} needs in_features divisible by {pattern.m})"
-            elif pattern.is_dense:
-                row[matrix.name] = "dense"
-            else:
-                row[matrix.name] = config.target if pattern.is_nm else f"{pattern.sparsity:.0%}"
-                counted.append(
-                    (f"{block_name}.{matrix.name}", matrix.numel // matrix.in_features, matrix.in_features, pattern)
-                )
-        row.update({name: "dense" for name in left_dense})
-        rows.append(row)
-    check_row_counts(counted, config)  # as a real run would, before any weight is read
-    return rows
+    for flag, source in (("--dataset", args.dataset), ("--eval-dataset", args.eval_dataset)):
+        if source and source != RANDOM_TOKENS and source not in NAMED_DATASETS and not os.path.exists(source):
+            raise CLIError(
+                f"Cannot read {flag} {source!r}: it is neither a local file or folder nor a known dataset name "
+                f"({', '.join(sorted(NAMED_DATASETS))})."
+            )
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------------------
