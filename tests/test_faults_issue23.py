@@ -1,4 +1,5 @@
-"""Issue 23, section 2 (a Gemma-style checkpoint): windows that start with the BOS its tokenizer adds."""
+"""Issue 23, section 2 (a Gemma-style checkpoint): windows that start with the BOS its tokenizer adds, and
+calibration that never computes the LM head."""
 
 from __future__ import annotations
 
@@ -136,3 +137,52 @@ def test_benchmark_windows_start_with_the_bos_the_tokenizer_adds():
     result = common.evaluate(model, work, None)
     assert result["windows"] == work.eval_windows(None) == len(recorder.windows) == 3
     assert all(window[0].item() == tokenizer.bos_token_id for window in recorder.windows)
+
+
+# ---- no LM head during calibration ---------------------------------------------------------------------------------
+def _tiny_gemma3() -> torch.nn.Module:
+    """Gemma 3's sliding-window and full-attention layers (blocks with their own masks), one KV group each."""
+    torch.manual_seed(0)
+    config = transformers.Gemma3TextConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=1,
+        head_dim=8,
+        query_pre_attn_scalar=8,
+        sliding_window=4,
+        sliding_window_pattern=2,
+        max_position_embeddings=256,
+        bos_token_id=2,
+        eos_token_id=3,
+        pad_token_id=0,
+    )
+    model = transformers.Gemma3ForCausalLM(config).eval()
+    assert len(set(model.config.layer_types)) == 2
+    return model
+
+
+@pytest.mark.parametrize("family", ["gemma3", "llama"])
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        dict(sparsity=0.3),
+        dict(sparsity=0.3, allocation="global"),
+        dict(structures=["layers"], sparsity=0.3, reconstruction="none"),
+        dict(target="unstructured", method="sparsegpt", sparsity=0.5),
+    ],
+    ids=["structured", "global", "depth", "unstructured"],
+)
+def test_calibration_never_runs_the_lm_head(family, recipe):
+    """Blocks with their own masks (Gemma) have their arguments captured from whole-model forwards, and any model
+    is probed once for it: those forwards end before the LM head (logits over a 262k vocabulary for Gemma 3)."""
+    model = _tiny_gemma3() if family == "gemma3" else tiny_llama(vocab_size=VOCAB_SIZE)
+    calls = []
+    model.get_output_embeddings().register_forward_hook(lambda *_: calls.append(1))
+    pruner = PrunerForCausalLM(model, bos_tokenizer())
+    pruner.prune(PruningConfig(dataset=[TEXT], num_samples=3, seqlen=24, **recipe), show_progress=False)
+    assert calls == []
+    with torch.no_grad():
+        assert torch.isfinite(pruner.model(torch.tensor([[5, 6, 7, 8]])).logits).all()
