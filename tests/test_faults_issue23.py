@@ -1,9 +1,11 @@
-"""Issue 23, section 2 (a Gemma-style checkpoint): windows that start with the BOS its tokenizer adds, and
-calibration that never computes the LM head."""
+"""Issue 23, section 2 (a Gemma-style checkpoint): windows that start with the BOS its tokenizer adds, calibration
+that never computes the LM head, and attention pruned on models with one KV group per layer."""
 
 from __future__ import annotations
 
+import copy
 import importlib
+import logging
 import os
 import random
 import sys
@@ -186,3 +188,45 @@ def test_calibration_never_runs_the_lm_head(family, recipe):
     assert calls == []
     with torch.no_grad():
         assert torch.isfinite(pruner.model(torch.tensor([[5, 6, 7, 8]])).logits).all()
+
+
+# ---- one KV group per layer: the default structures prune query heads ----------------------------------------------
+def test_one_kv_group_prunes_query_heads_by_default(caplog):
+    """Whole KV groups cannot go when a layer has one; the defaults prune query heads inside it instead, say so once
+    in a warning and in the summary, and do exactly what structures=['query_heads', 'ffn_channels'] does."""
+    dense = tiny_llama(num_key_value_heads=1)
+    runs = {}
+    for name, structures in (("default", None), ("explicit", ["query_heads", "ffn_channels"])):
+        pruner = PrunerForCausalLM(copy.deepcopy(dense), make_tokenizer())
+        with caplog.at_level(logging.WARNING, logger="optimum_prune"):
+            caplog.clear()
+            pruner.prune(
+                PruningConfig(dataset=[TEXT], num_samples=4, seqlen=32, sparsity=0.5, structures=structures),
+                show_progress=False,
+            )
+        runs[name] = pruner
+        fallback = [r for r in caplog.records if "single KV group" in r.getMessage()]
+        assert len(fallback) == (1 if structures is None else 0)
+    summary = runs["default"].summary
+    assert all(layer["num_attention_heads"] == 3 and layer["num_key_value_heads"] == 1 for layer in summary["layers"])
+    assert summary["structures"] == ["query_heads", "ffn_channels"]
+    assert len(summary["notes"]) == 1 and "query heads" in summary["notes"][0]
+    assert summary["layers"] == runs["explicit"].summary["layers"]
+    default_state, explicit_state = runs["default"].model.state_dict(), runs["explicit"].model.state_dict()
+    assert all(torch.equal(default_state[k], explicit_state[k]) for k in explicit_state)
+
+    # Several KV groups per layer: whole groups, as before, and no note.
+    pruner = PrunerForCausalLM(tiny_llama(), make_tokenizer())
+    pruner.prune(PruningConfig(dataset=[TEXT], num_samples=4, seqlen=32, sparsity=0.5), show_progress=False)
+    assert pruner.summary["structures"] == ["attention_heads", "ffn_channels"] and "notes" not in pruner.summary
+    assert any(layer["num_key_value_heads"] < 3 for layer in pruner.summary["layers"])
+
+
+def test_one_kv_group_global_allocation_removes_query_heads():
+    """Under global allocation the one-group model's query heads compete with FFN channels for the budget."""
+    pruner = PrunerForCausalLM(_tiny_gemma3(), make_tokenizer())
+    pruner.prune(
+        PruningConfig(dataset=[TEXT], num_samples=4, seqlen=32, sparsity=0.5, allocation="global"), show_progress=False
+    )
+    assert sum(layer["num_attention_heads"] for layer in pruner.summary["layers"]) < 2 * 6
+    assert pruner.summary["structures"] == ["query_heads", "ffn_channels"]
