@@ -77,13 +77,19 @@ def today() -> str:
 # ---- model and data -------------------------------------------------------------------------------------------
 @dataclass
 class Workload:
-    """SmolLM2-135M loaded once, plus the calibration texts and the tokenized evaluation text."""
+    """SmolLM2-135M loaded once, plus the calibration texts and the tokenized evaluation text.
+
+    `eval_ids` is the evaluation text as one stream without special tokens; each perplexity window starts with
+    `eval_prefix`, the ids the tokenizer starts a text with (`window_prefix`: a BOS for Gemma or Llama 3, none for
+    SmolLM2, whose windows are plain 512-token slices), then `EVAL_SEQLEN - len(eval_prefix)` tokens of the stream.
+    """
 
     model: torch.nn.Module
     tokenizer: Any
     calibration: list[str]
     eval_ids: torch.Tensor
     load_seconds: float
+    eval_prefix: list[int] = field(default_factory=list)
 
     def fresh_pruner(self) -> PrunerForCausalLM:
         """A pruner over a deep copy of the pristine model, so no configuration sees another's edits."""
@@ -93,7 +99,8 @@ class Workload:
 
     def eval_windows(self, limit: int | None) -> int:
         """How many non-overlapping evaluation windows `limit` (None or 0: all) amounts to."""
-        available = (self.eval_ids.numel() - EVAL_SEQLEN) // EVAL_SEQLEN + 1
+        body = EVAL_SEQLEN - len(self.eval_prefix)  # stream tokens per window
+        available = (self.eval_ids.numel() - body) // body + 1
         return available if not limit else min(limit, available)
 
 
@@ -101,21 +108,29 @@ def load_workload() -> Workload:
     """Load the offline SmolLM2-135M (GGUF, dequantized to float32) and split gensim's Wikipedia dump."""
     from optimum_prune import PrunerForCausalLM
     from optimum_prune.assets import smollm2_path, wikipedia_split
+    from optimum_prune.data.calibration import window_prefix
 
     start = time.perf_counter()
     folder, gguf = smollm2_path()
     pruner = PrunerForCausalLM.from_pretrained(folder, gguf_file=gguf)
     calibration, evaluation = wikipedia_split()
     eval_ids = pruner.tokenizer(evaluation, return_tensors="pt", add_special_tokens=False).input_ids
-    return Workload(pruner.model, pruner.tokenizer, calibration, eval_ids, time.perf_counter() - start)
+    prefix = window_prefix(pruner.tokenizer)
+    return Workload(pruner.model, pruner.tokenizer, calibration, eval_ids, time.perf_counter() - start, prefix)
 
 
 def evaluate(model: torch.nn.Module, workload: Workload, windows: int | None) -> dict[str, float]:
-    """Perplexity on the first `windows` (None: all) non-overlapping 512-token evaluation windows."""
+    """Perplexity on the first `windows` (None: all) non-overlapping 512-token evaluation windows, each starting
+    as the tokenizer starts a text (`Workload.eval_prefix`)."""
     from optimum_prune.evaluation import perplexity
 
     return perplexity(
-        model, input_ids=workload.eval_ids, seqlen=EVAL_SEQLEN, max_windows=windows or None, show_progress=False
+        model,
+        input_ids=workload.eval_ids,
+        seqlen=EVAL_SEQLEN,
+        max_windows=windows or None,
+        show_progress=False,
+        prefix=workload.eval_prefix,
     )
 
 

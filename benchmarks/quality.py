@@ -57,7 +57,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -480,10 +480,21 @@ def smollm2_workload() -> Any:
     return _WORKLOAD
 
 
-def llm_perplexity(model: torch.nn.Module, eval_ids: torch.Tensor, windows: int | None) -> dict[str, float]:
+def llm_perplexity(
+    model: torch.nn.Module, eval_ids: torch.Tensor, windows: int | None, prefix: Sequence[int]
+) -> dict[str, float]:
+    """Perplexity on non-overlapping windows, each `prefix` (the ids the tokenizer starts a text with, see
+    `optimum_prune.data.calibration.window_prefix`; none for SmolLM2 and the Mamba fixture) then stream tokens."""
     from optimum_prune.evaluation import perplexity
 
-    return perplexity(model, input_ids=eval_ids, seqlen=EVAL_SEQLEN, max_windows=windows or None, show_progress=False)
+    return perplexity(
+        model,
+        input_ids=eval_ids,
+        seqlen=EVAL_SEQLEN,
+        max_windows=windows or None,
+        show_progress=False,
+        prefix=prefix,
+    )
 
 
 _DENSE_SMOLLM2: dict[int | None, tuple[dict[str, float], float]] = {}
@@ -493,7 +504,7 @@ def smollm2_dense(work: Any, windows: int | None) -> tuple[dict[str, float], flo
     """(perplexity result, seconds) of the unpruned SmolLM2, computed once per run and number of windows."""
     if windows not in _DENSE_SMOLLM2:
         with _stopwatch() as timer:
-            result = llm_perplexity(work.model, work.eval_ids, windows)
+            result = llm_perplexity(work.model, work.eval_ids, windows, work.eval_prefix)
         _DENSE_SMOLLM2[windows] = (result, timer["seconds"])
     return _DENSE_SMOLLM2[windows]
 
@@ -552,7 +563,7 @@ def run_smollm2(args: argparse.Namespace, report: QualityReport) -> None:
             with _stopwatch() as prune_timer:
                 pruner.prune(config, dataset=work.calibration, show_progress=False)
             with _stopwatch() as eval_timer:
-                result = llm_perplexity(pruner.model, work.eval_ids, windows)
+                result = llm_perplexity(pruner.model, work.eval_ids, windows, work.eval_prefix)
         except Exception as error:
             log(f"{name}: {traceback.format_exc()}")
             report.add(section, name, {"error": _error_text(error)})
@@ -582,6 +593,7 @@ def run_mamba(args: argparse.Namespace, report: QualityReport) -> None:
 
     from optimum_prune import PrunerForCausalLM, PruningConfig
     from optimum_prune.assets import wikipedia_split
+    from optimum_prune.data.calibration import window_prefix
     from optimum_prune.serialization.layout import count_parameters
 
     try:
@@ -592,6 +604,7 @@ def run_mamba(args: argparse.Namespace, report: QualityReport) -> None:
         model, tokenizer, metadata = fixture.load(quick=args.quick)
     calibration, evaluation = wikipedia_split()
     eval_ids = tokenizer(evaluation, return_tensors="pt", add_special_tokens=False).input_ids
+    eval_prefix = window_prefix(tokenizer)
     sparsities = args.llm_sparsities or (MAMBA_SPARSITIES[:1] if args.quick else MAMBA_SPARSITIES)
     reconstructions = args.reconstructions or (("none", "liar") if args.quick else MAMBA_RECONSTRUCTIONS)
     jobs = args.mamba_jobs or (MAMBA_JOBS[4:5] if args.quick else MAMBA_JOBS)
@@ -621,7 +634,7 @@ def run_mamba(args: argparse.Namespace, report: QualityReport) -> None:
         keep_rows=args.keep_rows,
     )
     with _stopwatch() as timer:
-        dense = llm_perplexity(model, eval_ids, windows)
+        dense = llm_perplexity(model, eval_ids, windows, eval_prefix)
     dense_channels = inner_channels(model)
     report.add(
         section,
@@ -644,7 +657,7 @@ def run_mamba(args: argparse.Namespace, report: QualityReport) -> None:
             with _stopwatch() as prune_timer:
                 pruner.prune(config, dataset=calibration, show_progress=False)
             with _stopwatch() as eval_timer:
-                result = llm_perplexity(pruner.model, eval_ids, windows)
+                result = llm_perplexity(pruner.model, eval_ids, windows, eval_prefix)
         except Exception as error:
             log(f"{name}: {traceback.format_exc()}")
             report.add(section, name, {"error": _error_text(error)})
@@ -924,8 +937,16 @@ def run_peers(args: argparse.Namespace, report: QualityReport) -> None:
     )
     with tempfile.TemporaryDirectory(prefix="quality-peers-") as scratch:
         data_path = os.path.join(scratch, "data.pt")
-        ids = work.eval_ids if windows is None else work.eval_ids[:, : windows * EVAL_SEQLEN]
-        torch.save({"calibration": torch.cat([s["input_ids"] for s in samples]), "eval_ids": ids}, data_path)
+        body = EVAL_SEQLEN - len(work.eval_prefix)  # stream tokens per evaluation window
+        ids = work.eval_ids if windows is None else work.eval_ids[:, : windows * body]
+        torch.save(
+            {
+                "calibration": torch.cat([s["input_ids"] for s in samples]),
+                "eval_ids": ids,
+                "eval_prefix": list(work.eval_prefix),
+            },
+            data_path,
+        )
         for who, job in _schedule(ours, peers):
             if (who == "peer" and job == "dense" and dense_peer is not None) or (
                 (_our_row_name(job) if who == "ours" else _peer_row_name(job)) in done
@@ -979,7 +1000,7 @@ def _run_ours(
         with timed_calls(our_time_breakdown()) as buckets, _stopwatch() as timer:
             pruner.prune(_our_config(job, args), dataset=work.calibration, show_progress=False)
         load = _load_now()
-        result = llm_perplexity(pruner.model, work.eval_ids, windows)
+        result = llm_perplexity(pruner.model, work.eval_ids, windows, work.eval_prefix)
     except Exception as error:
         log(f"{name}: {traceback.format_exc()}")
         return {"env": "ours", "status": _error_text(error)}
@@ -1186,7 +1207,13 @@ def peer_worker(job: str, checkpoint: str, data_path: str, threads: int) -> None
         _stage(f"evaluating perplexity (pruning took {prune_seconds:.0f} s)")
         census = weight_census(model, reference if not job.startswith("torch-pruning") else None)
         print(f"PEER_STAGE untouched-weights census: {census}", file=sys.stderr, flush=True)
-        ppl = perplexity(model, input_ids=data["eval_ids"], seqlen=EVAL_SEQLEN, show_progress=False)
+        ppl = perplexity(
+            model,
+            input_ids=data["eval_ids"],
+            seqlen=EVAL_SEQLEN,
+            show_progress=False,
+            prefix=data.get("eval_prefix", []),
+        )
         result = {
             "perplexity": _finite(ppl["perplexity"]),
             "prune s": prune_seconds if job != "dense" else None,

@@ -99,7 +99,7 @@ def perplexity_with(work: Any, masks: dict[str, torch.Tensor], windows: int) -> 
         for name, parameter in model.named_parameters():
             if name in masks:
                 parameter[masks[name]] = 0
-    return llm_perplexity(model, work.eval_ids, windows)["perplexity"]
+    return llm_perplexity(model, work.eval_ids, windows, work.eval_prefix)["perplexity"]
 
 
 def first_differing_layer(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[Any, int]:

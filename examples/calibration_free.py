@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     windows = args.eval_windows or None
 
     def ppl(model: torch.nn.Module) -> dict[str, float]:
-        return perplexity(model, input_ids=eval_ids, seqlen=eval_seqlen, max_windows=windows)
+        return perplexity(model, pruner.tokenizer, input_ids=eval_ids, seqlen=eval_seqlen, max_windows=windows)
 
     dense = ppl(pruner.model)
     baseline = None

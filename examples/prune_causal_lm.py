@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     seconds["load"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    before = perplexity(pruner.model, input_ids=eval_ids, seqlen=eval_seqlen, max_windows=windows)
+    before = perplexity(pruner.model, pruner.tokenizer, input_ids=eval_ids, seqlen=eval_seqlen, max_windows=windows)
     seconds["perplexity before"] = time.perf_counter() - start
     chosen = {
         name: value
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     pruner.prune(config, dataset=calibration)
     prune_seconds = seconds["pruning"] = time.perf_counter() - start
     start = time.perf_counter()
-    after = perplexity(pruner.model, input_ids=eval_ids, seqlen=eval_seqlen, max_windows=windows)
+    after = perplexity(pruner.model, pruner.tokenizer, input_ids=eval_ids, seqlen=eval_seqlen, max_windows=windows)
     seconds["perplexity after"] = time.perf_counter() - start
 
     # Without --output the checkpoint (hundreds of MB) is only measured, then deleted.

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     eval_ids = pruner.tokenizer(evaluation, return_tensors="pt", add_special_tokens=False).input_ids
     windows = args.eval_windows or None
 
-    before = perplexity(pruner.model, input_ids=eval_ids, seqlen=seqlen, max_windows=windows)
+    before = perplexity(pruner.model, pruner.tokenizer, input_ids=eval_ids, seqlen=seqlen, max_windows=windows)
     config = PruningConfig(
         sparsity=args.sparsity,
         criterion="activation",
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seqlen=seqlen,
     )
     pruner.prune(config, dataset=calibration)
-    after = perplexity(pruner.model, input_ids=eval_ids, seqlen=seqlen, max_windows=windows)
+    after = perplexity(pruner.model, pruner.tokenizer, input_ids=eval_ids, seqlen=seqlen, max_windows=windows)
     # The model card turns this into `model-index` metadata and an evaluation table.
     pruner.eval_results = {
         "perplexity": {

@@ -93,12 +93,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     eval_ids = pruner.tokenizer(evaluation, return_tensors="pt", add_special_tokens=False).input_ids
     windows = args.eval_windows or None
 
-    before = perplexity(pruner.model, input_ids=eval_ids, seqlen=args.seqlen, max_windows=windows)
+    before = perplexity(pruner.model, pruner.tokenizer, input_ids=eval_ids, seqlen=args.seqlen, max_windows=windows)
     config = PruningConfig(target=args.pattern, method=args.method, num_samples=args.num_samples, seqlen=args.seqlen)
     start = time.perf_counter()
     pruner.prune(config, dataset=calibration)
     prune_seconds = time.perf_counter() - start
-    after = perplexity(pruner.model, input_ids=eval_ids, seqlen=args.seqlen, max_windows=windows)
+    after = perplexity(pruner.model, pruner.tokenizer, input_ids=eval_ids, seqlen=args.seqlen, max_windows=windows)
     layers = pattern_report(pruner, config)
     pattern_ok = all(row["groups breaking it"] == 0 for row in layers.values())
 

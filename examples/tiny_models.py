@@ -51,7 +51,8 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]"
     )
-    # A BERT classifier is fed "[CLS] text [SEP]"; a causal LM gets the text alone (add_special_tokens=False).
+    # A BERT classifier is fed "[CLS] text [SEP]"; a causal LM's calibration and perplexity windows start as this
+    # tokenizer starts a text, with [CLS] (its BOS here), then text tokens (optimum_prune.data.calibration.window_prefix).
     tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
     )

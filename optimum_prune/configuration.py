@@ -106,7 +106,8 @@ class PruningConfig:
             "help": "Structured kinds to prune, any of 'attention_heads' (whole KV groups), 'query_heads' (query "
             "heads inside KV groups, the same number kept in every group of a layer), 'ffn_channels', "
             "'expert_channels' (each routed MoE expert's channels), 'mamba_inner', 'ssm_heads' (Mamba2 heads). None means the architecture's "
-            "default kinds (all but 'query_heads')."
+            "default kinds (all but 'query_heads'; where every layer has a single KV group, which cannot be removed, "
+            "'query_heads' instead of 'attention_heads', said in a warning and in the pruning summary)."
         },
     )
     round_to: int = field(

@@ -213,7 +213,10 @@ def capture_block_arguments(
 
     Blocks of one model may get different masks or position embeddings (Gemma's sliding-window and global layers,
     Jamba's attention and Mamba layers), so the arguments captured at the first block do not fit the others.
-    Costs one full forward of the (unpruned) model per sample; returns `arguments[block][sample] = (args, kwargs)`.
+    Costs one forward of the (unpruned) model per sample, through every block but not its output head: the forward
+    ends as the head (`get_output_embeddings`, the LM head) is entered, once every block has run, whose logits over
+    the vocabulary (262k for Gemma 3) are most of a small model's work. Returns
+    `arguments[block][sample] = (args, kwargs)`.
     """
     arguments: list[list[tuple[tuple[Any, ...], dict[str, Any]]]] = [[] for _ in blocks]
     device = offload.execution_device(model)
@@ -223,6 +226,7 @@ def capture_block_arguments(
 
         def hook(_module, args, kwargs, _position=position):
             order.append(_position)
+            entered[_position] = True
             kwargs = dict(kwargs)
             if args:
                 args = tuple(args[1:])
@@ -231,10 +235,23 @@ def capture_block_arguments(
             arguments[_position].append((args, kwargs))
 
         handles.append(block.register_forward_pre_hook(hook, with_kwargs=True))
+    entered = [False] * len(blocks)
+    head = _output_head(model)
+    if head is not None:
+
+        def stop_at_head(_module, _args):
+            if all(entered):  # only after the blocks, so a head module also used elsewhere never cuts them short
+                raise _StopForward
+
+        handles.append(nn.Module.register_forward_pre_hook(head, stop_at_head))
     try:
         with no_cache(model):
             for sample in samples:
-                model(**{k: v.to(device) for k, v in sample.items()})
+                entered[:] = [False] * len(blocks)
+                try:
+                    model(**{k: v.to(device) for k, v in sample.items()})
+                except _StopForward:
+                    pass
     finally:
         for handle in handles:
             handle.remove()
@@ -250,6 +267,16 @@ def capture_block_arguments(
             "sequential_targets naming blocks that form one chain."
         )
     return arguments
+
+
+def _output_head(model: nn.Module) -> nn.Module | None:
+    """The module a forward of `model` ends with (the LM head), or None where there is none to skip."""
+    get_head = getattr(model, "get_output_embeddings", None)
+    try:
+        head = get_head() if callable(get_head) else None
+    except (AttributeError, NotImplementedError):
+        return None
+    return head if isinstance(head, nn.Module) else None
 
 
 @torch.no_grad()

@@ -222,6 +222,10 @@ class BasePruner:
             summary["parameters_after"] = count_parameters(model)
             removed = parameters_before - summary["parameters_after"]
             summary["sparsity_achieved"] = removed / max(prunable_before, 1)
+            # The kinds pruned (the defaults may differ by model, see structured.query_heads_fallback) and why.
+            summary["structures"] = list(result.kinds or config.structures or [])
+            if result.notes:
+                summary["notes"] = list(result.notes)
         else:
             summary.update(sparse_summary)
             summary["parameters_after"] = count_parameters(model)  # zeros are stored densely

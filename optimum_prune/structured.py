@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from .allocation import LayerPlan, global_plan, uniform_plan
 from .architectures import ArchitectureAdapter
+from .architectures.decoder import ATTENTION_HEADS, QUERY_HEADS
 from .checks import check_budget, checked_refit
 from .configuration import PruningConfig
 from .criteria import CRITERIA, ChannelCriterion, Criterion
@@ -32,11 +33,50 @@ class StructuredResult:
 
     kept_units: list[dict[str, list[int]]] = field(default_factory=list)
     plans: list[LayerPlan] = field(default_factory=list)
+    #: The unit kinds this run pruned (`resolve_kinds`).
+    kinds: tuple[str, ...] = ()
+    #: What the run decided that the user did not ask for (e.g. `QUERY_HEADS_FALLBACK`); goes into the summary.
+    notes: list[str] = field(default_factory=list)
+
+
+#: Why the default structures prune query heads on a model whose every layer has a single KV group.
+QUERY_HEADS_FALLBACK = (
+    "every layer has a single KV group, which cannot be removed: the default structures prune query heads inside "
+    "it ('query_heads') instead of whole KV groups ('attention_heads'); pass structures=[...] to choose"
+)
+
+
+def query_heads_fallback(adapter: ArchitectureAdapter, config: PruningConfig) -> bool:
+    """Whether the default structures swap whole KV groups for query heads: every layer has one KV group.
+
+    Whole KV groups are the default unit of grouped-query attention, but a layer keeps at least one, so with one
+    group per layer (common in small models, such as the Gemma-style checkpoint of issue 23) no attention would go
+    and the whole budget would land on the FFN. Query heads inside the one group are the next unit (every group
+    keeps the same number of them, which with one group is just fewer heads). Only for `structures=None` and where
+    the adapter offers both kinds; models with more than one KV group in some layer keep whole groups. Uniform
+    allocation still removes whole heads only as far as `sparsity x heads` rounds down (4 heads: none below 25%).
+    """
+    if config.structures is not None:
+        return False
+    kinds = adapter.default_structure_kinds or adapter.structure_kinds
+    if ATTENTION_HEADS not in kinds or QUERY_HEADS not in adapter.structure_kinds:
+        return False
+    groups = [
+        g for layer in adapter.layers() for g in adapter.groups(layer) if g.kind in (ATTENTION_HEADS, QUERY_HEADS)
+    ]
+    kv_groups = [g.num_units for g in groups if g.kind == ATTENTION_HEADS]
+    query_heads = [g.num_units for g in groups if g.kind == QUERY_HEADS]
+    return bool(kv_groups) and all(n == 1 for n in kv_groups) and any(n > 1 for n in query_heads)
 
 
 def resolve_kinds(adapter: ArchitectureAdapter, config: PruningConfig) -> tuple[str, ...]:
+    """The unit kinds a structured run prunes: `config.structures`, or the adapter's defaults (whole KV groups
+    swapped for query heads where every layer has one KV group, see `query_heads_fallback`)."""
     if config.structures is None:
-        return adapter.default_structure_kinds or adapter.structure_kinds
+        kinds = adapter.default_structure_kinds or adapter.structure_kinds
+        if query_heads_fallback(adapter, config):
+            kinds = tuple(QUERY_HEADS if kind == ATTENTION_HEADS else kind for kind in kinds)
+        return kinds
     unknown = [k for k in config.structures if k not in adapter.structure_kinds]
     if unknown:
         raise ValueError(
@@ -269,7 +309,11 @@ def prune_structured(
     layers, kinds, plans = adapter.layers(), run.plan.kinds, run.plan.plans
     streamer, criterion, reconstruction, generator = run.streamer, run.criterion, run.reconstruction, run.generator
     with_gram, first_inputs, own_arguments = run.with_gram, run.first_inputs, run.own_arguments
-    result = StructuredResult(plans=plans)
+    notes = []
+    if query_heads_fallback(adapter, config):
+        logger.warning("%s.", QUERY_HEADS_FALLBACK[0].upper() + QUERY_HEADS_FALLBACK[1:])
+        notes.append(QUERY_HEADS_FALLBACK)
+    result = StructuredResult(plans=plans, kinds=kinds, notes=notes)
     inputs = first_inputs
     # Error-correcting refits also run the dense copy of each block on the dense model's own stream.
     dense_inputs = first_inputs if reconstruction.targets_dense else None

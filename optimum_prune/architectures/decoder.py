@@ -11,7 +11,8 @@ Structure kinds:
 
 - `attention_heads`: whole KV groups (a KV head with the query heads that read it), as FLAP and LLM-Pruner do.
 - `query_heads`: single query heads inside the KV groups; every group of a layer keeps the same number, so
-  `num_key_value_groups` becomes that number and keys / values stay (opt-in: `structures=["query_heads", ...]`).
+  `num_key_value_groups` becomes that number and keys / values stay (opt-in: `structures=["query_heads", ...]`;
+  the default in place of `attention_heads` where every layer has one KV group: `structured.query_heads_fallback`).
 - `ffn_channels`: channels of a dense gated MLP (also the shared expert of Qwen2-MoE).
 - `expert_channels`: channels of each routed expert; every expert of a layer keeps the same number (stacked
   storage), each its own channels. The router is untouched.

@@ -116,8 +116,9 @@ def random_token_samples(
 ) -> list[dict[str, torch.Tensor]]:
     """`num_samples` sequences of `seqlen` token ids drawn uniformly from the vocabulary, special tokens excluded.
 
-    `as_windows=False` (encoders) wraps each sequence in the tokenizer's special tokens ([CLS] ... [SEP]) as real
-    examples would be.
+    `as_windows=True` (decoders) starts each window as the tokenizer starts a text (`window_prefix`: its BOS, if it
+    adds one), followed by random ids up to `seqlen` tokens in all. `as_windows=False` (encoders) wraps each
+    sequence in the tokenizer's special tokens ([CLS] ... [SEP]) as real examples would be.
     """
     if num_samples < 1 or seqlen < 1:
         raise CalibrationDataError(f"num_samples and seqlen must be >= 1 (got {num_samples} and {seqlen}).")
@@ -125,14 +126,41 @@ def random_token_samples(
     allowed = torch.tensor([i for i in range(vocab_size) if i not in special], dtype=torch.long)
     if allowed.numel() == 0:
         raise CalibrationDataError("The vocabulary holds special tokens only: no random calibration tokens to draw.")
-    prefix, suffix = ([], []) if as_windows else _special_token_frame(tokenizer)
+    if as_windows:  # a window starts as the tokenizer starts a text (its BOS, if it adds one), seqlen in all
+        prefix, suffix = window_prefix(tokenizer), []
+        drawn = _window_body(seqlen, prefix)
+    else:
+        prefix, suffix = _special_token_frame(tokenizer)
+        drawn = seqlen
     generator = torch.Generator().manual_seed(seed)
     samples = []
     for _ in range(num_samples):
-        ids = allowed[torch.randint(0, allowed.numel(), (seqlen,), generator=generator)]
+        ids = allowed[torch.randint(0, allowed.numel(), (drawn,), generator=generator)]
         ids = torch.cat([torch.tensor(prefix, dtype=torch.long), ids, torch.tensor(suffix, dtype=torch.long)])
         samples.append({"input_ids": ids[None, :]})
     return samples
+
+
+def window_prefix(tokenizer: Any) -> list[int]:
+    """The ids the tokenizer puts before a text of its own (Gemma's and Llama 3's BOS; none for SmolLM2 or GPT-2).
+
+    A window cut from a long token stream (calibration, perplexity) starts with these, so the model sees inputs that
+    begin as they do in use (`add_special_tokens=True`): a model trained with a BOS is far off its distribution
+    without it. A tokenizer that adds nothing gives `[]`, and windows are cut exactly as before.
+    """
+    if tokenizer is None:
+        return []
+    return _special_token_frame(tokenizer)[0]
+
+
+def _window_body(seqlen: int, prefix: Sequence[int]) -> int:
+    """How many text tokens follow `prefix` in a window of `seqlen` tokens."""
+    if seqlen <= len(prefix):
+        raise CalibrationDataError(
+            f"seqlen={seqlen} leaves no room for text after the {len(prefix)} token(s) the tokenizer starts a text "
+            "with: use a longer seqlen."
+        )
+    return seqlen - len(prefix)
 
 
 def _special_token_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
@@ -225,21 +253,29 @@ def _text_column(dataset: Any) -> str:
 def sample_token_windows(
     texts: list[str], tokenizer: Any, num_samples: int, seqlen: int, seed: int = 0
 ) -> list[dict[str, torch.Tensor]]:
-    """Join the texts, tokenize once and draw `num_samples` random windows of `seqlen` tokens (SparseGPT protocol)."""
+    """Join the texts, tokenize once and draw `num_samples` random windows of `seqlen` tokens (SparseGPT protocol).
+
+    Each window starts as the tokenizer starts a text (`window_prefix`): for a tokenizer that adds a BOS, the BOS
+    and then `seqlen - 1` tokens of the stream; for one that adds nothing, `seqlen` tokens of the stream.
+    """
     ids = tokenizer("\n\n".join(texts), return_tensors="pt", add_special_tokens=False).input_ids[0]
-    if ids.numel() < seqlen:
+    prefix = torch.tensor(window_prefix(tokenizer), dtype=ids.dtype)
+    body = _window_body(seqlen, prefix.tolist())
+    if ids.numel() < body:
         raise CalibrationDataError(
             f"The calibration text has {ids.numel()} tokens, fewer than seqlen={seqlen}: give more text or a smaller seqlen."
         )
-    if ids.numel() < num_samples * seqlen:
+    if ids.numel() < num_samples * body:
         logger.warning(
-            "Calibration text has %d tokens, less than num_samples x seqlen = %d: windows will overlap.",
+            "Calibration text has %d tokens, less than the %d that %d windows of seqlen=%d take: windows will overlap.",
             ids.numel(),
-            num_samples * seqlen,
+            num_samples * body,
+            num_samples,
+            seqlen,
         )
     rng = random.Random(seed)
-    starts = [rng.randint(0, ids.numel() - seqlen) for _ in range(num_samples)]
-    return [{"input_ids": ids[s : s + seqlen][None, :].clone()} for s in starts]
+    starts = [rng.randint(0, ids.numel() - body) for _ in range(num_samples)]
+    return [{"input_ids": torch.cat([prefix, ids[s : s + body]])[None, :].clone()} for s in starts]
 
 
 def sample_examples(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -21,34 +22,50 @@ def perplexity(
     stride: int | None = None,
     max_windows: int | None = None,
     show_progress: bool = True,
+    prefix: Sequence[int] | None = None,
 ) -> dict[str, float]:
-    """Perplexity of `model` on `text` (or pre-tokenized `input_ids`).
+    """Perplexity of `model` on `text` (or pre-tokenized `input_ids`, a stream without special tokens).
+
+    Every window starts as the tokenizer starts a text: with the ids it puts before one (`prefix`; by default read
+    off `tokenizer`, see `data.calibration.window_prefix`: Gemma's and Llama 3's BOS, nothing for SmolLM2 or
+    GPT-2), then `seqlen - len(prefix)` tokens of the stream. A model trained with a BOS is measured far off its
+    distribution without it. Pass `tokenizer` (or `prefix`) with `input_ids` too; without either, the windows are
+    plain slices of `input_ids`.
 
     With `stride=None` the windows do not overlap, each token is predicted once with the context of its own
-    window (the SparseGPT / Wanda protocol). A `stride < seqlen` gives the sliding-window variant, where only the
-    last `stride` tokens of each window are scored and earlier tokens serve as context.
+    window (the SparseGPT / Wanda protocol); without a prefix the first token of each window is context only. A
+    `stride < seqlen` gives the sliding-window variant, where only the last `stride` tokens of each window are
+    scored and earlier tokens serve as context. Prefix tokens are never scored.
     """
+    from ..data.calibration import window_prefix
+
     if input_ids is None:
         if tokenizer is None or text is None:
             raise ValueError("Give `input_ids`, or a tokenizer and a text.")
         input_ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
     ids = input_ids.reshape(-1)
-    stride = seqlen if stride is None else stride
-    if not 0 < stride <= seqlen:
-        raise ValueError(f"stride must be in (0, seqlen={seqlen}], got {stride}.")
-    if ids.numel() < seqlen + 1 and stride == seqlen:
+    head = torch.tensor(list(window_prefix(tokenizer) if prefix is None else prefix), dtype=ids.dtype)
+    body = seqlen - head.numel()  # stream tokens per window
+    if body < 1:
+        raise ValueError(f"seqlen={seqlen} leaves no room for text after the {head.numel()}-token prefix.")
+    stride = body if stride in (None, seqlen) else stride  # stride=seqlen: non-overlapping, as without a prefix
+    if not 0 < stride <= body:
+        raise ValueError(f"stride must be in (0, {body}] (seqlen={seqlen} less the prefix), got {stride}.")
+    if ids.numel() < body + 1 and stride == body:
         raise ValueError(f"The text has {ids.numel()} tokens, too few for one window of {seqlen}.")
     device = next(model.parameters()).device
-    starts = list(range(0, ids.numel() - seqlen + 1, stride))
+    starts = list(range(0, ids.numel() - body + 1, stride))
     if max_windows is not None:
         starts = starts[:max_windows]
+    # Every stream token of a window is scored except a first one without a prefix before it (nothing predicts it).
+    per_window = body - (0 if head.numel() else 1)
     total_nll, total_tokens = 0.0, 0
     for start in tqdm(starts, desc="Perplexity", disable=not show_progress):
-        window = ids[start : start + seqlen][None, :].to(device)
+        window = torch.cat([head, ids[start : start + body]])[None, :].to(device)
         logits = model(window).logits[0, :-1].float()
         targets = window[0, 1:]
-        # Non-overlapping windows score every predicted token; sliding ones only the new tail.
-        scored = seqlen - 1 if (stride == seqlen or start == 0) else stride
+        # Non-overlapping windows score every predicted stream token; sliding ones only the new tail.
+        scored = per_window if (stride == body or start == 0) else stride
         nll = nn.functional.cross_entropy(logits[-scored:], targets[-scored:], reduction="sum")
         total_nll += nll.item()
         total_tokens += scored
