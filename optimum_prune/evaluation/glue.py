@@ -18,7 +18,6 @@ import inspect
 import logging
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,6 +25,8 @@ import torch
 from scipy import stats
 from sklearn import metrics as sklearn_metrics
 from tqdm.auto import tqdm
+
+from .specs import GLUE_TASKS, GlueTask
 
 logger = logging.getLogger(__name__)
 
@@ -44,59 +45,6 @@ __all__ = [
     "rank_average",
     "spearman_correlation",
 ]
-
-
-@dataclass(frozen=True)
-class GlueTask:
-    """What is needed to load and score one GLUE task.
-
-    Attributes:
-        name: the task name as used by ``compute_glue_metrics``.
-        dataset_args: positional arguments of ``datasets.load_dataset`` (path, config name).
-        text_columns: the first and (for sentence-pair tasks) second text column; ``None`` for single-sentence tasks.
-        num_labels: number of model outputs (1 for the regression task ``stsb``).
-        validation_split: the split that holds labelled evaluation data.
-        is_regression: whether the label is a float score rather than a class id.
-        metrics: the metric names ``compute_glue_metrics`` returns for this task.
-    """
-
-    name: str
-    dataset_args: tuple[str, str]
-    text_columns: tuple[str, str | None]
-    num_labels: int
-    validation_split: str = "validation"
-    is_regression: bool = False
-    metrics: tuple[str, ...] = ("accuracy",)
-
-
-_GLUE_PATH = "nyu-mll/glue"
-
-GLUE_TASKS: dict[str, GlueTask] = {
-    "cola": GlueTask("cola", (_GLUE_PATH, "cola"), ("sentence", None), 2, metrics=("matthews_correlation",)),
-    "sst2": GlueTask("sst2", (_GLUE_PATH, "sst2"), ("sentence", None), 2),
-    "mrpc": GlueTask("mrpc", (_GLUE_PATH, "mrpc"), ("sentence1", "sentence2"), 2, metrics=("accuracy", "f1")),
-    "qqp": GlueTask("qqp", (_GLUE_PATH, "qqp"), ("question1", "question2"), 2, metrics=("accuracy", "f1")),
-    "stsb": GlueTask(
-        "stsb",
-        (_GLUE_PATH, "stsb"),
-        ("sentence1", "sentence2"),
-        1,
-        is_regression=True,
-        metrics=("pearson", "spearmanr"),
-    ),
-    # The "mnli" config has no plain "validation" split: it carries validation_matched and validation_mismatched.
-    "mnli": GlueTask(
-        "mnli", (_GLUE_PATH, "mnli"), ("premise", "hypothesis"), 3, validation_split="validation_matched"
-    ),
-    "mnli_matched": GlueTask("mnli_matched", (_GLUE_PATH, "mnli_matched"), ("premise", "hypothesis"), 3),
-    "mnli_mismatched": GlueTask("mnli_mismatched", (_GLUE_PATH, "mnli_mismatched"), ("premise", "hypothesis"), 3),
-    "qnli": GlueTask("qnli", (_GLUE_PATH, "qnli"), ("question", "sentence"), 2),
-    "rte": GlueTask("rte", (_GLUE_PATH, "rte"), ("sentence1", "sentence2"), 2),
-    "wnli": GlueTask("wnli", (_GLUE_PATH, "wnli"), ("sentence1", "sentence2"), 2),
-    # The diagnostic set only has a test split, whose labels GLUE keeps hidden (-1); it is scored with an MNLI model
-    # through the GLUE server. It is listed so its metric and columns are known, not because it can be scored here.
-    "ax": GlueTask("ax", (_GLUE_PATH, "ax"), ("premise", "hypothesis"), 3, validation_split="test"),
-}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -265,6 +213,12 @@ def _forward_inputs(model: torch.nn.Module, batch: Any, device: torch.device) ->
     }
 
 
+def label_key(name: Any) -> str:
+    """A class name as compared across datasets and models: "Not Entailment", "NOT_ENTAILMENT" and "not-entailment"
+    are one name."""
+    return "_".join(str(name).lower().replace("-", " ").replace("_", " ").split())
+
+
 def _label_remapping(model: torch.nn.Module, dataset: Any, label_column: str) -> dict[int, int] | None:
     """Map model output ids onto dataset label ids when both sides name their labels with the same names.
 
@@ -276,8 +230,8 @@ def _label_remapping(model: torch.nn.Module, dataset: Any, label_column: str) ->
     id2label = getattr(getattr(model, "config", None), "id2label", None)
     if not dataset_names or not id2label:
         return None
-    dataset_index = {name.lower(): i for i, name in enumerate(dataset_names)}
-    model_names = {int(i): str(name).lower() for i, name in id2label.items()}
+    dataset_index = {label_key(name): i for i, name in enumerate(dataset_names)}
+    model_names = {int(i): label_key(name) for i, name in id2label.items()}
     if not all(name in dataset_index for name in model_names.values()):
         return None
     mapping = {model_id: dataset_index[name] for model_id, name in model_names.items()}
@@ -300,6 +254,7 @@ def evaluate_sequence_classification(
     *,
     task: str | None = None,
     return_predictions: bool = False,
+    show_progress: bool = True,
 ) -> dict[str, Any]:
     """Run a sequence-classification model over a dataset and score it, without any training.
 
@@ -319,6 +274,7 @@ def evaluate_sequence_classification(
         max_samples: evaluate only the first ``max_samples`` examples.
         task: the GLUE task a local ``datasets.Dataset`` belongs to, so that its GLUE metric is used.
         return_predictions: also return ``"predictions"`` and ``"references"`` lists in the result.
+        show_progress: show a progress bar over the batches.
 
     Returns:
         The GLUE metrics of the task (see ``compute_glue_metrics``); for a plain dataset, ``accuracy`` and ``macro_f1``
@@ -373,7 +329,9 @@ def evaluate_sequence_classification(
     predictions: list[float] = []
     try:
         with torch.no_grad():
-            for start in tqdm(range(0, len(dataset), batch_size), desc="Evaluating", unit="batch"):
+            for start in tqdm(
+                range(0, len(dataset), batch_size), desc="Evaluating", unit="batch", disable=not show_progress
+            ):
                 rows = dataset[start : start + batch_size]
                 texts = (rows[first_column],) if second_column is None else (rows[first_column], rows[second_column])
                 encoded = tokenizer(*texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
