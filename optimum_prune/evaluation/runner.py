@@ -358,7 +358,8 @@ def _score(value: Any, what: str) -> float:
 
 def _class_ids(spec: EvaluationSpec, task: GlueTask, table: Any, model_config: Any, what: str) -> list[int]:
     """The label column as GLUE class ids: ids as they are (in GLUE's order), names matched to GLUE's class names
-    or to the model's id2label names, case and separators aside; anything else is refused."""
+    (case and separators aside; a model with class names has GLUE's, `_check_glue_model` saw to it), and LABEL_<i>
+    for a model without class names; anything else is refused."""
     from .glue import label_key
 
     glue_ids = {label_key(name): i for i, name in enumerate(task.label_names)}
@@ -370,8 +371,7 @@ def _class_ids(spec: EvaluationSpec, task: GlueTask, table: Any, model_config: A
         values = [remap.get(v, v) if isinstance(v, int) and v >= 0 else v for v in table["label"]]
     else:
         values = list(table["label"])
-    model_names = _model_label_names(model_config) or {}
-    by_model_name = {label_key(name): i for i, name in model_names.items()}
+    model_names = _model_label_names(model_config)
     generic = {f"label_{i}": i for i in range(task.num_labels)}  # the names of a model without class names
     accepted = ", ".join(task.label_names) + f", or ids 0..{task.num_labels - 1}"
     ids: list[int] = []
@@ -381,6 +381,8 @@ def _class_ids(spec: EvaluationSpec, task: GlueTask, table: Any, model_config: A
             unknown.append(value)
             continue
         if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():  # "1" in a json file
             value = int(value)
         if isinstance(value, int):
             if value < 0:
@@ -396,8 +398,6 @@ def _class_ids(spec: EvaluationSpec, task: GlueTask, table: Any, model_config: A
         key = label_key(value)
         if key in glue_ids:
             ids.append(glue_ids[key])
-        elif key in by_model_name and label_key(model_names[by_model_name[key]]) in glue_ids:
-            ids.append(glue_ids[label_key(model_names[by_model_name[key]])])
         elif key in generic and not model_names:
             ids.append(generic[key])
         else:
