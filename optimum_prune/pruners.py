@@ -6,7 +6,8 @@ import copy
 import logging
 import os
 import warnings
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from transformers import (
@@ -31,6 +32,9 @@ from .reconstruction import RECONSTRUCTIONS
 from .serialization.layout import count_parameters, pruned_heads, record_layout
 from .serialization.save import save_pruned_checkpoint
 from .structured import needs_calibration, prune_structured
+
+if TYPE_CHECKING:  # imported where used: the evaluation loops bring scikit-learn and scipy
+    from .evaluation import EvaluationData, EvaluationResults, EvaluationSpec, TaskResult
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +61,9 @@ class BasePruner:
         #: The input model's folder, if local: saving may never replace it.
         self.source_folder: str | None = self.base_model_name
         self._prune_incomplete = False
+        #: The latest `evaluate()` results after pruning, merged by task: the model card's model-index.
+        self.evaluation: EvaluationResults | None = None
+        self._evaluation_baseline: dict[tuple[Any, ...], list[TaskResult]] = {}
 
     # ---- loading --------------------------------------------------------------------------------------------
     @classmethod
@@ -303,6 +310,124 @@ class BasePruner:
             config.check_layers(len(find_blocks(model, config.sequential_targets)))
         return config
 
+    # ---- evaluating -----------------------------------------------------------------------------------------
+    def evaluate(
+        self,
+        tasks: str | EvaluationSpec | EvaluationData | Sequence[str | EvaluationSpec | EvaluationData],
+        dataset: Any = None,
+        *,
+        split: str | None = None,
+        text_column: str | None = None,
+        max_samples: int | None = None,
+        batch_size: int | None = None,
+        seqlen: int | None = None,
+        max_windows: int | None = None,
+        stage: str | None = None,
+        show_progress: bool = True,
+    ) -> EvaluationResults:
+        """Score the model as it is now on `tasks`, without any training; call it before and after `prune()`.
+
+        Before pruning the values are recorded as the baseline; after it, each task's results hold both values,
+        their retention (after / before) and the time of each run, and they go into the model card's model-index
+        when the model is saved.
+
+        Args:
+            tasks: one or several of "ppl" (causal LM), "glue:<task>" (sequence classification: cola, sst2, mrpc,
+                qqp, stsb, mnli, qnli, rte, wnli, ...), "squad", "squad_v2" (question answering), and
+                "lm-eval:<task,...>" (causal LM; lm-eval task names or task YAML files; the `zeroshot` extra).
+            dataset: the data of ppl, glue and squad (`optimum_prune.evaluation.runner` says what each reads): a
+                local csv / json / jsonl / parquet file or folder with the task's columns (ppl: text files too), a
+                Hub dataset id, a `datasets.Dataset`, (ppl) a list of strings or wikitext2 / c4 / ptb. None: GLUE
+                and SQuAD read their validation split from the Hub.
+            split: the split of a Hub dataset (default: the task's validation split).
+            text_column: ppl: the text column of a table.
+            max_samples: score the first N examples (lm-eval: its `limit`).
+            batch_size: examples per forward pass (default: 32 GLUE, 16 SQuAD, 8 lm-eval).
+            seqlen: perplexity window length (default: the pruning config's seqlen, else 512).
+            max_windows: score at most this many perplexity windows.
+            stage: "before" or "after" pruning; default: "after" once `prune()` has run, else "before".
+            show_progress: progress bars.
+
+        Returns:
+            `EvaluationResults`: `results["glue:sst2"]["accuracy"].before / .after / .retention`.
+
+        Raises:
+            EvaluationInputError: bad input (an unknown task, a task for another kind of model, missing columns,
+                labels the model does not have, an empty split), found before the model runs; one line.
+        """
+        from .evaluation import (
+            EvaluationData,
+            EvaluationInputError,
+            EvaluationResults,
+            EvaluationSpec,
+            load_evaluation_data,
+            parse_evaluation,
+            run_evaluation,
+        )
+        from .evaluation.results import combine_results
+
+        stage = stage or ("after" if self.summary is not None else "before")
+        if stage not in ("before", "after"):
+            raise ValueError(f"stage must be 'before' or 'after', got {stage!r}.")
+        items = [tasks] if isinstance(tasks, (str, EvaluationSpec, EvaluationData)) else list(tasks)
+        if not items:
+            raise EvaluationInputError("No evaluation given: name one, e.g. 'ppl' or 'glue:sst2'.")
+        prepared = []
+        for item in items:
+            if not isinstance(item, EvaluationData):
+                spec = parse_evaluation(item)
+                self._check_evaluation_fits(spec)
+                item = load_evaluation_data(
+                    spec,
+                    dataset,
+                    model_config=self.model.config,
+                    split=split,
+                    text_column=text_column,
+                    max_samples=max_samples,
+                )
+            else:
+                self._check_evaluation_fits(item.spec)
+            prepared.append(item)
+        if seqlen is None:
+            seqlen = self.pruning_config.seqlen if self.pruning_config is not None else PruningConfig.seqlen
+        measured: list[TaskResult] = []
+        for data in prepared:
+            key = (data.key, seqlen if data.spec.kind == "ppl" else None, max_windows)
+            results = run_evaluation(
+                data,
+                self.model,
+                self.tokenizer,
+                stage=stage,
+                batch_size=batch_size,
+                seqlen=seqlen,
+                max_windows=max_windows,
+                show_progress=show_progress,
+            )
+            if stage == "before":
+                self._evaluation_baseline[key] = results
+            else:
+                baseline = {result.task: result for result in self._evaluation_baseline.get(key, [])}
+                results = [combine_results(baseline.get(result.task), result) for result in results]
+            measured += results
+        evaluation = EvaluationResults(measured)
+        if stage == "after":
+            kept = [
+                old
+                for old in (self.evaluation.tasks if self.evaluation is not None else [])
+                if not any(_same_task(old, new) for new in measured)
+            ]
+            self.evaluation = EvaluationResults(kept + measured)
+        return evaluation
+
+    def _check_evaluation_fits(self, spec: EvaluationSpec) -> None:
+        from .evaluation import EvaluationInputError
+
+        if self.pipeline_tag is not None and spec.pipeline_tag != self.pipeline_tag:
+            raise EvaluationInputError(
+                f"{spec.name} {spec.what_it_scores} ({_PRUNER_BY_PIPELINE[spec.pipeline_tag]}); this is a "
+                f"{type(self).__name__}."
+            )
+
     # ---- saving ---------------------------------------------------------------------------------------------
     def save_pretrained(
         self,
@@ -364,12 +489,18 @@ class BasePruner:
             return None
         if self.pruning_config is None or self.summary is None:
             return None
+        # Results set by hand (`pruner.eval_results = {...}`, create_model_card's format) come first.
+        eval_results: dict[str, Any] = dict(getattr(self, "eval_results", None) or {})
+        evaluation = getattr(self, "evaluation", None)
+        for metric, entries in (evaluation.card_entries() if evaluation is not None else {}).items():
+            given = eval_results.get(metric, [])
+            eval_results[metric] = [*(given if isinstance(given, (list, tuple)) else [given]), *entries]
         return create_model_card(
             base_model=self.base_model_name,
             pipeline_tag=self.pipeline_tag,
             pruning_config=self.pruning_config.to_dict(),
             summary=self.summary,
-            eval_results=getattr(self, "eval_results", None),
+            eval_results=eval_results or None,
             repo_id=repo_id,
             cli_options=getattr(self, "recipe_cli_options", ()),
             recipe_note=getattr(self, "recipe_note", None),
@@ -416,6 +547,17 @@ class PrunerForQuestionAnswering(BasePruner):
 
     auto_model_class = AutoModelForQuestionAnswering
     pipeline_tag = "question-answering"
+
+
+_PRUNER_BY_PIPELINE = {
+    "text-generation": "PrunerForCausalLM",
+    "text-classification": "PrunerForSequenceClassification",
+    "question-answering": "PrunerForQuestionAnswering",
+}
+
+
+def _same_task(a: TaskResult, b: TaskResult) -> bool:
+    return (a.task, a.dataset, a.dataset_config, a.split) == (b.task, b.dataset, b.dataset_config, b.split)
 
 
 def _drop_reconstruction_without_data(config: PruningConfig) -> PruningConfig:

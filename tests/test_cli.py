@@ -192,12 +192,15 @@ def test_help_names_every_registered_choice():
     from optimum_prune.configuration import ALLOCATIONS, STRUCTURE_KINDS
     from optimum_prune.criteria import CRITERIA
     from optimum_prune.data.calibration import NAMED_DATASETS
+    from optimum_prune.evaluation.specs import EVALUATION_KINDS, GLUE_TASKS
     from optimum_prune.reconstruction import RECONSTRUCTIONS
     from optimum_prune.sparsity import SPARSITY_METHODS
 
     # The help is written out (optimum-cli must not import the registries to show it); it must not fall behind them.
     text = " ".join(build_parser().format_help().split())
     for name in [*CRITERIA, *RECONSTRUCTIONS, *SPARSITY_METHODS, *STRUCTURE_KINDS, *ALLOCATIONS, *NAMED_DATASETS]:
+        assert name in text, name
+    for name in [*EVALUATION_KINDS, *GLUE_TASKS]:  # --evaluate's kinds and glue:TASK's tasks
         assert name in text, name
 
 

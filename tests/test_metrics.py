@@ -540,13 +540,40 @@ def test_format_results_table():
         format_results_table({"a": {"x": 1.0}, "b": 2.0})
 
 
-def test_correlations_agree_with_scipy_when_installed():
-    # scipy is not a dependency; where it happens to be installed it is an independent reference.
-    stats = pytest.importorskip("scipy.stats")
+def test_glue_metrics_equal_sklearn_and_scipy_on_random_inputs():
+    # The metrics are scikit-learn's and scipy's; the wrappers add input checks, the argument order (predictions
+    # first) and F1's positive class (label 1, as GLUE scores MRPC and QQP).
+    from scipy import stats
+    from sklearn import metrics
+
     rng = np.random.default_rng(0)
-    for _ in range(5):
-        x = rng.integers(0, 5, size=40).astype(float)  # many ties
-        y = x + rng.normal(size=40)
-        assert pearson_correlation(x, y) == pytest.approx(stats.pearsonr(x, y)[0])
-        assert spearman_correlation(x, y) == pytest.approx(stats.spearmanr(x, y)[0])
+    for _ in range(20):
+        size = int(rng.integers(2, 60))
+        refs = rng.integers(0, 2, size=size)
+        preds = rng.integers(0, 2, size=size)
+        assert accuracy(preds, refs) == pytest.approx(metrics.accuracy_score(refs, preds))
+        assert binary_f1(preds, refs) == pytest.approx(metrics.f1_score(refs, preds, zero_division=0))
+        assert compute_glue_metrics("mrpc", preds, refs) == {
+            "accuracy": pytest.approx(metrics.accuracy_score(refs, preds)),
+            "f1": pytest.approx(metrics.f1_score(refs, preds, zero_division=0)),
+        }
+        assert compute_glue_metrics("cola", preds, refs)["matthews_correlation"] == pytest.approx(
+            metrics.matthews_corrcoef(refs, preds)
+        )
+        three_refs, three_preds = rng.integers(0, 3, size=size), rng.integers(0, 3, size=size)
+        assert macro_f1(three_preds, three_refs) == pytest.approx(
+            metrics.f1_score(three_refs, three_preds, average="macro", zero_division=0)
+        )
+        assert matthews_correlation(three_preds, three_refs) == pytest.approx(
+            metrics.matthews_corrcoef(three_refs, three_preds)
+        )
+        x = rng.integers(0, 5, size=size).astype(float)  # many ties
+        y = x + rng.normal(size=size)
+        stsb = compute_glue_metrics("stsb", y, x)
+        assert stsb["pearson"] == pytest.approx(stats.pearsonr(y, x)[0])
+        assert stsb["spearmanr"] == pytest.approx(stats.spearmanr(y, x)[0])
         np.testing.assert_allclose(rank_average(x), stats.rankdata(x))
+    # preds [0, 0, 1, 1], refs [0, 1, 1, 1]: class 1 has TP {2, 3}, FN {1} -> 4 / 5; class 0 has TP {0}, FP {1}
+    # -> 2 / 3. GLUE's F1 is class 1's unless told otherwise.
+    assert binary_f1([0, 0, 1, 1], [0, 1, 1, 1]) == pytest.approx(0.8)
+    assert binary_f1([0, 0, 1, 1], [0, 1, 1, 1], pos_label=0) == pytest.approx(2 / 3)

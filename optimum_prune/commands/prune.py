@@ -72,6 +72,9 @@ examples:
   # from the Hub:
   {prog} -m HuggingFaceTB/SmolLM2-135M --sparsity 0.2 --dataset wikitext2 --evaluate ppl ./smollm2-pruned
   {prog} -m ./minilm --task sequence-classification --criterion prunenet --sparsity 0.3 ./minilm-pruned
+  # accuracy kept, on local rows with GLUE's columns (sentence,label), into the summary and the model card:
+  {prog} -m ./minilm-sst2 --task sequence-classification --criterion magnitude --sparsity 0.3 \\
+      --evaluate glue:sst2 --eval-dataset sst2.csv ./minilm-sst2-pruned
   {prog} -m ./llama --target 2:4 --method sparsegpt --dataset c4 ./llama-2of4
 """
 
@@ -234,6 +237,16 @@ CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
 )
 
 
+def _evaluation(text: str) -> Any:
+    """--evaluate's type: an `EvaluationSpec` (this imports the evaluation package, only when --evaluate is given)."""
+    from optimum_prune.evaluation.specs import EvaluationInputError, parse_evaluation
+
+    try:
+        return parse_evaluation(text)
+    except EvaluationInputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_prune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the options of `prune` to `parser` (shared by `optimum-cli prune` and `optimum-prune`); return it."""
     parser.description = DESCRIPTION
@@ -306,14 +319,39 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     data.add_argument("--text-column", default=None, help="text column of a json/csv/parquet --dataset")
     data.add_argument(
         "--evaluate",
-        choices=["ppl"],
+        action="append",
+        type=_evaluation,
         default=None,
-        help="measure perplexity before and after (causal-lm): on --eval-dataset, else on the last 20%% of "
-        "--dataset's text, which is then kept out of calibration",
+        metavar="KIND",
+        help="score the model before and after pruning (repeat for several): ppl (causal-lm: perplexity on "
+        "--eval-dataset, else on the last 20%% of --dataset's text, which is then kept out of calibration); "
+        "glue:TASK (sequence-classification; TASK: cola, sst2, mrpc, qqp, stsb, mnli, mnli_matched, "
+        "mnli_mismatched, qnli, rte, wnli, ax); squad, squad_v2 (question-answering); lm-eval:TASK[,TASK...] "
+        "(causal-lm: lm-eval task names or task .yaml files, through lm-eval's Python API; needs the zeroshot "
+        "extra). The values before and after, their retention (after / before) and the time go to the summary, "
+        "--json and the model card's model-index",
     )
-    data.add_argument("--eval-dataset", default=None, metavar="FILE_OR_NAME", help="text for --evaluate")
     data.add_argument(
-        "--eval-windows", type=int, default=None, metavar="N", help="score at most N windows (default: all)"
+        "--eval-dataset",
+        default=None,
+        metavar="FILE_OR_NAME",
+        help="data for --evaluate: ppl reads text as --dataset does; glue and squad read a csv/json/jsonl/parquet "
+        "file or a folder of them with the task's columns (GLUE: sentence, or sentence1 and sentence2, question "
+        "and sentence, premise and hypothesis, question1 and question2, with label; SQuAD: question, context, "
+        "answers, optionally id), or a Hub dataset id (default: nyu-mll/glue or rajpurkar/squad[_v2] from the Hub)",
+    )
+    data.add_argument(
+        "--eval-split",
+        default=None,
+        metavar="SPLIT",
+        help="split of a Hub --eval-dataset (default: the task's validation split; wikitext2, c4, ptb: their "
+        "evaluation split); local files are read whole",
+    )
+    data.add_argument(
+        "--eval-samples", type=int, default=None, metavar="N", help="--evaluate: score the first N examples"
+    )
+    data.add_argument(
+        "--eval-windows", type=int, default=None, metavar="N", help="ppl: score at most N windows (default: all)"
     )
 
     out = parser.add_argument_group("output")
@@ -400,18 +438,113 @@ def prune_from_args(args: argparse.Namespace, log: Callable[[str], None] = print
     model_path, gguf_file = _resolve_model(args.model, args.gguf_file)
     _check_output_is_not_input(output, model_path)
     _check_output(output, args.overwrite)
-    if args.evaluate and args.task != "causal-lm":
-        raise CLIError(f"--evaluate ppl measures a language model: it needs --task causal-lm, not {args.task!r}.")
-    if args.eval_dataset and not args.evaluate:
-        raise CLIError("--eval-dataset is only read with --evaluate ppl.")
-    if args.evaluate and not (args.dataset or args.eval_dataset):
-        raise CLIError("--evaluate ppl needs text: pass --eval-dataset, or --dataset (its last 20% is evaluated).")
-    if args.evaluate and args.dataset == "random-tokens" and not args.eval_dataset:
-        raise CLIError("--dataset random-tokens holds no text to evaluate on: pass --eval-dataset with --evaluate.")
+    _check_evaluations(args)
 
     # Everything heavy is imported from here on (see the module docstring).
     with _progress_bars(enabled=not args.no_progress):
         return _prune(args, output, model_path, gguf_file, log)
+
+
+def _evaluations(args: argparse.Namespace) -> list[Any]:
+    """The `EvaluationSpec`s of --evaluate, each once, in the order given."""
+    return list(dict.fromkeys(getattr(args, "evaluate", None) or []))
+
+
+def _evaluates_ppl(args: argparse.Namespace) -> bool:
+    return any(spec.kind == "ppl" for spec in _evaluations(args))
+
+
+def _check_evaluations(args: argparse.Namespace) -> None:
+    """--evaluate and its options fit --task and each other (checked before anything is read)."""
+    evaluations = _evaluations(args)
+    for spec in evaluations:
+        if spec.model_task != args.task:
+            raise CLIError(
+                f"--evaluate {spec} {spec.what_it_scores}: it needs --task {spec.model_task}, not {args.task!r}."
+            )
+    for flag, value in (("--eval-dataset", args.eval_dataset), ("--eval-split", args.eval_split)):
+        if value is not None and not evaluations:
+            raise CLIError(f"{flag} is only read with --evaluate.")
+    if args.eval_samples is not None and (not evaluations or args.eval_samples < 1):
+        raise CLIError(f"--eval-samples {args.eval_samples}: give a number of examples >= 1, with --evaluate.")
+    readers = [spec.name for spec in evaluations if spec.reads_dataset]
+    if args.eval_dataset and not readers:
+        raise CLIError(
+            f"--eval-dataset is not read by --evaluate {' '.join(map(str, evaluations))}: lm-eval tasks name their "
+            "own data (a task name, or a task YAML file with its data_files)."
+        )
+    if args.eval_dataset and len(readers) > 1:
+        raise CLIError(
+            f"--eval-dataset holds the data of one evaluation, and --evaluate {' and '.join(readers)} read theirs: "
+            "run them one at a time, or leave out --eval-dataset to read each one's Hub dataset."
+        )
+    if args.eval_split and args.eval_dataset and os.path.exists(os.path.expanduser(args.eval_dataset)):
+        raise CLIError(
+            f"--eval-split names a split of a Hub dataset; the local --eval-dataset {args.eval_dataset!r} is read "
+            "whole."
+        )
+    if _evaluates_ppl(args):
+        if not (args.dataset or args.eval_dataset):
+            raise CLIError("--evaluate ppl needs text: pass --eval-dataset, or --dataset (its last 20% is evaluated).")
+        if args.dataset == "random-tokens" and not args.eval_dataset:
+            raise CLIError(
+                "--dataset random-tokens holds no text to evaluate on: pass --eval-dataset with --evaluate."
+            )
+        if args.eval_split and not args.eval_dataset:
+            raise CLIError("--eval-split: --evaluate ppl without --eval-dataset reads the last 20% of --dataset.")
+
+
+def _load_evaluations(
+    args: argparse.Namespace, model_config: Any, held_out: str | None, log: Callable[[str], None]
+) -> list[Any]:
+    """Read and check the data of each --evaluate against the model's config, before the weights are loaded."""
+    from optimum_prune.evaluation import EvaluationInputError, load_evaluation_data
+    from optimum_prune.offline import is_hub_unreachable
+
+    loaded = []
+    for spec in _evaluations(args):
+        name = split = None
+        if spec.kind == "ppl" and not args.eval_dataset:
+            source, name, split = [held_out], _dataset_label(args.dataset), f"last {1 - CALIBRATION_FRACTION:.0%}"
+        else:
+            source, split = (args.eval_dataset if spec.reads_dataset else None), args.eval_split
+        if spec.kind in ("glue", "squad", "squad_v2") and source is None:
+            task = spec.glue_task.dataset_args if spec.kind == "glue" else ("rajpurkar/" + spec.kind,)
+            log(f"--evaluate {spec}: no --eval-dataset, reading {' '.join(task)} from the Hub.")
+        try:
+            loaded.append(
+                load_evaluation_data(
+                    spec,
+                    source,
+                    model_config=model_config,
+                    split=split,
+                    text_column=args.text_column if spec.kind == "ppl" else None,
+                    max_samples=args.eval_samples,
+                    dataset_name=name,
+                )
+            )
+        except EvaluationInputError as err:
+            raise CLIError(str(err)) from err
+        except Exception as err:  # a file datasets cannot parse, the Hub out of reach, an unknown Hub dataset
+            if is_hub_unreachable(err):  # HubUnreachableError names the dataset and what to do
+                raise CLIError(f"--evaluate {spec}: {err}") from err
+            raise CLIError(f"Cannot read the data of --evaluate {spec}: {err}") from err
+    return loaded
+
+
+def _evaluate(pruner: Any, loaded: list[Any], stage: str, args: argparse.Namespace, config: Any) -> Any:
+    """Run the evaluations on the model as it is now; bad input (a text too short, a failed lm-eval task) is one
+    line, and before pruning nothing has been written."""
+    try:
+        return pruner.evaluate(
+            loaded,
+            stage=stage,
+            seqlen=config.seqlen,
+            max_windows=args.eval_windows,
+            show_progress=not args.no_progress,
+        )
+    except (ValueError, ImportError, OSError) as err:
+        raise CLIError(f"--evaluate ({stage} pruning): {err}") from err
 
 
 def _prune(
@@ -419,7 +552,7 @@ def _prune(
 ) -> dict[str, Any]:
     import optimum_prune
     from optimum_prune.criteria import CRITERIA
-    from optimum_prune.evaluation import format_results_table, perplexity
+    from optimum_prune.evaluation import format_results_table
     from optimum_prune.reconstruction import RECONSTRUCTIONS
     from optimum_prune.unstructured import DATA_FREE_METHODS
 
@@ -438,27 +571,16 @@ def _prune(
     if args.dry_run:
         return _dry_run(args, config, model_path, gguf_file, run_needs_data, log)
 
-    calibration, eval_text, eval_split, split_calibration = _read_texts(args)
+    calibration, held_out, split_calibration = _read_texts(args)
     hub_options = _hub_options(args)
     model_config = _check_model_config(model_path, gguf_file, optimum_prune.ADAPTERS, config, hub_options)
     _check_seqlen(args, config, model_config)
+    evaluations = _load_evaluations(args, model_config, held_out, log)
     pruner = _load_pruner(args, model_path, gguf_file, hub_options)
     show_progress = not args.no_progress
 
-    before_ppl = after_ppl = None
-    eval_ids = None
-    if eval_text is not None:
-        eval_ids = pruner.tokenizer(eval_text, return_tensors="pt", add_special_tokens=False).input_ids
-        eval_seqlen = min(config.seqlen, eval_ids.numel() - 1)
-        if eval_seqlen < 2:
-            raise CLIError(f"The evaluation text has {eval_ids.numel()} tokens: too few to measure perplexity.")
-        before_ppl = perplexity(
-            pruner.model,
-            input_ids=eval_ids,
-            seqlen=eval_seqlen,
-            max_windows=args.eval_windows,
-            show_progress=show_progress,
-        )
+    if evaluations:
+        _evaluate(pruner, evaluations, "before", args, config)
 
     start = time.perf_counter()
     try:
@@ -482,23 +604,9 @@ def _prune(
                 "Python recipe calibrates on all of it."
             )
 
-    if eval_ids is not None:
-        after_ppl = perplexity(
-            pruner.model,
-            input_ids=eval_ids,
-            seqlen=eval_seqlen,
-            max_windows=args.eval_windows,
-            show_progress=show_progress,
-        )
-        pruner.eval_results = {
-            "perplexity": {
-                "value": round(after_ppl["perplexity"], 4),
-                "base_value": round(before_ppl["perplexity"], 4),
-                "dataset": _dataset_label(args.eval_dataset or args.dataset),
-                "split": eval_split,
-                "task": "text-generation",
-            }
-        }
+    # After pruning, pruner.evaluation holds both sides: the card's model-index is written from it.
+    evaluation = _evaluate(pruner, evaluations, "after", args, config) if evaluations else None
+    ppl = evaluation["ppl"] if evaluation is not None and "ppl" in evaluation else None
 
     try:
         pruner.save_pretrained(output, repo_id=args.push_to_hub)
@@ -521,18 +629,27 @@ def _prune(
                 "sparsity achieved": summary["sparsity_achieved"],
             },
         }
-        if before_ppl is not None:
-            results["before"]["perplexity"] = before_ppl["perplexity"]
-            results["after"]["perplexity"] = after_ppl["perplexity"]
+        if ppl is not None:
+            results["before"]["perplexity"] = ppl["perplexity"].before
+            results["after"]["perplexity"] = ppl["perplexity"].after
 
         log("")
         log(
             f"{config.target} pruning of {args.model} ({summary['model_type']}): "
             f"{summary['sparsity_achieved']:.1%} of the prunable parameters "
             f"{'removed' if config.is_structured else 'zeroed'}"
-            + (f"; perplexity on {after_ppl['windows']} x {eval_seqlen} tokens" if after_ppl else "")
+            + (
+                f"; perplexity on {ppl.details_after['windows']} x {ppl.details_after['seqlen']} tokens"
+                if ppl is not None
+                else ""
+            )
         )
         log(format_results_table(_display(results), row_header="model"))
+        if evaluation is not None:
+            results["evaluation"] = evaluation.to_dict()
+            log("")
+            log("Evaluation (retention = after / before; perplexity is better lower, the other metrics higher):")
+            log(evaluation.to_markdown())
         if gguf_file:
             dtype = str(next(pruner.model.parameters()).dtype).replace("torch.", "")
             log(f"The size before is the quantized {gguf_file}; the pruned model is saved dequantized, in {dtype}.")
@@ -555,36 +672,29 @@ def _prune(
     return results
 
 
-def _read_texts(
-    args: argparse.Namespace, with_eval: bool = True
-) -> tuple[list[str] | str | None, str | None, str | None, bool]:
-    """(calibration, evaluation text, evaluation split label, whether the calibration is --dataset's first 80%)."""
-    from optimum_prune.data.calibration import NAMED_EVAL_SPLITS, RANDOM_TOKENS, load_texts
+def _read_texts(args: argparse.Namespace) -> tuple[list[str] | str | None, str | None, bool]:
+    """(calibration, the text held out of it for --evaluate ppl, whether the calibration is --dataset's first 80%)."""
+    from optimum_prune.data.calibration import RANDOM_TOKENS, load_texts
 
     calibration: list[str] | str | None = None
-    eval_text: str | None = None
-    eval_split: str | None = None
+    held_out: str | None = None
     split_calibration = False
     if args.dataset == RANDOM_TOKENS:
         # No text: the pruner draws the token ids; evaluation needs --eval-dataset.
         calibration = RANDOM_TOKENS
     elif args.dataset:
         texts = _load(load_texts, args.dataset, args.text_column, "--dataset")
-        if args.evaluate and not args.eval_dataset:
-            calibration, eval_text = split_for_evaluation(texts)
-            eval_split = f"last {1 - CALIBRATION_FRACTION:.0%}"
+        if _evaluates_ppl(args) and not args.eval_dataset:
+            calibration, held_out = split_for_evaluation(texts)
             split_calibration = True
         else:
             calibration = texts
-    if args.eval_dataset and with_eval:
-        split = NAMED_EVAL_SPLITS.get(args.eval_dataset)
-        eval_text = "\n\n".join(_load(load_texts, args.eval_dataset, args.text_column, "--eval-dataset", split))
-        eval_split = split
-    return calibration, eval_text, eval_split, split_calibration
+    return calibration, held_out, split_calibration
 
 
 def _check_seqlen(args: argparse.Namespace, config: Any, model_config: Any) -> None:
-    if args.dataset or args.eval_dataset:
+    # --seqlen is the length of calibration sequences and of perplexity windows, not of GLUE / SQuAD inputs.
+    if args.dataset or (args.eval_dataset and _evaluates_ppl(args)):
         from optimum_prune.checks import check_sequence_length
 
         try:
@@ -826,7 +936,7 @@ def _dry_run(
             + (f" and --dataset {_dataset_label(args.dataset)} to compute it." if needs.data else " to compute it.")
         )
         if needs.data:
-            calibration = _read_texts(args, with_eval=False)[0]
+            calibration = _read_texts(args)[0]
         pruner = _load_pruner(args, model_path, gguf_file, hub_options)
     else:
         import torch
@@ -902,15 +1012,24 @@ _AUTO_CLASS_BY_TASK = {
 
 
 def _check_sources(args: argparse.Namespace) -> None:
-    """--dataset and --eval-dataset name a known dataset or an existing path (checked without reading them)."""
+    """--dataset and --eval-dataset name a known dataset or an existing path (checked without reading them); for
+    GLUE and SQuAD, --eval-dataset may also be a Hub dataset id."""
     from optimum_prune.data.calibration import NAMED_DATASETS, RANDOM_TOKENS
 
+    tables = any(spec.kind in ("glue", "squad", "squad_v2") for spec in _evaluations(args))
     for flag, source in (("--dataset", args.dataset), ("--eval-dataset", args.eval_dataset)):
-        if source and source != RANDOM_TOKENS and source not in NAMED_DATASETS and not os.path.exists(source):
+        if not source or source == RANDOM_TOKENS or source in NAMED_DATASETS or os.path.exists(source):
+            continue
+        if flag == "--eval-dataset" and tables:
+            if _HUB_ID.match(source) and not source.startswith((".", "~")) and source.count("/") <= 1:
+                continue
             raise CLIError(
-                f"Cannot read {flag} {source!r}: it is neither a local file or folder nor a known dataset name "
-                f"({', '.join(sorted(NAMED_DATASETS))})."
+                f"Cannot read --eval-dataset {source!r}: it is neither a local file or folder nor a Hub dataset id."
             )
+        raise CLIError(
+            f"Cannot read {flag} {source!r}: it is neither a local file or folder nor a known dataset name "
+            f"({', '.join(sorted(NAMED_DATASETS))})."
+        )
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------------------
@@ -953,7 +1072,7 @@ def _display(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The results with readable numbers: thousands separators, one-decimal sizes and times, percentages."""
     shown: dict[str, dict[str, Any]] = {}
     for row, values in results.items():
-        if row == "hub":
+        if row in ("hub", "evaluation"):
             continue
         cells: dict[str, Any] = {}
         for key, value in values.items():
@@ -975,6 +1094,7 @@ def _display(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def _progress_bars(enabled: bool) -> Iterator[None]:
     """With `enabled=False`, also silence transformers' and huggingface_hub's loading and saving bars (the pruner's
     own follow `show_progress`); the previous state is restored, for callers that run several commands in-process."""
+    import datasets
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
     from transformers.utils import logging as transformers_logging
 
@@ -983,8 +1103,10 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
         return
     hub_was_enabled = not are_progress_bars_disabled()
     transformers_was_enabled = transformers_logging.is_progress_bar_enabled()
+    datasets_was_enabled = datasets.is_progress_bar_enabled()
     disable_progress_bars()
     transformers_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
     try:
         yield
     finally:
@@ -992,6 +1114,8 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
             enable_progress_bars()
         if transformers_was_enabled:
             transformers_logging.enable_progress_bar()
+        if datasets_was_enabled:
+            datasets.enable_progress_bars()
 
 
 def _one_line(message: object) -> str:

@@ -1,7 +1,8 @@
 """GLUE metrics and a fine-tune-free evaluation loop for sequence-classification models.
 
-The metrics follow the GLUE benchmark definitions (the same ones the ``glue`` metric of ``evaluate`` computes through
-scikit-learn and scipy), re-implemented in numpy so that neither library is a dependency:
+The metrics follow the GLUE benchmark definitions and are computed by scikit-learn and scipy, as the ``glue`` metric
+of ``evaluate`` computes them (without its download of the metric script); the functions here check the inputs and
+pass references as ``y_true``:
 
 * ``cola``: Matthews correlation coefficient,
 * ``mrpc`` and ``qqp``: accuracy and binary F1 of the positive class (label 1),
@@ -15,14 +16,17 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from scipy import stats
+from sklearn import metrics as sklearn_metrics
 from tqdm.auto import tqdm
+
+from .specs import GLUE_TASKS, GlueTask
 
 logger = logging.getLogger(__name__)
 
@@ -41,59 +45,6 @@ __all__ = [
     "rank_average",
     "spearman_correlation",
 ]
-
-
-@dataclass(frozen=True)
-class GlueTask:
-    """What is needed to load and score one GLUE task.
-
-    Attributes:
-        name: the task name as used by ``compute_glue_metrics``.
-        dataset_args: positional arguments of ``datasets.load_dataset`` (path, config name).
-        text_columns: the first and (for sentence-pair tasks) second text column; ``None`` for single-sentence tasks.
-        num_labels: number of model outputs (1 for the regression task ``stsb``).
-        validation_split: the split that holds labelled evaluation data.
-        is_regression: whether the label is a float score rather than a class id.
-        metrics: the metric names ``compute_glue_metrics`` returns for this task.
-    """
-
-    name: str
-    dataset_args: tuple[str, str]
-    text_columns: tuple[str, str | None]
-    num_labels: int
-    validation_split: str = "validation"
-    is_regression: bool = False
-    metrics: tuple[str, ...] = ("accuracy",)
-
-
-_GLUE_PATH = "nyu-mll/glue"
-
-GLUE_TASKS: dict[str, GlueTask] = {
-    "cola": GlueTask("cola", (_GLUE_PATH, "cola"), ("sentence", None), 2, metrics=("matthews_correlation",)),
-    "sst2": GlueTask("sst2", (_GLUE_PATH, "sst2"), ("sentence", None), 2),
-    "mrpc": GlueTask("mrpc", (_GLUE_PATH, "mrpc"), ("sentence1", "sentence2"), 2, metrics=("accuracy", "f1")),
-    "qqp": GlueTask("qqp", (_GLUE_PATH, "qqp"), ("question1", "question2"), 2, metrics=("accuracy", "f1")),
-    "stsb": GlueTask(
-        "stsb",
-        (_GLUE_PATH, "stsb"),
-        ("sentence1", "sentence2"),
-        1,
-        is_regression=True,
-        metrics=("pearson", "spearmanr"),
-    ),
-    # The "mnli" config has no plain "validation" split: it carries validation_matched and validation_mismatched.
-    "mnli": GlueTask(
-        "mnli", (_GLUE_PATH, "mnli"), ("premise", "hypothesis"), 3, validation_split="validation_matched"
-    ),
-    "mnli_matched": GlueTask("mnli_matched", (_GLUE_PATH, "mnli_matched"), ("premise", "hypothesis"), 3),
-    "mnli_mismatched": GlueTask("mnli_mismatched", (_GLUE_PATH, "mnli_mismatched"), ("premise", "hypothesis"), 3),
-    "qnli": GlueTask("qnli", (_GLUE_PATH, "qnli"), ("question", "sentence"), 2),
-    "rte": GlueTask("rte", (_GLUE_PATH, "rte"), ("sentence1", "sentence2"), 2),
-    "wnli": GlueTask("wnli", (_GLUE_PATH, "wnli"), ("sentence1", "sentence2"), 2),
-    # The diagnostic set only has a test split, whose labels GLUE keeps hidden (-1); it is scored with an MNLI model
-    # through the GLUE server. It is listed so its metric and columns are known, not because it can be scored here.
-    "ax": GlueTask("ax", (_GLUE_PATH, "ax"), ("premise", "hypothesis"), 3, validation_split="test"),
-}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -119,93 +70,59 @@ def _check_pair(predictions: Any, references: Any) -> tuple[np.ndarray, np.ndarr
 
 
 def accuracy(predictions: Sequence[int], references: Sequence[int]) -> float:
-    """Fraction of predictions equal to their reference."""
+    """Fraction of predictions equal to their reference (``sklearn.metrics.accuracy_score``)."""
     preds, refs = _check_pair(predictions, references)
-    return float(np.mean(preds == refs))
-
-
-def _f1_from_counts(tp: int, fp: int, fn: int) -> float:
-    # 2TP / (2TP + FP + FN) is the harmonic mean of precision and recall; scikit-learn reports 0 when it is undefined.
-    denominator = 2 * tp + fp + fn
-    return 0.0 if denominator == 0 else 2.0 * tp / denominator
+    return float(sklearn_metrics.accuracy_score(refs, preds))
 
 
 def binary_f1(predictions: Sequence[int], references: Sequence[int], pos_label: int = 1) -> float:
-    """F1 score of the positive class, as ``sklearn.metrics.f1_score(average="binary")``."""
+    """F1 score of the positive class (``sklearn.metrics.f1_score`` of ``pos_label``); 0 where it is undefined.
+
+    Scored for ``pos_label`` alone, so a run where neither side holds that class gives 0 rather than an error.
+    """
     preds, refs = _check_pair(predictions, references)
-    tp = int(np.sum((preds == pos_label) & (refs == pos_label)))
-    fp = int(np.sum((preds == pos_label) & (refs != pos_label)))
-    fn = int(np.sum((preds != pos_label) & (refs == pos_label)))
-    return _f1_from_counts(tp, fp, fn)
+    scores = sklearn_metrics.f1_score(refs, preds, labels=[pos_label], average=None, zero_division=0.0)
+    return float(scores[0])
 
 
 def macro_f1(predictions: Sequence[int], references: Sequence[int]) -> float:
     """Unweighted mean of the per-class F1 over every label seen in predictions or references (sklearn "macro")."""
     preds, refs = _check_pair(predictions, references)
-    scores = []
-    for label in np.union1d(preds, refs):
-        tp = int(np.sum((preds == label) & (refs == label)))
-        fp = int(np.sum((preds == label) & (refs != label)))
-        fn = int(np.sum((preds != label) & (refs == label)))
-        scores.append(_f1_from_counts(tp, fp, fn))
-    return float(np.mean(scores))
+    return float(sklearn_metrics.f1_score(refs, preds, average="macro", zero_division=0.0))
 
 
 def matthews_correlation(predictions: Sequence[int], references: Sequence[int]) -> float:
-    """Matthews correlation coefficient, multi-class form (Gorodkin 2004) as in ``sklearn.metrics.matthews_corrcoef``.
+    """Matthews correlation coefficient, multi-class form (``sklearn.metrics.matthews_corrcoef``).
 
-    Returns 0.0 when either the predictions or the references hold a single class, as scikit-learn does.
+    0.0 when either the predictions or the references hold a single class, as scikit-learn returns.
     """
     preds, refs = _check_pair(predictions, references)
-    labels, encoded = np.unique(np.concatenate([refs, preds]), return_inverse=True)
-    true_idx, pred_idx = encoded[: len(refs)], encoded[len(refs) :]
-    confusion = np.zeros((len(labels), len(labels)), dtype=np.float64)
-    np.add.at(confusion, (true_idx, pred_idx), 1.0)
-    true_counts = confusion.sum(axis=1)
-    pred_counts = confusion.sum(axis=0)
-    n_correct = np.trace(confusion)
-    n_samples = confusion.sum()
-    cov_true_pred = n_correct * n_samples - np.dot(true_counts, pred_counts)
-    cov_pred_pred = n_samples**2 - np.dot(pred_counts, pred_counts)
-    cov_true_true = n_samples**2 - np.dot(true_counts, true_counts)
-    if cov_pred_pred * cov_true_true == 0:
-        return 0.0
-    return float(cov_true_pred / math.sqrt(cov_true_true * cov_pred_pred))
+    return float(sklearn_metrics.matthews_corrcoef(refs, preds))
 
 
 def pearson_correlation(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson correlation coefficient; NaN when either input is constant (scipy returns NaN there as well)."""
+    """Pearson correlation coefficient (``scipy.stats.pearsonr``); NaN when either input is constant."""
     a, b = _check_pair(x, y)
-    a = a.astype(np.float64) - np.mean(a, dtype=np.float64)
-    b = b.astype(np.float64) - np.mean(b, dtype=np.float64)
-    denominator = math.sqrt(float(np.dot(a, a)) * float(np.dot(b, b)))
-    if denominator == 0.0:
+    if len(a) < 2:
         return float("nan")
-    # Rounding can push |r| a hair past 1 for perfectly correlated inputs.
-    return float(max(-1.0, min(1.0, float(np.dot(a, b)) / denominator)))
+    with warnings.catch_warnings():  # a constant input gives NaN, which is the answer, not a problem to report
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return float(stats.pearsonr(a.astype(np.float64), b.astype(np.float64)).statistic)
 
 
 def rank_average(values: Sequence[float]) -> np.ndarray:
-    """1-based ranks where tied values share the mean of the ranks they span (``scipy.stats.rankdata``'s default)."""
-    array = _as_1d(values, "values")
-    order = np.argsort(array, kind="mergesort")
-    sorted_values = array[order]
-    ranks = np.empty(len(array), dtype=np.float64)
-    start = 0
-    while start < len(array):
-        end = start
-        while end + 1 < len(array) and sorted_values[end + 1] == sorted_values[start]:
-            end += 1
-        # Positions start..end (0-based) hold ranks start+1..end+1, whose mean is (start + end) / 2 + 1.
-        ranks[order[start : end + 1]] = (start + end) / 2.0 + 1.0
-        start = end + 1
-    return ranks
+    """1-based ranks where tied values share the mean of the ranks they span (``scipy.stats.rankdata``)."""
+    return stats.rankdata(_as_1d(values, "values"), method="average")
 
 
 def spearman_correlation(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman rank correlation: Pearson correlation of the average ranks (ties handled as ``scipy.stats.spearmanr``)."""
+    """Spearman rank correlation with average ranks for ties (``scipy.stats.spearmanr``); NaN for a constant input."""
     a, b = _check_pair(x, y)
-    return pearson_correlation(rank_average(a), rank_average(b))
+    if len(a) < 2:
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return float(stats.spearmanr(a.astype(np.float64), b.astype(np.float64)).statistic)
 
 
 def compute_classification_metrics(predictions: Sequence[int], references: Sequence[int]) -> dict[str, float]:
@@ -296,6 +213,12 @@ def _forward_inputs(model: torch.nn.Module, batch: Any, device: torch.device) ->
     }
 
 
+def label_key(name: Any) -> str:
+    """A class name as compared across datasets and models: "Not Entailment", "NOT_ENTAILMENT" and "not-entailment"
+    are one name."""
+    return "_".join(str(name).lower().replace("-", " ").replace("_", " ").split())
+
+
 def _label_remapping(model: torch.nn.Module, dataset: Any, label_column: str) -> dict[int, int] | None:
     """Map model output ids onto dataset label ids when both sides name their labels with the same names.
 
@@ -307,8 +230,8 @@ def _label_remapping(model: torch.nn.Module, dataset: Any, label_column: str) ->
     id2label = getattr(getattr(model, "config", None), "id2label", None)
     if not dataset_names or not id2label:
         return None
-    dataset_index = {name.lower(): i for i, name in enumerate(dataset_names)}
-    model_names = {int(i): str(name).lower() for i, name in id2label.items()}
+    dataset_index = {label_key(name): i for i, name in enumerate(dataset_names)}
+    model_names = {int(i): label_key(name) for i, name in id2label.items()}
     if not all(name in dataset_index for name in model_names.values()):
         return None
     mapping = {model_id: dataset_index[name] for model_id, name in model_names.items()}
@@ -331,6 +254,7 @@ def evaluate_sequence_classification(
     *,
     task: str | None = None,
     return_predictions: bool = False,
+    show_progress: bool = True,
 ) -> dict[str, Any]:
     """Run a sequence-classification model over a dataset and score it, without any training.
 
@@ -350,6 +274,7 @@ def evaluate_sequence_classification(
         max_samples: evaluate only the first ``max_samples`` examples.
         task: the GLUE task a local ``datasets.Dataset`` belongs to, so that its GLUE metric is used.
         return_predictions: also return ``"predictions"`` and ``"references"`` lists in the result.
+        show_progress: show a progress bar over the batches.
 
     Returns:
         The GLUE metrics of the task (see ``compute_glue_metrics``); for a plain dataset, ``accuracy`` and ``macro_f1``
@@ -404,7 +329,9 @@ def evaluate_sequence_classification(
     predictions: list[float] = []
     try:
         with torch.no_grad():
-            for start in tqdm(range(0, len(dataset), batch_size), desc="Evaluating", unit="batch"):
+            for start in tqdm(
+                range(0, len(dataset), batch_size), desc="Evaluating", unit="batch", disable=not show_progress
+            ):
                 rows = dataset[start : start + batch_size]
                 texts = (rows[first_column],) if second_column is None else (rows[first_column], rows[second_column])
                 encoded = tokenizer(*texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")

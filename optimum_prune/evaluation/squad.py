@@ -297,6 +297,7 @@ def postprocess_qa_predictions(
     n_best_size: int = 20,
     max_answer_length: int = 30,
     null_score_diff_threshold: float = 0.0,
+    show_progress: bool = True,
 ) -> dict[str, str]:
     """Turn start/end logits of every feature into one answer text per example (transformers ``utils_qa`` logic).
 
@@ -316,6 +317,7 @@ def postprocess_qa_predictions(
         n_best_size: candidates kept per side and in the n-best list.
         max_answer_length: longest answer, in tokens.
         null_score_diff_threshold: margin the null score needs over the best span to predict "no answer".
+        show_progress: show a progress bar over the examples.
 
     Returns:
         ``{example_id: answer_text}``; as in the reference implementation the text is ``"empty"`` when no valid span
@@ -334,7 +336,9 @@ def postprocess_qa_predictions(
         features_per_example[example_id_to_index[example_id]].append(feature_index)
 
     all_predictions: dict[str, str] = collections.OrderedDict()
-    for example_index, example in enumerate(tqdm(example_rows, desc="Post-processing", unit="example")):
+    for example_index, example in enumerate(
+        tqdm(example_rows, desc="Post-processing", unit="example", disable=not show_progress)
+    ):
         min_null_prediction: dict[str, Any] | None = None
         prelim_predictions: list[dict[str, Any]] = []
         for feature_index in features_per_example[example_index]:
@@ -467,6 +471,7 @@ def evaluate_question_answering(
     max_answer_length: int = 30,
     null_score_diff_threshold: float = 0.0,
     return_predictions: bool = False,
+    show_progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate an extractive question-answering model on SQuAD-style data, without any training.
 
@@ -489,6 +494,7 @@ def evaluate_question_answering(
         max_answer_length: see ``postprocess_qa_predictions``.
         null_score_diff_threshold: see ``postprocess_qa_predictions``.
         return_predictions: also return ``"predictions"`` (``{id: text}``) in the result.
+        show_progress: show progress bars over the batches and the post-processing.
 
     Returns:
         v1.1: ``exact_match`` and ``f1``; v2.0: the keys of ``compute_squad_v2``. Percentages, plus ``num_samples``
@@ -535,7 +541,9 @@ def evaluate_question_answering(
     left = getattr(tokenizer, "padding_side", "right") == "left"
     try:
         with torch.no_grad():
-            for start in tqdm(range(0, len(feature_rows), batch_size), desc="Evaluating", unit="batch"):
+            for start in tqdm(
+                range(0, len(feature_rows), batch_size), desc="Evaluating", unit="batch", disable=not show_progress
+            ):
                 rows = feature_rows[start : start + batch_size]
                 batch = {k: v.to(device) for k, v in _pad_batch(tokenizer, rows, model).items()}
                 outputs = model(**batch)
@@ -559,6 +567,7 @@ def evaluate_question_answering(
         n_best_size=n_best_size,
         max_answer_length=max_answer_length,
         null_score_diff_threshold=null_score_diff_threshold,
+        show_progress=show_progress,
     )
     predictions = {str(k): v for k, v in predictions.items()}
     result: dict[str, Any] = dict(compute_squad_metrics(predictions, references, version_2=version_2))
