@@ -589,7 +589,10 @@ def _run_perplexity(
         raise EvaluationInputError(
             f"The ppl text ({data.dataset}) has {ids.numel()} tokens: too few to measure perplexity."
         )
-    values = perplexity(model, input_ids=ids, seqlen=window, max_windows=max_windows, show_progress=show_progress)
+    # The tokenizer gives the ids each window starts with (its BOS, where it adds one), as in calibration.
+    values = perplexity(
+        model, tokenizer, input_ids=ids, seqlen=window, max_windows=max_windows, show_progress=show_progress
+    )
     return {**values, "seqlen": window}
 
 
