@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
+    # The report prints the command line; name vLLM's environment, not this machine's path to it.
+    sys.argv = [value if value != args.vllm_python else "<vllm-env>/bin/python" for value in sys.argv]
     if args.quick:
         args.num_samples, args.seqlen, args.eval_windows = 8, 256, 4
     torch.set_num_threads(args.threads)
