@@ -152,6 +152,17 @@ def plan_depth(
 
 
 @torch.no_grad()
+def consecutive_runs(indices: list[int]) -> list[list[int]]:
+    """Sorted block indices grouped into runs of neighbours: [2, 3, 7] -> [[2, 3], [7]] (one bridge per run)."""
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and runs[-1][-1] == index - 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return runs
+
+
 def prune_depth(
     model: nn.Module,
     adapter: ArchitectureAdapter,
@@ -163,12 +174,7 @@ def prune_depth(
     """Remove blocks from `model` in place (see the module docstring); returns the original indices removed."""
     removed, first_inputs, own = _rank_blocks(model, adapter, config, samples, streamer, show_progress)
     layers = adapter.layers()
-    runs: list[list[int]] = []
-    for index in removed:
-        if runs and runs[-1][-1] == index - 1:
-            runs[-1].append(index)
-        else:
-            runs.append([index])
+    runs = consecutive_runs(removed)
     bridges: dict[int, LinearBridge] = {}
     if config.reconstruction != "none" and runs:
         hidden = model.config.hidden_size

@@ -224,15 +224,10 @@ def plan_pruning(
         adapter = get_adapter(model)
     prunable = adapter.count_prunable_parameters(pruned_kinds(adapter, config))
     if config.structures is not None and "layers" in config.structures:
-        from .depth import plan_depth
+        from .depth import consecutive_runs, plan_depth
 
         removed = plan_depth(model, adapter, config, samples, show_progress=show_progress, **placement)
-        runs: list[list[int]] = []
-        for index in removed:
-            if runs and runs[-1][-1] == index - 1:
-                runs[-1].append(index)
-            else:
-                runs.append([index])
+        runs = consecutive_runs(removed)
         bridged = config.reconstruction != "none"
         hidden = int(model.config.hidden_size)
         layers = []
