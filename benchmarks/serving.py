@@ -48,6 +48,15 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default=None)
+    parser.add_argument(
+        "--rows",
+        nargs="*",
+        default=None,
+        help="only the pruned rows whose name contains one of these (the dense row is always measured again); with "
+        "--resume the rows of an earlier run with the same protocol stay in the table",
+    )
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--sparsities", type=float, nargs="*", default=None, help="a subset of 0.2 0.3 0.5")
     args = parser.parse_args()
     # The report prints the command line; name vLLM's environment, not this machine's path to it.
     sys.argv = [value if value != args.vllm_python else "<vllm-env>/bin/python" for value in sys.argv]
@@ -70,9 +79,12 @@ def main() -> None:
         intro=__doc__.split("\n\n")[0],
         protocol=protocol,
     )
+    if args.resume:
+        report.resume()
     root = tempfile.mkdtemp(prefix="serving-bench-")
     rows: dict[str, dict] = {}
     folders: dict[str, str] = {}
+    sparsities = [x for x in sparsities if not args.sparsities or x in args.sparsities]
     dense_parameters = sum(p.numel() for p in workload.model.parameters())
     rows["dense"] = {"parameters": dense_parameters, **common.evaluate(workload.model, workload, args.eval_windows)}
     folders["dense"] = os.path.join(root, "dense")
@@ -80,11 +92,18 @@ def main() -> None:
     for sparsity in sparsities:
         for name, fields in (
             (f"{sparsity:.0%} FFN uniform, no refit", dict(allocation="uniform", reconstruction="none")),
+            (f"{sparsity:.0%} FFN uniform, LIAR", dict(allocation="uniform", reconstruction="liar")),
             (
                 f"{sparsity:.0%} FFN serving='vllm' (activation, global, LIAR)",
                 dict(allocation="global", reconstruction="liar", serving="vllm"),
             ),
+            (
+                f"{sparsity:.0%} FFN serving='vllm' (activation, OBS allocation, LIAR)",
+                dict(allocation="obs", reconstruction="liar", serving="vllm"),
+            ),
         ):
+            if args.rows and not any(pattern in name for pattern in args.rows):
+                continue
             common.log(f"pruning: {name}")
             pruner = workload.fresh_pruner()
             config = PruningConfig(
