@@ -21,46 +21,49 @@ from optimum_prune.serialization.save import CheckpointTargetError, save_pruned_
 OLD = {"seed": 0, "sparsity": 0.1}
 NEW = {"seed": 1, "sparsity": 0.6}
 
-# Builds the NEW model once, then for each job forks a child that saves it over the job's target, printing each step
-# of the save; at the job's step the child stops, and this worker SIGKILLs it there. Forking from one worker spares
-# each kill point the seconds of importing torch. argv[1]: the tests folder (for conftest); stdin: one job a line,
-# "TARGET STEP EXCHANGE".
-SAVER = textwrap.dedent(
-    """
-    import os, signal, sys, time
-    sys.path.insert(0, sys.argv[1])
-    from conftest import tiny_llama
-    from optimum_prune import PruningConfig
-    from optimum_prune.serialization import save
+# Builds the NEW model once, then for each job forks a child that saves it over the job's target and runs ON_STEP
+# when the save reaches the job's step; this worker then runs REPORT. Forking from one worker spares each job the
+# seconds of importing torch. argv[1]: the tests folder (for conftest); stdin: one job a line, "TARGET STEP EXCHANGE".
+_FORKING_SAVER = """
+import os, signal, sys, time
+sys.path.insert(0, sys.argv[1])
+from conftest import tiny_llama
+from optimum_prune import PruningConfig
+from optimum_prune.serialization import save
 
-    model = tiny_llama(seed={seed})
-    config = PruningConfig(sparsity={sparsity})
-    for job in sys.stdin.read().splitlines():
-        target, step, exchange = job.split()
-        read_end, write_end = os.pipe()
-        child = os.fork()
-        if child == 0:
-            os.close(read_end)
-            if exchange == "0":
-                os.environ["OPTIMUM_PRUNE_NO_RENAME_EXCHANGE"] = "1"
-
-            def after_step(done, step=step):
-                if done == step:
-                    os.write(write_end, b"PAUSED")
-                    time.sleep(600)
-
-            save._after_step = after_step
-            save.save_pruned_checkpoint(model, target, pruning_config=config)
-            os.write(write_end, b"DONE")
-            os._exit(0)
-        os.close(write_end)
-        said = os.read(read_end, 16).decode()
-        os.kill(child, signal.SIGKILL)
-        os.waitpid(child, 0)
+model = tiny_llama(seed={seed})
+config = PruningConfig(sparsity={sparsity})
+for job in sys.stdin.read().splitlines():
+    target, step, exchange = job.split()
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
         os.close(read_end)
-        print(target, said, flush=True)
-    """
-).format(**NEW)
+        if exchange == "0":
+            os.environ["OPTIMUM_PRUNE_NO_RENAME_EXCHANGE"] = "1"
+
+        def after_step(done, step=step):
+            if done == step:
+{on_step}
+        save._after_step = after_step
+        save.save_pruned_checkpoint(model, target, pruning_config=config)
+        os.write(write_end, b"DONE")
+        os._exit(0)
+    os.close(write_end)
+{report}
+"""
+
+# The child stops at the job's step and this worker SIGKILLs it there.
+SAVER = _FORKING_SAVER.format(
+    **NEW,
+    on_step="""                os.write(write_end, b"PAUSED")
+                time.sleep(600)""",
+    report="""    said = os.read(read_end, 16).decode()
+    os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+    os.close(read_end)
+    print(target, said, flush=True)""",
+)
 
 
 def _hashes(folder: Path) -> dict[str, str]:
@@ -276,42 +279,16 @@ def test_a_second_save_into_the_same_folder_is_refused_while_the_first_runs(refe
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "checkpoint-sibling"]
 
 
-# As SAVER, but the child sends itself SIGTERM at the job's step and this worker reports how it ended: "DONE" if the
-# save returned, and its exit status (-15: killed by SIGTERM).
-SIGTERMED_SAVER = textwrap.dedent(
-    """
-    import os, signal, sys
-    sys.path.insert(0, sys.argv[1])
-    from conftest import tiny_llama
-    from optimum_prune import PruningConfig
-    from optimum_prune.serialization import save
-
-    model = tiny_llama(seed={seed})
-    config = PruningConfig(sparsity={sparsity})
-    for job in sys.stdin.read().splitlines():
-        target, step, exchange = job.split()
-        read_end, write_end = os.pipe()
-        child = os.fork()
-        if child == 0:
-            os.close(read_end)
-            if exchange == "0":
-                os.environ["OPTIMUM_PRUNE_NO_RENAME_EXCHANGE"] = "1"
-
-            def after_step(done, step=step):
-                if done == step:
-                    os.kill(os.getpid(), signal.SIGTERM)
-
-            save._after_step = after_step
-            save.save_pruned_checkpoint(model, target, pruning_config=config)
-            os.write(write_end, b"DONE")
-            os._exit(0)
-        os.close(write_end)
-        said = os.read(read_end, 16).decode() or "-"
-        status = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
-        os.close(read_end)
-        print(target, said, status, flush=True)
-    """
-).format(**NEW)
+# The child sends itself SIGTERM at the job's step and this worker reports how it ended: "DONE" if the save
+# returned, and its exit status (-15: killed by SIGTERM).
+SIGTERMED_SAVER = _FORKING_SAVER.format(
+    **NEW,
+    on_step="                os.kill(os.getpid(), signal.SIGTERM)",
+    report="""    said = os.read(read_end, 16).decode() or "-"
+    status = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+    os.close(read_end)
+    print(target, said, status, flush=True)""",
+)
 
 SIGTERM_POINTS = [
     # (step SIGTERM arrives after, renameat2 exchange available, what the target then holds: None if missing)
