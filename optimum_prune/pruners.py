@@ -464,9 +464,9 @@ class BasePruner:
         if serving is not None:
             from functools import partial
 
-            from .serialization.serving import check_config, write_vllm_checkpoint
+            from .serialization.serving import check_target, write_vllm_checkpoint
 
-            check_config(serving, ["ffn_channels"], "none")  # the target's name only; the model is checked on write
+            check_target(serving)  # the model itself is checked as it is written
             write_weights = partial(write_vllm_checkpoint, self.model)
         save_pruned_checkpoint(
             self.model,

@@ -30,7 +30,7 @@ from torch import nn
 
 from .remote import optimum_prune_layers as shipped
 
-__all__ = ["SERVING_TARGETS", "ServingPlanError", "check_plan", "write_vllm_checkpoint"]
+__all__ = ["SERVING_TARGETS", "ServingPlanError", "check_plan", "check_target", "write_vllm_checkpoint"]
 
 SERVING_TARGETS = ("vllm",)
 #: Families whose blocks are vLLM's LLaMA attention and MLP (Qwen2 with its q / k / v biases).
@@ -49,10 +49,15 @@ def default_structures(target: str) -> list[str]:
     return ["ffn_channels"]
 
 
-def check_config(target: str, structures: list[str] | None, reconstruction: str) -> None:
-    """The config-only part of `check_plan` (no model needed): called by `PruningConfig.validate`."""
+def check_target(target: str) -> None:
+    """Raises ServingPlanError for a name that is not a serving target."""
     if target not in SERVING_TARGETS:
         raise ServingPlanError(f"serving={target!r} is not a serving target; choose one of {list(SERVING_TARGETS)}.")
+
+
+def check_config(target: str, structures: list[str] | None, reconstruction: str) -> None:
+    """The config-only part of `check_plan` (no model needed): called by `PruningConfig.validate`."""
+    check_target(target)
     for kind in structures or default_structures(target):
         if kind not in VLLM_STRUCTURES:
             raise ServingPlanError(
