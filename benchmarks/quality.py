@@ -90,8 +90,17 @@ MAMBA_JOBS = tuple(
     for method in ("magnitude", "wanda", "sparsegpt", "admm", "obs_multi")
     for pattern in ("50", "2:4")
 )
-PEER_JOBS = ("dense", "sparsegpt-50", "sparsegpt-2:4", "wanda-50", "wanda-2:4", "torch-pruning-20")
+#: Percent patterns of the per-layer allocation rows (issue 24): 50% and the 60-80% regime where allocations differ.
+ALLOCATION_PATTERNS = ("50", "60", "70", "80")
+PEER_JOBS = (
+    ("dense", "sparsegpt-50", "sparsegpt-2:4", "wanda-50", "wanda-2:4", "torch-pruning-20")
+    + tuple(f"sparsegpt-{p}" for p in ALLOCATION_PATTERNS[1:])
+    + tuple(f"{m}-{p}-owl" for m in ("sparsegpt", "wanda") for p in ALLOCATION_PATTERNS)
+)
 DEFAULT_PEER_JOBS = PEER_JOBS[:5]
+#: OWL's hyperparameters for every OWL row, ours and llm-compressor's: the paper's LLaMA setting (arXiv 2310.05175,
+#: M = 5, lambda = 0.08).
+OWL_M, OWL_LAMBDA = 5, 0.08
 #: This library's rows: method-pattern[-option], the option a mask scope (SparseGPT's `mask_scope` field, ADMM's
 #: solver option) or a refit (`solver_options["refit"]`; "norefit" = "none"). Issue 14's rows are the first nine.
 OUR_JOBS = (
@@ -108,11 +117,18 @@ OUR_JOBS = (
     "admm-2:4-cg",
     "sparsegpt-50-block",
     "obs_multi-50-norefit",
+) + tuple(
+    f"{method}-{pattern}-{allocation}"
+    for method in ("wanda", "sparsegpt", "admm", "obs_multi")
+    for pattern in ALLOCATION_PATTERNS
+    for allocation in ("uniform", "owl", "obs")
 )
 DEFAULT_OUR_JOBS = OUR_JOBS[:4]
 #: Job options that pick a mask scope; the others pick `solver_options["refit"]`.
 SCOPE_OPTIONS = ("row", "block", "matrix")
 REFIT_OPTIONS = {"cg": "cg", "exact": "exact", "norefit": "none"}
+#: Job options that pick `PruningConfig.allocation` (per-layer sparsities of unstructured targets).
+ALLOCATION_OPTIONS = ("uniform", "owl", "obs")
 PEERS_PYTHON_ENV = "OPTIMUM_PRUNE_PEERS_PYTHON"
 EVAL_SEQLEN = 512
 CLASSIFIER_SAMPLES = 512
@@ -233,7 +249,9 @@ class QualityReport:
             if section.intro:
                 lines += [section.intro.strip(), ""]
             if section.rows:
-                lines += [format_results_table(section.rows, section.float_format, "configuration"), ""]
+                # Keys starting with "_" (per-layer lists) stay in the stored data, out of the table.
+                shown = {n: {k: v for k, v in r.items() if not k.startswith("_")} for n, r in section.rows.items()}
+                lines += [format_results_table(shown, section.float_format, "configuration"), ""]
             if section.notes:
                 lines += [section.notes.strip(), ""]
             if section.protocol:
@@ -738,6 +756,7 @@ def weight_census(model: torch.nn.Module, reference: Mapping[str, torch.Tensor] 
     }
     block = [0, 0]
     outside = [0, 0]
+    per_layer: dict[int, list[int]] = {}
     changed = 0
     changed_tensors = []
     for name, parameter in model.named_parameters():
@@ -746,6 +765,9 @@ def weight_census(model: torch.nn.Module, reference: Mapping[str, torch.Tensor] 
         if name in targets:
             block[0] += zeros
             block[1] += data.numel()
+            layer = per_layer.setdefault(int(name.split(".layers.")[1].split(".")[0]), [0, 0])
+            layer[0] += zeros
+            layer[1] += data.numel()
             continue
         if ".layers." not in f".{name}.":
             outside[0] += zeros
@@ -755,8 +777,11 @@ def weight_census(model: torch.nn.Module, reference: Mapping[str, torch.Tensor] 
             if differ:
                 changed += differ
                 changed_tensors.append(name)
+    layer_zeros = [zeros / total for _, (zeros, total) in sorted(per_layer.items())]
     return {
         "block zeros": block[0] / max(block[1], 1),
+        "layer zeros (min-max)": f"{min(layer_zeros):.3f}-{max(layer_zeros):.3f}" if layer_zeros else "-",
+        "_layer zeros": layer_zeros,
         "non-block zeros": outside[0] / max(outside[1], 1),
         "untargeted changed": changed if reference is not None else None,
         "changed tensors": changed_tensors,
@@ -775,7 +800,12 @@ def untargeted_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def census_row(census: Mapping[str, Any], row: dict[str, Any], who: str) -> dict[str, Any]:
     """Add the census columns to `row`; a pruner that changed parameters it was told to leave is a failed row."""
-    row.update({k: census[k] for k in ("block zeros", "non-block zeros", "untargeted changed")})
+    row.update(
+        {
+            k: census[k]
+            for k in ("block zeros", "layer zeros (min-max)", "_layer zeros", "non-block zeros", "untargeted changed")
+        }
+    )
     if census["untargeted changed"]:
         tensors = census["changed tensors"]
         shown = ", ".join(tensors[:4]) + (f" and {len(tensors) - 4} more" if len(tensors) > 4 else "")
@@ -799,11 +829,26 @@ def _parse_our_job(job: str) -> tuple[str, str, str]:
     return method, pattern, option
 
 
+def _pattern_label(pattern: str) -> str:
+    """``"70"`` -> ``"70%"`` (unstructured), ``"2:4"`` stays."""
+    return pattern if ":" in pattern else f"{pattern}%"
+
+
+def _pattern_target(pattern: str) -> tuple[str, float]:
+    """``"70"`` -> ``("unstructured", 0.7)``; ``"2:4"`` -> ``("2:4", 0.5)``."""
+    if ":" in pattern:
+        n, m = (int(x) for x in pattern.split(":"))
+        return pattern, n / m
+    return "unstructured", int(pattern) / 100
+
+
 def _our_row_name(job: str) -> str:
     method, pattern, option = _parse_our_job(job)
-    label = f"optimum-prune {method} {'50%' if pattern == '50' else pattern}"
+    label = f"optimum-prune {method} {_pattern_label(pattern)}"
     if option in SCOPE_OPTIONS:
         return f"{label} (mask_scope={option})"
+    if option in ALLOCATION_OPTIONS:
+        return f"{label} (allocation={option})"
     return label + (f" (refit={REFIT_OPTIONS[option]})" if option else "")
 
 
@@ -815,11 +860,18 @@ def _our_config(job: str, args: argparse.Namespace) -> Any:
     if option in SCOPE_OPTIONS:
         # The jobs keep the solvers' old scope names ("block", "matrix"), so earlier rows keep their names.
         fields = {"mask_scope": option}
+    elif option in ALLOCATION_OPTIONS:
+        fields = (
+            {"allocation": option, "owl_m": OWL_M, "owl_lambda": OWL_LAMBDA}
+            if option == "owl"
+            else {"allocation": option}
+        )
     elif option:
         fields = {"solver_options": {"refit": REFIT_OPTIONS[option]}}
+    target, sparsity = _pattern_target(pattern)
     return PruningConfig(
-        target="unstructured" if pattern == "50" else pattern,
-        sparsity=0.5,
+        target=target,
+        sparsity=sparsity,
         method=method,
         num_samples=args.num_samples,
         seqlen=args.seqlen,
@@ -1117,7 +1169,8 @@ def _peer_row_name(job: str) -> str:
     if method == "torch":
         return "Torch-Pruning LLaMA recipe 20%"
     label = {"sparsegpt": "SparseGPTModifier", "wanda": "WandaPruningModifier"}[method]
-    return f"llm-compressor {label} {'50%' if pattern == '50' else pattern}"
+    pattern, _, profile = pattern.partition("-")
+    return f"llm-compressor {label} {_pattern_label(pattern)}" + (" (OWL)" if profile == "owl" else "")
 
 
 def _peer_versions(python: str) -> str:
@@ -1249,15 +1302,58 @@ def _llm_compressor(model: torch.nn.Module, job: str, calibration: torch.Tensor)
     from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
 
     method, _, pattern = job.partition("-")
-    mask_structure = "0:0" if pattern == "50" else pattern
+    pattern, _, profile = pattern.partition("-")
+    target, sparsity = _pattern_target(pattern)
+    mask_structure = "0:0" if target == "unstructured" else pattern
     modifier_class = SparseGPTModifier if method == "sparsegpt" else WandaPruningModifier
-    # `re:.*lm_head`, as its recipes write it: a plain "lm_head" does not match the name it compares ("lm_head.").
-    recipe = modifier_class(sparsity=0.5, mask_structure=mask_structure, targets=["Linear"], ignore=["re:.*lm_head"])
-    _stage(f"llm-compressor oneshot ({type(recipe).__name__}, {len(calibration)} calibration windows)")
     rows = [{"input_ids": ids, "attention_mask": torch.ones_like(ids)} for ids in calibration]
     # A ready DataLoader skips llm-compressor's own dataset loading and tokenization: the windows stay identical.
     loader = torch.utils.data.DataLoader(rows, batch_size=1, shuffle=False)
+    # `re:.*lm_head`, as its recipes write it: a plain "lm_head" does not match the name it compares ("lm_head.").
+    options: dict[str, Any] = {"targets": ["Linear"], "ignore": ["re:.*lm_head"]}
+    if profile == "owl":
+        sparsity, options = _llm_compressor_owl(modifier_class, model, loader, sparsity)
+    recipe = modifier_class(sparsity=sparsity, mask_structure=mask_structure, **options)
+    _stage(f"llm-compressor oneshot ({type(recipe).__name__}, {len(calibration)} calibration windows)")
     oneshot(model=model, recipe=recipe, dataset=loader, num_calibration_samples=len(rows))
+
+
+def _llm_compressor_owl(
+    modifier_class: Any, model: torch.nn.Module, loader: Any, sparsity: float
+) -> tuple[list[float], dict[str, Any]]:
+    """llm-compressor 0.14's own OWL allocation (`_infer_owl_layer_sparsity`), made to run; returns the per-layer
+    sparsities and the modifier options that apply them.
+
+    `oneshot(recipe=Modifier(sparsity_profile="owl", ...))` fails in 0.14 in two places: its activation pass calls
+    `run_calibration`, which fires session events before the session is initialised ("Cannot invoke event before
+    initializing"); and the per-layer result is a dict, which neither the length check against `targets=["Linear"]`
+    nor `on_calibration_start` (it matches lists only) accepts. So the activation pass runs as plain forward passes
+    over the same loader, with its own hooks and arithmetic, and the result goes back in as the list of per-layer
+    sparsities the modifier documents, with the decoder layers as targets (the Linear modules inside them are
+    pruned, as with `targets=["Linear"]`).
+    """
+    from compressed_tensors.utils import match_named_modules
+    from llmcompressor.pipelines import basic
+
+    layer_class = type(model.model.layers[0]).__name__
+    layers = dict(match_named_modules(model, [layer_class]))
+    probe = modifier_class(
+        sparsity=sparsity, sparsity_profile="owl", owl_m=OWL_M, owl_lmbda=OWL_LAMBDA, ignore=["re:.*lm_head"]
+    )
+
+    def forward_passes(model: torch.nn.Module, loader: Any) -> None:
+        with torch.no_grad():
+            for batch in loader:
+                model(**batch)
+
+    original, basic.run_calibration = basic.run_calibration, forward_passes
+    try:
+        per_layer = probe._infer_owl_layer_sparsity(model, layers, loader)
+    finally:
+        basic.run_calibration = original
+    sparsities = [float(per_layer[name]) for name in layers]
+    print("PEER_STAGE OWL sparsities " + json.dumps([round(s, 6) for s in sparsities]), flush=True)
+    return sparsities, {"targets": [layer_class], "ignore": ["re:.*lm_head"]}
 
 
 def _torch_pruning_llama(model: torch.nn.Module, ratio: float) -> None:

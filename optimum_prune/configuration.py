@@ -13,7 +13,11 @@ STRUCTURED_TARGET = "structured"
 UNSTRUCTURED_TARGET = "unstructured"
 _N_M_PATTERN = re.compile(r"^(\d+):(\d+)$")
 
-ALLOCATIONS = ("uniform", "global", "flap", "obs")
+#: Structured targets: how the removed units are split across layers.
+STRUCTURED_ALLOCATIONS = ("uniform", "global", "flap", "obs")
+#: Unstructured targets: how the removed weights are split across blocks (N:M patterns are always uniform).
+UNSTRUCTURED_ALLOCATIONS = ("uniform", "owl", "obs")
+ALLOCATIONS = tuple(dict.fromkeys(STRUCTURED_ALLOCATIONS + UNSTRUCTURED_ALLOCATIONS))
 STRUCTURE_KINDS = (
     "attention_heads",
     "ffn_channels",
@@ -96,8 +100,35 @@ class PruningConfig:
     allocation: str = field(
         default="uniform",
         metadata={
-            "help": "Structured budget split: 'uniform' (same fraction in every layer) or 'global' (one ranking "
-            "across layers under the total budget, every layer keeping at least `min_keep_fraction`)."
+            "help": "How the budget is split across layers. Structured targets: 'uniform' (same fraction in every "
+            "layer), 'global' (one ranking across layers under the total budget, every layer keeping at least "
+            "`min_keep_fraction`), 'flap' (FLAP's standardized fluctuation scores ranked globally), 'obs' (OBS "
+            "removal errors ranked globally). Unstructured targets: 'uniform', 'owl' (outlier-weighted layerwise "
+            "sparsity, arXiv 2310.05175: blocks with more activation outliers keep more weights; see owl_m, "
+            "owl_lambda), 'obs' (each block's sparsity chosen so the summed predicted OBS output error is smallest "
+            "under the budget, within max_layer_deviation of `sparsity`). N:M targets: 'uniform' only (the pattern "
+            "is the hardware's)."
+        },
+    )
+    owl_m: float = field(
+        default=5.0,
+        metadata={
+            "help": "allocation='owl': a Wanda score |W_ij| ||X_j|| counts as an outlier above this multiple of its "
+            "block's mean score (the paper's M)."
+        },
+    )
+    owl_lambda: float = field(
+        default=0.08,
+        metadata={
+            "help": "allocation='owl': block sparsities span [sparsity - owl_lambda, sparsity + owl_lambda] (the "
+            "paper's lambda; 0.08 is its LLaMA setting)."
+        },
+    )
+    max_layer_deviation: float = field(
+        default=0.1,
+        metadata={
+            "help": "allocation='obs' for unstructured targets: the largest difference between a block's sparsity "
+            "and `sparsity`."
         },
     )
     structures: list[str] | None = field(
@@ -289,6 +320,28 @@ class PruningConfig:
         _known("criterion", self.criterion, list(CRITERIA))
         _known("reconstruction", self.reconstruction, list(RECONSTRUCTIONS))
         _known("allocation", self.allocation, ALLOCATIONS)
+        if self.is_structured and self.allocation not in STRUCTURED_ALLOCATIONS:
+            raise ValueError(
+                f"allocation={self.allocation!r} applies to unstructured targets; structured targets take "
+                f"{', '.join(STRUCTURED_ALLOCATIONS)}."
+            )
+        if not self.is_structured:
+            if self.n_m is not None and self.allocation != "uniform":
+                raise ValueError(
+                    f"allocation={self.allocation!r} cannot apply to the N:M target {self.target!r}: every block "
+                    "keeps the pattern the hardware accelerates; use allocation='uniform' or an unstructured target."
+                )
+            if self.allocation not in UNSTRUCTURED_ALLOCATIONS:
+                raise ValueError(
+                    f"allocation={self.allocation!r} applies to structured targets; unstructured targets take "
+                    f"{', '.join(UNSTRUCTURED_ALLOCATIONS)}."
+                )
+        if not (isinstance(self.owl_m, (int, float)) and self.owl_m > 0):
+            raise ValueError(f"owl_m must be > 0, got {self.owl_m!r}.")
+        if not (isinstance(self.owl_lambda, (int, float)) and 0 <= self.owl_lambda < 1):
+            raise ValueError(f"owl_lambda must be in [0, 1), got {self.owl_lambda!r}.")
+        if not (isinstance(self.max_layer_deviation, (int, float)) and 0 <= self.max_layer_deviation < 1):
+            raise ValueError(f"max_layer_deviation must be in [0, 1), got {self.max_layer_deviation!r}.")
         # Checked for every target: an unknown method would otherwise be written into the recipe and model card.
         from .sparsity import SPARSITY_METHODS
 

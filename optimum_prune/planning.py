@@ -45,6 +45,15 @@ def plan_inputs(config: PruningConfig) -> PlanInputs:
     from .criteria import CRITERIA
 
     if not config.is_structured:
+        if config.allocation == "owl":
+            return PlanInputs(
+                data="allocation 'owl' sets each block's sparsity from the outliers of its Wanda scores on "
+                "calibration data"
+            )
+        if config.allocation == "obs":
+            return PlanInputs(
+                data="allocation 'obs' sets each block's sparsity from the OBS errors predicted on calibration data"
+            )
         return PlanInputs()
     if config.structures is not None and "layers" in config.structures:
         return PlanInputs(
@@ -200,6 +209,25 @@ def plan_pruning(
 
         check_solver_config(config)
         sparsity_plan = plan_sparsity(model, config)
+        if inputs.data:
+            from .layerwise import BlockStreamer
+            from .unstructured import allocate_block_sparsities, block_arguments
+
+            if not samples:
+                raise ValueError(
+                    f"The plan of allocation={config.allocation!r} reads calibration data: {inputs.data}."
+                )
+            streamer = BlockStreamer(model, **placement)
+            allocation = allocate_block_sparsities(
+                config,
+                sparsity_plan.blocks,
+                sparsity_plan,
+                samples,
+                streamer,
+                block_arguments(model, sparsity_plan.blocks, samples, streamer),
+                show_progress,
+            )
+            sparsity_plan = plan_sparsity(model, config, sparsity_plan.blocks, allocation.sparsities)
         layers, prunable, zeroed = [], 0, 0
         for index, ((block_name, _block), matrices) in enumerate(zip(sparsity_plan.blocks, sparsity_plan.matrices)):
             entry: dict[str, Any] = {"layer": index, "block": block_name, "modules": {}, "patterns": {}, "dense": {}}

@@ -208,9 +208,9 @@ class BasePruner:
             if removed_heads:
                 model.config.pruned_heads = removed_heads
         else:
-            from .unstructured import DATA_FREE_METHODS, prune_unstructured
+            from .unstructured import prune_unstructured, uses_calibration
 
-            samples = self.calibration_samples(config) if config.method not in DATA_FREE_METHODS else None
+            samples = self.calibration_samples(config) if uses_calibration(config) else None
             sparse_summary = prune_unstructured(model, config, samples, show_progress=show_progress, **placement)
 
         summary: dict[str, Any] = {

@@ -12,6 +12,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .allocation.unstructured import (
+    LayerSparsities,
+    allocate_by_error,
+    obs_error_curve,
+    outlier_ratio,
+    owl_sparsities,
+)
 from .architectures.blocks import find_blocks
 from .architectures.weights import WeightMatrix, find_weight_matrices
 from .checks import check_row_counts, solve_checked
@@ -26,6 +33,12 @@ logger = logging.getLogger(__name__)
 DATA_FREE_METHODS = ("magnitude",)
 
 
+def uses_calibration(config: PruningConfig) -> bool:
+    """Whether an unstructured / N:M run of `config` reads calibration data: its solver does, or its allocation
+    measures activations (OWL and OBS allocations do, whatever the solver)."""
+    return config.method not in DATA_FREE_METHODS or config.allocation != "uniform"
+
+
 def prunable_linears(block: nn.Module, modules_to_not_prune: list[str]) -> dict[str, nn.Linear]:
     return {
         name: module
@@ -34,9 +47,13 @@ def prunable_linears(block: nn.Module, modules_to_not_prune: list[str]) -> dict[
     }
 
 
-def module_pattern(config: PruningConfig, layer_index: int, module_name: str) -> SparsityPattern:
-    """Pattern for one Linear: the target, with the sparsity of a matching module or layer override."""
-    sparsity = config.layer_overrides.get(str(layer_index), {}).get("sparsity", config.sparsity)
+def module_pattern(
+    config: PruningConfig, layer_index: int, module_name: str, layer_sparsity: float | None = None
+) -> SparsityPattern:
+    """Pattern for one Linear: the target at `layer_sparsity` (the block's share from a non-uniform allocation;
+    None: `config.sparsity`), with the sparsity of a matching module or layer override, which win."""
+    default = config.sparsity if layer_sparsity is None else layer_sparsity
+    sparsity = config.layer_overrides.get(str(layer_index), {}).get("sparsity", default)
     for key, value in config.module_sparsity.items():
         if key in module_name:
             sparsity = value
@@ -63,10 +80,15 @@ class SparsityPlan:
 
 
 def plan_sparsity(
-    model: nn.Module, config: PruningConfig, blocks: list[tuple[str, nn.Module]] | None = None
+    model: nn.Module,
+    config: PruningConfig,
+    blocks: list[tuple[str, nn.Module]] | None = None,
+    layer_sparsities: list[float] | None = None,
 ) -> SparsityPlan:
     """Which matrices of which blocks a `prune_unstructured` run of `config` sparsifies, and with which pattern.
 
+    `layer_sparsities` gives each block's sparsity when an allocation other than uniform chose them
+    (`allocate_block_sparsities`); None: `config.sparsity` everywhere. Overrides win either way.
     Reads only shapes (a meta-device model will do). A shape that does not fit the pattern is left dense, not a
     refusal of the whole model; raises ValueError when no matrix fits, or when the per-row counts cannot come near
     the requested sparsity (`checks.check_row_counts`).
@@ -82,7 +104,9 @@ def plan_sparsity(
         skipped.update({f"{block_name}.{name}": why for name, why in left_dense.items()})
         plan = []
         for matrix in matrices:
-            pattern = module_pattern(config, index, matrix.name)
+            pattern = module_pattern(
+                config, index, matrix.name, None if layer_sparsities is None else layer_sparsities[index]
+            )
             if pattern.is_nm and matrix.in_features % pattern.m:
                 skipped[f"{block_name}.{matrix.name}"] = (
                     f"{pattern.target} needs in_features divisible by {pattern.m}, got {matrix.in_features}"
@@ -144,23 +168,24 @@ def prune_unstructured(
     statistics = required_statistics(solver)
     takes_cache = _check_solver_options(solver, config)
     use_data = config.method not in DATA_FREE_METHODS
-    if use_data and not samples:
-        raise ValueError(f"method={config.method!r} needs calibration data, and none was given.")
+    if uses_calibration(config) and not samples:
+        needs = f"method={config.method!r}" if use_data else f"allocation={config.allocation!r}"
+        raise ValueError(f"{needs} needs calibration data, and none was given.")
 
     sparsity_plan = plan_sparsity(model, config, blocks)
+    streamer = BlockStreamer(model, execution_device, activations_device, activations_dir)
+    own_arguments = block_arguments(model, blocks, samples, streamer) if samples else None
+    allocation = LayerSparsities("uniform", [config.sparsity] * len(blocks))
+    if config.allocation != "uniform":
+        allocation = allocate_block_sparsities(
+            config, blocks, sparsity_plan, samples, streamer, own_arguments, show_progress
+        )
+        sparsity_plan = plan_sparsity(model, config, blocks, allocation.sparsities)
     plans, skipped = sparsity_plan.matrices, sparsity_plan.dense
     for name, why in sparsity_plan.misfits.items():
         logger.warning("Left %s dense: %s.", name, why)
 
-    streamer = BlockStreamer(model, execution_device, activations_device, activations_dir)
     inputs = streamer.capture(blocks[0][1], samples) if use_data else None
-    # Blocks of different kinds (sliding-window / global attention, attention / Mamba) get their own masks and
-    # position embeddings; capture them once from full forwards of the dense model.
-    own_arguments = (
-        capture_block_arguments(model, [b for _, b in blocks], samples)
-        if use_data and blocks_need_own_arguments(model, [b for _, b in blocks], samples, streamer.offloaded)
-        else None
-    )
     per_module: dict[str, float] = {}
     data_free: dict[str, str] = {}
     input_taps: dict[str, str] = {}
@@ -218,11 +243,21 @@ def prune_unstructured(
     sizes = {f"{bn}.{m.name}": m.numel for (bn, _), plan in zip(blocks, plans) for m, _ in plan}
     total = sum(sizes.values())
     zeros = sum(per_module[name] * size for name, size in sizes.items())
+    layer_sparsity = []
+    for (block_name, _), plan in zip(blocks, plans):
+        block_size = sum(m.numel for m, _ in plan)
+        block_zeros = sum(per_module[f"{block_name}.{m.name}"] * m.numel for m, _ in plan)
+        layer_sparsity.append(block_zeros / block_size if block_size else 0.0)
     record = {
         "format": 1,
         "target": config.target,
         "method": config.method,
         "sparsity_achieved": zeros / max(total, 1),
+        "allocation": config.allocation,
+        # Counted from the weights, per block (of the matrices pruned there).
+        "layer_sparsity": layer_sparsity,
+        **({"planned_layer_sparsity": allocation.sparsities} if config.allocation != "uniform" else {}),
+        **({allocation.measure_name: allocation.measure} if allocation.measure else {}),
         "modules": per_module,
         "skipped": skipped,
         "data_free": data_free,
@@ -238,6 +273,94 @@ def prune_unstructured(
     return {key: value for key, value in record.items() if key not in ("format", "target", "method")} | {
         "prunable_parameters": total
     }
+
+
+def block_arguments(
+    model: nn.Module,
+    blocks: list[tuple[str, nn.Module]],
+    samples: list[dict[str, torch.Tensor]],
+    streamer: BlockStreamer,
+) -> list | None:
+    """Each block's own call arguments where blocks of different kinds (sliding-window / global attention,
+    attention / Mamba) need their own masks and position embeddings, captured once from full forwards of the dense
+    model; None where the first block's arguments serve every block."""
+    modules = [block for _, block in blocks]
+    if blocks_need_own_arguments(model, modules, samples, streamer.offloaded):
+        return capture_block_arguments(model, modules, samples)
+    return None
+
+
+@torch.no_grad()
+def allocate_block_sparsities(
+    config: PruningConfig,
+    blocks: list[tuple[str, nn.Module]],
+    plan: SparsityPlan,
+    samples: list[dict[str, torch.Tensor]] | None,
+    streamer: BlockStreamer,
+    own_arguments: list | None,
+    show_progress: bool = True,
+) -> LayerSparsities:
+    """Each block's sparsity under `config.allocation` ('owl' or 'obs'), from one pass of the calibration samples
+    through the dense blocks (no weight changes).
+
+    'owl' keeps each matrix's per-feature input norms and computes the block's outlier ratio
+    (`allocation.outlier_ratio`); 'obs' keeps each input's Gram matrix just long enough to predict the matrix's error
+    curve (`allocation.obs_error_curve`), then `allocation.allocate_by_error` picks the sparsities. Blocks with no
+    matrix to prune keep `config.sparsity` and take no part. Raises ValueError without calibration samples, and when
+    OWL's range (sparsity +- owl_lambda) leaves [0, 1); the 'obs' range is clipped to [0, 0.999].
+    """
+    if not samples:
+        raise ValueError(
+            f"allocation={config.allocation!r} measures the calibration activations; give calibration data."
+        )
+    with_gram = config.allocation == "obs"
+    deviation = config.owl_lambda if config.allocation == "owl" else config.max_layer_deviation
+    if config.allocation == "owl" and not (0.0 <= config.sparsity - deviation and config.sparsity + deviation < 1.0):
+        raise ValueError(
+            f"allocation={config.allocation!r} spreads block sparsities over sparsity +- {deviation:g}, which leaves "
+            f"[0, 1) at sparsity={config.sparsity:g}; lower owl_lambda."
+        )
+    grid = torch.arange(0, 1000, dtype=torch.float64) / 1000
+    active = [index for index, matrices in enumerate(plan.matrices) if matrices]
+    measures: dict[int, Any] = {}
+    sizes: dict[int, int] = {}
+    inputs = streamer.capture(blocks[0][1], samples)
+    progress = tqdm(blocks, desc=f"Measuring blocks ({config.allocation} allocation)", disable=not show_progress)
+    for index, (_name, block) in enumerate(progress):
+        with streamer.materialized(block, write_back=False):
+            if own_arguments is not None:
+                inputs.rebind(own_arguments[index])
+            matrices = [matrix for matrix, _ in plan.matrices[index]]
+            with observe_inputs(block, matrices, with_gram=with_gram) as observed:
+                outputs = streamer.run(block, inputs, keep_outputs=index + 1 < len(blocks))
+            reached = [(m, observed.get(m.name)[0]) for m in matrices]
+            reached = [(m, stats) for m, stats in reached if stats is not None]
+            if index in active and reached:
+                sizes[index] = sum(m.numel for m, _ in reached)
+                if with_gram:
+                    measures[index] = sum(obs_error_curve(m.get(), st.gram, config.damp, grid) for m, st in reached)
+                else:
+                    measures[index] = outlier_ratio(
+                        [m.get() for m, _ in reached], [st.norm for _, st in reached], config.owl_m
+                    )
+        inputs = outputs
+    sparsities = [config.sparsity] * len(blocks)
+    order = sorted(measures)
+    if config.allocation == "owl":
+        chosen = owl_sparsities([measures[i] for i in order], config.sparsity, config.owl_lambda)
+        measure = [measures.get(i, float("nan")) for i in range(len(blocks))]
+        name = "owl_outlier_ratio"
+    else:
+        curves = torch.stack([measures[i] for i in order])
+        chosen = allocate_by_error(curves, [sizes[i] for i in order], grid, config.sparsity, deviation)
+        # The error at the chosen sparsity, read off the curve at the grid point below it.
+        predicted = {i: float(measures[i][int(s * 1000 + 1e-6)]) for i, s in zip(order, chosen)}
+        measure = [predicted.get(i, float("nan")) for i in range(len(blocks))]
+        name = "obs_predicted_error"
+    for index, value in zip(order, chosen):
+        sparsities[index] = value
+    logger.info("%s allocation: block sparsities %s", config.allocation, ", ".join(f"{s:.3f}" for s in sparsities))
+    return LayerSparsities(config.allocation, sparsities, measure, name)
 
 
 def _stop_modules(matrices: list[WeightMatrix]) -> list[nn.Module]:

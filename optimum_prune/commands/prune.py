@@ -794,6 +794,11 @@ def _check_calibration_free(
                 f"--method {config.method} solves each layer on calibration data: {hint}, or use --method "
                 f"{' / '.join(data_free_methods)}."
             )
+        if config.allocation != "uniform":
+            raise CLIError(
+                f"--allocation {config.allocation} measures calibration activations: {hint}, or use --allocation "
+                "uniform."
+            )
         return
     if criteria[config.criterion].needs_calibration:
         free = sorted(name for name, c in criteria.items() if not c.needs_calibration)

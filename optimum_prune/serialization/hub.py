@@ -341,9 +341,34 @@ def _removed_section(config: Mapping[str, Any], summary: Mapping[str, Any]) -> s
         )
     section = f"## What was removed\n\n{what}\n\n" + "\n".join(rows)
     section += _sparsity_exceptions(summary)
+    section += _block_sparsity(summary)
     if layers:
         section += "\n\n### Per-layer sizes\n\n" + _layers_table(layers)
     return section
+
+
+def _block_sparsity(summary: Mapping[str, Any]) -> str:
+    """Unstructured / N:M: each block's sparsity counted from the weights, beside the allocation's plan."""
+    achieved = list(summary.get("layer_sparsity") or [])
+    if not achieved:
+        return ""
+    allocation = str(summary.get("allocation") or "uniform")
+    planned = list(summary.get("planned_layer_sparsity") or [])
+    measures = {
+        "owl_outlier_ratio": "outlier ratio (%)",
+        "obs_predicted_error": "predicted relative error",
+    }
+    measure_key = next((key for key in measures if summary.get(key)), None)
+    header = ["Block", "Sparsity (counted from the weights)"]
+    header += ["Planned"] if planned else []
+    header += [measures[measure_key]] if measure_key else []
+    lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
+    for index, value in enumerate(achieved):
+        cells = [str(index), f"{value:.2%}"]
+        cells += [f"{planned[index]:.2%}"] if planned else []
+        cells += [f"{summary[measure_key][index]:.4g}"] if measure_key else []
+        lines.append("| " + " | ".join(cells) + " |")
+    return f"\n\n### Per-block sparsity (allocation: {allocation})\n\n" + "\n".join(lines)
 
 
 def _sparsity_exceptions(summary: Mapping[str, Any]) -> str:

@@ -7,8 +7,8 @@ import math
 
 import torch
 
-from .architectures import ArchitectureAdapter, UnitGroup
-from .configuration import PruningConfig
+from ..architectures import ArchitectureAdapter, UnitGroup
+from ..configuration import PruningConfig
 
 #: kind -> units kept, for one layer.
 LayerPlan = dict[str, int]
