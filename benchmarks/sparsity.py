@@ -3,7 +3,7 @@
 Rows: the dense model, then each method (magnitude, wanda, sparsegpt, admm, obs_multi) at 50% unstructured, 2:4
 and 70% unstructured, each on a fresh copy of the model. Calibration: `--num-samples` random windows of `--seqlen`
 tokens from the calibration split; perplexity: non-overlapping 512-token windows of the evaluation split. The
-table in `benchmarks/results/sparsity.md` is rewritten after every row.
+table in `benchmarks/results/sparsity_solvers.md` is rewritten after every row.
 
     python benchmarks/sparsity.py                               # the full table (hours on a laptop CPU)
     python benchmarks/sparsity.py --num-samples 32              # same rows, 4x less calibration
@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resume", action="store_true", help="keep the rows of an earlier run with the same protocol (its .json)"
     )
-    parser.add_argument("--output", default=None, help="markdown file (default benchmarks/results/sparsity.md)")
+    parser.add_argument(
+        "--output", default=None, help="markdown file (default benchmarks/results/sparsity_solvers.md)"
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> MarkdownReport:
     if args.quick:
         args.num_samples, args.seqlen, args.eval_windows = 4, 128, 5
         methods = methods[:1] if args.methods else [QUICK_METHOD]
-    output = args.output or default_output("sparsity", args.quick)
+    output = args.output or default_output("sparsity_solvers", args.quick)
 
     log("loading SmolLM2-135M and the Wikipedia split")
     work = load_workload()
