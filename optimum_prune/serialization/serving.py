@@ -27,8 +27,8 @@ llama-cpp-python 0.3.36) reads less, so its plans are narrower:
   scalings are not written for `block_configs` models (DeciModel does not call the base class there), so they are
   refused. There is no sliding window.
 - Vocabulary: only Llama 3's 128256-token BPE tokenizer (identified by its pre-tokenizer's hash) or a Llama-2-style
-  BPE tokenizer with byte fallback (tokenizer.json, `Sequence` decoder). GPT-2-style BPE tokenizers (SmolLM2's,
-  Qwen2's) stop the converter, so a plan with one is refused before it runs.
+  BPE tokenizer with byte fallback (tokenizer.json, `Sequence` decoder). GPT-2-style byte-level BPE tokenizers
+  (SmolLM2's, for one) stop the converter, so a plan with one is refused before it runs.
 - The converter pins transformers 4.57. It reads config.json itself (4.57 cannot load `nemotron-nas` without remote
   code), so `rope_theta` is written beside `rope_parameters`, which 4.57-era code does not read; and the tokenizer's
   class is written under the 4.x name of the same class (`TokenizersBackend` -> `PreTrainedTokenizerFast`).
@@ -223,8 +223,8 @@ def check_tokenizer(tokenizer: Any, vocab_size: int | None) -> None:
             "serving='llama.cpp': llama.cpp's converter writes a DeciLM checkpoint's vocabulary only for Llama 3's "
             f"{LLAMA3_VOCAB_SIZE}-token tokenizer or a Llama-2-style BPE tokenizer with byte fallback; this one "
             f"({vocab_size} tokens) is a {model.get('type')} model with byte_fallback="
-            f"{model.get('byte_fallback', False)} and a {decoder.get('type')} decoder (GPT-2-style BPE, as in "
-            "SmolLM2 and Qwen2, stops the converter)."
+            f"{model.get('byte_fallback', False)} and a {decoder.get('type')} decoder (GPT-2-style byte-level BPE, "
+            "SmolLM2's for one, stops the converter)."
         )
 
 
