@@ -267,8 +267,9 @@ class PruningConfig:
             "help": "Structured: restrict the plan to what a serving engine loads at the pruned size, and save in its "
             "layout. 'vllm': vLLM's heterogeneous LLaMA layout (DeciLM), per-layer FFN widths and whole blocks; "
             "attention heads stay, since that layout keeps every layer's query heads (structures default to "
-            "['ffn_channels']). Families: llama, mistral, qwen2. A plan the engine cannot load is refused before "
-            "any weight changes."
+            "['ffn_channels']). 'llama.cpp': the same layout for its converter (deci), FFN widths in multiples of "
+            "256 (round_to becomes 256). Families: llama, mistral, qwen2. A plan the engine cannot load is refused "
+            "before any weight changes."
         },
     )
     recipe: str | None = field(
@@ -359,16 +360,23 @@ class PruningConfig:
                     "the groups): choose one."
                 )
         if self.serving is not None:
-            from .serialization.serving import check_config, default_structures
+            from .serialization.serving import check_config, default_round_to, default_structures
 
             if not self.is_structured:
                 raise ValueError(
                     f"serving={self.serving!r} applies to structured pruning: {self.target} sparsity keeps every "
                     "shape, so its checkpoint serves as the dense model does."
                 )
-            check_config(self.serving, self.structures, self.reconstruction)
+            check_config(
+                self.serving,
+                self.structures,
+                self.reconstruction,
+                round_to=self.round_to,
+                layer_overrides=self.layer_overrides,
+            )
             if self.structures is None:
                 self.structures = default_structures(self.serving)
+            self.round_to = default_round_to(self.serving, self.round_to)
         if not isinstance(self.protect_layers, list) or any(type(i) is not int for i in self.protect_layers):
             raise ValueError(f"protect_layers must be a list of layer indices, got {self.protect_layers!r}.")
         if int(self.round_to) < 1:

@@ -305,7 +305,7 @@ class BasePruner:
             if config.serving is not None:
                 from .serialization.serving import check_plan
 
-                check_plan(model.config, config.serving, config.structures, config.reconstruction)
+                check_plan(model.config, config.serving, config.structures, config.reconstruction, self.tokenizer)
         else:
             config.check_layers(len(find_blocks(model, config.sequential_targets)))
         return config
@@ -442,8 +442,9 @@ class BasePruner:
 
         `serving` (default: the pruning config's `serving`) writes the layout of a serving engine instead of the
         family's own: "vllm" gives a DeciLM (`nemotron-nas`) checkpoint that `vllm.LLM(path, trust_remote_code=True)`
-        serves and transformers loads with `trust_remote_code=True` (see `serialization.serving`); it raises
-        `ServingPlanError` when the pruned model cannot be expressed there.
+        serves and transformers loads with `trust_remote_code=True` (see `serialization.serving`); "llama.cpp" the
+        same layout with `ffn_mult`, which llama.cpp's `convert_hf_to_gguf.py` converts. It raises
+        `ServingPlanError` when the pruned model (or, for llama.cpp, its tokenizer) cannot be expressed there.
 
         Everything is written to a staging folder next to `save_directory`, which then replaces it as a whole
         (see `serialization.save`): a failure or a kill leaves the old content, and no file of an older checkpoint
@@ -460,18 +461,22 @@ class BasePruner:
 
         check_serializable(self.model)
         serving = serving or getattr(self.pruning_config, "serving", None)
-        write_weights = None
+        write_weights = finish = None
         if serving is not None:
             from functools import partial
 
-            from .serialization.serving import check_target, write_vllm_checkpoint
+            from .serialization.serving import check_target, check_tokenizer, finish_checkpoint, write_checkpoint
 
             check_target(serving)  # the model itself is checked as it is written
-            write_weights = partial(write_vllm_checkpoint, self.model)
+            if serving == "llama.cpp" and self.tokenizer is not None:
+                check_tokenizer(self.tokenizer, getattr(self.model.config, "vocab_size", None))
+            write_weights = partial(write_checkpoint, self.model, target=serving)
+            finish = partial(finish_checkpoint, target=serving)
         save_pruned_checkpoint(
             self.model,
             save_directory,
             write_weights=write_weights,
+            finish=finish,
             tokenizer=self.tokenizer,
             pruning_config=self.pruning_config,
             model_card=self._model_card(repo_id),

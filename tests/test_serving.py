@@ -1,15 +1,18 @@
-"""`serving="vllm"`: plans vLLM can run at their pruned size, refused plans, and the checkpoint vLLM loads (issue 22).
+"""`serving="vllm"` / `"llama.cpp"`: plans the engine can run at their pruned size, refused plans, and the checkpoints
+it loads (issue 22).
 
-The fast tests check what needs no vLLM: refusals before any weight changes, and that the DeciLM checkpoint loads in
-plain transformers (remote code, no plugin) to the pruned model's logits. The slow test serves checkpoints with
-vLLM's CPU build, installed by `.ci/run` into its own environment and named by `OPTIMUM_PRUNE_VLLM_PYTHON`, and
-compares greedy tokens with transformers.
+The fast tests check what needs no engine: refusals before any weight changes, and that the DeciLM checkpoint loads in
+plain transformers (remote code, no plugin) to the pruned model's logits. The slow tests serve checkpoints with
+vLLM's CPU build (installed by `.ci/run` into its own environment and named by `OPTIMUM_PRUNE_VLLM_PYTHON`) and
+compare greedy tokens with transformers, and convert checkpoints with llama.cpp's `convert_hf_to_gguf.py` (its own
+environment, `OPTIMUM_PRUNE_LLAMACPP_CONVERT`) and compare every GGUF tensor with the checkpoint's.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -18,11 +21,14 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TEXT, make_tokenizer, tiny_causal_lm, tiny_llama
+from safetensors.torch import load_file
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen3Config,
@@ -30,7 +36,7 @@ from transformers import (
 )
 
 from optimum_prune import PrunerForCausalLM, PruningConfig
-from optimum_prune.serialization.serving import ServingPlanError
+from optimum_prune.serialization.serving import ServingPlanError, check_tokenizer, ffn_mult
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -114,9 +120,11 @@ def _prune_for_vllm(family: str, **shape) -> PrunerForCausalLM:
     return pruner
 
 
-def test_vllm_checkpoint_loads_in_plain_transformers(tmp_path):
-    """Every servable family: the DeciLM checkpoint, loaded without the plugin, gives the pruned model's logits."""
+def test_serving_checkpoints_load_in_plain_transformers(tmp_path):
+    """Every servable family for vLLM, and a llama.cpp checkpoint: the DeciLM checkpoint, loaded without the plugin,
+    gives the pruned model's logits."""
     ids = torch.tensor([PROMPTS[0]])
+    folders = [*SERVABLE, "llama.cpp"]
     for family in SERVABLE:
         pruner = _prune_for_vllm(family)
         pruner.save_pretrained(tmp_path / family)
@@ -125,11 +133,15 @@ def test_vllm_checkpoint_loads_in_plain_transformers(tmp_path):
         assert all("ffn_mult" not in block["ffn"] for block in config["block_configs"])
         with torch.no_grad():
             torch.save(pruner.model(ids).logits, tmp_path / f"{family}.pt")
+    pruner = _prune_for_llamacpp()
+    pruner.save_pretrained(tmp_path / "llama.cpp")
+    with torch.no_grad():
+        torch.save(pruner.model(ids).logits, tmp_path / "llama.cpp.pt")
     script = textwrap.dedent(
         f"""
         import sys, torch
         from transformers import AutoModelForCausalLM
-        for family in {list(SERVABLE)!r}:
+        for family in {folders!r}:
             model = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r} + "/" + family, trust_remote_code=True)
             with torch.no_grad():
                 logits = model.eval()(torch.tensor([{PROMPTS[0]!r}])).logits
@@ -141,7 +153,7 @@ def test_vllm_checkpoint_loads_in_plain_transformers(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == [w for f in SERVABLE for w in (f, "DeciLMForCausalLM")]
+    assert result.stdout.split() == [w for f in folders for w in (f, "DeciLMForCausalLM")]
 
 
 def _greedy(model: torch.nn.Module) -> list[list[int]]:
@@ -189,3 +201,245 @@ def test_vllm_serves_pruned_checkpoints_with_transformers_tokens(tmp_path):
         assert entry["token_ids"] == expected[entry["checkpoint"]], entry
     architectures = [entry["architecture"] for entry in served]
     assert architectures == [["DeciLMForCausalLM"], ["DeciLMForCausalLM"], ["LlamaForCausalLM"]]
+
+
+# ---- serving="llama.cpp" -------------------------------------------------------------------------------------------
+#: FFN widths in multiples of 256 (llama.cpp's ffn_mult) and head_dim = hidden_size / num_attention_heads.
+LLAMACPP_SHAPE = dict(
+    hidden_size=64, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2
+)
+#: Per-layer scales of the random up_proj weights, so that a global allocation gives the layers different widths.
+LAYER_SCALES = (0.25, 1.0, 4.0, 1.0)
+
+
+def byte_fallback_tokenizer() -> PreTrainedTokenizerFast:
+    """A Llama-2-style BPE tokenizer (byte fallback, `Sequence` decoder): the kind llama.cpp's DeciModel converts."""
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{byte:02X}>": 3 + byte for byte in range(256)}}
+    for char in sorted(set(TEXT.replace(" ", "\u2581")) | {"\u2581"}):
+        vocab.setdefault(char, len(vocab))
+    merges = [("\u2581", "t"), ("h", "e"), ("\u2581t", "he"), ("e", "s")]
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
+    backend = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def gpt2_style_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level BPE without byte fallback (SmolLM2's and Qwen2's kind), which DeciModel does not convert."""
+    backend = Tokenizer(models.BPE({chr(33 + i): i for i in range(200)}, []))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend)
+
+
+def _llamacpp_config(**overrides) -> PruningConfig:
+    return _vllm_config(**{"serving": "llama.cpp", "num_samples": 8, "seqlen": 64, **overrides})
+
+
+def _before_after(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+
+def _unchanged(before: dict[str, torch.Tensor], model: torch.nn.Module) -> bool:
+    after = model.state_dict()
+    return before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_llamacpp_plans_ffn_widths_in_multiples_of_256():
+    config = _llamacpp_config()
+    assert config.structures == ["ffn_channels"] and config.round_to == 256
+    assert _llamacpp_config(round_to=512).round_to == 512
+    with pytest.raises(ServingPlanError, match="multiples of 256"):
+        _llamacpp_config(round_to=64)
+    with pytest.raises(ServingPlanError, match="ffn_channels=700"):
+        _llamacpp_config(layer_overrides={"1": {"ffn_channels": 700}})
+    with pytest.raises(ServingPlanError, match="query heads in every layer"):
+        _llamacpp_config(structures=["attention_heads", "ffn_channels"])
+    with pytest.raises(ServingPlanError, match="linear bridges"):
+        _llamacpp_config(structures=["layers"], reconstruction="liar")
+
+
+@pytest.mark.parametrize("hidden", [64, 576, 896, 2048, 3072, 4096, 5120, 8192])
+def test_every_multiple_of_256_has_an_ffn_mult_and_nothing_else_does(hidden):
+    for multiple in range(1, 129):  # up to 32768 channels; ffn_mult checks the converter's formula gives it back
+        assert ffn_mult(256 * multiple, hidden) == 1.5 * 256 * multiple / hidden
+    for width in (0, 255, 257, 700, 1000):
+        with pytest.raises(ServingPlanError, match="multiples of 256"):
+            ffn_mult(width, hidden)
+
+
+@pytest.mark.parametrize(
+    "model, tokenizer, match",
+    [
+        (lambda: tiny_causal_lm(Qwen3ForCausalLM, Qwen3Config, **LLAMACPP_SHAPE), byte_fallback_tokenizer, "'qwen3'"),
+        (lambda: tiny_llama(**{**LLAMACPP_SHAPE, "head_dim": 8}), byte_fallback_tokenizer, "head_dim=8"),
+        (lambda: tiny_llama(), byte_fallback_tokenizer, "intermediate_size=96"),
+        (
+            lambda: tiny_llama(**LLAMACPP_SHAPE, rope_parameters={"rope_type": "linear", "factor": 2.0}),
+            byte_fallback_tokenizer,
+            "rope_type='linear'",
+        ),
+        (
+            lambda: tiny_causal_lm(MistralForCausalLM, MistralConfig, **LLAMACPP_SHAPE, sliding_window=16),
+            byte_fallback_tokenizer,
+            "sliding window",
+        ),
+        (lambda: tiny_llama(**LLAMACPP_SHAPE), make_tokenizer, "WordLevel model"),
+        (lambda: tiny_llama(**LLAMACPP_SHAPE), gpt2_style_tokenizer, "byte_fallback=False"),
+    ],
+    ids=["qwen3", "head_dim", "width", "rope", "sliding_window", "wordlevel_tokenizer", "gpt2_tokenizer"],
+)
+def test_what_llamacpp_cannot_convert_is_refused_before_any_weight_changes(model, tokenizer, match):
+    model = model()
+    before = _before_after(model)
+    pruner = PrunerForCausalLM(model, tokenizer())
+    with pytest.raises(ServingPlanError, match=match):
+        pruner.prune(_llamacpp_config(), dataset=[TEXT], show_progress=False)
+    assert _unchanged(before, model)
+
+
+def test_llamacpp_tokenizer_check_takes_what_the_converter_takes():
+    check_tokenizer(byte_fallback_tokenizer(), 300)
+    check_tokenizer(gpt2_style_tokenizer(), 128256)  # Llama 3's vocabulary: the converter's own BPE path
+
+
+def _prune_for_llamacpp(model_class=LlamaForCausalLM, config_class=LlamaConfig, **overrides) -> PrunerForCausalLM:
+    tokenizer = byte_fallback_tokenizer()
+    extra = {"sliding_window": None} if model_class is MistralForCausalLM else {}
+    model = tiny_causal_lm(model_class, config_class, vocab_size=len(tokenizer), **LLAMACPP_SHAPE, **extra)
+    with torch.no_grad():
+        for layer, scale in zip(model.model.layers, LAYER_SCALES):
+            layer.mlp.up_proj.weight.mul_(scale)
+            for projection in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                if projection.bias is not None:  # Qwen2's, zero at init: make the converter's permutation visible
+                    projection.bias.normal_()
+    pruner = PrunerForCausalLM(model, tokenizer)
+    pruner.prune(_llamacpp_config(**overrides), dataset=[TEXT], show_progress=False)
+    return pruner
+
+
+def test_llamacpp_checkpoint_has_ffn_mult_and_a_4x_tokenizer_class(tmp_path):
+    """(It loads in plain transformers to the pruned logits: `test_serving_checkpoints_load_in_plain_transformers`.)"""
+    pruner = _prune_for_llamacpp()
+    widths = [layer["intermediate_size"] for layer in pruner.summary["layers"]]
+    assert len(set(widths)) > 1 and all(width % 256 == 0 for width in widths), widths
+    pruner.save_pretrained(tmp_path / "gguf-ready")
+    folder = tmp_path / "gguf-ready"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architectures"] == ["DeciLMForCausalLM"] and config["mlp_bias"] is True
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"]
+    hidden = config["hidden_size"]
+    for block, width in zip(config["block_configs"], widths):
+        multiple = block["ffn"]["ffn_mult"]
+        assert isinstance(multiple, float) and block["ffn"]["intermediate_size"] == width
+        size = int(2 * multiple * hidden / 3)  # llama.cpp's DeciModel._ffn_mult_to_intermediate_size
+        assert size + (256 - size % 256) % 256 == width
+    assert json.loads((folder / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+
+
+def test_llamacpp_refuses_to_save_widths_it_cannot_express(tmp_path):
+    tokenizer = byte_fallback_tokenizer()
+    pruner = PrunerForCausalLM(tiny_llama(vocab_size=len(tokenizer), **LLAMACPP_SHAPE), tokenizer)
+    pruner.prune(
+        _vllm_config(serving=None, reconstruction="none", structures=["ffn_channels"]),
+        dataset=[TEXT],
+        show_progress=False,
+    )
+    assert any(layer["intermediate_size"] % 256 for layer in pruner.summary["layers"])
+    with pytest.raises(ServingPlanError, match="multiples of 256"):
+        pruner.save_pretrained(tmp_path / "out", serving="llama.cpp")
+    assert not (tmp_path / "out").exists()
+
+
+#: LLaMA tensor names -> GGUF names (gguf-py's tensor map for the `deci` architecture).
+_GGUF_NAMES = {
+    "model.embed_tokens": "token_embd",
+    "model.norm": "output_norm",
+    "lm_head": "output",
+    "input_layernorm": "attn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "post_attention_layernorm": "ffn_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+
+
+def _gguf_name(name: str) -> str:
+    module, kind = name.rsplit(".", 1)
+    if module.startswith("model.layers."):
+        index, inner = module[len("model.layers.") :].split(".", 1)
+        return f"blk.{index}.{_GGUF_NAMES[inner]}.{kind}"
+    return f"{_GGUF_NAMES[module]}.{kind}"
+
+
+def _rope_permuted(tensor: torch.Tensor, heads: int) -> torch.Tensor:
+    """llama.cpp's DeciModel.permute: HF's rotate-half q / k rows to llama.cpp's interleaved pairs, per head."""
+    shape = tensor.shape
+    return tensor.reshape(heads, 2, shape[0] // heads // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
+
+
+@pytest.mark.slow
+def test_llamacpp_converter_writes_every_tensor_and_the_per_layer_widths(tmp_path):
+    command = os.environ.get("OPTIMUM_PRUNE_LLAMACPP_CONVERT")
+    if not command:
+        pytest.skip(
+            "set OPTIMUM_PRUNE_LLAMACPP_CONVERT to a Python with llama.cpp's converter requirements and the path of "
+            "its convert_hf_to_gguf.py (.ci/run does)"
+        )
+    from gguf import GGUFReader
+
+    cases = {
+        "llama": _prune_for_llamacpp(),
+        "mistral": _prune_for_llamacpp(MistralForCausalLM, MistralConfig),
+        "qwen2": _prune_for_llamacpp(Qwen2ForCausalLM, Qwen2Config),  # q / k / v biases, permuted like the weights
+        "llama_depth": _prune_for_llamacpp(structures=["layers"], reconstruction="none", sparsity=0.25),
+    }
+    for name, pruner in cases.items():
+        folder, output = tmp_path / name, tmp_path / f"{name}.gguf"
+        pruner.save_pretrained(folder)
+        result = subprocess.run(
+            [*shlex.split(command), str(folder), "--outfile", str(output), "--outtype", "f32"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, (name, result.stderr[-4000:])
+        config = json.loads((folder / "config.json").read_text())
+        reader = GGUFReader(output)
+        field = {key: value.contents() for key, value in reader.fields.items() if not key.startswith("tokenizer.")}
+        heads = config["num_attention_heads"]
+        kv_heads = [heads // block["attention"]["n_heads_in_group"] for block in config["block_configs"]]
+        layers = pruner.model.model.layers
+        assert field["general.architecture"] == "deci"
+        assert field["deci.block_count"] == len(layers) == config["num_hidden_layers"]
+        assert field["deci.feed_forward_length"] == [layer.mlp.down_proj.in_features for layer in layers]
+        if name != "llama_depth":
+            assert len(set(field["deci.feed_forward_length"])) > 1
+        else:
+            assert len(layers) == 3
+        assert field["deci.attention.head_count"] == [heads] * len(layers)
+        assert field["deci.attention.head_count_kv"] == kv_heads
+        assert field["deci.attention.key_length"] == field["deci.rope.dimension_count"] == config["head_dim"]
+        assert field["deci.embedding_length"] == config["hidden_size"]
+        assert field["deci.rope.freq_base"] == pytest.approx(config["rope_theta"])
+        assert reader.fields["tokenizer.ggml.model"].contents() == "llama"
+        assert len(reader.fields["tokenizer.ggml.tokens"].contents()) == len(pruner.tokenizer)
+        state = load_file(folder / "model.safetensors")
+        tensors = {tensor.name: tensor for tensor in reader.tensors}
+        assert sorted(tensors) == sorted(_gguf_name(key) for key in state), name
+        for key, value in state.items():
+            layer = int(key.split(".")[2]) if key.startswith("model.layers.") else None
+            if ".q_proj." in key:
+                value = _rope_permuted(value, heads)
+            elif ".k_proj." in key:
+                value = _rope_permuted(value, kv_heads[layer])
+            stored = torch.from_numpy(tensors[_gguf_name(key)].data.copy())
+            assert stored.shape == value.shape and torch.equal(stored, value), (name, key)

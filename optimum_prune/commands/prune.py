@@ -228,7 +228,7 @@ CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
         str,
         None,
         "structured: plan only what this engine loads at the pruned size, and save in its layout: vllm (per-layer "
-        "FFN widths, whole blocks; llama, mistral, qwen2)",
+        "FFN widths, whole blocks; llama, mistral, qwen2), llama.cpp (the same, FFN widths in multiples of 256)",
         metavar="ENGINE",
     ),
     ConfigOption(

@@ -98,6 +98,7 @@ def save_pruned_checkpoint(
     model_card: Any | None = None,
     protected: Iterable[str | os.PathLike | None] = (),
     write_weights: Callable[[Path], None] | None = None,
+    finish: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write the model, tokenizer, `pruning_config.json` and README.md into `save_directory`, replacing it whole.
 
@@ -108,6 +109,8 @@ def save_pruned_checkpoint(
         tokenizer, pruning_config, model_card: Written beside the weights when given.
         write_weights: Writes the weights and config.json into the staging folder instead of the model's own
             `save_pretrained` (a serving engine's layout, `serialization.serving`).
+        finish: Called on the staging folder once everything is written (a serving layout's fix-ups of the
+            tokenizer files).
         protected: Folders that must survive the save, e.g. the input model's folder: the target may be neither
             one of them nor a folder that contains one.
 
@@ -146,6 +149,8 @@ def save_pruned_checkpoint(
             pruning_config.to_json_file(staging / CONFIG_NAME)
         if model_card is not None:
             model_card.save(staging / "README.md")
+        if finish is not None:
+            finish(staging)
 
     staged: list[tuple[int, int]] = []
     try:
