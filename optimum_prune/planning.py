@@ -244,7 +244,7 @@ def plan_pruning(
                 if name.startswith(prefix):
                     entry["dense"][name[len(prefix) :]] = why
             layers.append(entry)
-        return PruningPlan(config.target, None, layers, before, prunable, zeroed, inputs.reads)
+        return PruningPlan(config.target, config.allocation, layers, before, prunable, zeroed, inputs.reads)
 
     if adapter is None:
         from .architectures import get_adapter

@@ -217,6 +217,7 @@ NEEDS_DATA = {
     "global-activation": ["--allocation", "global", "--criterion", "activation"],
     "depth": ["--structures", "layers", "--criterion", "magnitude"],
     "shortgpt": ["--recipe", "shortgpt"],
+    "owl": ["--target", "unstructured", "--allocation", "owl", "--method", "magnitude"],
 }
 
 
@@ -323,3 +324,23 @@ def test_sparsity_dry_run_targets_match_the_run(work, tmp_path, capsys, case):
     for name, fraction in planned.items():
         assert modules[name] == pytest.approx(fraction, abs=1e-12), name
     assert len(set(planned.values())) > 1 or case == "llama-2:4" or case.startswith("bert")
+
+
+@pytest.mark.parametrize("allocation", ["owl", "obs"])
+def test_unstructured_allocation_dry_run_with_dataset_matches_the_run(work, tmp_path, capsys, allocation):
+    recipe = ["--target", "unstructured", "--sparsity", "0.5", "--allocation", allocation, "--method", "wanda"]
+    arguments = ["-m", str(work.folders["llama"]), *recipe, "--dataset", str(work.data["llama"]), *DATA]
+    plan = _dry_run(capsys, arguments, tmp_path / "never")
+    output = tmp_path / "pruned"
+    run = _run(capsys, arguments, output)
+    _check_totals(plan, run)
+    assert plan["reads"] == ["config", "weights", "data"] and plan["allocation"] == allocation
+    modules = json.loads((output / "config.json").read_text())["pruning"]["modules"]
+    planned = {
+        f"{entry['block']}.{name}": fraction for entry in plan["plan"] for name, fraction in entry["modules"].items()
+    }
+    assert planned.keys() == modules.keys()
+    for name, fraction in planned.items():
+        assert modules[name] == pytest.approx(fraction, abs=1e-12), name
+    # The allocation gave the blocks different sparsities.
+    assert len({round(fraction, 6) for fraction in planned.values()}) > 1
