@@ -24,20 +24,6 @@ STRUCTURE_KINDS = (
     "layers",
 )
 OVERRIDE_KEYS = ("sparsity", "num_heads", "ffn_channels")
-#: `mask_scope` values of every solver that has one: the same count pruned from each output row, or one ranking over
-#: the whole layer (kept here, not in the solvers, so that reading a config needs no torch).
-MASK_SCOPES = ("row", "layer")
-#: Earlier solver-specific names of the "layer" scope (SparseGPT's "block", ADMM's "matrix"), still accepted.
-MASK_SCOPE_ALIASES = {"block": "layer", "matrix": "layer"}
-
-
-def canonical_mask_scope(value: str) -> str:
-    """ "row" or "layer" for any accepted spelling; ValueError (one line) for anything else."""
-    scope = MASK_SCOPE_ALIASES.get(value, value) if isinstance(value, str) else value
-    if scope not in MASK_SCOPES:
-        raise ValueError(f"mask_scope must be one of {MASK_SCOPES}, got {value!r}.")
-    return scope
-
 
 CONFIG_NAME = "pruning_config.json"
 
@@ -331,6 +317,8 @@ class PruningConfig:
             raise ValueError(
                 f"solver_options must be a dict of solver keyword options (not damp), got {self.solver_options!r}."
             )
+        from .mask_scope import canonical_mask_scope
+
         if self.mask_scope is not None:
             self.mask_scope = canonical_mask_scope(self.mask_scope)
         if "mask_scope" in self.solver_options:
