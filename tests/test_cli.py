@@ -204,6 +204,30 @@ def test_help_names_every_registered_choice():
         assert name in text, name
 
 
+def test_the_task_table_is_what_the_pruners_the_command_line_and_the_card_use():
+    import transformers
+
+    import optimum_prune
+    from optimum_prune.serialization.hub import create_model_card
+    from optimum_prune.tasks import DEFAULT_TASK, TASKS
+
+    parser = build_parser()
+    assert parser.parse_args(["-m", "model", "out"]).task == DEFAULT_TASK
+    for task in TASKS.values():
+        pruner = getattr(optimum_prune, task.pruner)
+        assert pruner.task is task and pruner.auto_model_class is getattr(transformers, task.auto_class)
+        assert (pruner.pipeline_tag, pruner.calibration_format) == (task.pipeline_tag, task.calibration_format)
+        assert parser.parse_args(["-m", "model", "--task", task.name, "out"]).task == task.name
+        card = create_model_card(
+            base_model="org/model",
+            pipeline_tag=task.pipeline_tag,
+            pruning_config=PruningConfig(criterion="magnitude").to_dict(),
+            summary={"parameters_before": 10, "parameters_after": 8, "sparsity_achieved": 0.2},
+        ).text
+        assert f"{task.pruner}.from_pretrained('org/model')" in card and f"{task.auto_class}.from_pretrained" in card
+        assert (f"--task {task.name}" in card) == (task.name != DEFAULT_TASK)
+
+
 def test_split_for_evaluation_keeps_the_last_fifth_out_of_calibration():
     texts = [f"article {i}" for i in range(20)]
     calibration, evaluation = split_for_evaluation(texts)

@@ -4,8 +4,9 @@
         --reconstruction liar --dataset calibration.txt --num-samples 128 --evaluate ppl OUTPUT
 
 optimum-cli imports this module whenever it starts, for every one of its commands, to build the `prune` sub-parser.
-So at module level it imports only the standard library and optimum's CLI base classes; torch, transformers and the
-pruning code are imported by `prune_from_args`, once the arguments have been read. For the same reason the choices of
+So at module level it imports only the standard library and optimum's CLI base classes, and to build the parser it
+reads only tasks.py, a package module that imports nothing else (for --task); torch, transformers and the pruning
+code are imported by `prune_from_args`, once the arguments have been read. For the same reason the choices of
 --criterion, --reconstruction and --method are spelled out in the help texts rather than read from the registries;
 tests/test_cli.py checks that the two agree.
 """
@@ -14,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
+import importlib.util
 import json
 import os
 import re
 import sys
 import time
+import types
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,7 +32,6 @@ from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 
 __all__ = [
     "CONFIG_OPTIONS",
-    "TASKS",
     "CLIError",
     "ConfigOption",
     "PruneCommand",
@@ -40,12 +43,6 @@ __all__ = [
 #: --dtype choices; "auto" keeps the dtype the checkpoint was saved in.
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
-#: --task value -> pruner class name in optimum_prune.pruners.
-TASKS = {
-    "causal-lm": "PrunerForCausalLM",
-    "sequence-classification": "PrunerForSequenceClassification",
-    "question-answering": "PrunerForQuestionAnswering",
-}
 #: With --evaluate and no --eval-dataset, calibration uses the first 80% of the --dataset text, evaluation the rest
 #: (the protocol of optimum_prune.assets.wikipedia_split).
 CALIBRATION_FRACTION = 0.8
@@ -81,6 +78,35 @@ examples:
 
 class CLIError(Exception):
     """Bad input or a failed step: the message is printed as one line, without a traceback."""
+
+
+def _light_module(name: str) -> types.ModuleType:
+    """`optimum_prune.<name>`, one of the package modules that import only the standard library (configuration,
+    tasks).
+
+    optimum-cli loads this command module from its file without running the package's `__init__` (see
+    commands/plugin/optimum/commands/register/optimum_prune_prune.py); these modules are then loaded the same way,
+    under their own names, so that the package, once `prune` runs and imports it, uses these very modules."""
+    module_name = f"optimum_prune.{name}"
+    if module_name in sys.modules or "optimum_prune" in sys.modules:
+        return importlib.import_module(module_name)
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
+
+
+def _tasks() -> dict[str, Any]:
+    """--task's values: `optimum_prune.tasks.TASKS`."""
+    return _light_module("tasks").TASKS
 
 
 @dataclass(frozen=True)
@@ -262,11 +288,12 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="model folder, a .gguf file, or a Hub id (needs the Hub or its cache); offline, `python -m "
         "optimum_prune.assets smollm2` prints the path of the SmolLM2-135M .gguf the install ships",
     )
+    default_task = _light_module("tasks").DEFAULT_TASK
     model.add_argument(
         "--task",
-        choices=list(TASKS),
-        default="causal-lm",
-        help="which head to load the model with (default: causal-lm)",
+        choices=list(_tasks()),
+        default=default_task,
+        help=f"which head to load the model with (default: {default_task})",
     )
     model.add_argument("--gguf-file", default=None, metavar="FILE", help="GGUF file inside the --model folder")
     model.add_argument(
@@ -706,7 +733,7 @@ def _check_seqlen(args: argparse.Namespace, config: Any, model_config: Any) -> N
 def _load_pruner(args: argparse.Namespace, model_path: str, gguf_file: str | None, hub_options: dict[str, Any]) -> Any:
     import optimum_prune
 
-    pruner_class = getattr(optimum_prune, TASKS[args.task])
+    pruner_class = getattr(optimum_prune, _tasks()[args.task].pruner)
     try:
         pruner = pruner_class.from_pretrained(
             model_path, gguf_file=gguf_file, dtype=_torch_dtype(args.dtype), **hub_options
@@ -942,13 +969,13 @@ def _dry_run(
         import torch
         import transformers
 
-        auto_class = getattr(transformers, _AUTO_CLASS_BY_TASK[args.task])
+        auto_class = getattr(transformers, _tasks()[args.task].auto_class)
         try:
             with torch.device("meta"):
                 model = auto_class.from_config(model_config, trust_remote_code=args.trust_remote_code)
         except Exception as err:
             raise CLIError(f"Cannot build {args.model!r} for --task {args.task} from its config: {err}") from err
-        pruner = getattr(optimum_prune, TASKS[args.task])(model)
+        pruner = getattr(optimum_prune, _tasks()[args.task].pruner)(model)
     try:
         plan = pruner.plan(config, dataset=calibration, show_progress=not args.no_progress)
     except (ValueError, FloatingPointError) as err:
@@ -1002,13 +1029,6 @@ def _check_plan_without_data(config: Any) -> None:
             f"--dry-run: this plan depends on calibration data ({reason}): pass --dataset to compute it (the dry run "
             "then loads the weights and the data; it writes nothing)."
         )
-
-
-_AUTO_CLASS_BY_TASK = {
-    "causal-lm": "AutoModelForCausalLM",
-    "sequence-classification": "AutoModelForSequenceClassification",
-    "question-answering": "AutoModelForQuestionAnswering",
-}
 
 
 def _check_sources(args: argparse.Namespace) -> None:
