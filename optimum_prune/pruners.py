@@ -17,12 +17,10 @@ from .architectures import ADAPTERS, UnsupportedArchitectureError, get_adapter
 from .architectures.blocks import find_blocks
 from .checks import check_sequence_length
 from .configuration import PruningConfig
-from .criteria import CRITERIA
 from .data.calibration import RANDOM_TOKENS, load_texts, random_token_samples, sample_examples, sample_token_windows
 from .offline import hub_unreachable_error, is_hub_unreachable
 from .offload import is_offloaded, new_offloaded_zero_biases
-from .planning import PruningPlan, plan_inputs, plan_pruning, pruned_kinds
-from .reconstruction import RECONSTRUCTIONS
+from .planning import PruningPlan, calibration_need, plan_inputs, plan_pruning, pruned_kinds, without_refit
 from .serialization.layout import count_parameters, pruned_heads, record_layout
 from .serialization.save import save_pruned_checkpoint
 from .structured import needs_calibration, prune_structured
@@ -563,15 +561,9 @@ def _same_task(a: TaskResult, b: TaskResult) -> bool:
 
 
 def _drop_reconstruction_without_data(config: PruningConfig) -> PruningConfig:
-    """A calibration-free criterion with a data-driven reconstruction and no data: prune without refitting, loudly.
-
-    Raising instead would make the default reconstruction ('liar') unusable with calibration-free criteria.
-    """
-    if (
-        config.dataset is not None
-        or CRITERIA[config.criterion].needs_calibration
-        or not RECONSTRUCTIONS[config.reconstruction].needs_calibration
-    ):
+    """No data for a recipe whose need falls back (`calibration_need`): prune without refitting, loudly."""
+    need = calibration_need(config) if config.dataset is None else None
+    if need is None or not need.falls_back:
         return config
     warnings.warn(
         f"criterion={config.criterion!r} is calibration-free but reconstruction={config.reconstruction!r} needs "
@@ -580,9 +572,7 @@ def _drop_reconstruction_without_data(config: PruningConfig) -> PruningConfig:
         UserWarning,
         stacklevel=3,
     )
-    config = copy.copy(config)
-    config.reconstruction = "none"
-    return config
+    return without_refit(config)
 
 
 def _plain_copy(model: PreTrainedModel) -> PreTrainedModel:

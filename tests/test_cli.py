@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -226,6 +227,32 @@ def test_the_task_table_is_what_the_pruners_the_command_line_and_the_card_use():
         ).text
         assert f"{task.pruner}.from_pretrained('org/model')" in card and f"{task.auto_class}.from_pretrained" in card
         assert (f"--task {task.name}" in card) == (task.name != DEFAULT_TASK)
+
+
+@pytest.mark.parametrize(
+    "recipe, need",
+    [
+        ({"criterion": "magnitude", "reconstruction": "none"}, None),
+        ({"criterion": "magnitude", "reconstruction": "liar"}, ("reconstruction", True)),
+        ({"criterion": "activation", "reconstruction": "none"}, ("criterion", False)),
+        ({"target": "2:4", "method": "magnitude"}, None),
+        ({"target": "unstructured", "method": "wanda"}, ("method", False)),
+    ],
+)
+def test_one_rule_for_runs_without_calibration_data(recipe, need):
+    from optimum_prune.planning import calibration_need
+    from optimum_prune.pruners import _drop_reconstruction_without_data
+
+    config = PruningConfig(**recipe)
+    found = calibration_need(config)
+    assert (found and (found.field, found.falls_back)) == need
+    if config.is_structured:  # prune() falls back, loudly, exactly where the command line does
+        falls_back = bool(need and need[1])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ran = _drop_reconstruction_without_data(config)
+        assert bool(caught) == falls_back
+        assert ran.reconstruction == ("none" if falls_back else config.reconstruction)
 
 
 def test_split_for_evaluation_keeps_the_last_fifth_out_of_calibration():

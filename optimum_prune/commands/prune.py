@@ -578,10 +578,7 @@ def _prune(
     args: argparse.Namespace, output: str, model_path: str, gguf_file: str | None, log: Callable[[str], None]
 ) -> dict[str, Any]:
     import optimum_prune
-    from optimum_prune.criteria import CRITERIA
     from optimum_prune.evaluation import format_results_table
-    from optimum_prune.reconstruction import RECONSTRUCTIONS
-    from optimum_prune.unstructured import DATA_FREE_METHODS
 
     config = _build_config(args)
     run_needs_data = None
@@ -589,7 +586,7 @@ def _prune(
         _check_plan_without_data(config)
     if not args.dataset:
         try:
-            _check_calibration_free(config, args, CRITERIA, RECONSTRUCTIONS, DATA_FREE_METHODS, log)
+            config = _check_calibration_free(config, args, log)
         except CLIError as err:
             if not args.dry_run:
                 raise
@@ -805,40 +802,28 @@ def _build_config(args: argparse.Namespace) -> Any:
         raise CLIError(str(err)) from err
 
 
-def _check_calibration_free(
-    config: Any,
-    args: argparse.Namespace,
-    criteria: dict[str, Any],
-    reconstructions: dict[str, Any],
-    data_free_methods: tuple[str, ...],
-    log: Callable[[str], None],
-) -> None:
-    """Without --dataset: refuse a recipe that reads data; drop a default data-driven reconstruction, saying so."""
-    hint = "pass --dataset (a text/json/csv/parquet file, or wikitext2, c4, ptb)"
-    if not config.is_structured:
-        if config.method not in data_free_methods:
-            raise CLIError(
-                f"--method {config.method} solves each layer on calibration data: {hint}, or use --method "
-                f"{' / '.join(data_free_methods)}."
-            )
-        return
-    if criteria[config.criterion].needs_calibration:
-        free = sorted(name for name, c in criteria.items() if not c.needs_calibration)
-        raise CLIError(
-            f"--criterion {config.criterion} ranks channels on calibration data: {hint}, or use a calibration-free "
-            f"criterion ({', '.join(free)})."
-        )
-    if reconstructions[config.reconstruction].needs_calibration:
-        if args.reconstruction is not None:
-            raise CLIError(
-                f"--reconstruction {config.reconstruction} refits layers on calibration data: {hint}, or use "
-                "--reconstruction none."
-            )
+def _check_calibration_free(config: Any, args: argparse.Namespace, log: Callable[[str], None]) -> Any:
+    """Without --dataset: refuse a recipe that reads data; drop a default data-driven reconstruction, saying so (the
+    rule of `planning.calibration_need`). Returns the config to run."""
+    from optimum_prune.planning import calibration_need, without_refit
+
+    need = calibration_need(config)
+    if need is None:
+        return config
+    if need.falls_back and args.reconstruction is None:
         # Only the default was left in place: a calibration-free run is what was asked for.
-        config.reconstruction = "none"
         log(
             f"No --dataset: pruning with --criterion {config.criterion} and no reconstruction (--reconstruction none)."
         )
+        return without_refit(config)
+    instead = {
+        "method": f"--method {' / '.join(need.instead)}",
+        "criterion": f"a calibration-free criterion ({', '.join(need.instead)})",
+    }.get(need.field, f"--{need.field} {' / '.join(need.instead)}")
+    raise CLIError(
+        f"--{need.field} {need.value} {need.reads}: pass --dataset (a text/json/csv/parquet file, or wikitext2, c4, "
+        f"ptb), or use {instead}."
+    )
 
 
 def _load(load_texts: Callable[..., list[str]], source: str, column: str | None, flag: str, split: str | None = None):
