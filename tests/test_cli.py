@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -203,6 +204,67 @@ def test_help_names_every_registered_choice():
         assert name in text, name
     for name in [*EVALUATION_KINDS, *GLUE_TASKS]:  # --evaluate's kinds and glue:TASK's tasks
         assert name in text, name
+
+
+def test_every_config_field_has_help_and_an_option_that_reads_back_what_the_card_writes():
+    # The options are made from PruningConfig's fields: a new field needs a help text, and the model card's command
+    # line (one flag per recorded field) must give back the same config, whatever the field's type.
+    from optimum_prune.commands.prune import _build_config
+    from optimum_prune.serialization.hub import _cli_option
+
+    for field in dataclasses.fields(PruningConfig):
+        assert field.metadata.get("help", "").strip(), f"PruningConfig.{field.name} has no metadata['help']"
+    text = "".join(build_parser().format_help().split())  # without the line breaks argparse puts anywhere
+    for option in CONFIG_OPTIONS:
+        assert option.flag in text and "".join(option.help.split()).replace("%%", "%") in text, option.field
+
+    config = PruningConfig(
+        target="unstructured",
+        sparsity=0.3,
+        method="admm",
+        mask_scope="layer",
+        structures=["ffn_channels", "attention_heads"],
+        allow_sparsity_shortfall=True,
+        layer_overrides={"0": {"sparsity": 0.1}},
+        module_sparsity={"down_proj": 0.2},
+        modules_to_not_prune=[],
+        sequential_targets=["LlamaDecoderLayer", "re:model.layers.0"],
+        solver_options={"iterations": 5, "refit": "cg"},
+        num_samples=4,
+        seqlen=32,
+        damp=0.02,
+        seed=3,
+        prunenet_learning_rate=0.1,
+        prunenet_train_sparsity=0.4,
+        prunenet_policy_path="policy.safetensors",
+        protect_layers=[0, -1],
+    )
+    written = [_cli_option(key, value) for key, value in config.to_dict().items() if value is not None]
+    args = build_parser().parse_args(["out", "-m", "model", *shlex.split(" ".join(written))])
+    assert _build_config(args).to_dict() == config.to_dict()
+    # An option not given leaves its field at PruningConfig's default.
+    assert _build_config(build_parser().parse_args(["-m", "model", "out"])).to_dict() == PruningConfig().to_dict()
+
+
+def test_each_named_choice_is_in_its_fields_help():
+    from optimum_prune.configuration import ALLOCATIONS, STRUCTURE_KINDS
+    from optimum_prune.criteria import CRITERIA
+    from optimum_prune.recipes import RECIPES
+    from optimum_prune.reconstruction import RECONSTRUCTIONS
+    from optimum_prune.sparsity import SPARSITY_METHODS
+
+    # The registries import torch, so PruningConfig's help (which --help shows) spells their names out.
+    helps = {option.field: option.help for option in CONFIG_OPTIONS}
+    for field, names in [
+        ("criterion", CRITERIA),
+        ("reconstruction", RECONSTRUCTIONS),
+        ("method", SPARSITY_METHODS),
+        ("allocation", ALLOCATIONS),
+        ("structures", STRUCTURE_KINDS),
+        ("recipe", RECIPES),
+    ]:
+        for name in names:
+            assert f"'{name}'" in helps[field], (field, name)
 
 
 def test_the_task_table_is_what_the_pruners_the_command_line_and_the_card_use():

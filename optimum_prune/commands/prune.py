@@ -5,16 +5,16 @@
 
 optimum-cli imports this module whenever it starts, for every one of its commands, to build the `prune` sub-parser.
 So at module level it imports only the standard library and optimum's CLI base classes, and to build the parser it
-reads only tasks.py, a package module that imports nothing else (for --task); torch, transformers and the pruning
-code are imported by `prune_from_args`, once the arguments have been read. For the same reason the choices of
---criterion, --reconstruction and --method are spelled out in the help texts rather than read from the registries;
-tests/test_cli.py checks that the two agree.
+reads only the two package modules that import nothing else (configuration.py for the recipe's options, tasks.py for
+--task); torch, transformers and the pruning code are imported by `prune_from_args`, once the arguments have been
+read. The recipe's options are made from PruningConfig's fields: their names, types, defaults and help.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -23,6 +23,7 @@ import re
 import sys
 import time
 import types
+import typing
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ __all__ = [
     "ConfigOption",
     "PruneCommand",
     "add_prune_arguments",
+    "config_options",
     "prune_from_args",
     "run_prune",
 ]
@@ -111,10 +113,10 @@ def _tasks() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ConfigOption:
-    """One command-line option that sets the `PruningConfig` field of the same name.
+    """One command-line option that sets the `PruningConfig` field of the same name (made by `config_options`).
 
     `default` is only what --help shows: an option that is not given is not passed, so PruningConfig's own
-    default applies (tests/test_cli.py checks that the two agree).
+    default applies.
     """
 
     field: str
@@ -128,6 +130,15 @@ class ConfigOption:
     def flag(self) -> str:
         return "--" + self.field.replace("_", "-")
 
+    def add_to(self, parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+        # default=None throughout: an option not given leaves the field at PruningConfig's default.
+        if self.type is bool:  # --flag / --no-flag
+            parser.add_argument(self.flag, action=argparse.BooleanOptionalAction, default=None, help=self.help)
+            return
+        parser.add_argument(
+            self.flag, type=self.type, nargs=self.nargs, default=None, metavar=self.metavar, help=self.help
+        )
+
 
 def _json_object(text: str) -> dict[str, Any]:
     try:
@@ -139,128 +150,68 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
-# Every PruningConfig field except `dataset`, which has its own option (it is loaded here, not by the pruner). The
-# model card's "From the command line" recipe writes one of these flags per recorded field, so it runs as printed.
-CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
-    ConfigOption(
-        "target", str, "structured", "'structured' (heads and channels), 'unstructured' (weights) or N:M, e.g. 2:4"
-    ),
-    ConfigOption("sparsity", float, 0.5, "fraction to remove, in [0, 1); N:M targets ignore it"),
-    ConfigOption(
-        "criterion",
-        str,
-        "activation",
-        "structured ranking: magnitude, activation, fluctuation, random, prunenet, prunenet_invariant, obs (error "
-        "left after the refit)",
-    ),
-    ConfigOption(
-        "reconstruction",
-        str,
-        "liar",
-        "refit of the consumer layers: none, bias, liar, liar_dense (refit to the dense model's outputs), admm",
-    ),
-    ConfigOption(
-        "method", str, "sparsegpt", "unstructured / N:M solver: magnitude, wanda, sparsegpt, admm, obs_multi"
-    ),
-    ConfigOption(
-        "allocation",
-        str,
-        "uniform",
-        "structured budget split across layers: uniform, global, flap (per-layer standardised) or obs (post-refit "
-        "cost)",
-    ),
-    ConfigOption(
-        "structures",
-        str,
-        None,
-        "kinds to prune: attention_heads (whole KV groups) or query_heads, ffn_channels, expert_channels, "
-        "mamba_inner, ssm_heads, or layers (whole blocks) (default: all the model has, but query_heads and layers)",
-        nargs="+",
-        metavar="KIND",
-    ),
-    ConfigOption("round_to", int, 1, "round kept channel counts to a multiple of N", metavar="N"),
-    ConfigOption(
-        "allow_sparsity_shortfall",
-        bool,
-        False,
-        "accept a plan that removes clearly less than --sparsity (otherwise refused): structured whole units, or "
-        "unstructured rows that cannot reach it",
-    ),
-    ConfigOption(
-        "min_keep_fraction", float, 0.05, "global allocation: least fraction of each layer kept", metavar="F"
-    ),
-    ConfigOption(
-        "layer_overrides",
-        _json_object,
-        {},
-        'per-layer settings as JSON, e.g. \'{"0": {"sparsity": 0.0}}\'',
-        metavar="JSON",
-    ),
-    ConfigOption(
-        "module_sparsity",
-        _json_object,
-        {},
-        "unstructured: sparsity per module-name substring as JSON, e.g. '{\"down_proj\": 0.3}'",
-        metavar="JSON",
-    ),
-    ConfigOption(
-        "modules_to_not_prune",
-        str,
-        ["lm_head", "embed", "classifier", "qa_outputs", "pooler"],
-        "unstructured: module-name substrings left dense",
-        nargs="*",
-        metavar="NAME",
-    ),
-    ConfigOption(
-        "sequential_targets",
-        str,
-        None,
-        "unstructured / N:M: the blocks, as class names or 're:<regex>' module names (default: _no_split_modules)",
-        nargs="+",
-        metavar="TARGET",
-    ),
-    ConfigOption("num_samples", int, 128, "number of calibration sequences", metavar="N"),
-    ConfigOption("seqlen", int, 512, "tokens per calibration sequence (and per perplexity window)", metavar="N"),
-    ConfigOption("damp", float, 0.01, "ridge damping of the least-squares solves", metavar="F"),
-    ConfigOption(
-        "mask_scope",
-        str,
-        None,
-        "sparsegpt / admm, unstructured: 'row' (equal counts per row; the default) or 'layer' (one ranking)",
-        metavar="{row,layer}",
-    ),
-    ConfigOption(
-        "solver_options",
-        _json_object,
-        {},
-        'unstructured: extra solver options as JSON, e.g. \'{"refit": "cg"}\' for admm',
-        metavar="JSON",
-    ),
-    ConfigOption("seed", int, 0, "seed for calibration sampling, the random criterion and PruneNet"),
-    ConfigOption("prunenet_episodes", int, 20, "PruneNet: REINFORCE training episodes", metavar="N"),
-    ConfigOption(
-        "prunenet_learning_rate",
-        float,
-        None,
-        "PruneNet: policy learning rate (default 1e-3; invariant 1e-2)",
-        metavar="LR",
-    ),
-    ConfigOption("prunenet_train_sparsity", float, None, "PruneNet: sparsity while training (default: --sparsity)"),
-    ConfigOption("prunenet_policy_path", str, None, "PruneNet: reuse this saved policy", metavar="FILE"),
-    ConfigOption("prunenet_save_policy", str, None, "PruneNet: save the policy to this file", metavar="FILE"),
-    ConfigOption("protect_layers", int, [], "structured: layers left dense, e.g. 0 -1", nargs="*", metavar="INDEX"),
-    ConfigOption(
-        "serving",
-        str,
-        None,
-        "structured: plan only what this engine loads at the pruned size, and save in its layout: vllm (per-layer "
-        "FFN widths, whole blocks; llama, mistral, qwen2)",
-        metavar="ENGINE",
-    ),
-    ConfigOption(
-        "recipe", str, None, "a published method's settings: flap, liar, obs, shortgpt, shortgpt_linear, prunenet"
-    ),
-)
+def _number(text: str) -> int | float:
+    """The type of an `int | float` field: an int where the text is one."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+#: PruningConfig fields with an option of their own rather than a generated one: --dataset is read here (a path or a
+#: name, split for --evaluate ppl), not handed to the pruner as given.
+_OWN_OPTIONS = ("dataset",)
+
+
+def config_options() -> tuple[ConfigOption, ...]:
+    """One option per `PruningConfig` field (but `dataset`), made from the field itself: --field-name, parsed as its
+    annotation says (bool: a --flag / --no-flag pair; list: one or more values, or none where the field cannot be
+    None; dict: a JSON object; int, float, else text), with its `metadata["help"]` and its default; the choices of a
+    single value (`metadata["choices"]`, or a Literal annotation) are its metavar. PruningConfig checks the values,
+    as it does in Python, so a bad one is refused in the same words.
+
+    The model card's "From the command line" recipe writes one of these flags per recorded field, so it runs as
+    printed."""
+    config_class = _light_module("configuration").PruningConfig
+    hints = typing.get_type_hints(config_class)
+    return tuple(
+        _config_option(field, hints[field.name])
+        for field in dataclasses.fields(config_class)
+        if field.name not in _OWN_OPTIONS
+    )
+
+
+def _config_option(field: dataclasses.Field, annotation: Any) -> ConfigOption:
+    default = field.default_factory() if field.default is dataclasses.MISSING else field.default  # type: ignore[misc]
+    optional = False
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [member for member in typing.get_args(annotation) if member is not type(None)]
+        optional = len(members) < len(typing.get_args(annotation))
+        annotation = members[0] if len(members) == 1 else _number if set(members) == {int, float} else str
+    nargs = metavar = None
+    choices = field.metadata.get("choices")
+    if typing.get_origin(annotation) is typing.Literal:
+        choices = typing.get_args(annotation)
+        annotation = type(choices[0])
+    if typing.get_origin(annotation) is list:
+        (annotation,) = typing.get_args(annotation) or (str,)
+        # A field that may be None names at least one item when it is given; a plain list may be emptied.
+        nargs = "+" if optional else "*"
+    elif annotation is dict or typing.get_origin(annotation) is dict:
+        annotation, metavar = _json_object, "JSON"
+    elif choices:
+        metavar = "{" + ",".join(map(str, choices)) + "}"
+    if annotation not in (bool, int, float, _number, _json_object):
+        annotation = str
+    text = " ".join(field.metadata.get("help", "").split()).replace("%", "%%")  # argparse formats help with %
+    if isinstance(default, (dict, list)) and default:
+        text += f" (default: {json.dumps(default) if isinstance(default, dict) else ' '.join(map(str, default))})"
+    elif default is not None and not isinstance(default, (bool, dict, list)):
+        text += f" (default: {default})"
+    return ConfigOption(field.name, annotation, default, text, nargs, metavar)
+
+
+CONFIG_OPTIONS: tuple[ConfigOption, ...] = config_options()
 
 
 def _evaluation(text: str) -> Any:
@@ -314,24 +265,9 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--trust-remote-code", action="store_true", help="allow --model's own modeling code from the Hub to run"
     )
 
-    recipe = parser.add_argument_group("pruning recipe (PruningConfig; defaults are PruningConfig's)")
+    recipe = parser.add_argument_group("pruning recipe (PruningConfig's fields; defaults are PruningConfig's)")
     for option in CONFIG_OPTIONS:
-        shown = option.default
-        if isinstance(shown, dict):
-            shown = json.dumps(shown)
-        elif isinstance(shown, list):
-            shown = " ".join(shown)
-        if option.type is bool:
-            recipe.add_argument(option.flag, action="store_const", const=True, default=None, help=option.help)
-            continue
-        recipe.add_argument(
-            option.flag,
-            type=option.type,
-            nargs=option.nargs,
-            default=None,  # not given: PruningConfig's default applies
-            metavar=option.metavar,
-            help=option.help if "(default:" in option.help else f"{option.help} (default: {shown})",
-        )
+        option.add_to(recipe)
 
     data = parser.add_argument_group("calibration and evaluation data")
     data.add_argument(
