@@ -28,20 +28,6 @@ STRUCTURE_KINDS = (
     "layers",
 )
 OVERRIDE_KEYS = ("sparsity", "num_heads", "ffn_channels")
-#: `mask_scope` values of every solver that has one: the same count pruned from each output row, or one ranking over
-#: the whole layer (kept here, not in the solvers, so that reading a config needs no torch).
-MASK_SCOPES = ("row", "layer")
-#: Earlier solver-specific names of the "layer" scope (SparseGPT's "block", ADMM's "matrix"), still accepted.
-MASK_SCOPE_ALIASES = {"block": "layer", "matrix": "layer"}
-
-
-def canonical_mask_scope(value: str) -> str:
-    """ "row" or "layer" for any accepted spelling; ValueError (one line) for anything else."""
-    scope = MASK_SCOPE_ALIASES.get(value, value) if isinstance(value, str) else value
-    if scope not in MASK_SCOPES:
-        raise ValueError(f"mask_scope must be one of {MASK_SCOPES}, got {value!r}.")
-    return scope
-
 
 CONFIG_NAME = "pruning_config.json"
 
@@ -80,15 +66,17 @@ class PruningConfig:
             "(|W| x input-activation norm, Wanda style), 'fluctuation' (FLAP: input variance x squared column "
             "norm), 'random' (baseline), 'prunenet' (calibration-free: the PruneNet reference implementation's "
             "policy learnt from the weights, see the prunenet_* fields), 'prunenet_invariant' (the same idea with "
-            "a rotation-invariant policy)."
+            "a rotation-invariant policy), 'obs' (the output error a unit's removal leaves after the least-squares "
+            "refit, chosen greedily: structured Optimal Brain Surgeon)."
         },
     )
     reconstruction: str = field(
         default="liar",
         metadata={
             "help": "How the layer that consumes pruned channels is refit: 'none', 'bias' (FLAP bias "
-            "compensation), 'liar' (least-squares interpolation of the pruned channels from the kept ones), 'admm' "
-            "(the same least-squares refit by ADMM iterations)."
+            "compensation), 'liar' (least-squares interpolation of the pruned channels from the kept ones), "
+            "'liar_dense' (the same refit to the dense model's outputs), 'admm' (the same least-squares refit by "
+            "ADMM iterations)."
         },
     )
     method: str = field(
@@ -101,13 +89,16 @@ class PruningConfig:
         default="uniform",
         metadata={
             "help": "How the budget is split across layers. Structured targets: 'uniform' (same fraction in every "
-            "layer), 'global' (one ranking across layers under the total budget, every layer keeping at least "
-            "`min_keep_fraction`), 'flap' (FLAP's standardized fluctuation scores ranked globally), 'obs' (OBS "
-            "removal errors ranked globally). Unstructured targets: 'uniform', 'owl' (outlier-weighted layerwise "
+            "layer), 'global' (one ranking across layers under the total budget, the criterion's scores standardised "
+            "per kind), 'flap' (the same, with channel scores standardised within each layer, as FLAP does; needs "
+            "calibration data and a channel criterion) or 'obs' (the same, ranked by the error each removal leaves "
+            "after the refit; needs calibration data); the ranked ones keep at least `min_keep_fraction` of every "
+            "layer. Unstructured targets: 'uniform', 'owl' (outlier-weighted layerwise "
             "sparsity, arXiv 2310.05175: blocks with more activation outliers keep more weights; see owl_m, "
             "owl_lambda), 'obs' (each block's sparsity chosen so the summed predicted OBS output error is smallest "
             "under the budget, within max_layer_deviation of `sparsity`). N:M targets: 'uniform' only (the pattern "
-            "is the hardware's)."
+            "is the hardware's).",
+            "choices": ALLOCATIONS,
         },
     )
     owl_m: float = field(
@@ -136,9 +127,11 @@ class PruningConfig:
         metadata={
             "help": "Structured kinds to prune, any of 'attention_heads' (whole KV groups), 'query_heads' (query "
             "heads inside KV groups, the same number kept in every group of a layer), 'ffn_channels', "
-            "'expert_channels' (each routed MoE expert's channels), 'mamba_inner', 'ssm_heads' (Mamba2 heads). None means the architecture's "
-            "default kinds (all but 'query_heads'; where every layer has a single KV group, which cannot be removed, "
-            "'query_heads' instead of 'attention_heads', said in a warning and in the pruning summary)."
+            "'expert_channels' (each routed MoE expert's channels), 'mamba_inner', 'ssm_heads' (Mamba2 heads), or "
+            "'layers' (whole blocks: depth pruning). None means the architecture's default kinds (all but "
+            "'query_heads' and 'layers'; where every layer has a single KV group, which cannot be removed, "
+            "'query_heads' instead of 'attention_heads', said in a warning and in the pruning summary).",
+            "choices": STRUCTURE_KINDS,
         },
     )
     round_to: int = field(
@@ -149,7 +142,10 @@ class PruningConfig:
     )
     min_keep_fraction: float = field(
         default=0.05,
-        metadata={"help": "With global allocation, the least fraction of each layer's units that is kept."},
+        metadata={
+            "help": "With a ranked allocation ('global', 'flap', 'obs'), the least fraction of each layer's units "
+            "that is kept."
+        },
     )
     allow_sparsity_shortfall: bool = field(
         default=False,
@@ -163,15 +159,16 @@ class PruningConfig:
     layer_overrides: dict[str, dict[str, Any]] = field(
         default_factory=dict,
         metadata={
-            "help": "Per-layer settings keyed by layer index, e.g. {'0': {'sparsity': 0.0}} or "
-            "{'3': {'num_heads': 6, 'ffn_channels': 1024}}. Keys must name layers of the model."
+            # The examples are JSON as well as Python: the command line takes the same text.
+            "help": 'Per-layer settings keyed by layer index, e.g. {"0": {"sparsity": 0.0}} or '
+            '{"3": {"num_heads": 6, "ffn_channels": 1024}}. Keys must name layers of the model.'
         },
     )
     module_sparsity: dict[str, float] = field(
         default_factory=dict,
         metadata={
             "help": "Unstructured targets: sparsity per module, keyed by a substring of the module name inside a "
-            "block, e.g. {'down_proj': 0.3}. The last matching key wins over layer and global sparsity."
+            'block, e.g. {"down_proj": 0.3}. The last matching key wins over layer and global sparsity.'
         },
     )
     modules_to_not_prune: list[str] = field(
@@ -197,7 +194,10 @@ class PruningConfig:
         },
     )
     num_samples: int = field(default=128, metadata={"help": "Number of calibration sequences."})
-    seqlen: int = field(default=512, metadata={"help": "Tokens per calibration sequence."})
+    seqlen: int = field(
+        default=512,
+        metadata={"help": "Tokens per calibration sequence (and per perplexity window when evaluating after it)."},
+    )
     damp: float = field(
         default=0.01,
         metadata={"help": "Ridge damping, as a fraction of the mean diagonal of the input Gram matrix."},
@@ -217,8 +217,8 @@ class PruningConfig:
     solver_options: dict[str, Any] = field(
         default_factory=dict,
         metadata={
-            "help": "Unstructured targets: extra keyword options of the sparsity solver, e.g. {'refit': 'cg', "
-            "'iterations': 30} for ADMM or {'refit': 'cg'} for obs_multi (see each solver's docstring). "
+            "help": 'Unstructured targets: extra keyword options of the sparsity solver, e.g. {"refit": "cg", '
+            '"iterations": 30} for ADMM or {"refit": "cg"} for obs_multi (see each solver\'s docstring). '
             "Names are checked against the solver before any weight changes; `damp` has its own field."
         },
     )
@@ -257,7 +257,7 @@ class PruningConfig:
     protect_layers: list[int] = field(
         default_factory=list,
         metadata={
-            "help": "Structured: layers left dense, e.g. [0, -1] for the first and the last (negative indices count "
+            "help": "Structured: layers left dense, e.g. 0 and -1 for the first and the last (negative indices count "
             "from the end); the other layers remove more so the total budget still holds."
         },
     )
@@ -392,6 +392,8 @@ class PruningConfig:
             raise ValueError(
                 f"solver_options must be a dict of solver keyword options (not damp), got {self.solver_options!r}."
             )
+        from .mask_scope import canonical_mask_scope
+
         if self.mask_scope is not None:
             self.mask_scope = canonical_mask_scope(self.mask_scope)
         if "mask_scope" in self.solver_options:

@@ -14,6 +14,7 @@ allocation ("flap", "obs") scores activations; depth pruning ranks blocks on cal
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,16 @@ from torch import nn
 
 from .configuration import PruningConfig
 
-__all__ = ["PlanInputs", "PruningPlan", "plan_inputs", "plan_pruning", "pruned_kinds"]
+__all__ = [
+    "CalibrationNeed",
+    "PlanInputs",
+    "PruningPlan",
+    "calibration_need",
+    "plan_inputs",
+    "plan_pruning",
+    "pruned_kinds",
+    "without_refit",
+]
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,58 @@ def plan_inputs(config: PruningConfig) -> PlanInputs:
             weights=f"allocation 'global' ranks units by their criterion {config.criterion!r} scores of the weights"
         )
     return PlanInputs()
+
+
+@dataclass(frozen=True)
+class CalibrationNeed:
+    """The part of a recipe that reads calibration data when it runs (see `calibration_need`)."""
+
+    #: The PruningConfig field: "method" or "allocation" (unstructured and N:M targets), "criterion" or
+    #: "reconstruction".
+    field: str
+    value: str
+    #: What it does with the data, e.g. "ranks channels on calibration data".
+    reads: str
+    #: The field's calibration-free values.
+    instead: tuple[str, ...]
+
+    @property
+    def falls_back(self) -> bool:
+        """Only the refit reads data: without data the run prunes without it (`without_refit`) instead of refusing."""
+        return self.field == "reconstruction"
+
+
+def calibration_need(config: PruningConfig) -> CalibrationNeed | None:
+    """What in `config` reads calibration data when it runs, or None for a calibration-free recipe.
+
+    The one rule of a run without data, for `prune()` and the command line: a calibration-free criterion with a
+    data-driven reconstruction (a need that `falls_back`) prunes without refitting, saying so; raising instead would
+    make the default reconstruction ('liar') unusable with calibration-free criteria. Any other need has no fallback.
+    """
+    from .criteria import CRITERIA
+    from .reconstruction import RECONSTRUCTIONS
+
+    if not config.is_structured:
+        from .unstructured import DATA_FREE_METHODS
+
+        if config.method not in DATA_FREE_METHODS:
+            return CalibrationNeed("method", config.method, "solves each layer on calibration data", DATA_FREE_METHODS)
+        if config.allocation != "uniform":
+            return CalibrationNeed("allocation", config.allocation, "measures calibration activations", ("uniform",))
+        return None
+    if CRITERIA[config.criterion].needs_calibration:
+        free = tuple(sorted(name for name, criterion in CRITERIA.items() if not criterion.needs_calibration))
+        return CalibrationNeed("criterion", config.criterion, "ranks channels on calibration data", free)
+    if RECONSTRUCTIONS[config.reconstruction].needs_calibration:
+        return CalibrationNeed("reconstruction", config.reconstruction, "refits layers on calibration data", ("none",))
+    return None
+
+
+def without_refit(config: PruningConfig) -> PruningConfig:
+    """A copy of `config` with reconstruction 'none': what a run without data executes when its need `falls_back`."""
+    config = copy.copy(config)
+    config.reconstruction = "none"
+    return config
 
 
 @dataclass

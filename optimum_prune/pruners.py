@@ -10,28 +10,21 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from transformers import (
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PreTrainedModel,
-)
+import transformers
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
 from .architectures import ADAPTERS, UnsupportedArchitectureError, get_adapter
 from .architectures.blocks import find_blocks
 from .checks import check_sequence_length
 from .configuration import PruningConfig
-from .criteria import CRITERIA
 from .data.calibration import RANDOM_TOKENS, load_texts, random_token_samples, sample_examples, sample_token_windows
 from .offline import hub_unreachable_error, is_hub_unreachable
 from .offload import is_offloaded, new_offloaded_zero_biases
-from .planning import PruningPlan, plan_inputs, plan_pruning, pruned_kinds
-from .reconstruction import RECONSTRUCTIONS
+from .planning import PruningPlan, calibration_need, plan_inputs, plan_pruning, pruned_kinds, without_refit
 from .serialization.layout import count_parameters, pruned_heads, record_layout
 from .serialization.save import save_pruned_checkpoint
 from .structured import needs_calibration, prune_structured
+from .tasks import TASKS, Task, task_for_pipeline
 
 if TYPE_CHECKING:  # imported where used: the evaluation loops bring scikit-learn and scipy
     from .evaluation import EvaluationData, EvaluationResults, EvaluationSpec, TaskResult
@@ -40,12 +33,32 @@ logger = logging.getLogger(__name__)
 
 
 class BasePruner:
-    """Prunes one model. Subclasses fix the task: which Auto class loads it and how calibration text is cut."""
+    """Prunes one model. Subclasses fix the task: which Auto class loads it and how calibration text is cut.
 
+    A subclass that sets `task` (a row of `optimum_prune.tasks.TASKS`) takes its Auto class, calibration format and
+    pipeline tag from that row.
+    """
+
+    task: ClassVar[Task | None] = None
     auto_model_class: ClassVar[type] = AutoModel
     #: "windows": random fixed-length windows of the joined text (language models);
     #: "examples": one sequence per text (encoders, where a sentence is the natural unit).
     calibration_format: ClassVar[str] = "examples"
+    pipeline_tag: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        task = cls.__dict__.get("task")
+        if task is None:
+            return
+        from_task = {
+            "auto_model_class": getattr(transformers, task.auto_class),
+            "calibration_format": task.calibration_format,
+            "pipeline_tag": task.pipeline_tag,
+        }
+        for name, value in from_task.items():
+            if name not in cls.__dict__:  # set in the class body: that wins
+                setattr(cls, name, value)
 
     def __init__(self, model: PreTrainedModel, tokenizer: Any | None = None) -> None:
         # Structured pruning needs an adapter; unstructured and N:M sparsity work on any model's blocks.
@@ -424,7 +437,7 @@ class BasePruner:
 
         if self.pipeline_tag is not None and spec.pipeline_tag != self.pipeline_tag:
             raise EvaluationInputError(
-                f"{spec.name} {spec.what_it_scores} ({_PRUNER_BY_PIPELINE[spec.pipeline_tag]}); this is a "
+                f"{spec.name} {spec.what_it_scores} ({task_for_pipeline(spec.pipeline_tag).pruner}); this is a "
                 f"{type(self).__name__}."
             )
 
@@ -511,8 +524,6 @@ class BasePruner:
             recipe_note=getattr(self, "recipe_note", None),
         )
 
-    pipeline_tag: ClassVar[str | None] = None
-
     def push_to_hub(self, repo_id: str, *, folder: str | os.PathLike | None = None, **kwargs: Any) -> str:
         """Upload the pruned checkpoint (saving it to a temporary folder first unless `folder` is given)."""
         import tempfile
@@ -535,30 +546,19 @@ class BasePruner:
 class PrunerForCausalLM(BasePruner):
     """Prunes decoder language models (LLaMA, Mistral, Qwen2, Mamba)."""
 
-    auto_model_class = AutoModelForCausalLM
-    calibration_format = "windows"
-    pipeline_tag = "text-generation"
+    task = TASKS["causal-lm"]
 
 
 class PrunerForSequenceClassification(BasePruner):
     """Prunes sequence classifiers (BERT and the LLaMA family with a classification head)."""
 
-    auto_model_class = AutoModelForSequenceClassification
-    pipeline_tag = "text-classification"
+    task = TASKS["sequence-classification"]
 
 
 class PrunerForQuestionAnswering(BasePruner):
     """Prunes extractive question-answering models (BERT)."""
 
-    auto_model_class = AutoModelForQuestionAnswering
-    pipeline_tag = "question-answering"
-
-
-_PRUNER_BY_PIPELINE = {
-    "text-generation": "PrunerForCausalLM",
-    "text-classification": "PrunerForSequenceClassification",
-    "question-answering": "PrunerForQuestionAnswering",
-}
+    task = TASKS["question-answering"]
 
 
 def _same_task(a: TaskResult, b: TaskResult) -> bool:
@@ -566,15 +566,9 @@ def _same_task(a: TaskResult, b: TaskResult) -> bool:
 
 
 def _drop_reconstruction_without_data(config: PruningConfig) -> PruningConfig:
-    """A calibration-free criterion with a data-driven reconstruction and no data: prune without refitting, loudly.
-
-    Raising instead would make the default reconstruction ('liar') unusable with calibration-free criteria.
-    """
-    if (
-        config.dataset is not None
-        or CRITERIA[config.criterion].needs_calibration
-        or not RECONSTRUCTIONS[config.reconstruction].needs_calibration
-    ):
+    """No data for a recipe whose need falls back (`calibration_need`): prune without refitting, loudly."""
+    need = calibration_need(config) if config.dataset is None else None
+    if need is None or not need.falls_back:
         return config
     warnings.warn(
         f"criterion={config.criterion!r} is calibration-free but reconstruction={config.reconstruction!r} needs "
@@ -583,9 +577,7 @@ def _drop_reconstruction_without_data(config: PruningConfig) -> PruningConfig:
         UserWarning,
         stacklevel=3,
     )
-    config = copy.copy(config)
-    config.reconstruction = "none"
-    return config
+    return without_refit(config)
 
 
 def _plain_copy(model: PreTrainedModel) -> PreTrainedModel:

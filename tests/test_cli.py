@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -202,6 +204,117 @@ def test_help_names_every_registered_choice():
         assert name in text, name
     for name in [*EVALUATION_KINDS, *GLUE_TASKS]:  # --evaluate's kinds and glue:TASK's tasks
         assert name in text, name
+
+
+def test_every_config_field_has_help_and_an_option_that_reads_back_what_the_card_writes():
+    # The options are made from PruningConfig's fields: a new field needs a help text, and the model card's command
+    # line (one flag per recorded field) must give back the same config, whatever the field's type.
+    from optimum_prune.commands.prune import _build_config
+    from optimum_prune.serialization.hub import _cli_option
+
+    for field in dataclasses.fields(PruningConfig):
+        assert field.metadata.get("help", "").strip(), f"PruningConfig.{field.name} has no metadata['help']"
+    text = "".join(build_parser().format_help().split())  # without the line breaks argparse puts anywhere
+    for option in CONFIG_OPTIONS:
+        assert option.flag in text and "".join(option.help.split()).replace("%%", "%") in text, option.field
+
+    config = PruningConfig(
+        target="unstructured",
+        sparsity=0.3,
+        method="admm",
+        mask_scope="layer",
+        structures=["ffn_channels", "attention_heads"],
+        allow_sparsity_shortfall=True,
+        layer_overrides={"0": {"sparsity": 0.1}},
+        module_sparsity={"down_proj": 0.2},
+        modules_to_not_prune=[],
+        sequential_targets=["LlamaDecoderLayer", "re:model.layers.0"],
+        solver_options={"iterations": 5, "refit": "cg"},
+        num_samples=4,
+        seqlen=32,
+        damp=0.02,
+        seed=3,
+        prunenet_learning_rate=0.1,
+        prunenet_train_sparsity=0.4,
+        prunenet_policy_path="policy.safetensors",
+        protect_layers=[0, -1],
+    )
+    written = [_cli_option(key, value) for key, value in config.to_dict().items() if value is not None]
+    args = build_parser().parse_args(["out", "-m", "model", *shlex.split(" ".join(written))])
+    assert _build_config(args).to_dict() == config.to_dict()
+    # An option not given leaves its field at PruningConfig's default.
+    assert _build_config(build_parser().parse_args(["-m", "model", "out"])).to_dict() == PruningConfig().to_dict()
+
+
+def test_each_named_choice_is_in_its_fields_help():
+    from optimum_prune.configuration import ALLOCATIONS, STRUCTURE_KINDS
+    from optimum_prune.criteria import CRITERIA
+    from optimum_prune.recipes import RECIPES
+    from optimum_prune.reconstruction import RECONSTRUCTIONS
+    from optimum_prune.sparsity import SPARSITY_METHODS
+
+    # The registries import torch, so PruningConfig's help (which --help shows) spells their names out.
+    helps = {option.field: option.help for option in CONFIG_OPTIONS}
+    for field, names in [
+        ("criterion", CRITERIA),
+        ("reconstruction", RECONSTRUCTIONS),
+        ("method", SPARSITY_METHODS),
+        ("allocation", ALLOCATIONS),
+        ("structures", STRUCTURE_KINDS),
+        ("recipe", RECIPES),
+    ]:
+        for name in names:
+            assert f"'{name}'" in helps[field], (field, name)
+
+
+def test_the_task_table_is_what_the_pruners_the_command_line_and_the_card_use():
+    import transformers
+
+    import optimum_prune
+    from optimum_prune.serialization.hub import create_model_card
+    from optimum_prune.tasks import DEFAULT_TASK, TASKS
+
+    parser = build_parser()
+    assert parser.parse_args(["-m", "model", "out"]).task == DEFAULT_TASK
+    for task in TASKS.values():
+        pruner = getattr(optimum_prune, task.pruner)
+        assert pruner.task is task and pruner.auto_model_class is getattr(transformers, task.auto_class)
+        assert (pruner.pipeline_tag, pruner.calibration_format) == (task.pipeline_tag, task.calibration_format)
+        assert parser.parse_args(["-m", "model", "--task", task.name, "out"]).task == task.name
+        card = create_model_card(
+            base_model="org/model",
+            pipeline_tag=task.pipeline_tag,
+            pruning_config=PruningConfig(criterion="magnitude").to_dict(),
+            summary={"parameters_before": 10, "parameters_after": 8, "sparsity_achieved": 0.2},
+        ).text
+        assert f"{task.pruner}.from_pretrained('org/model')" in card and f"{task.auto_class}.from_pretrained" in card
+        assert (f"--task {task.name}" in card) == (task.name != DEFAULT_TASK)
+
+
+@pytest.mark.parametrize(
+    "recipe, need",
+    [
+        ({"criterion": "magnitude", "reconstruction": "none"}, None),
+        ({"criterion": "magnitude", "reconstruction": "liar"}, ("reconstruction", True)),
+        ({"criterion": "activation", "reconstruction": "none"}, ("criterion", False)),
+        ({"target": "2:4", "method": "magnitude"}, None),
+        ({"target": "unstructured", "method": "wanda"}, ("method", False)),
+    ],
+)
+def test_one_rule_for_runs_without_calibration_data(recipe, need):
+    from optimum_prune.planning import calibration_need
+    from optimum_prune.pruners import _drop_reconstruction_without_data
+
+    config = PruningConfig(**recipe)
+    found = calibration_need(config)
+    assert (found and (found.field, found.falls_back)) == need
+    if config.is_structured:  # prune() falls back, loudly, exactly where the command line does
+        falls_back = bool(need and need[1])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ran = _drop_reconstruction_without_data(config)
+        assert bool(caught) == falls_back
+        assert ran.reconstruction == ("none" if falls_back else config.reconstruction)
 
 
 def test_split_for_evaluation_keeps_the_last_fifth_out_of_calibration():

@@ -4,21 +4,26 @@
         --reconstruction liar --dataset calibration.txt --num-samples 128 --evaluate ppl OUTPUT
 
 optimum-cli imports this module whenever it starts, for every one of its commands, to build the `prune` sub-parser.
-So at module level it imports only the standard library and optimum's CLI base classes; torch, transformers and the
-pruning code are imported by `prune_from_args`, once the arguments have been read. For the same reason the choices of
---criterion, --reconstruction and --method are spelled out in the help texts rather than read from the registries;
-tests/test_cli.py checks that the two agree.
+So at module level it imports only the standard library and optimum's CLI base classes, and to build the parser it
+reads only the two package modules that import nothing else (configuration.py for the recipe's options, tasks.py for
+--task); torch, transformers and the pruning code are imported by `prune_from_args`, once the arguments have been
+read. The recipe's options are made from PruningConfig's fields: their names, types, defaults and help.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import importlib
+import importlib.util
 import json
 import os
 import re
 import sys
 import time
+import types
+import typing
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,11 +33,11 @@ from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 
 __all__ = [
     "CONFIG_OPTIONS",
-    "TASKS",
     "CLIError",
     "ConfigOption",
     "PruneCommand",
     "add_prune_arguments",
+    "config_options",
     "prune_from_args",
     "run_prune",
 ]
@@ -40,12 +45,6 @@ __all__ = [
 #: --dtype choices; "auto" keeps the dtype the checkpoint was saved in.
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
-#: --task value -> pruner class name in optimum_prune.pruners.
-TASKS = {
-    "causal-lm": "PrunerForCausalLM",
-    "sequence-classification": "PrunerForSequenceClassification",
-    "question-answering": "PrunerForQuestionAnswering",
-}
 #: With --evaluate and no --eval-dataset, calibration uses the first 80% of the --dataset text, evaluation the rest
 #: (the protocol of optimum_prune.assets.wikipedia_split).
 CALIBRATION_FRACTION = 0.8
@@ -83,12 +82,41 @@ class CLIError(Exception):
     """Bad input or a failed step: the message is printed as one line, without a traceback."""
 
 
+def _light_module(name: str) -> types.ModuleType:
+    """`optimum_prune.<name>`, one of the package modules that import only the standard library (configuration,
+    tasks).
+
+    optimum-cli loads this command module from its file without running the package's `__init__` (see
+    commands/plugin/optimum/commands/register/optimum_prune_prune.py); these modules are then loaded the same way,
+    under their own names, so that the package, once `prune` runs and imports it, uses these very modules."""
+    module_name = f"optimum_prune.{name}"
+    if module_name in sys.modules or "optimum_prune" in sys.modules:
+        return importlib.import_module(module_name)
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
+
+
+def _tasks() -> dict[str, Any]:
+    """--task's values: `optimum_prune.tasks.TASKS`."""
+    return _light_module("tasks").TASKS
+
+
 @dataclass(frozen=True)
 class ConfigOption:
-    """One command-line option that sets the `PruningConfig` field of the same name.
+    """One command-line option that sets the `PruningConfig` field of the same name (made by `config_options`).
 
     `default` is only what --help shows: an option that is not given is not passed, so PruningConfig's own
-    default applies (tests/test_cli.py checks that the two agree).
+    default applies.
     """
 
     field: str
@@ -102,6 +130,15 @@ class ConfigOption:
     def flag(self) -> str:
         return "--" + self.field.replace("_", "-")
 
+    def add_to(self, parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+        # default=None throughout: an option not given leaves the field at PruningConfig's default.
+        if self.type is bool:  # --flag / --no-flag
+            parser.add_argument(self.flag, action=argparse.BooleanOptionalAction, default=None, help=self.help)
+            return
+        parser.add_argument(
+            self.flag, type=self.type, nargs=self.nargs, default=None, metavar=self.metavar, help=self.help
+        )
+
 
 def _json_object(text: str) -> dict[str, Any]:
     try:
@@ -113,128 +150,68 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
-# Every PruningConfig field except `dataset`, which has its own option (it is loaded here, not by the pruner). The
-# model card's "From the command line" recipe writes one of these flags per recorded field, so it runs as printed.
-CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
-    ConfigOption(
-        "target", str, "structured", "'structured' (heads and channels), 'unstructured' (weights) or N:M, e.g. 2:4"
-    ),
-    ConfigOption("sparsity", float, 0.5, "fraction to remove, in [0, 1); N:M targets ignore it"),
-    ConfigOption(
-        "criterion",
-        str,
-        "activation",
-        "structured ranking: magnitude, activation, fluctuation, random, prunenet, prunenet_invariant, obs (error "
-        "left after the refit)",
-    ),
-    ConfigOption(
-        "reconstruction",
-        str,
-        "liar",
-        "refit of the consumer layers: none, bias, liar, liar_dense (refit to the dense model's outputs), admm",
-    ),
-    ConfigOption(
-        "method", str, "sparsegpt", "unstructured / N:M solver: magnitude, wanda, sparsegpt, admm, obs_multi"
-    ),
-    ConfigOption(
-        "allocation",
-        str,
-        "uniform",
-        "structured budget split across layers: uniform, global, flap (per-layer standardised) or obs (post-refit "
-        "cost)",
-    ),
-    ConfigOption(
-        "structures",
-        str,
-        None,
-        "kinds to prune: attention_heads (whole KV groups) or query_heads, ffn_channels, expert_channels, "
-        "mamba_inner, ssm_heads, or layers (whole blocks) (default: all the model has, but query_heads and layers)",
-        nargs="+",
-        metavar="KIND",
-    ),
-    ConfigOption("round_to", int, 1, "round kept channel counts to a multiple of N", metavar="N"),
-    ConfigOption(
-        "allow_sparsity_shortfall",
-        bool,
-        False,
-        "accept a plan that removes clearly less than --sparsity (otherwise refused): structured whole units, or "
-        "unstructured rows that cannot reach it",
-    ),
-    ConfigOption(
-        "min_keep_fraction", float, 0.05, "global allocation: least fraction of each layer kept", metavar="F"
-    ),
-    ConfigOption(
-        "layer_overrides",
-        _json_object,
-        {},
-        'per-layer settings as JSON, e.g. \'{"0": {"sparsity": 0.0}}\'',
-        metavar="JSON",
-    ),
-    ConfigOption(
-        "module_sparsity",
-        _json_object,
-        {},
-        "unstructured: sparsity per module-name substring as JSON, e.g. '{\"down_proj\": 0.3}'",
-        metavar="JSON",
-    ),
-    ConfigOption(
-        "modules_to_not_prune",
-        str,
-        ["lm_head", "embed", "classifier", "qa_outputs", "pooler"],
-        "unstructured: module-name substrings left dense",
-        nargs="*",
-        metavar="NAME",
-    ),
-    ConfigOption(
-        "sequential_targets",
-        str,
-        None,
-        "unstructured / N:M: the blocks, as class names or 're:<regex>' module names (default: _no_split_modules)",
-        nargs="+",
-        metavar="TARGET",
-    ),
-    ConfigOption("num_samples", int, 128, "number of calibration sequences", metavar="N"),
-    ConfigOption("seqlen", int, 512, "tokens per calibration sequence (and per perplexity window)", metavar="N"),
-    ConfigOption("damp", float, 0.01, "ridge damping of the least-squares solves", metavar="F"),
-    ConfigOption(
-        "mask_scope",
-        str,
-        None,
-        "sparsegpt / admm, unstructured: 'row' (equal counts per row; the default) or 'layer' (one ranking)",
-        metavar="{row,layer}",
-    ),
-    ConfigOption(
-        "solver_options",
-        _json_object,
-        {},
-        'unstructured: extra solver options as JSON, e.g. \'{"refit": "cg"}\' for admm',
-        metavar="JSON",
-    ),
-    ConfigOption("seed", int, 0, "seed for calibration sampling, the random criterion and PruneNet"),
-    ConfigOption("prunenet_episodes", int, 20, "PruneNet: REINFORCE training episodes", metavar="N"),
-    ConfigOption(
-        "prunenet_learning_rate",
-        float,
-        None,
-        "PruneNet: policy learning rate (default 1e-3; invariant 1e-2)",
-        metavar="LR",
-    ),
-    ConfigOption("prunenet_train_sparsity", float, None, "PruneNet: sparsity while training (default: --sparsity)"),
-    ConfigOption("prunenet_policy_path", str, None, "PruneNet: reuse this saved policy", metavar="FILE"),
-    ConfigOption("prunenet_save_policy", str, None, "PruneNet: save the policy to this file", metavar="FILE"),
-    ConfigOption("protect_layers", int, [], "structured: layers left dense, e.g. 0 -1", nargs="*", metavar="INDEX"),
-    ConfigOption(
-        "serving",
-        str,
-        None,
-        "structured: plan only what this engine loads at the pruned size, and save in its layout: vllm (per-layer "
-        "FFN widths, whole blocks; llama, mistral, qwen2), llama.cpp (the same, FFN widths in multiples of 256)",
-        metavar="ENGINE",
-    ),
-    ConfigOption(
-        "recipe", str, None, "a published method's settings: flap, liar, obs, shortgpt, shortgpt_linear, prunenet"
-    ),
-)
+def _number(text: str) -> int | float:
+    """The type of an `int | float` field: an int where the text is one."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+#: PruningConfig fields with an option of their own rather than a generated one: --dataset is read here (a path or a
+#: name, split for --evaluate ppl), not handed to the pruner as given.
+_OWN_OPTIONS = ("dataset",)
+
+
+def config_options() -> tuple[ConfigOption, ...]:
+    """One option per `PruningConfig` field (but `dataset`), made from the field itself: --field-name, parsed as its
+    annotation says (bool: a --flag / --no-flag pair; list: one or more values, or none where the field cannot be
+    None; dict: a JSON object; int, float, else text), with its `metadata["help"]` and its default; the choices of a
+    single value (`metadata["choices"]`, or a Literal annotation) are its metavar. PruningConfig checks the values,
+    as it does in Python, so a bad one is refused in the same words.
+
+    The model card's "From the command line" recipe writes one of these flags per recorded field, so it runs as
+    printed."""
+    config_class = _light_module("configuration").PruningConfig
+    hints = typing.get_type_hints(config_class)
+    return tuple(
+        _config_option(field, hints[field.name])
+        for field in dataclasses.fields(config_class)
+        if field.name not in _OWN_OPTIONS
+    )
+
+
+def _config_option(field: dataclasses.Field, annotation: Any) -> ConfigOption:
+    default = field.default_factory() if field.default is dataclasses.MISSING else field.default  # type: ignore[misc]
+    optional = False
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [member for member in typing.get_args(annotation) if member is not type(None)]
+        optional = len(members) < len(typing.get_args(annotation))
+        annotation = members[0] if len(members) == 1 else _number if set(members) == {int, float} else str
+    nargs = metavar = None
+    choices = field.metadata.get("choices")
+    if typing.get_origin(annotation) is typing.Literal:
+        choices = typing.get_args(annotation)
+        annotation = type(choices[0])
+    if typing.get_origin(annotation) is list:
+        (annotation,) = typing.get_args(annotation) or (str,)
+        # A field that may be None names at least one item when it is given; a plain list may be emptied.
+        nargs = "+" if optional else "*"
+    elif annotation is dict or typing.get_origin(annotation) is dict:
+        annotation, metavar = _json_object, "JSON"
+    elif choices:
+        metavar = "{" + ",".join(map(str, choices)) + "}"
+    if annotation not in (bool, int, float, _number, _json_object):
+        annotation = str
+    text = " ".join(field.metadata.get("help", "").split()).replace("%", "%%")  # argparse formats help with %
+    if isinstance(default, (dict, list)) and default:
+        text += f" (default: {json.dumps(default) if isinstance(default, dict) else ' '.join(map(str, default))})"
+    elif default is not None and not isinstance(default, (bool, dict, list)):
+        text += f" (default: {default})"
+    return ConfigOption(field.name, annotation, default, text, nargs, metavar)
+
+
+CONFIG_OPTIONS: tuple[ConfigOption, ...] = config_options()
 
 
 def _evaluation(text: str) -> Any:
@@ -262,11 +239,12 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="model folder, a .gguf file, or a Hub id (needs the Hub or its cache); offline, `python -m "
         "optimum_prune.assets smollm2` prints the path of the SmolLM2-135M .gguf the install ships",
     )
+    default_task = _light_module("tasks").DEFAULT_TASK
     model.add_argument(
         "--task",
-        choices=list(TASKS),
-        default="causal-lm",
-        help="which head to load the model with (default: causal-lm)",
+        choices=list(_tasks()),
+        default=default_task,
+        help=f"which head to load the model with (default: {default_task})",
     )
     model.add_argument("--gguf-file", default=None, metavar="FILE", help="GGUF file inside the --model folder")
     model.add_argument(
@@ -287,24 +265,9 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--trust-remote-code", action="store_true", help="allow --model's own modeling code from the Hub to run"
     )
 
-    recipe = parser.add_argument_group("pruning recipe (PruningConfig; defaults are PruningConfig's)")
+    recipe = parser.add_argument_group("pruning recipe (PruningConfig's fields; defaults are PruningConfig's)")
     for option in CONFIG_OPTIONS:
-        shown = option.default
-        if isinstance(shown, dict):
-            shown = json.dumps(shown)
-        elif isinstance(shown, list):
-            shown = " ".join(shown)
-        if option.type is bool:
-            recipe.add_argument(option.flag, action="store_const", const=True, default=None, help=option.help)
-            continue
-        recipe.add_argument(
-            option.flag,
-            type=option.type,
-            nargs=option.nargs,
-            default=None,  # not given: PruningConfig's default applies
-            metavar=option.metavar,
-            help=option.help if "(default:" in option.help else f"{option.help} (default: {shown})",
-        )
+        option.add_to(recipe)
 
     data = parser.add_argument_group("calibration and evaluation data")
     data.add_argument(
@@ -551,10 +514,7 @@ def _prune(
     args: argparse.Namespace, output: str, model_path: str, gguf_file: str | None, log: Callable[[str], None]
 ) -> dict[str, Any]:
     import optimum_prune
-    from optimum_prune.criteria import CRITERIA
     from optimum_prune.evaluation import format_results_table
-    from optimum_prune.reconstruction import RECONSTRUCTIONS
-    from optimum_prune.unstructured import DATA_FREE_METHODS
 
     config = _build_config(args)
     run_needs_data = None
@@ -562,7 +522,7 @@ def _prune(
         _check_plan_without_data(config)
     if not args.dataset:
         try:
-            _check_calibration_free(config, args, CRITERIA, RECONSTRUCTIONS, DATA_FREE_METHODS, log)
+            config = _check_calibration_free(config, args, log)
         except CLIError as err:
             if not args.dry_run:
                 raise
@@ -706,7 +666,7 @@ def _check_seqlen(args: argparse.Namespace, config: Any, model_config: Any) -> N
 def _load_pruner(args: argparse.Namespace, model_path: str, gguf_file: str | None, hub_options: dict[str, Any]) -> Any:
     import optimum_prune
 
-    pruner_class = getattr(optimum_prune, TASKS[args.task])
+    pruner_class = getattr(optimum_prune, _tasks()[args.task].pruner)
     try:
         pruner = pruner_class.from_pretrained(
             model_path, gguf_file=gguf_file, dtype=_torch_dtype(args.dtype), **hub_options
@@ -778,45 +738,28 @@ def _build_config(args: argparse.Namespace) -> Any:
         raise CLIError(str(err)) from err
 
 
-def _check_calibration_free(
-    config: Any,
-    args: argparse.Namespace,
-    criteria: dict[str, Any],
-    reconstructions: dict[str, Any],
-    data_free_methods: tuple[str, ...],
-    log: Callable[[str], None],
-) -> None:
-    """Without --dataset: refuse a recipe that reads data; drop a default data-driven reconstruction, saying so."""
-    hint = "pass --dataset (a text/json/csv/parquet file, or wikitext2, c4, ptb)"
-    if not config.is_structured:
-        if config.method not in data_free_methods:
-            raise CLIError(
-                f"--method {config.method} solves each layer on calibration data: {hint}, or use --method "
-                f"{' / '.join(data_free_methods)}."
-            )
-        if config.allocation != "uniform":
-            raise CLIError(
-                f"--allocation {config.allocation} measures calibration activations: {hint}, or use --allocation "
-                "uniform."
-            )
-        return
-    if criteria[config.criterion].needs_calibration:
-        free = sorted(name for name, c in criteria.items() if not c.needs_calibration)
-        raise CLIError(
-            f"--criterion {config.criterion} ranks channels on calibration data: {hint}, or use a calibration-free "
-            f"criterion ({', '.join(free)})."
-        )
-    if reconstructions[config.reconstruction].needs_calibration:
-        if args.reconstruction is not None:
-            raise CLIError(
-                f"--reconstruction {config.reconstruction} refits layers on calibration data: {hint}, or use "
-                "--reconstruction none."
-            )
+def _check_calibration_free(config: Any, args: argparse.Namespace, log: Callable[[str], None]) -> Any:
+    """Without --dataset: refuse a recipe that reads data; drop a default data-driven reconstruction, saying so (the
+    rule of `planning.calibration_need`). Returns the config to run."""
+    from optimum_prune.planning import calibration_need, without_refit
+
+    need = calibration_need(config)
+    if need is None:
+        return config
+    if need.falls_back and args.reconstruction is None:
         # Only the default was left in place: a calibration-free run is what was asked for.
-        config.reconstruction = "none"
         log(
             f"No --dataset: pruning with --criterion {config.criterion} and no reconstruction (--reconstruction none)."
         )
+        return without_refit(config)
+    instead = {
+        "method": f"--method {' / '.join(need.instead)}",
+        "criterion": f"a calibration-free criterion ({', '.join(need.instead)})",
+    }.get(need.field, f"--{need.field} {' / '.join(need.instead)}")
+    raise CLIError(
+        f"--{need.field} {need.value} {need.reads}: pass --dataset (a text/json/csv/parquet file, or wikitext2, c4, "
+        f"ptb), or use {instead}."
+    )
 
 
 def _load(load_texts: Callable[..., list[str]], source: str, column: str | None, flag: str, split: str | None = None):
@@ -947,13 +890,13 @@ def _dry_run(
         import torch
         import transformers
 
-        auto_class = getattr(transformers, _AUTO_CLASS_BY_TASK[args.task])
+        auto_class = getattr(transformers, _tasks()[args.task].auto_class)
         try:
             with torch.device("meta"):
                 model = auto_class.from_config(model_config, trust_remote_code=args.trust_remote_code)
         except Exception as err:
             raise CLIError(f"Cannot build {args.model!r} for --task {args.task} from its config: {err}") from err
-        pruner = getattr(optimum_prune, TASKS[args.task])(model)
+        pruner = getattr(optimum_prune, _tasks()[args.task].pruner)(model)
     try:
         plan = pruner.plan(config, dataset=calibration, show_progress=not args.no_progress)
     except (ValueError, FloatingPointError) as err:
@@ -1007,13 +950,6 @@ def _check_plan_without_data(config: Any) -> None:
             f"--dry-run: this plan depends on calibration data ({reason}): pass --dataset to compute it (the dry run "
             "then loads the weights and the data; it writes nothing)."
         )
-
-
-_AUTO_CLASS_BY_TASK = {
-    "causal-lm": "AutoModelForCausalLM",
-    "sequence-classification": "AutoModelForSequenceClassification",
-    "question-answering": "AutoModelForQuestionAnswering",
-}
 
 
 def _check_sources(args: argparse.Namespace) -> None:

@@ -19,12 +19,16 @@ import re
 import shlex
 import unicodedata
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
 from huggingface_hub.utils import validate_repo_id
+
+from ..configuration import PruningConfig
+from ..tasks import DEFAULT_TASK, TASKS, auto_class_for_pipeline, task_for_pipeline
 
 __all__ = [
     "BASE_MODEL_RELATION",
@@ -57,16 +61,6 @@ EVAL_RESULT_KEYS = (
 
 _LIBRARY_TAGS = ["pruned", "optimum-prune"]
 
-# The auto class a reader should load the checkpoint with, by pipeline tag; causal LM is the library's main case.
-_AUTO_CLASS_BY_PIPELINE = {
-    "text-generation": "AutoModelForCausalLM",
-    "fill-mask": "AutoModelForMaskedLM",
-    "text-classification": "AutoModelForSequenceClassification",
-    "token-classification": "AutoModelForTokenClassification",
-    "question-answering": "AutoModelForQuestionAnswering",
-    "feature-extraction": "AutoModel",
-}
-
 # Kept as templates in one place so the card follows the public API if its spelling changes.
 _PYTHON_RECIPE = """\
 from optimum_prune import PruningConfig, {pruner_class}
@@ -77,15 +71,6 @@ pruning_config = PruningConfig(
 pruner = {pruner_class}.from_pretrained({load_arguments})
 pruner.prune(pruning_config)
 pruner.save_pretrained({output_dir!r})  # weights, per-layer sizes, pruning_config.json, tokenizer, card"""
-
-# The command line's --task for a pipeline tag (causal-lm, the default, is not written).
-_CLI_TASK_BY_PIPELINE = {"text-classification": "sequence-classification", "question-answering": "question-answering"}
-
-# The pruner class for a pipeline tag, as in optimum_prune.pruners; causal LM otherwise.
-_PRUNER_BY_PIPELINE = {
-    "text-classification": "PrunerForSequenceClassification",
-    "question-answering": "PrunerForQuestionAnswering",
-}
 
 _CLI_RECIPE = "optimum-cli prune \\\n    --model {base_model} \\\n{options}    {output_dir}"
 
@@ -417,11 +402,10 @@ def _recipe_section(
     base = base_model or "<base-model-id>"
     output_dir = model_name.split("/")[-1]
     kwargs = "\n".join(f"    {key}={value!r}," for key, value in config.items() if value is not None)
-    pruner_class = _PRUNER_BY_PIPELINE.get(pipeline_tag or "", "PrunerForCausalLM")
-    arguments = []
-    task = _CLI_TASK_BY_PIPELINE.get(pipeline_tag or "")
-    if task:
-        arguments.append(f"--task {task}")
+    # A pipeline tag no pruner is made for gets the causal-LM recipe, as does no tag.
+    task = task_for_pipeline(pipeline_tag) or TASKS[DEFAULT_TASK]
+    pruner_class = task.pruner
+    arguments = [] if task.name == DEFAULT_TASK else [f"--task {task.name}"]
     cli_model, load_arguments = base, repr(base)
     if base.endswith(".gguf") and "/" in base:
         cli_model, gguf_file = base.rsplit("/", 1)
@@ -461,8 +445,9 @@ def _recipe_section(
 
 def _cli_option(key: str, value: Any) -> str:
     flag = "--" + key.replace("_", "-")
-    if isinstance(value, bool):
-        return flag if value else ""
+    if isinstance(value, bool):  # the command line's --flag / --no-flag pair: a field at its default needs neither
+        default = next((f.default for f in fields(PruningConfig) if f.name == key), False)
+        return "" if value is default else flag if value else f"--no-{flag[2:]}"
     if isinstance(value, (list, tuple)):
         return " ".join([flag, *(shlex.quote(str(item)) for item in value)])
     if isinstance(value, Mapping):
@@ -471,7 +456,7 @@ def _cli_option(key: str, value: Any) -> str:
 
 
 def _load_section(repo_id: str, pipeline_tag: str | None) -> str:
-    auto_class = _AUTO_CLASS_BY_PIPELINE.get(pipeline_tag or "text-generation", "AutoModel")
+    auto_class = auto_class_for_pipeline(pipeline_tag)
     return (
         "## How to load\n\n"
         f"{_fenced('python', _LOAD_SNIPPET.format(auto_class=auto_class, repo_id=repo_id))}\n\n"

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from ..configuration import canonical_mask_scope
+from ..mask_scope import canonical_mask_scope
 from .base import (
     SparsityPattern,
     check_layer,

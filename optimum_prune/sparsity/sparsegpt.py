@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from ..configuration import MASK_SCOPES, canonical_mask_scope
+from ..mask_scope import MASK_SCOPES, canonical_mask_scope
 from .base import (
     SparsityPattern,
     check_layer,
