@@ -916,22 +916,18 @@ DEFAULT_ALLOCATION_PEERS = (
 DEFAULT_ALLOCATION_OURS = (
     "sparsegpt-70-uniform",
     "sparsegpt-70-owl",
-    "sparsegpt-70-obs",
-    "wanda-70-owl",
-    "wanda-70-obs",
-    "admm-70-uniform",
     "admm-70-owl",
+    "sparsegpt-70-obs",
     "admm-70-obs",
-    "sparsegpt-60-obs",
-    "admm-60-obs",
-    "sparsegpt-80-obs",
-    "admm-80-obs",
+    "wanda-70-owl",
+    "admm-60-owl",
+    "admm-80-owl",
 )
 ALLOCATION_INTRO = (
     "Unstructured sparsity with the budget split across the decoder blocks: uniform (every block at the target), OWL "
     "(outlier-weighted layerwise sparsity, arXiv 2310.05175, M = 5 and lambda = 0.08 in both libraries) and this "
     "library's `allocation='obs'` (block sparsities that minimise the summed OBS-predicted relative output error, "
-    "within 0.1 of the target). llm-compressor 0.14's OWL (`sparsity_profile='owl'`) fails inside `oneshot` "
+    "each block's weighed by its update against the residual stream, within 0.1 of the target). llm-compressor 0.14's OWL (`sparsity_profile='owl'`) fails inside `oneshot` "
     "('Cannot invoke event before initializing': its activation pass fires session events during initialisation; "
     "and its per-layer result, a dict, is rejected by its own length check and not matched by "
     "`on_calibration_start`), so its rows run its own `_infer_owl_layer_sparsity` over plain forward passes of the "

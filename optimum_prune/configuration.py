@@ -95,8 +95,9 @@ class PruningConfig:
             "after the refit; needs calibration data); the ranked ones keep at least `min_keep_fraction` of every "
             "layer. Unstructured targets: 'uniform', 'owl' (outlier-weighted layerwise "
             "sparsity, arXiv 2310.05175: blocks with more activation outliers keep more weights; see owl_m, "
-            "owl_lambda), 'obs' (each block's sparsity chosen so the summed predicted OBS output error is smallest "
-            "under the budget, within max_layer_deviation of `sparsity`). N:M targets: 'uniform' only (the pattern "
+            "owl_lambda), 'obs' (each block's sparsity chosen so the summed predicted OBS output error, weighed by "
+            "the block's update against the residual stream, is smallest under the budget, within "
+            "max_layer_deviation of `sparsity`). N:M targets: 'uniform' only (the pattern "
             "is the hardware's).",
             "choices": ALLOCATIONS,
         },

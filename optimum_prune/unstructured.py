@@ -331,14 +331,18 @@ def allocate_block_sparsities(
             if own_arguments is not None:
                 inputs.rebind(own_arguments[index])
             matrices = [matrix for matrix, _ in plan.matrices[index]]
-            with observe_inputs(block, matrices, with_gram=with_gram) as observed:
+            energy = _ResidualEnergy(block)
+            with observe_inputs(block, matrices, with_gram=with_gram) as observed, energy:
                 outputs = streamer.run(block, inputs, keep_outputs=index + 1 < len(blocks))
             reached = [(m, observed.get(m.name)[0]) for m in matrices]
             reached = [(m, stats) for m, stats in reached if stats is not None]
             if index in active and reached:
                 sizes[index] = sum(m.numel for m, _ in reached)
                 if with_gram:
-                    measures[index] = sum(obs_error_curve(m.get(), st.gram, config.damp, grid) for m, st in reached)
+                    relative = sum(obs_error_curve(m.get(), st.gram, config.damp, grid) for m, st in reached)
+                    # A block's relative error, carried into the residual stream: scaled by what the block adds to
+                    # the stream against the stream it joins (see allocation.unstructured).
+                    measures[index] = relative * energy.update / max(energy.residual, torch.finfo(torch.float64).tiny)
                 else:
                     measures[index] = outlier_ratio(
                         [m.get() for m, _ in reached], [st.norm for _, st in reached], config.owl_m
@@ -361,6 +365,32 @@ def allocate_block_sparsities(
         sparsities[index] = value
     logger.info("%s allocation: block sparsities %s", config.allocation, ", ".join(f"{s:.3f}" for s in sparsities))
     return LayerSparsities(config.allocation, sparsities, measure, name)
+
+
+class _ResidualEnergy:
+    """Sums over tokens of ||x||^2 (the block's input, the residual stream) and ||y - x||^2 (what the block adds to
+    it), from a hook on the block while it runs."""
+
+    def __init__(self, block: nn.Module) -> None:
+        self.block = block
+        self.residual = 0.0
+        self.update = 0.0
+        self._handle = None
+
+    def _hook(self, _module, args, kwargs, output) -> None:
+        x = args[0] if args else kwargs.get("hidden_states")
+        y = output[0] if isinstance(output, (tuple, list)) else output
+        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.shape == y.shape:
+            x64, y64 = x.detach().double(), y.detach().double()
+            self.residual += float((x64 * x64).sum())
+            self.update += float(((y64 - x64) ** 2).sum())
+
+    def __enter__(self) -> _ResidualEnergy:
+        self._handle = self.block.register_forward_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
 
 
 def _stop_modules(matrices: list[WeightMatrix]) -> list[nn.Module]:
