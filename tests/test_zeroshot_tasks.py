@@ -1,24 +1,38 @@
-"""The offline zero-shot tasks of benchmarks/zeroshot/.
+"""The offline zero-shot tasks of benchmarks/zeroshot/ and `--evaluate lm-eval:<folder>[:<task,...>]`.
 
 The builder's checks read the committed task files and the installed Wikipedia text (gensim, in the test extra):
 items come from the held-out 20% only, the chance levels are what the manifest says, a rebuild writes the same
-bytes.
+bytes. The lm-eval checks need the optional `zeroshot` extra and are skipped without it.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
+import importlib.util
 import json
+import os
 import re
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from conftest import make_tokenizer, tiny_llama
+
+from optimum_prune import PrunerForCausalLM
+from optimum_prune.cli import main
+from optimum_prune.evaluation import EvaluationInputError, parse_evaluation
+from optimum_prune.evaluation.specs import EvaluationSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ROOT / "benchmarks" / "zeroshot"
 NAMES = ("offline_wiki_next", "offline_wiki_cloze", "offline_movie_sentiment")
+
+needs_lm_eval = pytest.mark.skipif(
+    importlib.util.find_spec("lm_eval") is None,
+    reason='lm-eval is not installed: it is the optional zeroshot extra (pip install "optimum-prune[zeroshot]")',
+)
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +161,87 @@ def test_sentiment_draw_is_seeded_and_balanced(build_tasks):
     assert all(abs(item["rating"]) >= 2 and item["text"] != "Snippet number 1." for item in first)
     with pytest.raises(ValueError, match="snippets of each polarity"):
         build_tasks.build_movie_sentiment(snippets, 40)
+
+
+# ---- `lm-eval:<folder>[:<task,...>]` ----------------------------------------------------------------------------
+
+
+def test_folder_syntax_parses(tmp_path):
+    assert parse_evaluation("lm-eval:arc_easy,piqa") == EvaluationSpec("lm-eval", ("arc_easy", "piqa"))
+    spec = parse_evaluation("lm-eval:some/folder:offline_wiki_next, offline_wiki_cloze")
+    assert spec == EvaluationSpec("lm-eval", ("offline_wiki_next", "offline_wiki_cloze"), "some/folder")
+    assert spec.name == "lm-eval:some/folder:offline_wiki_next,offline_wiki_cloze"
+    # An existing folder alone, or a folder and ':' with nothing after it: every task in it.
+    assert parse_evaluation(f"lm-eval:{tmp_path}") == EvaluationSpec("lm-eval", (), str(tmp_path))
+    assert parse_evaluation("lm-eval:not/a/folder:") == EvaluationSpec("lm-eval", (), "not/a/folder")
+    assert parse_evaluation(r"lm-eval:C:\tasks:mine") == EvaluationSpec("lm-eval", ("mine",), r"C:\tasks")
+    assert parse_evaluation("lm-eval:C:/tasks") == EvaluationSpec("lm-eval", ("C:/tasks",))  # no such folder here
+    with pytest.raises(EvaluationInputError, match="names no task folder"):
+        parse_evaluation("lm-eval::mine")
+
+
+@needs_lm_eval
+def test_folder_errors_are_one_line(tmp_path):
+    from optimum_prune.evaluation import load_evaluation_data
+
+    with pytest.raises(EvaluationInputError, match="task folder 'nowhere' does not exist"):
+        load_evaluation_data("lm-eval:nowhere:mine")
+    with pytest.raises(EvaluationInputError, match="holds no lm-eval task YAML file"):
+        load_evaluation_data(f"lm-eval:{tmp_path}")
+    with pytest.raises(EvaluationInputError, match=r"'nope' is not a task, group or tag of .*offline_wiki_cloze"):
+        load_evaluation_data(f"lm-eval:{TASKS}:nope")
+    with pytest.raises(EvaluationInputError, match="neither a folder of task YAML files nor a task .yaml file"):
+        load_evaluation_data("lm-eval:no/such/folder")
+    data = load_evaluation_data(f"lm-eval:{TASKS}")
+    assert data.data == sorted(NAMES)
+
+
+@torch.no_grad()
+def _choice_accuracy(model: torch.nn.Module, tokenizer, items: list[dict]) -> float:
+    """lm-eval's acc by hand: the choice with the highest summed log-probability of " " + choice after the context."""
+    correct = 0
+    for item in items:
+        context = tokenizer(item["context"], add_special_tokens=False).input_ids
+        scores = []
+        for choice in item["choices"]:
+            ids = torch.tensor([context + tokenizer(" " + choice, add_special_tokens=False).input_ids])
+            logprobs = model(ids).logits[0, :-1].log_softmax(-1)
+            scores.append(sum(logprobs[p, ids[0, p + 1]].item() for p in range(len(context) - 1, ids.shape[1] - 1)))
+        correct += int(max(range(len(scores)), key=scores.__getitem__) == item["label"])
+    return correct / len(items)
+
+
+@needs_lm_eval
+def test_benchmark_tasks_through_pruner_evaluate_from_any_folder(tmp_path, monkeypatch):
+    # The YAML files name their data relative to themselves: found whatever the working directory.
+    monkeypatch.chdir(tmp_path)
+    tokenizer = make_tokenizer()
+    model = tiny_llama(max_position_embeddings=4096)
+    pruner = PrunerForCausalLM(model, tokenizer)
+    results = pruner.evaluate(f"lm-eval:{TASKS}:offline_zeroshot", max_samples=3, show_progress=False)
+    assert sorted(result.task for result in results) == sorted(f"lm-eval:{name}" for name in NAMES)
+    for result in results:
+        assert result.details_before["num_samples"] == 3
+    assert results["lm-eval:offline_wiki_next"]["acc"].before == pytest.approx(
+        _choice_accuracy(model.eval(), tokenizer, _items("offline_wiki_next")[:3])
+    )
+    # A random model over the tiny vocabulary: the cloze target is about as likely as any token.
+    assert results["lm-eval:offline_wiki_cloze"]["perplexity"].before > 10
+    assert results["lm-eval:offline_wiki_cloze"]["acc"].before == 0.0
+
+
+@needs_lm_eval
+def test_cli_evaluates_a_folder_task(tmp_path, capsys):
+    model_dir = tmp_path / "tiny-llama"
+    tiny_llama(max_position_embeddings=4096).save_pretrained(model_dir)
+    make_tokenizer().save_pretrained(model_dir)
+    arguments = ["-m", str(model_dir), "--criterion", "magnitude", "--sparsity", "0.3", "--no-progress", "--json"]
+    arguments += ["--evaluate", f"lm-eval:{TASKS}:offline_wiki_next", "--eval-samples", "4"]
+    status = main([*arguments, str(tmp_path / "pruned")])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    [task] = json.loads(captured.out)["evaluation"]["tasks"]
+    assert (task["task"], task["dataset"]) == ("lm-eval:offline_wiki_next", "offline_wiki_next")
+    assert task["details"]["before"]["num_samples"] == 4
+    assert 0 <= task["metrics"]["acc"]["before"] <= 1 and 0 <= task["metrics"]["acc"]["after"] <= 1
+    assert os.path.isfile(tmp_path / "pruned" / "README.md")
