@@ -17,8 +17,9 @@ Data sources:
 * ``squad`` / ``squad_v2``: files or a Hub dataset with ``question``, ``context`` and ``answers``
   (``{"text": [...], "answer_start": [...]}``, in a csv as that JSON), ``id`` optional; or nothing, which reads
   ``rajpurkar/squad`` / ``rajpurkar/squad_v2``'s validation split.
-* ``lm-eval:<task,...>``: lm-eval task names or local task YAML files, which name their own data (the optional
-  ``zeroshot`` extra).
+* ``lm-eval:[<folder>:]<task,...>``: lm-eval task names or local task YAML files, which name their own data (the
+  optional ``zeroshot`` extra); with a folder of task YAML files, the names of its tasks (all of them when none is
+  named), whose relative ``data_files`` are read from the folder of each YAML file.
 """
 
 from __future__ import annotations
@@ -143,10 +144,40 @@ def _lm_eval_data(spec: EvaluationSpec, dataset: Any, max_samples: int | None) -
         )
     if importlib.util.find_spec("lm_eval") is None:
         raise EvaluationInputError(f"{spec.name}: {LM_EVAL_INSTALL_HINT}")
-    for task in spec.tasks:
-        if task.lower().endswith((".yaml", ".yml")) and not os.path.isfile(os.path.expanduser(task)):
-            raise EvaluationInputError(f"{spec.name}: the task file {task!r} does not exist.")
-    return EvaluationData(spec, list(spec.tasks), ",".join(spec.tasks), max_samples=max_samples)
+    tasks = list(spec.tasks)
+    for task in tasks:
+        if task.lower().endswith((".yaml", ".yml")):
+            if not os.path.isfile(os.path.expanduser(task)):
+                raise EvaluationInputError(f"{spec.name}: the task file {task!r} does not exist.")
+        elif spec.task_dir is None and ("/" in task or os.sep in task):
+            raise EvaluationInputError(
+                f"{spec.name}: {task!r} is neither a folder of task YAML files nor a task .yaml file."
+            )
+    if spec.task_dir is not None:
+        tasks = _folder_tasks(spec, tasks)
+    return EvaluationData(spec, tasks, ",".join(tasks), max_samples=max_samples)
+
+
+def _folder_tasks(spec: EvaluationSpec, tasks: list[str]) -> list[str]:
+    """The tasks of `spec`'s folder that it names, checked against the folder's index (every task when none is
+    named); YAML paths among them are kept as they are."""
+    from .zeroshot import folder_task_names
+
+    folder = os.path.expanduser(spec.task_dir or "")
+    if not os.path.isdir(folder):
+        raise EvaluationInputError(f"{spec.name}: the task folder {spec.task_dir!r} does not exist.")
+    names, leaves = folder_task_names(folder)
+    if not leaves:
+        raise EvaluationInputError(f"{spec.name}: the folder {spec.task_dir!r} holds no lm-eval task YAML file.")
+    if not tasks:
+        return leaves
+    unknown = [task for task in tasks if task not in names and not task.lower().endswith((".yaml", ".yml"))]
+    if unknown:
+        raise EvaluationInputError(
+            f"{spec.name}: {', '.join(repr(task) for task in unknown)} is not a task, group or tag of "
+            f"{spec.task_dir!r}; its tasks: {', '.join(leaves)}."
+        )
+    return tasks
 
 
 def _ppl_data(
@@ -546,7 +577,14 @@ def run_evaluation(
     else:
         from .zeroshot import evaluate_zero_shot
 
-        scores = evaluate_zero_shot(model, tokenizer, data.data, batch_size=batch_size, limit=data.max_samples)
+        scores = evaluate_zero_shot(
+            model,
+            tokenizer,
+            data.data,
+            batch_size=batch_size,
+            limit=data.max_samples,
+            include_path=os.path.expanduser(spec.task_dir) if spec.task_dir else None,
+        )
         measured = {f"lm-eval:{task}": values for task, values in scores.items()}
     seconds = time.perf_counter() - start
 

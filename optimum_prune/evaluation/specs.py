@@ -1,4 +1,9 @@
-"""What can be evaluated, by name: `ppl`, `glue:<task>`, `squad`, `squad_v2`, `lm-eval:<task,...>`.
+"""What can be evaluated, by name: `ppl`, `glue:<task>`, `squad`, `squad_v2`, `lm-eval:[<folder>:]<task,...>`.
+
+An lm-eval evaluation names lm-eval tasks, groups or tags (``lm-eval:arc_easy,piqa``), task YAML files
+(``lm-eval:tasks/my_task.yaml``), or the tasks of a folder of task YAML files (lm-eval's ``include_path``):
+``lm-eval:benchmarks/zeroshot:offline_wiki_next,offline_wiki_cloze`` runs those two tasks of the folder, and
+``lm-eval:benchmarks/zeroshot`` (an existing folder, no task after it) runs every task in it.
 
 This module imports nothing heavy (no torch, numpy or datasets): the command line parses `--evaluate` with it before
 deciding to load anything. The GLUE task table lives here for the same reason; `glue.py` re-exports it.
@@ -6,6 +11,8 @@ deciding to load anything. The GLUE task table lives here for the same reason; `
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 
 __all__ = [
@@ -127,7 +134,7 @@ _WHAT_IT_SCORES = {
     "question-answering": "scores an extractive question-answering model",
 }
 
-USAGE = "ppl, glue:<task>, squad, squad_v2 or lm-eval:<task,...>"
+USAGE = "ppl, glue:<task>, squad, squad_v2 or lm-eval:[<folder>:]<task,...>"
 
 
 @dataclass(frozen=True)
@@ -136,15 +143,22 @@ class EvaluationSpec:
 
     Attributes:
         kind: "ppl", "glue", "squad", "squad_v2" or "lm-eval".
-        tasks: the GLUE task (one) or the lm-eval task names / YAML paths; empty for the other kinds.
+        tasks: the GLUE task (one) or the lm-eval task names / YAML paths; empty for the other kinds, and for an
+            lm-eval folder whose every task is run.
+        task_dir: lm-eval: a folder of task YAML files whose tasks, groups and tags `tasks` may name (lm-eval's
+            ``include_path``); relative ``data_files`` in its YAML files are read from the folder of each file.
     """
 
     kind: str
     tasks: tuple[str, ...] = ()
+    task_dir: str | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.kind}:{','.join(self.tasks)}" if self.tasks else self.kind
+        named = ",".join(self.tasks)
+        if self.task_dir is not None:
+            named = f"{self.task_dir}:{named}" if named else self.task_dir
+        return f"{self.kind}:{named}" if named else self.kind
 
     @property
     def model_task(self) -> str:
@@ -196,12 +210,34 @@ def parse_evaluation(text: str | EvaluationSpec) -> EvaluationSpec:
             )
         return EvaluationSpec("glue", (task,))
     if kind == "lm-eval":
-        tasks = tuple(task.strip() for task in rest.split(",") if task.strip())
-        if not tasks:
+        task_dir, names = _split_task_dir(rest.strip())
+        tasks = tuple(task.strip() for task in names.split(",") if task.strip())
+        if not tasks and task_dir is None:
             raise EvaluationInputError(
-                "lm-eval needs its tasks, e.g. lm-eval:arc_easy,piqa or lm-eval:path/to/task.yaml."
+                "lm-eval needs its tasks, e.g. lm-eval:arc_easy,piqa, lm-eval:path/to/task.yaml or "
+                "lm-eval:path/to/task_folder[:task,...]."
             )
-        return EvaluationSpec("lm-eval", tasks)
+        return EvaluationSpec("lm-eval", tasks, task_dir)
     if colon:
         raise EvaluationInputError(f"{kind} takes no ':<task>' (got {text!r}): use {USAGE}.")
     return EvaluationSpec(kind)
+
+
+# A Windows drive ("C:\\" or "C:/"), whose colon does not end a folder name.
+_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def _split_task_dir(text: str) -> tuple[str | None, str]:
+    """`"DIR:a,b"` -> `("DIR", "a,b")`; an existing folder alone -> `(folder, "")`; task names alone -> `(None, ...)`."""
+    start = 2 if _DRIVE.match(text) else 0
+    colon = text.rfind(":", start)
+    if colon >= 0:
+        task_dir = text[:colon].strip()
+        if not task_dir:
+            raise EvaluationInputError(
+                f"lm-eval:{text} names no task folder before ':'; use lm-eval:<folder>:<task,...> or lm-eval:<task,...>."
+            )
+        return task_dir, text[colon + 1 :]
+    if "," not in text and text and os.path.isdir(os.path.expanduser(text)):
+        return text, ""
+    return None, text

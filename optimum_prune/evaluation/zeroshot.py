@@ -6,8 +6,10 @@ as an object, so a structurally pruned model (whose per-layer sizes ``from_pretr
 exactly as it sits in memory.
 
 Tasks are lm-eval task names (``"piqa"``, ``"arc_easy"``: these download their data from the Hub), paths to local
-task YAML files, or inline config dicts. A local task reads its data offline with ``dataset_path: json`` and
-``dataset_kwargs: {data_files: ...}``; relative data files are resolved against the YAML file's folder::
+task YAML files, inline config dicts, or the names of tasks, groups and tags in folders of task YAML files given as
+``include_path`` (``benchmarks/zeroshot/`` holds three such tasks built from text that installs offline). A local
+task reads its data offline with ``dataset_path: json`` and ``dataset_kwargs: {data_files: ...}``; relative data
+files are resolved against the YAML file's folder, whether the task is given by its path or by its name::
 
     task: my_mc
     dataset_path: json
@@ -36,7 +38,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LM_EVAL_INSTALL_HINT", "evaluate_zero_shot", "load_task_config"]
+__all__ = ["LM_EVAL_INSTALL_HINT", "evaluate_zero_shot", "folder_task_names", "load_task_config"]
 
 LM_EVAL_INSTALL_HINT = (
     "Zero-shot evaluation needs lm-eval, an optional extra: "
@@ -95,6 +97,53 @@ def load_task_config(path: str | os.PathLike) -> dict[str, Any]:
             "data_files": _resolve_data_files(dataset_kwargs["data_files"], path.parent),
         }
     return config
+
+
+def folder_task_names(folder: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """(every task, group and tag name defined in `folder`'s YAML files, its tasks alone), sorted.
+
+    Raises:
+        ImportError: when lm-eval is not installed.
+    """
+    _, _, TaskManager = _import_lm_eval()
+    manager = TaskManager(include_path=os.fspath(folder), include_defaults=False)
+    return list(manager.all_tasks), list(manager.all_subtasks)
+
+
+def _read_data_files_beside_yaml(task_manager: Any, folders: Sequence[str | os.PathLike]) -> None:
+    """Make `task_manager` resolve the relative ``data_files`` of the task YAML files in `folders` against each
+    file's folder, as `load_task_config` does for a task given by its path.
+
+    lm-eval hands ``data_files`` to ``datasets`` as written, i.e. relative to the working directory, so a task
+    folder would only run from one place. Its ``TaskFactory`` reads every task config (named directly, or as a
+    member of a group or tag) through ``_load_full_config``, which is wrapped here; an lm-eval without it keeps its
+    own behaviour (the pinned 0.4.13 has it).
+    """
+    factory = getattr(task_manager, "_factory", None)
+    load = getattr(factory, "_load_full_config", None)
+    if load is None:
+        logger.warning(
+            "This lm-eval reads relative data_files from the working directory; run from the task folder or write "
+            "absolute paths."
+        )
+        return
+    roots = [Path(folder).expanduser().resolve() for folder in folders]
+
+    def load_full_config(entry: Any, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        config = load(entry, overrides)
+        path = getattr(entry, "yaml_path", None)
+        dataset_kwargs = config.get("dataset_kwargs")
+        if path is None or not isinstance(dataset_kwargs, Mapping) or "data_files" not in dataset_kwargs:
+            return config
+        path = Path(path).expanduser().resolve()
+        if any(root == path.parent or root in path.parents for root in roots):
+            config["dataset_kwargs"] = {
+                **dataset_kwargs,
+                "data_files": _resolve_data_files(dataset_kwargs["data_files"], path.parent),
+            }
+        return config
+
+    factory._load_full_config = load_full_config
 
 
 def _task_specs(tasks: str | os.PathLike | Mapping[str, Any] | Sequence[Any]) -> list[str | dict[str, Any]]:
@@ -185,7 +234,8 @@ def evaluate_zero_shot(
         batch_size: sequences per forward pass.
         limit: score only the first ``limit`` documents of each task (a fraction when below 1).
         max_length: longest context in tokens (default: the model's ``max_position_embeddings`` or 2048).
-        include_path: extra folders of task YAML files whose task names may then be used in ``tasks``.
+        include_path: extra folders of task YAML files whose task, group and tag names may then be used in
+            ``tasks``; relative ``data_files`` in them are resolved against each YAML file's folder.
         include_default_tasks: index lm-eval's ~15k built-in task configs (about 15 s). ``None``: only when some
             task name is not already provided by ``include_path`` or given as a file / dict.
         prefix_token_id: token put before an empty context; by default the BOS token, else EOS, else CLS or PAD.
@@ -219,6 +269,8 @@ def evaluate_zero_shot(
     task_manager = TaskManager(
         include_path=[os.fspath(p) for p in paths] or None, include_defaults=include_default_tasks
     )
+    if paths:
+        _read_data_files_beside_yaml(task_manager, paths)
 
     hf_kwargs: dict[str, Any] = {}
     prefix = _prefix_token_id(tokenizer, prefix_token_id)
