@@ -347,7 +347,8 @@ class BasePruner:
         Args:
             tasks: one or several of "ppl" (causal LM), "glue:<task>" (sequence classification: cola, sst2, mrpc,
                 qqp, stsb, mnli, qnli, rte, wnli, ...), "squad", "squad_v2" (question answering), and
-                "lm-eval:<task,...>" (causal LM; lm-eval task names or task YAML files; the `zeroshot` extra).
+                "lm-eval:<task,...>" (causal LM; lm-eval task names or task YAML files; the `zeroshot` extra),
+                "lm-eval:<folder>[:<task,...>]" (the tasks, groups or tags of a folder of task YAML files).
             dataset: the data of ppl, glue and squad (`optimum_prune.evaluation.runner` says what each reads): a
                 local csv / json / jsonl / parquet file or folder with the task's columns (ppl: text files too), a
                 Hub dataset id, a `datasets.Dataset`, (ppl) a list of strings or wikitext2 / c4 / ptb. None: GLUE

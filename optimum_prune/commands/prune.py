@@ -291,7 +291,8 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "glue:TASK (sequence-classification; TASK: cola, sst2, mrpc, qqp, stsb, mnli, mnli_matched, "
         "mnli_mismatched, qnli, rte, wnli, ax); squad, squad_v2 (question-answering); lm-eval:TASK[,TASK...] "
         "(causal-lm: lm-eval task names or task .yaml files, through lm-eval's Python API; needs the zeroshot "
-        "extra). The values before and after, their retention (after / before) and the time go to the summary, "
+        "extra), lm-eval:FOLDER[:TASK,...] (the tasks, groups or tags of a folder of task YAML files, e.g. "
+        "benchmarks/zeroshot; all of them without :TASK). The values before and after, their retention (after / before) and the time go to the summary, "
         "--json and the model card's model-index",
     )
     data.add_argument(
@@ -584,7 +585,7 @@ def _prune(
             },
             "after": {
                 "parameters": summary["parameters_after"],
-                "size on disk (MB)": _folder_bytes(output) / 1e6,
+                "size on disk (MB)": _source_megabytes(output, None),
                 "pruning time (s)": prune_seconds,
                 "sparsity achieved": summary["sparsity_achieved"],
             },
@@ -995,12 +996,9 @@ def _dataset_label(source: str) -> str:
     return os.path.basename(source) if os.path.exists(source) else source
 
 
-def _folder_bytes(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
-
-
 def _source_megabytes(model_path: str, gguf_file: str | None) -> float | None:
-    """Size of the input checkpoint's weight files, when it is a local folder."""
+    """Size of a checkpoint's weight files (the input's, or the saved output's), when it is a local folder: the
+    same files on both sides of the before / after table, tokenizer and config left out."""
     if not os.path.isdir(model_path):
         return None
     if gguf_file:
