@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 
@@ -95,6 +98,17 @@ def attach_statistics(
 
         handles.append(module.register_forward_pre_hook(hook))
     return stats, handles
+
+
+@contextlib.contextmanager
+def observe_statistics(modules: dict[str, torch.nn.Module], with_gram: bool) -> Iterator[dict[str, InputStatistics]]:
+    """`attach_statistics` for the duration of the context: yields the statistics, removes the hooks on exit."""
+    stats, handles = attach_statistics(modules, with_gram)
+    try:
+        yield stats
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def attach_shared_statistics(
