@@ -17,7 +17,7 @@ from .architectures import ArchitectureAdapter
 from .architectures.decoder import ATTENTION_HEADS, QUERY_HEADS
 from .checks import check_budget, checked_refit
 from .configuration import PruningConfig
-from .criteria import CRITERIA, ChannelCriterion, Criterion
+from .criteria import CRITERIA, Criterion
 from .criteria.obs import OBSCriterion
 from .layerwise import BlockInput, BlockStreamer
 from .pipeline import Block, BlockMethod, Calibration, Observer, run_blocks
@@ -161,18 +161,8 @@ def _plan(
     ranked = config.allocation != "uniform"
     needed = ranked or not plan_only
     streamer = BlockStreamer(model, *placement) if needed else None
-    if (
-        streamer is not None
-        and streamer.offloaded
-        and config.criterion in ("prunenet", "prunenet_invariant")
-        and not config.prunenet_policy_path
-    ):
-        # Training the policy reads every layer's weights at once, which an offloaded model does not hold.
-        raise ValueError(
-            f"criterion={config.criterion!r} trains its policy on all layers' weights at once, which an offloaded "
-            "model does not hold in memory: train it on a model that fits (prunenet_save_policy=...) and pass "
-            "prunenet_policy_path=..., or load the model without offloading."
-        )
+    if streamer is not None and streamer.offloaded:
+        CRITERIA[config.criterion].check_offloaded(config)
     criterion = CRITERIA[config.criterion].prepare(adapter, config, show_progress=show_progress) if needed else None
     reconstruction = RECONSTRUCTIONS[config.reconstruction]
     use_data = needs_calibration(config)
@@ -190,13 +180,13 @@ def _plan(
             else f"allocation={config.allocation!r} with criterion={config.criterion!r} ranks units on calibration "
             "data, and none was given."
         )
-    if config.allocation == "obs" and not isinstance(criterion, OBSCriterion):
-        criterion_for_allocation: Criterion | None = OBSCriterion(config.damp)
-    else:
-        criterion_for_allocation = criterion
+    # The "obs" allocation ranks by the error each removal leaves after the refit, whatever the criterion.
+    criterion_for_allocation = criterion
+    if config.allocation == "obs" and "obs" not in criterion.allocation_modes:
+        criterion_for_allocation = OBSCriterion(config.damp)
     if config.allocation in ("flap", "obs") and not use_data:
         raise ValueError(f"allocation={config.allocation!r} reads calibration data; give a dataset.")
-    if config.allocation == "flap" and not isinstance(criterion, ChannelCriterion):
+    if config.allocation == "flap" and "flap" not in criterion.allocation_modes:
         raise ValueError(f"allocation='flap' standardises channel scores; criterion {config.criterion!r} has none.")
     with_gram = reconstruction.needs_gram or (criterion is not None and criterion.needs_gram)
     generator = torch.Generator().manual_seed(config.seed)
@@ -398,22 +388,15 @@ class _AllocationScores(BlockMethod):
         return Observer(observe_statistics(modules, self.criterion.needs_gram), list(modules.values()))
 
     def step(self, block: Block, stats: dict[str, InputStatistics] | None) -> None:
-        layer, groups, criterion = block.module, self._groups(block.module), self.criterion
-        if self.mode == "obs":
-            assert isinstance(criterion, OBSCriterion) and block.inputs is not None and self.energies is not None
-            layer_scores = {}
-            for g in groups:
-                greedy = criterion.greedy(layer, g, stats)
-                layer_scores[g.kind] = torch.tensor(greedy.step_costs, dtype=torch.float64)
-            self.scores.append(layer_scores)
+        layer, mode = block.module, self.mode
+        self.scores.append(
+            {
+                g.kind: self.criterion.allocation_scores(self.adapter, layer, g, stats, self.generator, mode)
+                for g in self._groups(layer)
+            }
+        )
+        if self.energies is not None:
             # The median token: a few tokens carry residual norms thousands of times the rest (SmolLM2's
             # grow 50x in one layer from a single token), which would make the mean meaningless.
             norms = torch.cat([item.hidden_states.double().pow(2).sum(-1).reshape(-1) for item in block.inputs])
             self.energies.append(float(norms.median()))
-        elif self.mode == "flap":
-            assert isinstance(criterion, ChannelCriterion)
-            self.scores.append({g.kind: criterion.channel_scores(layer, g, stats, self.generator) for g in groups})
-        else:
-            self.scores.append(
-                {g.kind: criterion.score_units(self.adapter, layer, g, stats, self.generator) for g in groups}
-            )
