@@ -42,10 +42,9 @@ BlockArguments = list[list[tuple[tuple[Any, ...], dict[str, Any]]]]
 class Observer:
     """The hooks of an observation pass.
 
-    `hooks` (a context manager) is entered around the pass and yields what the method's step receives (input
-    statistics);
-    `stop_at` are the modules whose entry ends a forward whose outputs are not kept (`layerwise.stopping_after`: the
-    statistics are those of full forwards).
+    `hooks`, a context manager, is entered around the pass and yields what the method's step receives (input
+    statistics). `stop_at` are the modules whose entry ends a forward whose outputs are not kept
+    (`layerwise.stopping_after`: the statistics are still those of full forwards).
     """
 
     hooks: contextlib.AbstractContextManager[Any]
