@@ -16,15 +16,16 @@ count as blocks); a model with bridges needs the plugin to reload.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .allocation import protected_layers
 from .architectures import ArchitectureAdapter
 from .configuration import PruningConfig
-from .layerwise import BlockInput, BlockStreamer, own_block_arguments, with_arguments
+from .layerwise import BlockInput, BlockStreamer
+from .pipeline import Block, BlockMethod, Calibration, run_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -110,29 +111,38 @@ def _rank_blocks(
     streamer: BlockStreamer,
     show_progress: bool,
 ):
-    """(blocks to remove, the first block's inputs, the blocks' own arguments): ShortGPT's ranking of the unpruned
-    model, what `plan_depth` returns and `prune_depth` goes on with."""
+    """(blocks to remove, the calibration streamed): ShortGPT's ranking of the unpruned model, what `plan_depth`
+    returns and `prune_depth` goes on with."""
     _check_depth_config(config)
     if not samples:
         raise ValueError("Depth pruning ranks blocks on calibration data, and none was given.")
     layers = adapter.layers()
     config.check_layers(len(layers))
-    first_inputs = streamer.capture(layers[0], samples)
     # Blocks of different kinds (sliding-window / global attention) get their own masks and position embeddings.
-    own = own_block_arguments(model, layers, samples, streamer.offloaded)
-    influence = []
-    inputs = first_inputs
-    for index, layer in enumerate(tqdm(layers, desc="Block influence", disable=not show_progress)):
-        inputs = with_arguments(inputs, own, index)
-        with streamer.materialized(layer, write_back=False):
-            outputs = streamer.run(layer, inputs)
-        influence.append(
-            sum(block_influence(a.hidden_states, b.hidden_states) for a, b in zip(inputs, outputs)) / len(inputs)
-        )
-        inputs = outputs
+    calibration = Calibration.capture(streamer, layers, samples)
+    ranking = _BlockInfluence()
+    run_blocks(ranking, streamer, layers, calibration, show_progress)
+    influence = ranking.influence
     removed = blocks_to_remove(adapter, config, influence)
     logger.info("depth pruning: removing blocks %s (block influence %s)", removed, [round(b, 4) for b in influence])
-    return removed, first_inputs, own
+    return removed, calibration
+
+
+class _BlockInfluence(BlockMethod):
+    """ShortGPT's block influence of every block of the unpruned model, from one pass per block."""
+
+    changes_weights = False
+    reads_outputs = True
+    description = "Block influence"
+
+    def __init__(self) -> None:
+        self.influence: list[float] = []
+
+    def step(self, block: Block, observed: None) -> None:
+        pairs = zip(block.inputs, block.outputs)
+        self.influence.append(
+            sum(block_influence(a.hidden_states, b.hidden_states) for a, b in pairs) / len(block.inputs)
+        )
 
 
 def plan_depth(
@@ -172,46 +182,14 @@ def prune_depth(
     show_progress: bool = True,
 ) -> list[int]:
     """Remove blocks from `model` in place (see the module docstring); returns the original indices removed."""
-    removed, first_inputs, own = _rank_blocks(model, adapter, config, samples, streamer, show_progress)
+    removed, calibration = _rank_blocks(model, adapter, config, samples, streamer, show_progress)
     layers = adapter.layers()
     runs = consecutive_runs(removed)
     bridges: dict[int, LinearBridge] = {}
     if config.reconstruction != "none" and runs:
-        hidden = model.config.hidden_size
-        dense: list[BlockInput] = list(first_inputs)
-        pruned: list[BlockInput] = list(first_inputs)
-        run_starts = {run[0]: run for run in runs}
-        index = 0
-        progress = tqdm(total=len(layers), desc="Fitting bridges", disable=not show_progress)
-        while index < len(layers):
-            if index in run_starts:
-                run = run_starts[index]
-                dense_out = dense
-                for position in run:
-                    dense_out = with_arguments(dense_out, own, position)
-                    with streamer.materialized(layers[position], write_back=False):
-                        dense_out = list(streamer.run(layers[position], dense_out))
-                source = pruned if config.reconstruction == "liar_dense" else dense
-                weight, bias = _fit_bridge(_hidden(source), _hidden(dense_out), config.damp)
-                bridge = LinearBridge(hidden, replaced=run)
-                param = layers[index].input_layernorm.weight if hasattr(layers[index], "input_layernorm") else None
-                dtype = param.dtype if param is not None else torch.float32
-                bridge.proj.weight.data.copy_(weight.to(dtype))
-                bridge.proj.bias.data.copy_(bias.to(dtype))
-                bridges[index] = bridge
-                pruned = [BlockInput(bridge(item.hidden_states.to(dtype)), item.args, item.kwargs) for item in pruned]
-                dense = dense_out
-                index += len(run)
-                progress.update(len(run))
-                continue
-            dense = with_arguments(dense, own, index)
-            pruned = with_arguments(pruned, own, index)
-            with streamer.materialized(layers[index], write_back=False):
-                dense = list(streamer.run(layers[index], dense))
-                pruned = list(streamer.run(layers[index], pruned))
-            index += 1
-            progress.update(1)
-        progress.close()
+        fitting = _FitBridges(model.config.hidden_size, runs, config, calibration.first_inputs)
+        run_blocks(fitting, streamer, layers, calibration, show_progress)
+        bridges = fitting.bridges
     gone = set(removed)
     new_layers: list[nn.Module] = []
     origins: list[int] = []
@@ -225,6 +203,52 @@ def prune_depth(
         origins.append(index)
     _replace_layers(model, adapter.layers(), new_layers, origins)
     return removed
+
+
+class _FitBridges(BlockMethod):
+    """One pass through the unpruned blocks that fits a `LinearBridge` over each run of removed blocks.
+
+    The pipeline streams the dense model; this method carries the pruned model's stream beside it (through the
+    kept blocks and the bridges fitted so far), which "liar_dense" maps from.
+    """
+
+    changes_weights = False
+    reads_outputs = True
+    description = "Fitting bridges"
+
+    def __init__(
+        self, hidden_size: int, runs: list[list[int]], config: PruningConfig, first_inputs: Sequence[BlockInput]
+    ) -> None:
+        self.hidden_size, self.config = hidden_size, config
+        self.run_of = {index: run for run in runs for index in run}
+        self.pruned: Sequence[BlockInput] = first_inputs
+        self.run_inputs: Sequence[BlockInput] | None = None  # the dense input of the run being crossed
+        self.run_dtype = torch.float32
+        self.bridges: dict[int, LinearBridge] = {}
+
+    def step(self, block: Block, observed: None) -> None:
+        run = self.run_of.get(block.index)
+        if run is None:  # a kept block: the pruned stream runs through it
+            if not block.is_last:
+                self.pruned = block.run(inputs=block.bind(self.pruned))
+            return
+        if block.index == run[0]:
+            self.run_inputs = block.inputs
+            # The bridge computes in the dtype of the first block it replaces.
+            norm = getattr(block.module, "input_layernorm", None)
+            self.run_dtype = norm.weight.dtype if norm is not None else torch.float32
+        if block.index != run[-1]:
+            return
+        source = self.pruned if self.config.reconstruction == "liar_dense" else self.run_inputs
+        weight, bias = _fit_bridge(_hidden(source), _hidden(block.outputs), self.config.damp)
+        bridge = LinearBridge(self.hidden_size, replaced=run)
+        dtype = self.run_dtype
+        bridge.proj.weight.data.copy_(weight.to(dtype))
+        bridge.proj.bias.data.copy_(bias.to(dtype))
+        self.bridges[run[0]] = bridge
+        self.pruned = [
+            BlockInput(bridge(item.hidden_states.to(dtype)), item.args, item.kwargs) for item in self.pruned
+        ]
 
 
 def _replace_layers(model: nn.Module, layers: nn.ModuleList, new_layers: list[nn.Module], origins: list[int]) -> None:

@@ -273,7 +273,8 @@ def plan_pruning(
         sparsity_plan = plan_sparsity(model, config)
         if inputs.data:
             from .layerwise import BlockStreamer
-            from .unstructured import allocate_block_sparsities, block_arguments
+            from .pipeline import block_arguments
+            from .unstructured import allocate_block_sparsities
 
             if not samples:
                 raise ValueError(
@@ -286,7 +287,7 @@ def plan_pruning(
                 sparsity_plan,
                 samples,
                 streamer,
-                block_arguments(model, sparsity_plan.blocks, samples, streamer),
+                block_arguments(streamer, [block for _, block in sparsity_plan.blocks], samples),
                 show_progress,
             )
             sparsity_plan = plan_sparsity(model, config, sparsity_plan.blocks, allocation.sparsities)

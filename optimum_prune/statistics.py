@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 
@@ -97,46 +100,41 @@ def attach_statistics(
     return stats, handles
 
 
+@contextlib.contextmanager
+def observe_statistics(modules: dict[str, torch.nn.Module], with_gram: bool) -> Iterator[dict[str, InputStatistics]]:
+    """`attach_statistics` for the duration of the context: yields the statistics, removes the hooks on exit."""
+    stats, handles = attach_statistics(modules, with_gram)
+    try:
+        yield stats
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def attach_shared_statistics(
     block: torch.nn.Module, modules: dict[str, torch.nn.Module], with_gram: bool
-) -> tuple[dict[str, InputStatistics], list[torch.utils.hooks.RemovableHandle]]:
-    """Like `attach_statistics`, but modules called with the very same input tensor share one `InputStatistics`.
+) -> tuple[dict[str, InputStatistics], list[_Closer]]:
+    """`weight_inputs.observe_inputs` (whose statistics are shared by modules called with the very same input tensor:
+    q/k/v, gate/up) over the Linears `modules` of `block`, in `attach_statistics`'s calling convention.
 
-    q/k/v (and gate/up) read one tensor, so one Gram matrix serves them all: a third of the memory and of the
-    accumulation work. Groups are found on the first forward of `block` by tensor identity (the inputs seen are
-    held until the block's next call, so a freed tensor's memory cannot be mistaken for a shared input); on later
-    calls only each group's first module accumulates. Returns ``stats`` keyed by module name, where modules of one
-    group map to the same object, and the hook handles (remove them all when done). RuntimeError if a later call
-    breaks a grouping found on the first one.
+    No package code calls this: it is kept for benchmarks/solvers.py, which should move to `observe_inputs`. Returns
+    the statistics keyed by module name (filled on the block's first forward; modules of one group map to the same
+    object) and one handle whose `remove()` ends the observation.
     """
-    stats: dict[str, InputStatistics] = {}
-    leader: dict[str, str] = {}  # module -> first module of its group, fixed on the first block call
-    seen: list[tuple[str, torch.Tensor]] = []
-    state = {"calls": 0}
+    from .architectures.weights import WeightMatrix
+    from .weight_inputs import observe_inputs
 
-    def block_hook(_module, _args):
-        state["calls"] += 1
-        seen.clear()
+    stack = contextlib.ExitStack()
+    matrices = [WeightMatrix(name, module) for name, module in modules.items()]
+    observed = stack.enter_context(observe_inputs(block, matrices, with_gram=with_gram))
+    return observed.direct, [_Closer(stack)]
 
-    def make_hook(name: str, module: torch.nn.Module):
-        def hook(_module, args):
-            x = args[0]
-            first = next((other for other, tensor in seen if tensor is x), None)
-            seen.append((name, x))
-            if state["calls"] <= 1 and name not in leader:
-                leader[name] = leader[first] if first is not None else name
-                if leader[name] == name:
-                    stats[name] = InputStatistics(module.in_features, with_gram=with_gram, device=module.weight.device)
-                else:
-                    stats[name] = stats[leader[name]]
-            if leader[name] != name:
-                if first is None or leader[first] != leader[name]:
-                    raise RuntimeError(f"{name} no longer reads the same input as {leader[name]}")
-                return
-            stats[name].update(x)
 
-        return hook
+class _Closer:
+    """A hook handle that closes an observation context."""
 
-    handles = [block.register_forward_pre_hook(block_hook)]
-    handles += [module.register_forward_pre_hook(make_hook(name, module)) for name, module in modules.items()]
-    return stats, handles
+    def __init__(self, stack: contextlib.ExitStack) -> None:
+        self.stack = stack
+
+    def remove(self) -> None:
+        self.stack.close()

@@ -11,18 +11,18 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .allocation import LayerPlan, global_plan, uniform_plan
 from .architectures import ArchitectureAdapter
 from .architectures.decoder import ATTENTION_HEADS, QUERY_HEADS
 from .checks import check_budget, checked_refit
 from .configuration import PruningConfig
-from .criteria import CRITERIA, ChannelCriterion, Criterion
+from .criteria import CRITERIA, Criterion
 from .criteria.obs import OBSCriterion
-from .layerwise import BlockInput, BlockStreamer, own_block_arguments, with_arguments
+from .layerwise import BlockInput, BlockStreamer
+from .pipeline import Block, BlockMethod, Calibration, Observer, run_blocks
 from .reconstruction import RECONSTRUCTIONS
-from .statistics import InputStatistics, attach_statistics
+from .statistics import InputStatistics, observe_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +112,7 @@ class _PlannedRun:
     reconstruction: Any
     with_gram: bool
     generator: torch.Generator
-    first_inputs: Sequence[BlockInput] | None
-    own_arguments: Any
+    calibration: Calibration | None
 
 
 @torch.no_grad()
@@ -162,18 +161,8 @@ def _plan(
     ranked = config.allocation != "uniform"
     needed = ranked or not plan_only
     streamer = BlockStreamer(model, *placement) if needed else None
-    if (
-        streamer is not None
-        and streamer.offloaded
-        and config.criterion in ("prunenet", "prunenet_invariant")
-        and not config.prunenet_policy_path
-    ):
-        # Training the policy reads every layer's weights at once, which an offloaded model does not hold.
-        raise ValueError(
-            f"criterion={config.criterion!r} trains its policy on all layers' weights at once, which an offloaded "
-            "model does not hold in memory: train it on a model that fits (prunenet_save_policy=...) and pass "
-            "prunenet_policy_path=..., or load the model without offloading."
-        )
+    if streamer is not None and streamer.offloaded:
+        CRITERIA[config.criterion].check_offloaded(config)
     criterion = CRITERIA[config.criterion].prepare(adapter, config, show_progress=show_progress) if needed else None
     reconstruction = RECONSTRUCTIONS[config.reconstruction]
     use_data = needs_calibration(config)
@@ -191,32 +180,24 @@ def _plan(
             else f"allocation={config.allocation!r} with criterion={config.criterion!r} ranks units on calibration "
             "data, and none was given."
         )
-    if config.allocation == "obs" and not isinstance(criterion, OBSCriterion):
-        criterion_for_allocation: Criterion | None = OBSCriterion(config.damp)
-    else:
-        criterion_for_allocation = criterion
+    # The "obs" allocation ranks by the error each removal leaves after the refit, whatever the criterion.
+    criterion_for_allocation = criterion
+    if config.allocation == "obs" and "obs" not in criterion.allocation_modes:
+        criterion_for_allocation = OBSCriterion(config.damp)
     if config.allocation in ("flap", "obs") and not use_data:
         raise ValueError(f"allocation={config.allocation!r} reads calibration data; give a dataset.")
-    if config.allocation == "flap" and not isinstance(criterion, ChannelCriterion):
+    if config.allocation == "flap" and "flap" not in criterion.allocation_modes:
         raise ValueError(f"allocation='flap' standardises channel scores; criterion {config.criterion!r} has none.")
     with_gram = reconstruction.needs_gram or (criterion is not None and criterion.needs_gram)
     generator = torch.Generator().manual_seed(config.seed)
-    first_inputs = streamer.capture(layers[0], samples) if read_data else None
     # Blocks of different kinds (sliding-window / global attention) get their own masks and position embeddings.
-    own_arguments = own_block_arguments(model, layers, samples, streamer.offloaded) if read_data else None
+    calibration = Calibration.capture(streamer, layers, samples) if read_data else None
     if ranked:
-        unit_scores, layer_scale = _score_all_layers(
-            streamer,
-            adapter,
-            kinds,
-            criterion_for_allocation,
-            first_inputs,
-            generator,
-            show_progress,
-            config.allocation,
-            own_arguments,
+        scoring = _AllocationScores(adapter, kinds, criterion_for_allocation, generator, config.allocation)
+        run_blocks(scoring, streamer, layers, calibration, show_progress)
+        plans = global_plan(
+            adapter, kinds, config, scoring.scores, mode=config.allocation, layer_scale=scoring.energies
         )
-        plans = global_plan(adapter, kinds, config, unit_scores, mode=config.allocation, layer_scale=layer_scale)
         generator.manual_seed(config.seed)
     else:
         plans = uniform_plan(adapter, kinds, config)
@@ -228,47 +209,8 @@ def _plan(
         reconstruction,
         with_gram,
         generator,
-        first_inputs,
-        own_arguments,
+        calibration,
     )
-
-
-def _collect(
-    streamer: BlockStreamer,
-    layer: nn.Module,
-    consumers: tuple[str, ...],
-    inputs: Sequence[BlockInput] | None,
-    with_gram: bool,
-) -> dict[str, InputStatistics] | None:
-    """The input statistics of `consumers` over `inputs`, each forward of `layer` ending at the last of them."""
-    if inputs is None:
-        return None
-    modules = {name: layer.get_submodule(name) for name in consumers}
-    stats, handles = attach_statistics(modules, with_gram)
-    try:
-        with streamer.stopping_after(layer, list(modules.values())):
-            streamer.run(layer, inputs, keep_outputs=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return stats
-
-
-def _collect_and_run(
-    streamer: BlockStreamer,
-    layer: nn.Module,
-    consumers: tuple[str, ...],
-    inputs: Sequence[BlockInput],
-    with_gram: bool,
-) -> tuple[dict[str, InputStatistics], Sequence[BlockInput]]:
-    """`_collect` and `layer`'s outputs in one full pass, for a layer that is not changed in between."""
-    stats, handles = attach_statistics({name: layer.get_submodule(name) for name in consumers}, with_gram)
-    try:
-        outputs = streamer.run(layer, inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return stats, outputs
 
 
 @torch.no_grad()
@@ -306,148 +248,155 @@ def prune_structured(
     run = _plan(
         model, adapter, config, samples, show_progress, (execution_device, activations_device, activations_dir)
     )
-    layers, kinds, plans = adapter.layers(), run.plan.kinds, run.plan.plans
-    streamer, criterion, reconstruction, generator = run.streamer, run.criterion, run.reconstruction, run.generator
-    with_gram, first_inputs, own_arguments = run.with_gram, run.first_inputs, run.own_arguments
     notes = []
     if query_heads_fallback(adapter, config):
         logger.warning("%s.", QUERY_HEADS_FALLBACK[0].upper() + QUERY_HEADS_FALLBACK[1:])
         notes.append(QUERY_HEADS_FALLBACK)
-    result = StructuredResult(plans=plans, kinds=kinds, notes=notes)
-    inputs = first_inputs
-    # Error-correcting refits also run the dense copy of each block on the dense model's own stream.
-    dense_inputs = first_inputs if reconstruction.targets_dense else None
-    for index, layer in enumerate(tqdm(layers, desc="Pruning layers", disable=not show_progress)):
-        # Offloaded weights are loaded once per block and the pruned ones written back on exit.
-        with streamer.materialized(layer):
-            inputs = with_arguments(inputs, own_arguments, index)
-            dense_inputs = with_arguments(dense_inputs, own_arguments, index)
-            dense_layer = copy.deepcopy(layer) if dense_inputs is not None else None
-            kept_units: dict[str, list[int]] = {}
-            for group in adapter.groups(layer):
-                if group.kind not in kinds:
-                    continue
-                keep_count = plans[index][group.kind]
-                if keep_count >= group.num_units and dense_layer is None:
-                    kept_units[group.kind] = list(range(group.num_units))
-                    continue
-                if dense_layer is not None:
-                    stats = _collect_with_dense(streamer, layer, dense_layer, group.consumers, inputs, dense_inputs)
-                else:
-                    stats = _collect(streamer, layer, group.consumers, inputs, with_gram)
-                if keep_count >= group.num_units:
-                    keep = torch.arange(group.num_units)
-                else:
-                    scores = criterion.score_units(adapter, layer, group, stats, generator)
-                    keep = adapter.select_units(group, scores, keep_count)
-                pruned = torch.tensor(sorted(set(range(group.num_units)) - set(keep.tolist())), dtype=torch.long)
-                kept_channels, pruned_channels = group.unit_channels(keep), group.unit_channels(pruned)
-                for consumer in group.consumers:
-                    linear = layer.get_submodule(consumer)
-                    consumer_stats = stats[consumer] if stats is not None else None
-                    with checked_refit(f"layers.{index}.{consumer}", linear, config.damp, consumer_stats):
-                        reconstruction.refit(linear, consumer_stats, kept_channels, pruned_channels, config.damp)
-                if pruned.numel():
-                    adapter.prune_units_calibrated(layer, group, keep, stats)
-                kept_units[group.kind] = keep.tolist()
-                logger.info("layer %d: %s %d -> %d", index, group.kind, group.num_units, keep_count)
-            result.kept_units.append(kept_units)
-            if inputs is not None and index + 1 < len(layers):
-                inputs = streamer.run(layer, inputs)
-                if dense_layer is not None:
-                    dense_inputs = streamer.run(dense_layer, dense_inputs)
-            del dense_layer
+    result = StructuredResult(plans=run.plan.plans, kinds=run.plan.kinds, notes=notes)
+    pruning = _PruneUnits(adapter, config, run, result)
+    run_blocks(pruning, run.streamer, adapter.layers(), run.calibration, show_progress)
     return result
 
 
+class _PruneUnits(BlockMethod):
+    """The structured run's work on one block: per pruned kind, a statistics pass of the block as pruned so far,
+    the units ranked and cut, the consumers refit.
+
+    Error-correcting refits (`targets_dense`) also run a dense copy of each block on the dense model's own stream,
+    which this method carries from block to block.
+    """
+
+    description = "Pruning layers"
+
+    def __init__(
+        self, adapter: ArchitectureAdapter, config: PruningConfig, run: _PlannedRun, result: StructuredResult
+    ):
+        self.adapter, self.config, self.run, self.result = adapter, config, run, result
+        calibration = run.calibration
+        self.dense_inputs = (
+            calibration.first_inputs if calibration is not None and run.reconstruction.targets_dense else None
+        )
+
+    def step(self, block: Block, observed: None) -> None:
+        adapter, config, index, layer = self.adapter, self.config, block.index, block.module
+        kinds, plans, reconstruction = self.run.plan.kinds, self.run.plan.plans, self.run.reconstruction
+        dense_inputs = self.dense_inputs = block.bind(self.dense_inputs)
+        dense_layer = copy.deepcopy(layer) if dense_inputs is not None else None
+        kept_units: dict[str, list[int]] = {}
+        for group in adapter.groups(layer):
+            if group.kind not in kinds:
+                continue
+            keep_count = plans[index][group.kind]
+            if keep_count >= group.num_units and dense_layer is None:
+                kept_units[group.kind] = list(range(group.num_units))
+                continue
+            modules = {name: layer.get_submodule(name) for name in group.consumers}
+            if block.inputs is None:
+                stats = None
+            elif dense_layer is not None:
+                stats = _collect_with_dense(block, dense_layer, group.consumers, dense_inputs)
+            else:
+                stats = block.observe(observe_statistics(modules, self.run.with_gram), list(modules.values()))
+            if keep_count >= group.num_units:
+                keep = torch.arange(group.num_units)
+            else:
+                scores = self.run.criterion.score_units(adapter, layer, group, stats, self.run.generator)
+                keep = adapter.select_units(group, scores, keep_count)
+            pruned = torch.tensor(sorted(set(range(group.num_units)) - set(keep.tolist())), dtype=torch.long)
+            kept_channels, pruned_channels = group.unit_channels(keep), group.unit_channels(pruned)
+            for consumer in group.consumers:
+                linear = layer.get_submodule(consumer)
+                consumer_stats = stats[consumer] if stats is not None else None
+                with checked_refit(f"layers.{index}.{consumer}", linear, config.damp, consumer_stats):
+                    reconstruction.refit(linear, consumer_stats, kept_channels, pruned_channels, config.damp)
+            if pruned.numel():
+                adapter.prune_units_calibrated(layer, group, keep, stats)
+            kept_units[group.kind] = keep.tolist()
+            logger.info("layer %d: %s %d -> %d", index, group.kind, group.num_units, keep_count)
+        self.result.kept_units.append(kept_units)
+        if dense_layer is not None and not block.is_last:
+            self.dense_inputs = block.run(dense_layer, dense_inputs)
+
+
 def _collect_with_dense(
-    streamer: BlockStreamer,
-    layer: nn.Module,
-    dense_layer: nn.Module,
-    consumers: tuple[str, ...],
-    inputs: Sequence[BlockInput],
-    dense_inputs: Sequence[BlockInput],
+    block: Block, dense_layer: nn.Module, consumers: tuple[str, ...], dense_inputs: Sequence[BlockInput]
 ) -> dict[str, InputStatistics]:
-    """Gram and cross-covariance statistics: `layer` on the pruned stream, its dense copy on the dense stream."""
-    stats, handles = attach_statistics({name: layer.get_submodule(name) for name in consumers}, with_gram=True)
+    """Gram and cross-covariance statistics: the block on the pruned stream, its dense copy on the dense stream."""
+    layer = block.module
     captured: dict[str, list[torch.Tensor]] = {name: [] for name in consumers}
-    for name in consumers:
-        handles.append(
-            dense_layer.get_submodule(name).register_forward_pre_hook(
-                lambda _m, args, _name=name: captured[_name].append(args[0].detach())
-            )
-        )
     pruned_side: dict[str, list[torch.Tensor]] = {name: [] for name in consumers}
-    for name in consumers:
-        handles.append(
-            layer.get_submodule(name).register_forward_pre_hook(
-                lambda _m, args, _name=name: pruned_side[_name].append(args[0].detach())
+    with observe_statistics({name: layer.get_submodule(name) for name in consumers}, with_gram=True) as stats:
+        handles = []
+        for name in consumers:
+            handles.append(
+                dense_layer.get_submodule(name).register_forward_pre_hook(
+                    lambda _m, args, _name=name: captured[_name].append(args[0].detach())
+                )
             )
-        )
-    try:
-        with (
-            streamer.stopping_after(layer, [layer.get_submodule(name) for name in consumers]),
-            streamer.stopping_after(dense_layer, [dense_layer.get_submodule(name) for name in consumers]),
-        ):
-            for item, dense_item in zip(inputs, dense_inputs):
-                streamer.run(layer, [item], keep_outputs=False)
-                streamer.run(dense_layer, [dense_item], keep_outputs=False)
-                for name in consumers:
-                    stats[name].update_cross(pruned_side[name].pop(), captured[name].pop())
-    finally:
-        for handle in handles:
-            handle.remove()
+        for name in consumers:
+            handles.append(
+                layer.get_submodule(name).register_forward_pre_hook(
+                    lambda _m, args, _name=name: pruned_side[_name].append(args[0].detach())
+                )
+            )
+        try:
+            with (
+                block.stopping_after(layer, [layer.get_submodule(name) for name in consumers]),
+                block.stopping_after(dense_layer, [dense_layer.get_submodule(name) for name in consumers]),
+            ):
+                for item, dense_item in zip(block.inputs, dense_inputs):
+                    block.run(layer, [item], keep_outputs=False)
+                    block.run(dense_layer, [dense_item], keep_outputs=False)
+                    for name in consumers:
+                        stats[name].update_cross(pruned_side[name].pop(), captured[name].pop())
+        finally:
+            for handle in handles:
+                handle.remove()
     return stats
 
 
-def _score_all_layers(
-    streamer: BlockStreamer,
-    adapter: ArchitectureAdapter,
-    kinds: tuple[str, ...],
-    criterion: Criterion,
-    inputs: Sequence[BlockInput] | None,
-    generator: torch.Generator,
-    show_progress: bool,
-    mode: str = "global",
-    own_arguments: list[list[tuple[tuple[Any, ...], dict[str, Any]]]] | None = None,
-) -> tuple[list[dict[str, Any]], list[float] | None]:
-    """What the global allocation ranks, for every layer of the unpruned model (one streaming pass, one block pass
+class _AllocationScores(BlockMethod):
+    """The scoring pass of a ranked allocation: what it ranks, for every layer of the unpruned model (one block pass
     per layer: the statistics are gathered while the next block's inputs are computed).
 
     "global": unit scores; "flap": channel scores [units, channels]; "obs": the error of each greedy OBS step, with
-    the median over tokens of the squared norm of each layer's input hidden state (the second return value) to
-    compare layers by. `own_arguments`: per-block arguments from `own_block_arguments`, if the blocks differ.
+    the median over tokens of the squared norm of each layer's input hidden state (`energies`) to compare layers by.
     """
-    scores = []
-    energies: list[float] | None = [] if mode == "obs" else None
-    layers = adapter.layers()
-    with_gram = criterion.needs_gram
-    for index, layer in enumerate(tqdm(layers, desc="Scoring layers", disable=not show_progress)):
-        groups = [g for g in adapter.groups(layer) if g.kind in kinds]
-        consumers = tuple(dict.fromkeys(g.consumers[0] for g in groups))
-        with streamer.materialized(layer, write_back=False):  # read-only pass: nothing to write back
-            inputs = with_arguments(inputs, own_arguments, index)
-            next_inputs = None
-            if inputs is not None and index + 1 < len(layers):
-                stats, next_inputs = _collect_and_run(streamer, layer, consumers, inputs, with_gram)
-            else:
-                stats = _collect(streamer, layer, consumers, inputs, with_gram=with_gram)
-            if mode == "obs":
-                assert isinstance(criterion, OBSCriterion) and inputs is not None and energies is not None
-                layer_scores = {}
-                for g in groups:
-                    greedy = criterion.greedy(layer, g, stats)
-                    layer_scores[g.kind] = torch.tensor(greedy.step_costs, dtype=torch.float64)
-                scores.append(layer_scores)
-                # The median token: a few tokens carry residual norms thousands of times the rest (SmolLM2's
-                # grow 50x in one layer from a single token), which would make the mean meaningless.
-                norms = torch.cat([item.hidden_states.double().pow(2).sum(-1).reshape(-1) for item in inputs])
-                energies.append(float(norms.median()))
-            elif mode == "flap":
-                assert isinstance(criterion, ChannelCriterion)
-                scores.append({g.kind: criterion.channel_scores(layer, g, stats, generator) for g in groups})
-            else:
-                scores.append({g.kind: criterion.score_units(adapter, layer, g, stats, generator) for g in groups})
-            if next_inputs is not None:
-                inputs = next_inputs
-    return scores, energies
+
+    changes_weights = False
+    description = "Scoring layers"
+
+    def __init__(
+        self,
+        adapter: ArchitectureAdapter,
+        kinds: tuple[str, ...],
+        criterion: Criterion,
+        generator: torch.Generator,
+        mode: str,
+    ) -> None:
+        self.adapter, self.kinds, self.criterion = adapter, kinds, criterion
+        self.generator, self.mode = generator, mode
+        self.scores: list[dict[str, Any]] = []
+        self.energies: list[float] | None = [] if mode == "obs" else None
+
+    def _groups(self, layer: nn.Module) -> list:
+        return [g for g in self.adapter.groups(layer) if g.kind in self.kinds]
+
+    def observer(self, block: Block) -> Observer:
+        consumers = dict.fromkeys(g.consumers[0] for g in self._groups(block.module))
+        modules = {name: block.module.get_submodule(name) for name in consumers}
+        return Observer(observe_statistics(modules, self.criterion.needs_gram), list(modules.values()))
+
+    def step(self, block: Block, stats: dict[str, InputStatistics] | None) -> None:
+        layer, mode = block.module, self.mode
+        self.scores.append(
+            {
+                g.kind: self.criterion.allocation_scores(self.adapter, layer, g, stats, self.generator, mode)
+                for g in self._groups(layer)
+            }
+        )
+        if self.energies is not None:
+            # The median token: a few tokens carry residual norms thousands of times the rest (SmolLM2's
+            # grow 50x in one layer from a single token), which would make the mean meaningless.
+            norms = torch.cat([item.hidden_states.double().pow(2).sum(-1).reshape(-1) for item in block.inputs])
+            self.energies.append(float(norms.median()))

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .allocation.unstructured import (
     LayerSparsities,
@@ -23,9 +24,10 @@ from .architectures.blocks import find_blocks
 from .architectures.weights import WeightMatrix, find_weight_matrices
 from .checks import check_row_counts, solve_checked
 from .configuration import PruningConfig
-from .layerwise import BlockStreamer, blocks_need_own_arguments, capture_block_arguments
+from .layerwise import BlockStreamer
+from .pipeline import Block, BlockMethod, Calibration, Observer, block_arguments, run_blocks
 from .sparsity import SparsityPattern, get_sparsity_method, required_statistics
-from .weight_inputs import observe_inputs
+from .weight_inputs import WeightInputs, observe_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +176,7 @@ def prune_unstructured(
 
     sparsity_plan = plan_sparsity(model, config, blocks)
     streamer = BlockStreamer(model, execution_device, activations_device, activations_dir)
-    own_arguments = block_arguments(model, blocks, samples, streamer) if samples else None
+    own_arguments = block_arguments(streamer, [block for _, block in blocks], samples) if samples else None
     allocation = LayerSparsities("uniform", [config.sparsity] * len(blocks))
     if config.allocation != "uniform":
         allocation = allocate_block_sparsities(
@@ -185,60 +187,11 @@ def prune_unstructured(
     for name, why in sparsity_plan.misfits.items():
         logger.warning("Left %s dense: %s.", name, why)
 
-    inputs = streamer.capture(blocks[0][1], samples) if use_data else None
-    per_module: dict[str, float] = {}
-    data_free: dict[str, str] = {}
-    input_taps: dict[str, str] = {}
-    progress = tqdm(blocks, desc="Sparsifying blocks", disable=not show_progress)
-    for index, (block_name, block) in enumerate(progress):
-        # Offloaded weights are loaded once per block and the sparsified ones written back on exit.
-        with streamer.materialized(block):
-            plan = plans[index]
-            observed = None
-            if inputs is not None:
-                if own_arguments is not None:
-                    inputs.rebind(own_arguments[index])
-                matrices = [matrix for matrix, _ in plan]
-                with (
-                    observe_inputs(block, matrices, with_gram=statistics == "gram") as observed,
-                    streamer.stopping_after(block, _stop_modules(matrices)),
-                ):
-                    streamer.run(block, inputs, keep_outputs=False)
-            caches: dict[int, dict] = {}  # one per shared input: its factorisations are computed once
-            for matrix, pattern in plan:
-                full_name = f"{block_name}.{matrix.name}"
-                weight = matrix.get()
-                method, stats = solver, None
-                options: dict[str, Any] = {}
-                if observed is None:
-                    gram = _identity_gram(weight)
-                else:
-                    stats, tap = observed.get(matrix.name)
-                    if tap is not None:
-                        input_taps[full_name] = tap
-                    if stats is None:
-                        # Never solve on an empty Gram matrix: every input would look dead and the optimal-update
-                        # solvers would zero the whole matrix.
-                        data_free[full_name] = "no calibration input reached it; pruned by magnitude"
-                        logger.warning("No calibration input reached %s: pruning it by magnitude.", full_name)
-                        method, gram = get_sparsity_method("magnitude"), _identity_gram(weight)
-                    else:
-                        gram = stats.gram if statistics == "gram" else stats.sum_sq
-                if method is solver:
-                    options = {"mask_scope": config.mask_scope} if config.mask_scope is not None else {}
-                    if takes_cache and stats is not None:
-                        options["cache"] = caches.setdefault(id(stats), {})
-                    options.update(config.solver_options)
-                new_weight, _keep = solve_checked(
-                    full_name, method, weight, gram, pattern, config.damp, stats, **options
-                )
-                matrix.set(new_weight)
-            if inputs is not None and index + 1 < len(blocks):
-                inputs = streamer.run(block, inputs)
-            # Counted from the weights as they now are (in the block's execution place, before any write-back).
-            for matrix, _ in plan:
-                weight = matrix.get()
-                per_module[f"{block_name}.{matrix.name}"] = float((weight == 0).sum()) / weight.numel()
+    calibration = Calibration(streamer.capture(blocks[0][1], samples), own_arguments) if use_data else None
+    sparsify = _Sparsify(config, plans, solver, statistics, takes_cache)
+    run_blocks(sparsify, streamer, blocks, calibration, show_progress)
+    per_module = sparsify.per_module
+    data_free, input_taps = sparsify.data_free, sparsify.input_taps
 
     sizes = {f"{bn}.{m.name}": m.numel for (bn, _), plan in zip(blocks, plans) for m, _ in plan}
     total = sum(sizes.values())
@@ -275,19 +228,67 @@ def prune_unstructured(
     }
 
 
-def block_arguments(
-    model: nn.Module,
-    blocks: list[tuple[str, nn.Module]],
-    samples: list[dict[str, torch.Tensor]],
-    streamer: BlockStreamer,
-) -> list | None:
-    """Each block's own call arguments where blocks of different kinds (sliding-window / global attention,
-    attention / Mamba) need their own masks and position embeddings, captured once from full forwards of the dense
-    model; None where the first block's arguments serve every block."""
-    modules = [block for _, block in blocks]
-    if blocks_need_own_arguments(model, modules, samples, streamer.offloaded):
-        return capture_block_arguments(model, modules, samples)
-    return None
+class _Sparsify(BlockMethod):
+    """The sparsity run's work on one block: every planned matrix solved on its own inputs' statistics."""
+
+    description = "Sparsifying blocks"
+
+    def __init__(
+        self,
+        config: PruningConfig,
+        plans: list[list[tuple[WeightMatrix, SparsityPattern]]],
+        solver: Any,
+        statistics: str,
+        takes_cache: bool,
+    ) -> None:
+        self.config, self.plans, self.solver = config, plans, solver
+        self.statistics, self.takes_cache = statistics, takes_cache
+        #: Per module, the fraction of zeros counted from the weights after pruning.
+        self.per_module: dict[str, float] = {}
+        #: Matrices no calibration input reached (pruned by magnitude), and matrices whose input was tapped.
+        self.data_free: dict[str, str] = {}
+        self.input_taps: dict[str, str] = {}
+
+    def observer(self, block: Block) -> Observer:
+        matrices = [matrix for matrix, _ in self.plans[block.index]]
+        return Observer(
+            observe_inputs(block.module, matrices, with_gram=self.statistics == "gram"), _stop_modules(matrices)
+        )
+
+    def step(self, block: Block, observed: Any) -> None:
+        config, solver, statistics = self.config, self.solver, self.statistics
+        plan = self.plans[block.index]
+        caches: dict[int, dict] = {}  # one per shared input: its factorisations are computed once
+        for matrix, pattern in plan:
+            full_name = f"{block.name}.{matrix.name}"
+            weight = matrix.get()
+            method, stats = solver, None
+            options: dict[str, Any] = {}
+            if observed is None:
+                gram = _identity_gram(weight)
+            else:
+                stats, tap = observed.get(matrix.name)
+                if tap is not None:
+                    self.input_taps[full_name] = tap
+                if stats is None:
+                    # Never solve on an empty Gram matrix: every input would look dead and the optimal-update
+                    # solvers would zero the whole matrix.
+                    self.data_free[full_name] = "no calibration input reached it; pruned by magnitude"
+                    logger.warning("No calibration input reached %s: pruning it by magnitude.", full_name)
+                    method, gram = get_sparsity_method("magnitude"), _identity_gram(weight)
+                else:
+                    gram = stats.gram if statistics == "gram" else stats.sum_sq
+            if method is solver:
+                options = {"mask_scope": config.mask_scope} if config.mask_scope is not None else {}
+                if self.takes_cache and stats is not None:
+                    options["cache"] = caches.setdefault(id(stats), {})
+                options.update(config.solver_options)
+            new_weight, _keep = solve_checked(full_name, method, weight, gram, pattern, config.damp, stats, **options)
+            matrix.set(new_weight)
+        # Counted from the weights as they now are (in the block's execution place, before any write-back).
+        for matrix, _ in plan:
+            weight = matrix.get()
+            self.per_module[f"{block.name}.{matrix.name}"] = float((weight == 0).sum()) / weight.numel()
 
 
 @torch.no_grad()
@@ -313,7 +314,6 @@ def allocate_block_sparsities(
         raise ValueError(
             f"allocation={config.allocation!r} measures the calibration activations; give calibration data."
         )
-    with_gram = config.allocation == "obs"
     deviation = config.owl_lambda if config.allocation == "owl" else config.max_layer_deviation
     if config.allocation == "owl" and not (0.0 <= config.sparsity - deviation and config.sparsity + deviation < 1.0):
         raise ValueError(
@@ -321,33 +321,10 @@ def allocate_block_sparsities(
             f"[0, 1) at sparsity={config.sparsity:g}; lower owl_lambda."
         )
     grid = torch.arange(0, 1000, dtype=torch.float64) / 1000
-    active = [index for index, matrices in enumerate(plan.matrices) if matrices]
-    measures: dict[int, Any] = {}
-    sizes: dict[int, int] = {}
-    inputs = streamer.capture(blocks[0][1], samples)
-    progress = tqdm(blocks, desc=f"Measuring blocks ({config.allocation} allocation)", disable=not show_progress)
-    for index, (_name, block) in enumerate(progress):
-        with streamer.materialized(block, write_back=False):
-            if own_arguments is not None:
-                inputs.rebind(own_arguments[index])
-            matrices = [matrix for matrix, _ in plan.matrices[index]]
-            energy = _ResidualEnergy(block)
-            with observe_inputs(block, matrices, with_gram=with_gram) as observed, energy:
-                outputs = streamer.run(block, inputs, keep_outputs=index + 1 < len(blocks))
-            reached = [(m, observed.get(m.name)[0]) for m in matrices]
-            reached = [(m, stats) for m, stats in reached if stats is not None]
-            if index in active and reached:
-                sizes[index] = sum(m.numel for m, _ in reached)
-                if with_gram:
-                    relative = sum(obs_error_curve(m.get(), st.gram, config.damp, grid) for m, st in reached)
-                    # A block's relative error, carried into the residual stream: scaled by what the block adds to
-                    # the stream against the stream it joins (see allocation.unstructured).
-                    measures[index] = relative * energy.update / max(energy.residual, torch.finfo(torch.float64).tiny)
-                else:
-                    measures[index] = outlier_ratio(
-                        [m.get() for m, _ in reached], [st.norm for _, st in reached], config.owl_m
-                    )
-        inputs = outputs
+    measuring = _MeasureBlocks(config, plan, grid)
+    calibration = Calibration(streamer.capture(blocks[0][1], samples), own_arguments)
+    run_blocks(measuring, streamer, blocks, calibration, show_progress)
+    measures, sizes = measuring.measures, measuring.sizes
     sparsities = [config.sparsity] * len(blocks)
     order = sorted(measures)
     if config.allocation == "owl":
@@ -391,6 +368,51 @@ class _ResidualEnergy:
 
     def __exit__(self, *exc) -> None:
         self._handle.remove()
+
+
+class _MeasureBlocks(BlockMethod):
+    """The measuring pass of a non-uniform allocation, through the dense blocks: per block with a matrix to prune,
+    OWL's outlier ratio or the summed OBS error curve of the matrices some calibration input reached."""
+
+    changes_weights = False
+
+    def __init__(self, config: PruningConfig, plan: SparsityPlan, grid: torch.Tensor) -> None:
+        self.config, self.plan, self.grid = config, plan, grid
+        self.with_gram = config.allocation == "obs"
+        self.description = f"Measuring blocks ({config.allocation} allocation)"
+        self.measures: dict[int, Any] = {}
+        self.sizes: dict[int, int] = {}
+
+    def _matrices(self, block: Block) -> list[WeightMatrix]:
+        return [matrix for matrix, _ in self.plan.matrices[block.index]]
+
+    def observer(self, block: Block) -> Observer:
+        # Full forwards, the last block's too: the residual energy reads the block's output.
+        return Observer(self._hooks(block))
+
+    @contextlib.contextmanager
+    def _hooks(self, block: Block) -> Iterator[tuple[WeightInputs, _ResidualEnergy]]:
+        energy = _ResidualEnergy(block.module)
+        with observe_inputs(block.module, self._matrices(block), with_gram=self.with_gram) as observed, energy:
+            yield observed, energy
+
+    def step(self, block: Block, hooked: tuple[WeightInputs, _ResidualEnergy]) -> None:
+        config, index = self.config, block.index
+        observed, energy = hooked
+        reached = [(m, observed.get(m.name)[0]) for m in self._matrices(block)]
+        reached = [(m, stats) for m, stats in reached if stats is not None]
+        if not reached:  # no matrix to prune in this block (it keeps `config.sparsity`), or none reached
+            return
+        self.sizes[index] = sum(m.numel for m, _ in reached)
+        if self.with_gram:
+            relative = sum(obs_error_curve(m.get(), st.gram, config.damp, self.grid) for m, st in reached)
+            # A block's relative error, carried into the residual stream: scaled by what the block adds to the
+            # stream against the stream it joins (see allocation.unstructured).
+            self.measures[index] = relative * energy.update / max(energy.residual, torch.finfo(torch.float64).tiny)
+        else:
+            self.measures[index] = outlier_ratio(
+                [m.get() for m, _ in reached], [st.norm for _, st in reached], config.owl_m
+            )
 
 
 def _stop_modules(matrices: list[WeightMatrix]) -> list[nn.Module]:

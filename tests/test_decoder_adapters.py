@@ -396,7 +396,7 @@ def test_structured_calibrates_each_block_on_its_own_mask(allocation, reconstruc
     loop; liar_dense also streams the dense copy of each block with the same arguments)."""
     import copy
 
-    from optimum_prune import structured
+    from optimum_prune import statistics
     from optimum_prune.layerwise import capture_block_arguments
     from optimum_prune.structured import prune_structured
 
@@ -407,14 +407,14 @@ def test_structured_calibrates_each_block_on_its_own_mask(allocation, reconstruc
     samples = [{"input_ids": torch.randint(4, 100, (1, 24))} for _ in range(3)]  # 24 tokens, a window of 4
     full_o_proj = model.model.layers[1].self_attn.o_proj
     collected = []  # InputStatistics the run gathered for the full-attention layer's o_proj, in order
-    original = structured.attach_statistics
+    original = statistics.attach_statistics
 
     def spy(modules, with_gram):
         stats, handles = original(modules, True)  # with the Gram matrix, to compare it too
         collected.extend(s for name, s in stats.items() if modules[name] is full_o_proj)
         return stats, handles
 
-    monkeypatch.setattr(structured, "attach_statistics", spy)
+    monkeypatch.setattr(statistics, "attach_statistics", spy)
     config = PruningConfig(
         structures=["attention_heads"], sparsity=0.5, reconstruction=reconstruction, allocation=allocation
     )
@@ -439,9 +439,7 @@ def test_structured_calibrates_each_block_on_its_own_mask(allocation, reconstruc
         for sample in samples:
             reference_model(**sample, use_cache=False)
     handle.remove()
-    from optimum_prune.statistics import attach_statistics
-
-    wrong, handles = attach_statistics({"o_proj": layer.self_attn.o_proj}, with_gram=True)
+    wrong, handles = original({"o_proj": layer.self_attn.o_proj}, with_gram=True)
     with torch.no_grad():
         for state, (args, kwargs) in zip(hidden, arguments[0]):
             layer(state, *args, **kwargs)

@@ -6,6 +6,7 @@ import torch
 from conftest import make_tokenizer, tiny_llama
 
 from optimum_prune import PrunerForCausalLM, PruningConfig, weight_inputs
+from optimum_prune.architectures.weights import find_weight_matrices
 from optimum_prune.layerwise import ActivationStore, BlockInput, BlockStreamer
 from optimum_prune.statistics import attach_shared_statistics, attach_statistics
 from optimum_prune.unstructured import prunable_linears
@@ -20,15 +21,22 @@ def _layer_inputs(model, texts):
 
 @torch.no_grad()
 def test_modules_reading_one_input_share_one_gram(texts) -> None:
+    """`observe_inputs` (the sparsity run's observer) keeps one Gram matrix per distinct input, equal to the one of
+    each module observed alone; `attach_shared_statistics`, kept for benchmarks/solvers.py, is the same observer."""
     model = tiny_llama()
     layer = model.model.layers[0]
     streamer, inputs = _layer_inputs(model, texts)
     linears = prunable_linears(layer, [])
-    shared, handles = attach_shared_statistics(layer, linears, with_gram=True)
+    matrices, _ = find_weight_matrices(layer, [])
+    assert sorted(m.name for m in matrices) == sorted(linears)
+    with weight_inputs.observe_inputs(layer, matrices, with_gram=True) as observed:
+        streamer.run(layer, inputs, keep_outputs=False)
+    shared = {name: observed.get(name)[0] for name in linears}
+    alone, handles = attach_statistics(linears, with_gram=True)
     streamer.run(layer, inputs, keep_outputs=False)
     for handle in handles:
         handle.remove()
-    alone, handles = attach_statistics(linears, with_gram=True)
+    benchmark, handles = attach_shared_statistics(layer, linears, with_gram=True)
     streamer.run(layer, inputs, keep_outputs=False)
     for handle in handles:
         handle.remove()
@@ -38,9 +46,11 @@ def test_modules_reading_one_input_share_one_gram(texts) -> None:
     assert shared["mlp.gate_proj"] is shared["mlp.up_proj"]
     distinct = {id(s) for s in shared.values()}
     assert len(distinct) == 4  # qkv, o, gate/up, down
+    assert len({id(s) for s in benchmark.values()}) == 4
     for name in linears:
-        assert shared[name].count == alone[name].count
+        assert shared[name].count == alone[name].count == benchmark[name].count
         assert torch.equal(shared[name].gram, alone[name].gram), name
+        assert torch.equal(benchmark[name].gram, alone[name].gram), name
 
 
 def test_solvers_get_only_the_statistics_they_read(monkeypatch, texts) -> None:

@@ -25,10 +25,30 @@ class Criterion:
     needs_calibration: bool
     #: Whether `score_units` reads the consumers' input Gram matrices (`InputStatistics.gram`).
     needs_gram: bool = False
+    #: The ranked allocations (`PruningConfig.allocation`) this criterion gives scores for (`allocation_scores`).
+    allocation_modes: tuple[str, ...] = ("global",)
+
+    def check_offloaded(self, config: PruningConfig) -> None:
+        """Raise ValueError where `prepare` cannot run on an offloaded model, which holds one block at a time."""
 
     def prepare(self, adapter: ArchitectureAdapter, config: PruningConfig, show_progress: bool = True) -> Criterion:
         """Return the criterion to use for this run (stateless criteria return themselves)."""
         return self
+
+    def allocation_scores(
+        self,
+        adapter: ArchitectureAdapter,
+        layer: nn.Module,
+        group: UnitGroup,
+        stats: dict[str, InputStatistics] | None,
+        generator: torch.Generator,
+        mode: str,
+    ) -> torch.Tensor:
+        """What the ranked allocation `mode` ranks the group's units by, on the unpruned model: the unit scores
+        for "global" (and the mode's own scores in the criteria that list it in `allocation_modes`)."""
+        if mode != "global":
+            raise ValueError(f"Criterion {self.name!r} gives no scores for allocation={mode!r}.")
+        return self.score_units(adapter, layer, group, stats, generator)
 
     def score_units(
         self,
@@ -48,6 +68,8 @@ class ChannelCriterion(Criterion):
     name: str
     score_channels: ChannelScorer
     needs_calibration: bool
+    # FLAP's allocation standardises the channel scores within each layer.
+    allocation_modes = ("global", "flap")
 
     def score_units(
         self,
@@ -58,6 +80,20 @@ class ChannelCriterion(Criterion):
         generator: torch.Generator,
     ) -> torch.Tensor:
         return self.channel_scores(layer, group, stats, generator).sum(1)
+
+    def allocation_scores(
+        self,
+        adapter: Any,
+        layer: nn.Module,
+        group: Any,
+        stats: dict[str, InputStatistics] | None,
+        generator: torch.Generator,
+        mode: str,
+    ) -> torch.Tensor:
+        """Unit scores for "global"; for "flap", the channel scores [num_units, channels_per_unit]."""
+        if mode == "flap":
+            return self.channel_scores(layer, group, stats, generator)
+        return super().allocation_scores(adapter, layer, group, stats, generator, mode)
 
     def channel_scores(
         self,

@@ -127,6 +127,7 @@ class OBSCriterion(Criterion):
     name = "obs"
     needs_calibration = True
     needs_gram = True
+    allocation_modes = ("global", "obs")
 
     def __init__(self, damp: float = 0.01) -> None:
         self.damp = damp
@@ -140,6 +141,20 @@ class OBSCriterion(Criterion):
         primary = group.consumers[0]
         weight = layer.get_submodule(primary).weight
         return greedy_obs(weight, stats[primary], group.channels_per_unit, self.damp)
+
+    def allocation_scores(
+        self,
+        adapter: Any,
+        layer: nn.Module,
+        group: UnitGroup,
+        stats: dict[str, InputStatistics] | None,
+        generator: torch.Generator,
+        mode: str,
+    ) -> torch.Tensor:
+        """Unit scores for "global"; for "obs", the error each greedy removal step leaves (`GreedyOBS.step_costs`)."""
+        if mode == "obs":
+            return torch.tensor(self.greedy(layer, group, stats).step_costs, dtype=torch.float64)
+        return super().allocation_scores(adapter, layer, group, stats, generator, mode)
 
     def score_units(
         self,

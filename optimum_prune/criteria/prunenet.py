@@ -140,6 +140,16 @@ def train_from_config(
     )
 
 
+def check_policy_fits_offloaded(config: PruningConfig) -> None:
+    """ValueError for training a policy on an offloaded model: training reads every layer's weights at once."""
+    if not config.prunenet_policy_path:
+        raise ValueError(
+            f"criterion={config.criterion!r} trains its policy on all layers' weights at once, which an offloaded "
+            "model does not hold in memory: train it on a model that fits (prunenet_save_policy=...) and pass "
+            "prunenet_policy_path=..., or load the model without offloading."
+        )
+
+
 def training_matrices(adapter: ArchitectureAdapter, config: PruningConfig) -> list[torch.Tensor]:
     """The producer matrices of every group the policy will score in this run, in layer order (views, not copies)."""
     kinds = [k for k in (config.structures or adapter.structure_kinds) if k in POLICY_KINDS]
@@ -245,6 +255,9 @@ class PruneNet(Criterion):
         return cls(predictors, {"seed": seed, "shapes": list(predictors)})
 
     # ---- Criterion API ------------------------------------------------------------------------------------------
+    def check_offloaded(self, config: PruningConfig) -> None:
+        check_policy_fits_offloaded(config)
+
     def prepare(self, adapter: ArchitectureAdapter, config: PruningConfig, show_progress: bool = True) -> PruneNet:
         """Load `config.prunenet_policy_path`, or train a policy on this model's weights; save it if asked.
 

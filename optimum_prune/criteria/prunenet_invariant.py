@@ -53,6 +53,7 @@ from .magnitude import MAGNITUDE
 from .prunenet import POLICY_FORMAT as REFERENCE_POLICY_FORMAT
 from .prunenet import (
     POLICY_KINDS,
+    check_policy_fits_offloaded,
     ks_distance,
     sample_without_replacement,
     singular_values,
@@ -173,6 +174,9 @@ class InvariantPruneNet(Criterion):
         return cls(policy, {"hidden_size": hidden_size, "seed": seed})
 
     # ---- Criterion API ------------------------------------------------------------------------------------------
+    def check_offloaded(self, config: PruningConfig) -> None:
+        check_policy_fits_offloaded(config)
+
     def prepare(
         self, adapter: ArchitectureAdapter, config: PruningConfig, show_progress: bool = True
     ) -> InvariantPruneNet:
