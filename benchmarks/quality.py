@@ -1201,7 +1201,10 @@ def allocation_notes(rows: Mapping[str, Mapping[str, Any]]) -> str:
                 f"({best['prune cpu s'] / peer['prune cpu s']:.2f} x)"
             )
         if pattern == "70":
-            text += f" (goals: perplexity <= 0.6 x, time <= 1.5 x: {'met' if ppl_ratio <= 0.6 else 'missed'} on perplexity)"
+            verdict = f"perplexity {'met' if ppl_ratio <= 0.6 else 'missed'}"
+            if isinstance(best.get("prune cpu s"), float) and isinstance(peer.get("prune cpu s"), float):
+                verdict += f", CPU time {'met' if best['prune cpu s'] <= 1.5 * peer['prune cpu s'] else 'missed'}"
+            text += f" (issue 24's goals, perplexity <= 0.6 x and time <= 1.5 x: {verdict})"
         lines.append(text + ".")
     for pattern in ALLOCATION_PATTERNS:
         label = _pattern_label(pattern)
