@@ -228,6 +228,28 @@ def test_checkpoint_of_the_older_format_still_loads():
         torch.testing.assert_close(model(expected["input_ids"]).logits, expected["logits"], rtol=0, atol=TOLERANCE)
 
 
+def _torchao_config():
+    pytest.importorskip("torchao")
+    from torchao.quantization import Int8WeightOnlyConfig
+    from transformers import TorchAoConfig
+
+    return TorchAoConfig(Int8WeightOnlyConfig())
+
+
+def _bitsandbytes_config():
+    pytest.importorskip("bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+@pytest.mark.parametrize("quantization_config", [_torchao_config, _bitsandbytes_config], ids=["torchao", "bnb"])
+def test_checkpoint_of_the_older_format_refuses_a_quantizer(quantization_config):
+    """Its layout sits in the quantization slot, so transformers refuses a second quantizer in one line."""
+    with pytest.raises(ValueError, match="quantized with PrunedLayoutConfig but you are passing"):
+        AutoModelForCausalLM.from_pretrained(LEGACY, quantization_config=quantization_config())
+
+
 # ---- issue 26, fault 1: every combination of runs saves and reloads -----------------------------------------------
 def _reload_equal(pruner, folder, auto_class=AutoModelForCausalLM) -> None:
     pruner.save_pretrained(folder)
