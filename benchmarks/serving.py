@@ -155,7 +155,20 @@ def main() -> None:
             },
         )
     report.finish()
+    if not args.quick:
+        _keep_quantize_chain_section(report.path)
     print(report.path)
+
+
+def _keep_quantize_chain_section(page: str) -> None:
+    """The page also holds the prune -> quantize -> serve section of serving/quantize_chain.py: put it back."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serving", "quantize_chain.py")
+    spec = importlib.util.spec_from_file_location("quantize_chain", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.update_serving_page(page)
 
 
 if __name__ == "__main__":

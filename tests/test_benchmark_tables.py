@@ -96,3 +96,56 @@ def test_structured_shards_split_the_plan_and_merge_in_plan_order(tmp_path) -> N
     other.write_text(json.dumps(_record({"dense": _shard_row(20.0)}, calibration="16 x 512")))
     with pytest.raises(ValueError, match="another protocol"):
         structured.merge_shards([paths[0], str(other)], str(tmp_path / "mixed.md"))
+
+
+def _quantize_chain():
+    import importlib.util
+
+    path = os.path.join(BENCHMARKS, "serving", "quantize_chain.py")
+    spec = importlib.util.spec_from_file_location("quantize_chain", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quantize_chain_token_agreement() -> None:
+    agreement = _quantize_chain().agreement
+    same = agreement([[1, 2, 3, 4], [5, 6]], [[1, 2, 3, 4], [5, 6]])
+    assert same == {"prefix": 1.0, "position": 1.0, "identical_prompts": 2, "prompts": 2}
+    # After the first difference the runs continue from different texts: "prefix" stops counting there.
+    moved = agreement([[1, 2, 3, 4], [5, 6]], [[1, 9, 3, 4], [5, 6]])
+    assert moved == {"prefix": 3 / 6, "position": 5 / 6, "identical_prompts": 1, "prompts": 2}
+
+
+def test_quantize_chain_section_is_replaced_and_the_page_kept(tmp_path) -> None:
+    chain = _quantize_chain()
+    record = {
+        "protocol": {key: key for key in ("pruning", "quantization", "prompts", "perplexity", "vllm")},
+        "versions": {
+            "transformers (pruning)": "5.25",
+            "llm-compressor env": {"llmcompressor": "0.14", "transformers": "5.17"},
+            "vllm": "0.32.0",
+        },
+        "pruning": {
+            "prune_seconds": 10.0,
+            "parameter_ratio": 0.88,
+            "transformers_perplexity": 29.7,
+            "vllm_architecture": ["DeciLMForCausalLM"],
+        },
+        "llmcompressor_load_check": {"W8A8 RTN": 0.0},
+        "rows": {"pruned": {"vLLM perplexity": 29.7}, "W8A8 RTN": {"vLLM perplexity": 30.1}},
+        "finished": "2026-12-07 03:00 UTC",
+    }
+    data = tmp_path / "chain.json"
+    data.write_text(json.dumps(record))
+    page = tmp_path / "serving.md"
+    page.write_text("# Serving\n\n| a | b |\n\n## Machine\n\n- CPU: x\n\nCommand: `python benchmarks/serving.py`\n")
+    chain.update_serving_page(str(page), str(data))
+    first = page.read_text()
+    assert first.startswith("# Serving\n\n| a | b |\n\n## Machine") and "| W8A8 RTN | 30.10 |" in first
+    record["rows"]["W8A8 RTN"]["vLLM perplexity"] = 31.0
+    data.write_text(json.dumps(record))
+    chain.update_serving_page(str(page), str(data))  # replaced, not appended
+    second = page.read_text()
+    assert second.count(chain.BEGIN) == 1 and "31.00" in second and "30.10" not in second
+    assert second.split(chain.BEGIN)[0] == first.split(chain.BEGIN)[0]

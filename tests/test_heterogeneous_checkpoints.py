@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TEXT, VOCAB_SIZE, make_tokenizer, tiny_bert, tiny_causal_lm, tiny_llama
+from quantized_checks import BNB_4BIT_SHAPE, close_to_unquantized, dequantized_reference
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -167,6 +168,44 @@ def test_torchao_at_load_saves_and_reloads(saved, tmp_path):
         torch.testing.assert_close(reloaded(INPUT).logits, quantized, rtol=0, atol=TOLERANCE)
 
 
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_bitsandbytes_8bit_at_load_saves_and_reloads(saved, family, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    folder, expected = saved[family]
+    model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+    with torch.no_grad():
+        quantized = model.eval()(INPUT).logits
+    close_to_unquantized(quantized, expected)
+    model.save_pretrained(tmp_path / "int8")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "int8").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(INPUT).logits, quantized, rtol=0, atol=TOLERANCE)
+
+
+def test_bitsandbytes_4bit_at_load_saves_and_reloads(tmp_path):
+    """Heads and FFN channels pruned per layer, in widths bitsandbytes' CPU kernel takes (see quantized_checks.py)."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    pruner = PrunerForCausalLM(tiny_llama(**BNB_4BIT_SHAPE), make_tokenizer())
+    pruner.prune(
+        _structured(structures=["attention_heads", "ffn_channels"], round_to=64), dataset=[TEXT], show_progress=False
+    )
+    pruner.save_pretrained(tmp_path / "pruned")
+    overrides = json.loads((tmp_path / "pruned" / "config.json").read_text())["per_layer_config"]
+    assert any("num_attention_heads" in layer for layer in overrides.values()), overrides
+    load = AutoModelForCausalLM.from_pretrained
+    quantized = load(tmp_path / "pruned", quantization_config=BitsAndBytesConfig(load_in_4bit=True)).eval()
+    reference = dequantized_reference(quantized, tmp_path / "pruned")
+    quantized.save_pretrained(tmp_path / "nf4")  # before the first forward (see quantized_checks.py)
+    with torch.no_grad():
+        logits = quantized(INPUT).logits
+        torch.testing.assert_close(logits, reference(INPUT).logits, rtol=0, atol=0.02 * logits.abs().max().item())
+        torch.testing.assert_close(load(tmp_path / "nf4").eval()(INPUT).logits, logits, rtol=0, atol=TOLERANCE)
+
+
 def test_quantized_in_memory_refuses_to_save(saved, tmp_path):
     """quanto's quantize + freeze, then save_pretrained: once a silent reload with random weights; now one error."""
     quanto = pytest.importorskip("optimum.quanto")
@@ -187,6 +226,28 @@ def test_checkpoint_of_the_older_format_still_loads():
     model = AutoModelForCausalLM.from_pretrained(LEGACY).eval()
     with torch.no_grad():
         torch.testing.assert_close(model(expected["input_ids"]).logits, expected["logits"], rtol=0, atol=TOLERANCE)
+
+
+def _torchao_config():
+    pytest.importorskip("torchao")
+    from torchao.quantization import Int8WeightOnlyConfig
+    from transformers import TorchAoConfig
+
+    return TorchAoConfig(Int8WeightOnlyConfig())
+
+
+def _bitsandbytes_config():
+    pytest.importorskip("bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+@pytest.mark.parametrize("quantization_config", [_torchao_config, _bitsandbytes_config], ids=["torchao", "bnb"])
+def test_checkpoint_of_the_older_format_refuses_a_quantizer(quantization_config):
+    """Its layout sits in the quantization slot, so transformers refuses a second quantizer in one line."""
+    with pytest.raises(ValueError, match="quantized with PrunedLayoutConfig but you are passing"):
+        AutoModelForCausalLM.from_pretrained(LEGACY, quantization_config=quantization_config())
 
 
 # ---- issue 26, fault 1: every combination of runs saves and reloads -----------------------------------------------

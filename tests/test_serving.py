@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TEXT, make_tokenizer, tiny_causal_lm, tiny_llama
+from quantized_checks import BNB_4BIT_SHAPE, close_to_unquantized, dequantized_reference
 from safetensors.torch import load_file
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import (
@@ -201,6 +202,99 @@ def test_vllm_serves_pruned_checkpoints_with_transformers_tokens(tmp_path):
         assert entry["token_ids"] == expected[entry["checkpoint"]], entry
     architectures = [entry["architecture"] for entry in served]
     assert architectures == [["DeciLMForCausalLM"], ["DeciLMForCausalLM"], ["LlamaForCausalLM"]]
+
+
+# ---- quantizers at load (issue 22, item 4) -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def serving_checkpoints(tmp_path_factory) -> dict[str, tuple[Path, torch.Tensor]]:
+    """A vLLM checkpoint (Qwen2: q / k / v biases, LIAR's MLP biases) and a llama.cpp one, with their pruned logits."""
+    root, out = tmp_path_factory.mktemp("serving"), {}
+    for target, pruner in (("vllm", _prune_for_vllm("qwen2")), ("llama.cpp", _prune_for_llamacpp())):
+        pruner.save_pretrained(root / target)
+        with torch.no_grad():
+            out[target] = (root / target, pruner.model(torch.tensor([PROMPTS[0]])).logits)
+    return out
+
+
+def _load(folder: Path, quantization_config=None) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    # Only when given: transformers 5.25 takes `quantization_config=None` as "no quantizer" and then loads a
+    # quantized checkpoint's weights as missing (random), with a warning only.
+    extra = {} if quantization_config is None else {"quantization_config": quantization_config}
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, **extra)
+    assert type(model).__name__ == "DeciLMForCausalLM"
+    return model.eval()
+
+
+def _logits(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.tensor([PROMPTS[0]])).logits
+
+
+@pytest.mark.parametrize("target", ["vllm", "llama.cpp"])
+def test_torchao_at_load_on_serving_checkpoints_saves_and_reloads(serving_checkpoints, target, tmp_path):
+    pytest.importorskip("torchao")
+    from torchao.quantization import Int8WeightOnlyConfig
+    from transformers import TorchAoConfig
+
+    folder, expected = serving_checkpoints[target]
+    model = _load(folder, TorchAoConfig(Int8WeightOnlyConfig()))
+    quantized = _logits(model)
+    close_to_unquantized(quantized, expected)
+    model.save_pretrained(tmp_path / "ao")
+    config = json.loads((tmp_path / "ao" / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "torchao"
+    assert config["block_configs"] == json.loads((folder / "config.json").read_text())["block_configs"]
+    torch.testing.assert_close(_logits(_load(tmp_path / "ao")), quantized, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("target", ["vllm", "llama.cpp"])
+def test_quanto_at_load_on_serving_checkpoints_refuses_to_save(serving_checkpoints, target, tmp_path):
+    pytest.importorskip("optimum.quanto")
+    from transformers import QuantoConfig
+
+    folder, expected = serving_checkpoints[target]
+    model = _load(folder, QuantoConfig(weights="int8"))
+    close_to_unquantized(_logits(model), expected)
+    with pytest.raises(ValueError, match="not serializable"):  # transformers' own refusal, as for any quanto model
+        model.save_pretrained(tmp_path / "quanto")
+    assert not list((tmp_path / "quanto").glob("*.safetensors"))
+
+
+@pytest.mark.parametrize("target", ["vllm", "llama.cpp"])
+def test_bitsandbytes_8bit_on_serving_checkpoints_saves_and_reloads(serving_checkpoints, target, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    folder, expected = serving_checkpoints[target]
+    model = _load(folder, BitsAndBytesConfig(load_in_8bit=True))
+    quantized = _logits(model)
+    close_to_unquantized(quantized, expected)
+    model.save_pretrained(tmp_path / "int8")
+    torch.testing.assert_close(_logits(_load(tmp_path / "int8")), quantized, rtol=0, atol=1e-5)
+
+
+def test_bitsandbytes_4bit_on_a_serving_checkpoint_saves_and_reloads(tmp_path):
+    """4-bit needs widths bitsandbytes' CPU kernel takes (`round_to=64`; see quantized_checks.py)."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    model = tiny_llama(**BNB_4BIT_SHAPE)
+    with torch.no_grad():
+        for layer, scale in zip(model.model.layers, (0.25, 1.0, 4.0)):
+            layer.mlp.up_proj.weight.mul_(scale)
+    pruner = PrunerForCausalLM(model, make_tokenizer())
+    pruner.prune(_vllm_config(round_to=64), dataset=[TEXT], show_progress=False)
+    widths = [layer["intermediate_size"] for layer in pruner.summary["layers"]]
+    assert len(set(widths)) > 1 and all(width % 64 == 0 for width in widths), widths
+    pruner.save_pretrained(tmp_path / "pruned")
+    quantized = _load(tmp_path / "pruned", BitsAndBytesConfig(load_in_4bit=True))
+    reference = dequantized_reference(quantized, tmp_path / "pruned", trust_remote_code=True)
+    quantized.save_pretrained(tmp_path / "nf4")  # before the first forward (see quantized_checks.py)
+    logits = _logits(quantized)
+    torch.testing.assert_close(logits, _logits(reference), rtol=0, atol=0.02 * logits.abs().max().item())
+    torch.testing.assert_close(_logits(_load(tmp_path / "nf4")), logits, rtol=0, atol=1e-5)
 
 
 # ---- serving="llama.cpp" -------------------------------------------------------------------------------------------
