@@ -37,8 +37,11 @@ DATA_FREE_METHODS = ("magnitude",)
 
 def uses_calibration(config: PruningConfig) -> bool:
     """Whether an unstructured / N:M run of `config` reads calibration data: its solver does, or its allocation
-    measures activations (OWL and OBS allocations do, whatever the solver)."""
-    return config.method not in DATA_FREE_METHODS or config.allocation != "uniform"
+    measures activations (OWL and OBS allocations do, whatever the solver). The rule is `planning.calibration_need`,
+    which the CLI and the dry run use too."""
+    from .planning import calibration_need
+
+    return calibration_need(config) is not None
 
 
 def prunable_linears(block: nn.Module, modules_to_not_prune: list[str]) -> dict[str, nn.Linear]:

@@ -16,9 +16,10 @@ weight changes (`optimum_prune.unstructured.allocate_block_sparsities` runs that
   against the stream (the first blocks). The sparsities minimise the summed weighted error under the parameter
   budget (a Lagrangian search over a grid, each block within `max_deviation` of the target).
 
-  Measured on SmolLM2-135M, SparseGPT at 70% (16 x 512 calibration tokens, 8 windows; benchmarks/results/sparsity.md
-  has the full table): uniform 173.8, this allocation 156.9, OWL 148.9 perplexity; without the residual weighing
-  (relative errors alone) 301.2, with absolute update energies 357.5: worse than uniform. Choosing between blocks
+  While this was designed (SmolLM2-135M, SparseGPT at 70%, 16 x 512 calibration tokens, 8 evaluation windows, one
+  thread on a shared 2-core CPU): uniform 173.8, this allocation 156.9, OWL 148.9 perplexity; without the residual
+  weighing (relative errors alone) 301.2, with absolute update energies 357.5: worse than uniform. The re-runnable
+  table, 24 windows, is benchmarks/results/sparsity.md (there: uniform 201.9, this allocation 175.1, OWL 157.5). Choosing between blocks
   from layer-wise errors alone ignores how an error travels to the output; the residual weighing is the first-order
   correction, and OWL's outlier signal still does better on this model.
 """
