@@ -202,6 +202,42 @@ def breakdown_columns(total: float, buckets: Mapping[str, float]) -> dict[str, f
     return columns
 
 
+# ---- memory ----------------------------------------------------------------------------------------------------
+def status_kb(field_name: str) -> int | None:
+    """A field of /proc/self/status in kB (``"VmHWM"``, ``"VmRSS"``); None off Linux."""
+    try:
+        with open("/proc/self/status", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Linux >= 4.0: writing 5 to clear_refs resets VmHWM (the peak RSS) to the current RSS."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="utf-8") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def peak_rss() -> Iterator[dict[str, float | None]]:
+    """``with peak_rss() as memory: ...`` then ``memory["MiB"]``: this process's peak resident memory inside the
+    block (None where the peak cannot be reset, so a per-row number would be the whole process's)."""
+    result: dict[str, float | None] = {"MiB": None}
+    reset = reset_peak_rss()
+    try:
+        yield result
+    finally:
+        peak = status_kb("VmHWM") if reset else None
+        result["MiB"] = peak / 1024 if peak is not None else None
+
+
 # ---- results --------------------------------------------------------------------------------------------------
 @dataclass
 class MarkdownReport:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from common import log, today, usable_cores, write_text_atomically
+from common import log, reset_peak_rss, status_kb, today, usable_cores, write_text_atomically
 from common import machine_info as common_machine_info
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -261,27 +261,6 @@ def build_random_llama(folder: str, shape: dict[str, Any], tokenizer_folder: str
 
 
 # ---- worker: one pruning run in its own process ---------------------------------------------------------------
-def _status_kb(field_name: str) -> int | None:
-    try:
-        with open("/proc/self/status", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Linux >= 4.0: writing 5 to clear_refs resets VmHWM to the current RSS."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="utf-8") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def run_worker(spec_path: str) -> None:
     import resource
 
@@ -299,7 +278,7 @@ def run_worker(spec_path: str) -> None:
     load_s = time.perf_counter() - start
     parameters = sum(p.numel() for p in pruner.model.parameters())
     size_gb = sum(p.numel() * p.element_size() for p in pruner.model.parameters()) / 1e9
-    reset = _reset_peak_rss()
+    reset = reset_peak_rss()
     with open(spec["dataset"], encoding="utf-8") as handle:
         texts = [handle.read()]  # a list of strings: a file path would import `datasets` inside the measurement
     config = PruningConfig(dataset=texts, **spec["config"])
@@ -307,7 +286,7 @@ def run_worker(spec_path: str) -> None:
     pruner.prune(config, show_progress=False)
     prune_s = time.perf_counter() - start
     process_peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
-    prune_peak_kb = _status_kb("VmHWM") if reset else None
+    prune_peak_kb = status_kb("VmHWM") if reset else None
     result = {
         "parameters": parameters,
         "size_gb": size_gb,
