@@ -323,7 +323,7 @@ def allocate_block_sparsities(
             f"allocation={config.allocation!r} spreads block sparsities over sparsity +- {deviation:g}, which leaves "
             f"[0, 1) at sparsity={config.sparsity:g}; lower owl_lambda."
         )
-    grid = torch.arange(0, 1000, dtype=torch.float64) / 1000
+    grid = torch.arange(0, 1000, dtype=torch.float64, device="cpu") / 1000
     measuring = _MeasureBlocks(config, plan, grid)
     calibration = Calibration(streamer.capture(blocks[0][1], samples), own_arguments)
     run_blocks(measuring, streamer, blocks, calibration, show_progress)
