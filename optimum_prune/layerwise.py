@@ -68,13 +68,16 @@ def to_device(value: Any, device: torch.device | str | None) -> Any:
 _MAX_PINNED_WASTE = 0.25
 
 
+def pins_well(size: int) -> bool:
+    """Whether `size` bytes fit the pinned allocator's power-of-two block with at most `_MAX_PINNED_WASTE` left
+    over (512 x 2048 float32 activations: exactly; SmolLM2's 512 x 576: 1.8x, so those stay pageable)."""
+    return size > 0 and (1 << (size - 1).bit_length()) <= (1 + _MAX_PINNED_WASTE) * size
+
+
 def host_copy(tensor: torch.Tensor) -> torch.Tensor:
     """`tensor` on the CPU; a CUDA tensor lands in page-locked memory, which the GPU reads back about twice as fast
     and without blocking the host (see `to_device`), unless the allocator's rounding would waste too much of it."""
-    if not tensor.is_cuda or not ActivationStore.pin_memory:
-        return tensor.to("cpu")
-    size = tensor.numel() * tensor.element_size()
-    if size == 0 or (1 << (size - 1).bit_length()) > (1 + _MAX_PINNED_WASTE) * size:
+    if not tensor.is_cuda or not ActivationStore.pin_memory or not pins_well(tensor.numel() * tensor.element_size()):
         return tensor.to("cpu")
     pinned = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=True)
     pinned.copy_(tensor.detach())  # blocking: the values are on the host when this returns, as with .to("cpu")
