@@ -197,7 +197,8 @@ def global_plan(
             continue
         # Scores of different kinds live on different scales; standardising each kind over all layers keeps the
         # differences between layers, which is the point of a global ranking.
-        pooled = [unit_scores[i][kind] for i in ranked_layers if kind in unit_scores[i]]
+        # Pooled on the host: blocks dispatched over several GPUs score their units on different devices.
+        pooled = [unit_scores[i][kind].to("cpu") for i in ranked_layers if kind in unit_scores[i]]
         if not pooled:
             continue
         flat = torch.cat(pooled)
@@ -205,7 +206,7 @@ def global_plan(
         for index in ranked_layers:
             for group in groups_per_layer[index]:
                 if group.kind == kind:
-                    z = ((unit_scores[index][kind] - mean) / std).tolist()
+                    z = ((unit_scores[index][kind].to("cpu") - mean) / std).tolist()
                     entries.extend((score, index, group, unit) for unit, score in enumerate(z))
     entries.sort(key=lambda entry: entry[0])
     removed = 0.0
