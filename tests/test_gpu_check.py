@@ -35,7 +35,7 @@ def test_quick_cpu_run_writes_the_table_and_every_check_passes(tmp_path) -> None
         for section in gpu_check.SECTIONS
         for name, _ in gpu_check.section_rows(section, _args(gpu_check), None)[1]
     ]
-    assert list(report.rows) == planned and len(planned) == 10
+    assert list(report.rows) == planned and len(planned) == 11
     for name, row in report.rows.items():
         assert row["check"] == "pass", (name, row)
         if row["masks / units equal (%)"] is not None:  # the same device twice: the same masks and units
