@@ -9,8 +9,8 @@ comparison measures the pruning, not the evaluation. Sections:
 * `smollm2`: SmolLM2-135M (the offline GGUF asset, `optimum_prune.assets`), 16 x 512 calibration tokens of the
   Wikipedia split, perplexity on 16 held-out 512-token windows: the dense model evaluated on both devices; the
   solvers given one layer's Gram matrix on both devices ("same Gram": only the solver's arithmetic differs);
-  structured 20% (`recipe="obs"`), 2:4 SparseGPT, 50% Wanda and 50% ADMM end to end, and 2:4 SparseGPT once more
-  with the whole model moved to the device first (the CLI's `--device`).
+  2:4 SparseGPT, the same with the whole model moved to the device first (the CLI's `--device`), 50% Wanda, 50% ADMM
+  and structured 20% (`recipe="obs"`) end to end.
 * `random1b`: a Llama with Llama-3.2-1B's shapes (1.24B parameters, 16 blocks, hidden 2048, FFN 8192, 32 query /
   8 KV heads, 128k vocabulary) and seeded random weights, built from its config; 4 x 512 random calibration
   tokens; structured 20% (`recipe="liar"`) and 2:4 SparseGPT. Perplexity on random tokens means little; it and
@@ -27,9 +27,14 @@ Run here (seconds, on the CPU; tests/test_gpu_check.py runs the same in the fast
 
     python benchmarks/gpu_check.py --device cpu --quick
 
-On a machine with a GPU, the whole check takes 6-8 minutes (one H100 and 16 CPU cores, estimated; the CPU runs
-are most of it). On this workplace's lent GPU machines (`run` of the device tool; 64 MiB may travel per call,
-and the SmolLM2 GGUF alone is 94 MB) it goes in two calls that share one warm machine. Once, here:
+On a machine with a GPU the CPU runs are most of the time. About 9 minutes on one H100 and 16 CPU cores (some 2
+of them on the GPU, 3.5 for the random model, 5.5 for SmolLM2) is an estimate scaled from this project's 2-core
+machine, not a measurement: there, on cores shared with other jobs and 1 x 512 calibration tokens, SmolLM2's CPU
+runs took 16 minutes for the obs recipe (two greedy OBS rankings of every unit of every layer) and 7 for 2:4
+SparseGPT (its column loop), whatever the token count.
+
+On this workplace's lent GPU machines (`run` of the device tool) at most 64 MiB travel per call, and the SmolLM2
+GGUF alone is 94 MB, so the check goes in two calls that share one warm machine. Once, here:
 
     python benchmarks/gpu_check.py --pack .gpu-check
 
@@ -38,12 +43,13 @@ second half); `.gpu-check/` is git-ignored. Then, with `carry=[".gpu-check/a"]` 
 
     export PYTHONUNBUFFERED=1 PYTHONPATH=.:.gpu-check/a/site; timeout 300 python3 benchmarks/gpu_check.py --device cuda --sections random1b --resume --output .gpu-check/out/gpu.md; cp .gpu-check/out/gpu.* "$OUT"/
 
-and, as the next call while that machine is warm (30 s), with `carry=[".gpu-check/b"]` and `timeout_s=330`:
+and, as the next call while that machine is warm (30 s), with `carry=[".gpu-check/b"]` and `timeout_s=450`:
 
-    export PYTHONUNBUFFERED=1 PYTHONPATH=.:.gpu-check/a/site; timeout 300 python3 benchmarks/gpu_check.py --device cuda --sections smollm2 --smollm2 .gpu-check/a/smollm2.gguf.part0 .gpu-check/b/smollm2.gguf.part1 --wikipedia .gpu-check/a/wikipedia.jsonl.gz --resume --output .gpu-check/out/gpu.md; cp .gpu-check/out/gpu.* "$OUT"/
+    export PYTHONUNBUFFERED=1 PYTHONPATH=.:.gpu-check/a/site; timeout 420 python3 benchmarks/gpu_check.py --device cuda --sections smollm2 --smollm2 .gpu-check/a/smollm2.gguf.part0 .gpu-check/b/smollm2.gguf.part1 --wikipedia .gpu-check/a/wikipedia.jsonl.gz --resume --output .gpu-check/out/gpu.md; cp .gpu-check/out/gpu.* "$OUT"/
 
-Each call stops at 300 s and keeps its finished rows (`--resume`), which leaves a third call of the same command
-to finish a section inside the 15 minutes of device time. Copy the returned gpu.md and gpu.json to
+The calls stop at 300 s and 420 s (about 3.5 and 5.5 minutes of work are expected) and keep their finished rows:
+the same command again (`--resume`) runs only what is missing, and the 15 minutes of device time leave room for
+about one row's rerun (the obs row, the longest, comes last). Copy the returned gpu.md and gpu.json to
 `benchmarks/results/`. Other options: `--sections`, `--num-samples`, `--eval-windows` (smaller runs of the same
 code), `--threads` (CPU threads; default: torch's).
 """
@@ -129,12 +135,14 @@ QUICK_1B = dict(
 
 #: (row, PruningConfig fields, how the two runs are compared: "units" kept or weight "masks", and whether the
 #: model is moved to the device first, as the CLI's --device does, instead of streamed through it).
+#: The obs recipe comes last: its CPU run is the longest of the section (a greedy OBS ranking of every unit of
+#: every layer, twice), so a call cut short by its timeout has the others done.
 SMOLLM2_RUNS = (
-    ("structured 20% obs", dict(recipe="obs", sparsity=0.2), "units", False),
     ("2:4 sparsegpt", dict(target="2:4", method="sparsegpt"), "masks", False),
     ("2:4 sparsegpt, model on the device", dict(target="2:4", method="sparsegpt"), "masks", True),
     ("50% wanda", dict(target="unstructured", method="wanda", sparsity=0.5), "masks", False),
     ("50% admm", dict(target="unstructured", method="admm", sparsity=0.5), "masks", False),
+    ("structured 20% obs", dict(recipe="obs", sparsity=0.2), "units", False),
 )
 RANDOM_RUNS = (
     ("structured 20% liar", dict(recipe="liar", sparsity=0.2), "units", False),
