@@ -37,9 +37,16 @@ class LinearBridge(nn.Module):
     runs it like any block. `replaced` records which original blocks it replaces.
     """
 
-    def __init__(self, hidden_size: int, replaced: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        replaced: list[int] | None = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
-        self.proj = nn.Linear(hidden_size, hidden_size, bias=True)
+        self.proj = nn.Linear(hidden_size, hidden_size, bias=True, device=device, dtype=dtype)
         self.replaced = list(replaced or [])
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -48,8 +55,13 @@ class LinearBridge(nn.Module):
 
 def block_influence(inputs: torch.Tensor, outputs: torch.Tensor) -> float:
     """ShortGPT's BI: 1 - mean over tokens of cos(h_in, h_out); hidden states [..., hidden]."""
-    cos = nn.functional.cosine_similarity(inputs.double(), outputs.double(), dim=-1)
-    return float(1.0 - cos.mean())
+    return float(_influence(inputs, outputs))
+
+
+def _influence(inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    """`block_influence` as a 0-dim float64 tensor where the hidden states are (nothing read back to the host)."""
+    cos = nn.functional.cosine_similarity(inputs.double(), outputs.to(inputs.device).double(), dim=-1)
+    return 1.0 - cos.mean()
 
 
 def blocks_to_remove(adapter: ArchitectureAdapter, config: PruningConfig, influence: list[float]) -> list[int]:
@@ -71,21 +83,30 @@ def blocks_to_remove(adapter: ArchitectureAdapter, config: PruningConfig, influe
 def _fit_bridge(
     sources: list[torch.Tensor], targets: list[torch.Tensor], damp: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, c) minimising sum ||h_src M^T + c - h_tgt||^2 + lambda ||M - I||^2 (lambda relative, as LIAR's)."""
+    """(M, c) minimising sum ||h_src M^T + c - h_tgt||^2 + lambda ||M - I||^2 (lambda relative, as LIAR's).
+
+    Accumulated and solved in float64 where the hidden states are (the execution device, or the CPU when the
+    activations wait there)."""
     hidden = sources[0].shape[-1]
-    gram = torch.zeros(hidden + 1, hidden + 1, dtype=torch.float64)
-    cross = torch.zeros(hidden + 1, hidden, dtype=torch.float64)
+    device = sources[0].device
+    gram = torch.zeros(hidden + 1, hidden + 1, dtype=torch.float64, device=device)
+    cross = torch.zeros(hidden + 1, hidden, dtype=torch.float64, device=device)
     for source, target in zip(sources, targets):
-        x = source.reshape(-1, hidden).double().cpu()
-        x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
-        y = target.reshape(-1, hidden).double().cpu()
+        x = source.reshape(-1, hidden).to(device=device, dtype=torch.float64)
+        x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=device)], dim=1)
+        y = target.reshape(-1, hidden).to(device=device, dtype=torch.float64)
         gram += x.T @ x
         cross += x.T @ y
     ridge = damp * torch.diagonal(gram[:hidden, :hidden]).mean().clamp_min(1e-12)
-    gram[:hidden, :hidden] += ridge * torch.eye(hidden, dtype=gram.dtype)
-    cross[:hidden] += ridge * torch.eye(hidden, dtype=gram.dtype)
+    gram[:hidden, :hidden] += ridge * torch.eye(hidden, dtype=gram.dtype, device=device)
+    cross[:hidden] += ridge * torch.eye(hidden, dtype=gram.dtype, device=device)
     solution = torch.linalg.solve(gram, cross)
     return solution[:hidden].T, solution[hidden]
+
+
+def _home_device(layer: nn.Module) -> torch.device:
+    """Where `layer`'s weights live outside its turn in the stream; the CPU for an offloaded layer (meta weights)."""
+    return next((t.device for t in layer.parameters() if not t.is_meta), torch.device("cpu"))
 
 
 def _hidden(items) -> list[torch.Tensor]:
@@ -140,8 +161,9 @@ class _BlockInfluence(BlockMethod):
 
     def step(self, block: Block, observed: None) -> None:
         pairs = zip(block.inputs, block.outputs)
+        # One read per block (the mean over samples), not one per sample.
         self.influence.append(
-            sum(block_influence(a.hidden_states, b.hidden_states) for a, b in pairs) / len(block.inputs)
+            float(sum(_influence(a.hidden_states, b.hidden_states) for a, b in pairs) / len(block.inputs))
         )
 
 
@@ -187,7 +209,10 @@ def prune_depth(
     runs = consecutive_runs(removed)
     bridges: dict[int, LinearBridge] = {}
     if config.reconstruction != "none" and runs:
-        fitting = _FitBridges(model.config.hidden_size, runs, config, calibration.first_inputs)
+        # The bridge lives where the block it replaces lives between turns (an offloaded block's meta weights: the
+        # CPU), read before the stream materialises the block on its execution device.
+        homes = {run[0]: _home_device(layers[run[0]]) for run in runs}
+        fitting = _FitBridges(model.config.hidden_size, runs, config, calibration.first_inputs, homes)
         run_blocks(fitting, streamer, layers, calibration, show_progress)
         bridges = fitting.bridges
     gone = set(removed)
@@ -217,9 +242,15 @@ class _FitBridges(BlockMethod):
     description = "Fitting bridges"
 
     def __init__(
-        self, hidden_size: int, runs: list[list[int]], config: PruningConfig, first_inputs: Sequence[BlockInput]
+        self,
+        hidden_size: int,
+        runs: list[list[int]],
+        config: PruningConfig,
+        first_inputs: Sequence[BlockInput],
+        homes: dict[int, torch.device] | None = None,
     ) -> None:
         self.hidden_size, self.config = hidden_size, config
+        self.homes = homes or {}  # run start -> the device its bridge is created on
         self.run_of = {index: run for run in runs for index in run}
         self.pruned: Sequence[BlockInput] = first_inputs
         self.run_inputs: Sequence[BlockInput] | None = None  # the dense input of the run being crossed
@@ -241,13 +272,24 @@ class _FitBridges(BlockMethod):
             return
         source = self.pruned if self.config.reconstruction == "liar_dense" else self.run_inputs
         weight, bias = _fit_bridge(_hidden(source), _hidden(block.outputs), self.config.damp)
-        bridge = LinearBridge(self.hidden_size, replaced=run)
         dtype = self.run_dtype
+        home = self.homes.get(run[0], torch.device("cpu"))
+        bridge = LinearBridge(self.hidden_size, replaced=run, device=home, dtype=dtype)
         bridge.proj.weight.data.copy_(weight.to(dtype))
         bridge.proj.bias.data.copy_(bias.to(dtype))
         self.bridges[run[0]] = bridge
+        # The bridged stream is computed where its hidden states wait (not where the bridge lives).
         self.pruned = [
-            BlockInput(bridge(item.hidden_states.to(dtype)), item.args, item.kwargs) for item in self.pruned
+            BlockInput(
+                nn.functional.linear(
+                    item.hidden_states.to(dtype),
+                    weight.to(item.hidden_states.device, dtype),
+                    bias.to(item.hidden_states.device, dtype),
+                ),
+                item.args,
+                item.kwargs,
+            )
+            for item in self.pruned
         ]
 
 

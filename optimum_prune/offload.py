@@ -262,5 +262,5 @@ def new_offloaded_zero_biases(model: nn.Module) -> Iterator[None]:
                     continue
                 if name.rpartition(".")[2] != "bias":
                     raise RuntimeError(f"A new offloaded tensor {name!r} has no values to persist.")
-                zeros = torch.zeros(tensor.shape, dtype=tensor.dtype)
+                zeros = torch.zeros(tensor.shape, dtype=tensor.dtype, device="cpu")
                 store_offloaded_tensor(hook.weights_map, name, zeros, _module_on_disk(hook.weights_map, old_names))

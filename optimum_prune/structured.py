@@ -298,11 +298,12 @@ class _PruneUnits(BlockMethod):
             else:
                 stats = block.observe(observe_statistics(modules, self.run.with_gram), list(modules.values()))
             if keep_count >= group.num_units:
-                keep = torch.arange(group.num_units)
+                keep = torch.arange(group.num_units, device="cpu")
             else:
                 scores = self.run.criterion.score_units(adapter, layer, group, stats, self.run.generator)
                 keep = adapter.select_units(group, scores, keep_count)
-            pruned = torch.tensor(sorted(set(range(group.num_units)) - set(keep.tolist())), dtype=torch.long)
+            kept_list = keep.tolist()  # the one read of the selection back to the host
+            pruned = torch.tensor(sorted(set(range(group.num_units)) - set(kept_list)), dtype=torch.long, device="cpu")
             kept_channels, pruned_channels = group.unit_channels(keep), group.unit_channels(pruned)
             for consumer in group.consumers:
                 linear = layer.get_submodule(consumer)
@@ -311,7 +312,7 @@ class _PruneUnits(BlockMethod):
                     reconstruction.refit(linear, consumer_stats, kept_channels, pruned_channels, config.damp)
             if pruned.numel():
                 adapter.prune_units_calibrated(layer, group, keep, stats)
-            kept_units[group.kind] = keep.tolist()
+            kept_units[group.kind] = kept_list
             logger.info("layer %d: %s %d -> %d", index, group.kind, group.num_units, keep_count)
         self.result.kept_units.append(kept_units)
         if dense_layer is not None and not block.is_last:

@@ -323,7 +323,7 @@ def allocate_block_sparsities(
             f"allocation={config.allocation!r} spreads block sparsities over sparsity +- {deviation:g}, which leaves "
             f"[0, 1) at sparsity={config.sparsity:g}; lower owl_lambda."
         )
-    grid = torch.arange(0, 1000, dtype=torch.float64) / 1000
+    grid = torch.arange(0, 1000, dtype=torch.float64, device="cpu") / 1000
     measuring = _MeasureBlocks(config, plan, grid)
     calibration = Calibration(streamer.capture(blocks[0][1], samples), own_arguments)
     run_blocks(measuring, streamer, blocks, calibration, show_progress)
@@ -349,21 +349,33 @@ def allocate_block_sparsities(
 
 class _ResidualEnergy:
     """Sums over tokens of ||x||^2 (the block's input, the residual stream) and ||y - x||^2 (what the block adds to
-    it), from a hook on the block while it runs."""
+    it), from a hook on the block while it runs.
+
+    The sums stay where the block computes (float64, the same additions as Python floats) and are read back once per
+    block, by `residual` and `update`, not once per calibration sample.
+    """
 
     def __init__(self, block: nn.Module) -> None:
         self.block = block
-        self.residual = 0.0
-        self.update = 0.0
+        self._residual: torch.Tensor | float = 0.0
+        self._update: torch.Tensor | float = 0.0
         self._handle = None
+
+    @property
+    def residual(self) -> float:
+        return float(self._residual)
+
+    @property
+    def update(self) -> float:
+        return float(self._update)
 
     def _hook(self, _module, args, kwargs, output) -> None:
         x = args[0] if args else kwargs.get("hidden_states")
         y = output[0] if isinstance(output, (tuple, list)) else output
         if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.shape == y.shape:
             x64, y64 = x.detach().double(), y.detach().double()
-            self.residual += float((x64 * x64).sum())
-            self.update += float(((y64 - x64) ** 2).sum())
+            self._residual = self._residual + (x64 * x64).sum()
+            self._update = self._update + ((y64 - x64) ** 2).sum()
 
     def __enter__(self) -> _ResidualEnergy:
         self._handle = self.block.register_forward_hook(self._hook, with_kwargs=True)

@@ -180,10 +180,10 @@ def global_plan(
                 for group in groups_per_layer[index]:
                     if group.kind != kind or kind not in unit_scores[index]:
                         continue
-                    steps = torch.as_tensor(unit_scores[index][kind], dtype=torch.float64)
-                    steps = torch.cummax(steps, 0).values
+                    steps = torch.as_tensor(unit_scores[index][kind], dtype=torch.float64, device="cpu")
+                    steps = torch.cummax(steps, 0).values.tolist()  # one read, not one per unit
                     scale = group.params_per_unit * (layer_scale[index] if layer_scale else 1.0)
-                    entries.extend((float(cost) / scale, index, group, pos) for pos, cost in enumerate(steps))
+                    entries.extend((cost / scale, index, group, pos) for pos, cost in enumerate(steps))
             continue
         if mode == "flap":
             for index in ranked_layers:
@@ -191,21 +191,22 @@ def global_plan(
                     if group.kind != kind or kind not in unit_scores[index]:
                         continue
                     channels = unit_scores[index][kind].double()
-                    std = channels.std().clamp_min(1e-12) if channels.numel() > 1 else torch.tensor(1.0)
-                    z = ((channels - channels.mean()) / std).reshape(group.num_units, -1).mean(1)
-                    entries.extend((float(score), index, group, unit) for unit, score in enumerate(z))
+                    std = channels.std().clamp_min(1e-12) if channels.numel() > 1 else 1.0
+                    z = ((channels - channels.mean()) / std).reshape(group.num_units, -1).mean(1).tolist()
+                    entries.extend((score, index, group, unit) for unit, score in enumerate(z))
             continue
         # Scores of different kinds live on different scales; standardising each kind over all layers keeps the
         # differences between layers, which is the point of a global ranking.
-        pooled = [unit_scores[i][kind] for i in ranked_layers if kind in unit_scores[i]]
+        # Pooled on the host: blocks dispatched over several GPUs score their units on different devices.
+        pooled = [unit_scores[i][kind].to("cpu") for i in ranked_layers if kind in unit_scores[i]]
         if not pooled:
             continue
         flat = torch.cat(pooled)
-        mean, std = flat.mean(), flat.std().clamp_min(1e-12) if flat.numel() > 1 else torch.tensor(1.0)
+        mean, std = flat.mean(), flat.std().clamp_min(1e-12) if flat.numel() > 1 else 1.0
         for index in ranked_layers:
             for group in groups_per_layer[index]:
                 if group.kind == kind:
-                    z = ((unit_scores[index][kind] - mean) / std).tolist()
+                    z = ((unit_scores[index][kind].to("cpu") - mean) / std).tolist()
                     entries.extend((score, index, group, unit) for unit, score in enumerate(z))
     entries.sort(key=lambda entry: entry[0])
     removed = 0.0

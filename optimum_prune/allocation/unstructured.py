@@ -60,9 +60,11 @@ def outlier_ratio(weights: Sequence[torch.Tensor], input_norms: Sequence[torch.T
     """
     if len(weights) != len(input_norms) or not weights:
         raise ValueError("outlier_ratio needs one input-norm vector per weight matrix, and at least one matrix.")
+    # Computed where the weights are (the block's execution device); only the count comes back to the host.
+    device = weights[0].device
     scores = torch.cat(
         [
-            (w.detach().abs().float() * n.to(device=w.device, dtype=torch.float32).unsqueeze(0)).flatten().cpu()
+            (w.detach().to(device).abs().float() * n.to(device=device, dtype=torch.float32).unsqueeze(0)).flatten()
             for w, n in zip(weights, input_norms)
         ]
     )
@@ -99,8 +101,9 @@ def obs_error_curve(weight: torch.Tensor, gram: torch.Tensor, damp: float, grid:
         grid: sparsities in [0, 1), [G].
 
     Returns:
-        [G] float64: for each sparsity s, the sum over rows of the floor(s x in_features) smallest OBS saliencies
-        w_ij^2 / [H^-1]_jj (H = gram + damping), divided by the output energy tr(W H W^T). Zero at s = 0.
+        [G] float64, on the CPU (a short curve for `allocate_by_error`, whatever device `weight` is on): for each
+        sparsity s, the sum over rows of the floor(s x in_features) smallest OBS saliencies w_ij^2 / [H^-1]_jj
+        (H = gram + damping), divided by the output energy tr(W H W^T). Zero at s = 0.
     """
     w = weight.detach().to(torch.float64)
     h = gram.detach().to(device=w.device, dtype=torch.float64).clone()
@@ -117,9 +120,10 @@ def obs_error_curve(weight: torch.Tensor, gram: torch.Tensor, damp: float, grid:
         inverse_diagonal = torch.diagonal(torch.cholesky_inverse(chol))
     saliency = (w * w) / inverse_diagonal.unsqueeze(0)
     cumulative = saliency.sort(dim=1).values.cumsum(dim=1).sum(dim=0)  # [in]: error of pruning k+1 per row
-    counts = torch.floor(grid.to(torch.float64) * in_features).long().clamp(0, in_features)
-    errors = torch.where(counts > 0, cumulative[(counts - 1).clamp_min(0)], torch.zeros((), dtype=torch.float64))
-    return errors / max(energy, torch.finfo(torch.float64).tiny)
+    counts = torch.floor(grid.to(device=w.device, dtype=torch.float64) * in_features).long().clamp(0, in_features)
+    zero = torch.zeros((), dtype=torch.float64, device=w.device)
+    errors = torch.where(counts > 0, cumulative[(counts - 1).clamp_min(0)], zero)
+    return (errors / max(energy, torch.finfo(torch.float64).tiny)).cpu()
 
 
 def allocate_by_error(
@@ -142,13 +146,14 @@ def allocate_by_error(
     that the grid leaves is taken back evenly from every block.
     """
     num_blocks = errors.shape[0]
-    sizes_t = torch.tensor([float(s) for s in sizes], dtype=torch.float64)
+    # A small problem, bisected with many reads of its totals: solved on the CPU.
+    sizes_t = torch.tensor([float(s) for s in sizes], dtype=torch.float64, device="cpu")
     weights = sizes_t / sizes_t.mean()
-    grid = grid.to(torch.float64)
+    grid = grid.to(device="cpu", dtype=torch.float64)
     allowed = (grid >= sparsity - max_deviation - 1e-9) & (grid <= sparsity + max_deviation + 1e-9)
     if not bool(allowed.any()):
         raise ValueError(f"The grid has no sparsity within {max_deviation} of {sparsity}.")
-    errors = errors.to(torch.float64)
+    errors = errors.to(device="cpu", dtype=torch.float64)
     target = sparsity * float(sizes_t.sum())
 
     def plan(price: float) -> torch.Tensor:

@@ -84,11 +84,13 @@ def greedy_obs(
     n = weight.shape[1]
     w = torch.zeros(weight.shape[0], n + 1, dtype=torch.float64, device=hinv.device)
     w[:, :n] = weight.detach().to(hinv.device, torch.float64)
-    alive = torch.ones(num_units, dtype=torch.bool)
+    # Which units are left is bookkeeping on the host; the costs and updates run where the Gram matrix is.
+    alive = torch.ones(num_units, dtype=torch.bool, device="cpu")
     per_step = max(1, -(-num_units // steps))
     limit = min(num_units - 1, int(max_removed_fraction * num_units))
     order: list[int] = []
-    step_costs: list[float] = []
+    takes: list[int] = []
+    joints: list[torch.Tensor] = []  # read back once at the end: one host synchronisation per step, not two
     offsets = torch.arange(c, device=hinv.device)
 
     def unit_costs(units: torch.Tensor) -> torch.Tensor:
@@ -109,12 +111,15 @@ def greedy_obs(
         block = hinv[channels][:, channels]
         w_s = w[:, channels]
         coupling = torch.linalg.solve(block, hinv[channels])  # (H^-1_SS)^-1 H^-1_S:
-        joint = float((w_s * torch.linalg.solve(block, w_s.T).T).sum())
+        joints.append((w_s * torch.linalg.solve(block, w_s.T).T).sum())
         w -= w_s @ coupling
         hinv -= hinv[:, channels] @ coupling
         w[:, channels] = 0.0
         alive[chosen] = False
         order.extend(chosen.tolist())
+        takes.append(take)
+    step_costs: list[float] = []
+    for joint, take in zip(torch.stack(joints).tolist() if joints else [], takes):
         step_costs.extend([max(joint, 0.0) / take] * take)
     units = alive.nonzero().squeeze(1)
     remaining = units[torch.argsort(unit_costs(units).cpu())].tolist() if units.numel() else []
@@ -153,7 +158,7 @@ class OBSCriterion(Criterion):
     ) -> torch.Tensor:
         """Unit scores for "global"; for "obs", the error each greedy removal step leaves (`GreedyOBS.step_costs`)."""
         if mode == "obs":
-            return torch.tensor(self.greedy(layer, group, stats).step_costs, dtype=torch.float64)
+            return torch.tensor(self.greedy(layer, group, stats).step_costs, dtype=torch.float64, device="cpu")
         return super().allocation_scores(adapter, layer, group, stats, generator, mode)
 
     def score_units(
@@ -165,9 +170,11 @@ class OBSCriterion(Criterion):
         generator: torch.Generator,
     ) -> torch.Tensor:
         result = self.greedy(layer, group, stats)
-        scores = torch.empty(group.num_units, dtype=torch.float64)
+        scores = torch.empty(group.num_units, dtype=torch.float64, device="cpu")  # ranks: host bookkeeping
         ranked = result.order + result.remaining  # first removed first
-        scores[torch.tensor(ranked, dtype=torch.long)] = torch.arange(len(ranked), dtype=torch.float64)
+        scores[torch.tensor(ranked, dtype=torch.long, device="cpu")] = torch.arange(
+            len(ranked), dtype=torch.float64, device="cpu"
+        )
         return scores
 
 

@@ -6,6 +6,9 @@ from .base import ChannelCriterion
 
 RANDOM = ChannelCriterion(
     "random",
-    lambda weight, stats, generator: torch.rand(weight.shape[1], generator=generator, dtype=torch.float64),
+    # Drawn on the host from the seeded CPU generator, so a seed gives the same units on every execution device.
+    lambda weight, stats, generator: torch.rand(
+        weight.shape[1], generator=generator, dtype=torch.float64, device="cpu"
+    ),
     needs_calibration=False,
 )

@@ -259,7 +259,7 @@ def sample_token_windows(
     and then `seqlen - 1` tokens of the stream; for one that adds nothing, `seqlen` tokens of the stream.
     """
     ids = tokenizer("\n\n".join(texts), return_tensors="pt", add_special_tokens=False).input_ids[0]
-    prefix = torch.tensor(window_prefix(tokenizer), dtype=ids.dtype)
+    prefix = torch.tensor(window_prefix(tokenizer), dtype=ids.dtype, device=ids.device)
     body = _window_body(seqlen, prefix.tolist())
     if ids.numel() < body:
         raise CalibrationDataError(

@@ -38,13 +38,16 @@ def perplexity(
     scored and earlier tokens serve as context. Prefix tokens are never scored.
     """
     from ..data.calibration import window_prefix
+    from ..offload import execution_device
 
     if input_ids is None:
         if tokenizer is None or text is None:
             raise ValueError("Give `input_ids`, or a tokenizer and a text.")
         input_ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
     ids = input_ids.reshape(-1)
-    head = torch.tensor(list(window_prefix(tokenizer) if prefix is None else prefix), dtype=ids.dtype)
+    head = torch.tensor(
+        list(window_prefix(tokenizer) if prefix is None else prefix), dtype=ids.dtype, device=ids.device
+    )
     body = seqlen - head.numel()  # stream tokens per window
     if body < 1:
         raise ValueError(f"seqlen={seqlen} leaves no room for text after the {head.numel()}-token prefix.")
@@ -53,13 +56,15 @@ def perplexity(
         raise ValueError(f"stride must be in (0, {body}] (seqlen={seqlen} less the prefix), got {stride}.")
     if ids.numel() < body + 1 and stride == body:
         raise ValueError(f"The text has {ids.numel()} tokens, too few for one window of {seqlen}.")
-    device = next(model.parameters()).device
+    # Where the model computes: its accelerate hooks' device when dispatched (offloaded weights sit on "meta").
+    device = execution_device(model)
     starts = list(range(0, ids.numel() - body + 1, stride))
     if max_windows is not None:
         starts = starts[:max_windows]
     # Every stream token of a window is scored except a first one without a prefix before it (nothing predicts it).
     per_window = body - (0 if head.numel() else 1)
-    total_nll, total_tokens = 0.0, 0
+    # Summed where the logits are, read once at the end: no host synchronisation per window.
+    total_nll, total_tokens = torch.zeros((), dtype=torch.float64, device=device), 0
     for start in tqdm(starts, desc="Perplexity", disable=not show_progress):
         window = torch.cat([head, ids[start : start + body]])[None, :].to(device)
         logits = model(window).logits[0, :-1].float()
@@ -67,7 +72,7 @@ def perplexity(
         # Non-overlapping windows score every predicted stream token; sliding ones only the new tail.
         scored = per_window if (stride == body or start == 0) else stride
         nll = nn.functional.cross_entropy(logits[-scored:], targets[-scored:], reduction="sum")
-        total_nll += nll.item()
+        total_nll = total_nll + nll.to(total_nll.device, torch.float64)
         total_tokens += scored
-    mean_nll = total_nll / total_tokens
+    mean_nll = total_nll.item() / total_tokens
     return {"perplexity": math.exp(mean_nll), "nll": mean_nll, "tokens": total_tokens, "windows": len(starts)}

@@ -29,7 +29,9 @@ def admm_refit(
     gram = stats.augmented_gram()
     weight = linear.weight.detach().double()
     bias = (
-        linear.bias.detach().double() if linear.bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64)
+        linear.bias.detach().double()
+        if linear.bias is not None
+        else torch.zeros(weight.shape[0], dtype=torch.float64, device=weight.device)
     )
     augmented = torch.cat([weight, bias.to(weight)[:, None]], dim=1)
     mask = torch.zeros_like(augmented, dtype=torch.bool)
