@@ -72,7 +72,7 @@ def _criterion_scores(criterion, model: torch.nn.Module, kind: str) -> list[torc
     ]
 
 
-# ---- hand computations ------------------------------------------------------------------------------------------------
+# ---- hand computations ----------------------------------------------------------------------------------------------
 def _llama_batch_loss(model, samples):
     ids = torch.cat([sample["input_ids"] for sample in samples])  # equal lengths: the reference's batch
     return model(input_ids=ids, labels=ids).loss
@@ -190,7 +190,7 @@ def _assert_scores(actual: list[torch.Tensor], expected: list[torch.Tensor]) -> 
         torch.testing.assert_close(got.double(), want.double(), rtol=1e-4, atol=1e-6 * float(want.abs().max()))
 
 
-# ---- (a) the scores are the hand computation -----------------------------------------------------------------------------
+# ---- (a) the scores are the hand computation ------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", TAYLOR_VARIANTS)
 def test_llama_gqa_scores_are_sums_of_w_times_gradient_over_each_unit(variant):
     model, samples = _llama(), _token_samples()
@@ -240,7 +240,7 @@ def test_regression_head_is_refused():
         _prepare(model, _sentence_samples(1))
 
 
-# ---- (b) the model is left as it was ---------------------------------------------------------------------------------------
+# ---- (b) the model is left as it was --------------------------------------------------------------------------------
 def test_prepare_leaves_parameters_flags_gradients_and_modes_unchanged():
     model, samples = _llama(), _token_samples()
     model.model.embed_tokens.weight.requires_grad_(False)  # a frozen parameter stays frozen
@@ -267,7 +267,7 @@ def test_prepare_leaves_parameters_flags_gradients_and_modes_unchanged():
     assert {name: module.training for name, module in model.named_modules()} == modes
 
 
-# ---- (c) end to end ------------------------------------------------------------------------------------------------------
+# ---- (c) end to end -------------------------------------------------------------------------------------------------
 def _end_to_end_cases():
     return {
         "llama": (_llama, PrunerForCausalLM, [TEXT]),
@@ -342,7 +342,7 @@ def test_offloaded_model_is_refused(tmp_path):
         pruner.prune(sparsity=0.3, criterion="taylor", dataset=[TEXT], num_samples=2, seqlen=16, show_progress=False)
 
 
-# ---- (d) planning and configuration ------------------------------------------------------------------------------------
+# ---- (d) planning and configuration ---------------------------------------------------------------------------------
 def test_planning_says_taylor_needs_calibration_data():
     need = calibration_need(PruningConfig(criterion="taylor", reconstruction="none"))
     assert need is not None and (need.field, need.value) == ("criterion", "taylor")
@@ -413,7 +413,7 @@ def test_taylor_variant_is_validated_and_on_the_command_line():
     assert PruningConfig.from_dict(PruningConfig(taylor_variant="vectorize").to_dict()).taylor_variant == "vectorize"
 
 
-# ---- what a unit owns ------------------------------------------------------------------------------------------------------
+# ---- what a unit owns -----------------------------------------------------------------------------------------------
 def _numbered(layer: torch.nn.Module) -> set[float]:
     """Give every parameter entry of `layer` its own id (float64, from 1) and return the ids."""
     layer.double()

@@ -7,7 +7,7 @@ implementation github.com/horseee/LLM-Pruner (`LLMPruner/pruner/hf_llama_pruner.
 Removing a weight `w` changes the loss `L` by about `-w g + w^2 H / 2` (g = dL/dw, H the Hessian diagonal). The
 element-wise estimates are the reference's `--taylor` choices (`PruningConfig.taylor_variant`):
 
-    param_first    |w g|                         (the reference's block-wise default)
+    param_first    |w g|                         (what the reference's block-wise examples run)
     param_mix      |w g - w^2 F / 2|             (the paper's second-order expansion, H ~ F)
     param_second   w^2 F
     vectorize      |sum of w g over a row or column|, then summed over the unit's rows and columns
@@ -32,8 +32,9 @@ Every score is computed in `prepare`, on the dense model, before the pipeline pr
 reads them. Gradients are taken with `torch.autograd.grad` for the weights of the pruned unit kinds only (the other
 parameters do not require grad during the pass), summed into one float32 buffer per such parameter (two for the
 variants that read F) and reduced to per-unit scores at the end: the model's `.grad`, `requires_grad` flags and
-train/eval modes are as they were afterwards. The pass needs the whole model on its devices: offloaded models
-(accelerate with CPU or disk offload) are refused.
+train/eval modes are as they were afterwards. Peak memory beyond the model: the pruned kinds' weights twice over in
+float32 (three times with F) and one sample's activations for backward. The pass needs the whole model on its
+devices: offloaded models (accelerate with CPU or disk offload) are refused.
 
 What differs from the reference: the loss is computed one sample at a time and averaged (not one padded batch);
 biases, convolution filters and Mamba's per-channel vectors of a unit count too (LLaMA has none, so there it is the
@@ -64,11 +65,13 @@ logger = logging.getLogger(__name__)
 SECOND_ORDER = ("param_mix", "param_second")
 
 
-# ---- the loss ---------------------------------------------------------------------------------------------------------
+# ---- the loss -------------------------------------------------------------------------------------------------------
 def is_causal_lm(model: nn.Module) -> bool:
     """Whether `model` predicts the next token (its loss is the language-model loss with labels = input ids)."""
-    name = type(model).__name__
-    return name.endswith(("ForCausalLM", "LMHeadModel"))
+    if type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")):
+        return True
+    can_generate = getattr(model, "can_generate", None)  # transformers' generation mixin: next-token models
+    return bool(callable(can_generate) and can_generate() and not getattr(model.config, "is_encoder_decoder", False))
 
 
 def calibration_loss(model: nn.Module, sample: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -112,7 +115,7 @@ def predicted_label_loss(logits: torch.Tensor, mask: torch.Tensor | None) -> tor
     return F.cross_entropy(logits, target, ignore_index=-100)
 
 
-# ---- gradients ----------------------------------------------------------------------------------------------------------
+# ---- gradients ------------------------------------------------------------------------------------------------------
 def accumulate_gradients(
     model: nn.Module,
     parameters: Sequence[nn.Parameter],
@@ -183,7 +186,7 @@ def position_importance(
     return positions.abs().sum(1, dtype=torch.float64).cpu()
 
 
-# ---- the criterion ------------------------------------------------------------------------------------------------------
+# ---- the criterion --------------------------------------------------------------------------------------------------
 class TaylorCriterion(Criterion):
     """criterion="taylor": keep the units whose weights' Taylor estimate of the loss change is largest.
 
@@ -250,6 +253,8 @@ class TaylorCriterion(Criterion):
                 param = layers[index].get_parameter(piece.parameter)
                 parameters.setdefault(id(param), param)
         tracked = list(parameters.values())
+        if not tracked:  # nothing of these kinds in this model
+            return TaylorCriterion({}, {}, variant, None)
         gradients, squares, loss = accumulate_gradients(
             adapter.model, tracked, samples, fisher=variant in SECOND_ORDER, show_progress=show_progress
         )
