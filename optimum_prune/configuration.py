@@ -28,6 +28,8 @@ STRUCTURE_KINDS = (
     "layers",
 )
 OVERRIDE_KEYS = ("sparsity", "num_heads", "ffn_channels")
+#: criterion="taylor": LLM-Pruner's element-wise importance estimates (its `--taylor` argument).
+TAYLOR_VARIANTS = ("param_first", "param_mix", "param_second", "vectorize")
 
 CONFIG_NAME = "pruning_config.json"
 
@@ -67,7 +69,9 @@ class PruningConfig:
             "norm), 'random' (baseline), 'prunenet' (calibration-free: the PruneNet reference implementation's "
             "policy learnt from the weights, see the prunenet_* fields), 'prunenet_invariant' (the same idea with "
             "a rotation-invariant policy), 'obs' (the output error a unit's removal leaves after the least-squares "
-            "refit, chosen greedily: structured Optimal Brain Surgeon)."
+            "refit, chosen greedily: structured Optimal Brain Surgeon), 'taylor' (LLM-Pruner: |w x dL/dw| summed "
+            "over every weight of the unit, L the loss of the whole unpruned model on the calibration data, see "
+            "taylor_variant; not for offloaded models)."
         },
     )
     reconstruction: str = field(
@@ -254,6 +258,19 @@ class PruningConfig:
         metadata={"help": "PruneNet: write the policy used in this run to this .safetensors file, for reuse."},
     )
 
+    # ---- Taylor (criterion="taylor") -----------------------------------------------------------------------------
+    taylor_variant: str = field(
+        default="param_first",
+        metadata={
+            "help": "criterion='taylor': the importance of one weight w, with g = dL/dw and F = the mean squared "
+            "per-sample gradient (the Fisher diagonal), as LLM-Pruner's --taylor: 'param_first' (|w g|), "
+            "'param_mix' (|w g - w^2 F / 2|, the second-order expansion), 'param_second' (w^2 F), 'vectorize' "
+            "(|sum of w g| over each row or column of a unit, then summed). A unit's score sums it over the unit's "
+            "weights.",
+            "choices": TAYLOR_VARIANTS,
+        },
+    )
+
     # ---- structured: layer protection and published recipes -------------------------------------------------------
     protect_layers: list[int] = field(
         default_factory=list,
@@ -322,6 +339,7 @@ class PruningConfig:
         _known("criterion", self.criterion, list(CRITERIA))
         _known("reconstruction", self.reconstruction, list(RECONSTRUCTIONS))
         _known("allocation", self.allocation, ALLOCATIONS)
+        _known("taylor_variant", self.taylor_variant, TAYLOR_VARIANTS)
         if self.is_structured and self.allocation not in STRUCTURED_ALLOCATIONS:
             raise ValueError(
                 f"allocation={self.allocation!r} applies to unstructured targets; structured targets take "

@@ -163,7 +163,6 @@ def _plan(
     streamer = BlockStreamer(model, *placement) if needed else None
     if streamer is not None and streamer.offloaded:
         CRITERIA[config.criterion].check_offloaded(config)
-    criterion = CRITERIA[config.criterion].prepare(adapter, config, show_progress=show_progress) if needed else None
     reconstruction = RECONSTRUCTIONS[config.reconstruction]
     use_data = needs_calibration(config)
     # What the run reads; a plan alone reads data only where the scores that rank units do.
@@ -180,6 +179,14 @@ def _plan(
             else f"allocation={config.allocation!r} with criterion={config.criterion!r} ranks units on calibration "
             "data, and none was given."
         )
+    # Prepared on the unpruned model, before any block changes (the taylor criterion's gradients need it whole).
+    criterion = (
+        CRITERIA[config.criterion].prepare(
+            adapter, config, show_progress=show_progress, samples=samples if read_data else None
+        )
+        if needed
+        else None
+    )
     # The "obs" allocation ranks by the error each removal leaves after the refit, whatever the criterion.
     criterion_for_allocation = criterion
     if config.allocation == "obs" and "obs" not in criterion.allocation_modes:

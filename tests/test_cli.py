@@ -332,7 +332,7 @@ def test_split_for_evaluation_keeps_the_last_fifth_out_of_calibration():
 @pytest.mark.parametrize(
     "arguments, status, message",
     [
-        (["--criterion", "taylor", "--dataset", "{text}"], 1, "Unknown criterion 'taylor'. Choose one of:"),
+        (["--criterion", "hessian", "--dataset", "{text}"], 1, "Unknown criterion 'hessian'. Choose one of:"),
         (["--sparsity", "1.0", "--dataset", "{text}"], 1, "sparsity must be in [0, 1), got 1.0"),
         (["--sparsity", "lots"], 2, "argument --sparsity: invalid float value: 'lots'"),
         (["--target", "3:2"], 1, "N:M target '3:2' needs 0 < N < M"),

@@ -41,7 +41,7 @@ def test_override_naming_no_layer(tokenizer, texts):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"criterion": "taylor"}, "Unknown criterion 'taylor'"),
+        ({"criterion": "hessian"}, "Unknown criterion 'hessian'"),
         ({"reconstruction": "magic"}, "Unknown reconstruction 'magic'"),
         ({"target": "3:2"}, "N:M target"),
         ({"target": "blocks"}, "Unknown target"),

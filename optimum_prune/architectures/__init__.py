@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import ArchitectureAdapter, UnitGroup
+from .base import ArchitectureAdapter, UnitGroup, UnitSlice
 from .bert import BertAdapter, DebertaV2Adapter, DistilBertAdapter, ModernBertAdapter
 from .gemma import GemmaAdapter
 from .gpt_neox import GPTNeoXAdapter
@@ -62,4 +62,4 @@ def get_adapter(model: nn.Module) -> ArchitectureAdapter:
     return ADAPTERS[model_type](model)
 
 
-__all__ = ["ADAPTERS", "ArchitectureAdapter", "UnitGroup", "UnsupportedArchitectureError", "get_adapter"]
+__all__ = ["ADAPTERS", "ArchitectureAdapter", "UnitGroup", "UnitSlice", "UnsupportedArchitectureError", "get_adapter"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,47 @@ class UnitGroup:
         """Consumer input-channel indices owned by `units`, in unit order."""
         offsets = torch.arange(self.channels_per_unit, device=units.device)
         return (units[:, None] * self.channels_per_unit + offsets[None, :]).reshape(-1)
+
+
+@dataclass(frozen=True)
+class UnitSlice:
+    """The entries of one parameter of a layer that belong to the units of a group: what `prune_units` removes with
+    them (producer rows, consumer columns, their biases, per-channel vectors).
+
+    Unit `u` owns positions `index[u]` along dimension `dim` of the parameter, with the whole extent of every other
+    dimension; for a stacked expert parameter ([num_experts, ...]), of the expert's own slice `parameter[expert]`.
+    """
+
+    #: The parameter's name inside the layer, as `layer.named_parameters()` gives it, e.g. "self_attn.q_proj.weight".
+    parameter: str
+    dim: int
+    #: [num_units, positions per unit], int64.
+    index: torch.Tensor
+    expert: int | None = None
+
+    def tensor(self, layer: nn.Module) -> torch.Tensor:
+        """The parameter (the expert's slice of it) in `layer`."""
+        param = layer.get_parameter(self.parameter)
+        return param[self.expert] if self.expert is not None else param
+
+    def entries_per_unit(self, layer: nn.Module) -> int:
+        """How many entries of the parameter each unit owns."""
+        shape = self.tensor(layer).shape
+        return int(self.index.shape[1]) * math.prod(size for d, size in enumerate(shape) if d != self.dim)
+
+
+def unit_positions(num_units: int, per_unit: int, start: int = 0) -> torch.Tensor:
+    """[num_units, per_unit] positions `start + u * per_unit + i`: unit `u`'s consecutive block of rows or columns."""
+    return start + torch.arange(num_units)[:, None] * per_unit + torch.arange(per_unit)[None, :]
+
+
+def row_slices(path: str, module: nn.Module, rows: torch.Tensor) -> list[UnitSlice]:
+    """Output rows `rows` ([num_units, per_unit]) of `module` at `path` in the layer (a Linear, or a Conv1d whose
+    weight's first dimension is its output channels): the weight's rows and the bias entries."""
+    slices = [UnitSlice(f"{path}.weight", 0, rows)]
+    if getattr(module, "bias", None) is not None:
+        slices.append(UnitSlice(f"{path}.bias", 0, rows))
+    return slices
 
 
 def select_rows(linear: nn.Linear, rows: torch.Tensor) -> None:
@@ -135,6 +177,11 @@ class ArchitectureAdapter(ABC):
         Row `i` writes the consumers' input channel `i`. Weight-only criteria (PruneNet) score units from it.
         """
         raise NotImplementedError(f"{type(self).__name__} does not expose the producer of {group.kind!r} units.")
+
+    def unit_parameters(self, layer: nn.Module, group: UnitGroup) -> list[UnitSlice]:
+        """Every parameter entry of `layer` that a unit of `group` owns: exactly what `prune_units` removes with the
+        unit, `group.params_per_unit` entries per unit. Gradient criteria (`taylor`) sum over them."""
+        raise NotImplementedError(f"{type(self).__name__} does not list the parameters of {group.kind!r} units.")
 
     def select_units(self, group: UnitGroup, scores: torch.Tensor, keep_count: int) -> torch.Tensor:
         """The sorted units of `group` to keep, given one score per unit (higher is kept first)."""

@@ -13,7 +13,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import ArchitectureAdapter, UnitGroup, ensure_bias, select_columns, select_rows
+from .base import (
+    ArchitectureAdapter,
+    UnitGroup,
+    UnitSlice,
+    ensure_bias,
+    row_slices,
+    select_columns,
+    select_rows,
+    unit_positions,
+)
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,32 @@ class BertAdapter(ArchitectureAdapter):
         else:
             raise ValueError(f"{type(self).__name__} layers have no {group.kind!r} units.")
 
+    def _head_row_blocks(self, layer: nn.Module, num_heads: int) -> list[tuple[str, int]]:
+        """(path, first row) of each block of `num_heads x head_size` rows, head-major, that the heads own in the
+        Linears producing them (`_select_head_rows` keeps the same rows)."""
+        optional = [p for p in self.layout.optional_head_projections if _has_submodule(layer, p)]
+        return [(path, 0) for path in (*self.layout.head_projections, *optional)]
+
+    def _ffn_row_blocks(self, layer: nn.Module, num_channels: int) -> list[tuple[str, int]]:
+        """(path, first row) of each block of `num_channels` rows of the FFN input (`_select_ffn_rows`)."""
+        return [(self.layout.ffn_input, 0)]
+
+    def unit_parameters(self, layer: nn.Module, group: UnitGroup) -> list[UnitSlice]:
+        """The head rows of every head-shaped projection (biases too) and the output projection's columns; an FFN
+        channel's input rows and output column."""
+        units = group.num_units
+        channels = unit_positions(units, group.channels_per_unit)
+        if group.kind == "attention_heads":
+            consumer, blocks = self.layout.attention_output, self._head_row_blocks(layer, units)
+        elif group.kind == "ffn_channels":
+            consumer, blocks = self.layout.ffn_output, self._ffn_row_blocks(layer, units)
+        else:
+            raise ValueError(f"{type(self).__name__} layers have no {group.kind!r} units.")
+        slices = [UnitSlice(f"{consumer}.weight", 1, channels)]
+        for path, start in blocks:
+            slices += row_slices(path, layer.get_submodule(path), start + channels)
+        return slices
+
     def producer_weight(self, layer: nn.Module, group: UnitGroup) -> torch.Tensor:
         if group.kind == "attention_heads":
             return self._head_projections(layer)[0].weight[: group.num_units * group.channels_per_unit]
@@ -228,6 +263,13 @@ class ModernBertAdapter(BertAdapter):
 
     def _select_ffn_rows(self, layer: nn.Module, keep: torch.Tensor, num_channels: int) -> None:
         select_rows(layer.mlp.Wi, torch.cat([keep, keep + num_channels]))
+
+    def _head_row_blocks(self, layer: nn.Module, num_heads: int) -> list[tuple[str, int]]:
+        width = num_heads * self._head_size(layer)
+        return [("attn.Wqkv", 0), ("attn.Wqkv", width), ("attn.Wqkv", 2 * width)]
+
+    def _ffn_row_blocks(self, layer: nn.Module, num_channels: int) -> list[tuple[str, int]]:
+        return [("mlp.Wi", 0), ("mlp.Wi", num_channels)]
 
 
 def _row_params(linear: nn.Linear) -> int:

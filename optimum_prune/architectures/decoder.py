@@ -26,7 +26,16 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .base import ArchitectureAdapter, UnitGroup, ensure_bias, select_columns, select_rows
+from .base import (
+    ArchitectureAdapter,
+    UnitGroup,
+    UnitSlice,
+    ensure_bias,
+    row_slices,
+    select_columns,
+    select_rows,
+    unit_positions,
+)
 from .experts import ExpertDownProjection, expert_views, select_expert_channels
 
 ATTENTION_HEADS = "attention_heads"
@@ -368,6 +377,57 @@ class LlamaLikeAdapter(ArchitectureAdapter):
             return mlp.get_submodule(layout.gate_proj or layout.up_proj).weight
         if group.kind == EXPERT_CHANNELS:
             return layer.get_submodule(group.consumers[0]).gate_weight
+        raise ValueError(f"{type(self).__name__} layers have no {group.kind!r} units.")
+
+    def unit_parameters(self, layer: nn.Module, group: UnitGroup) -> list[UnitSlice]:
+        """The rows and columns `_prune_attention`, `_prune_mlp` and `_prune_expert` remove with each unit."""
+        layout, units = self.layout, group.num_units
+        channels = unit_positions(units, group.channels_per_unit)  # the consumer's columns (q rows for heads)
+        if group.kind in (ATTENTION_HEADS, QUERY_HEADS):
+            attn = self._attention(layer)
+            head_dim = self._head_dim(layer)
+            heads, kv_heads = self._head_counts(layer)
+            # Whole KV groups take their key and value rows too; single query heads leave them.
+            kv_rows = unit_positions(units, head_dim) if group.kind == ATTENTION_HEADS else None
+            if layout.qkv_interleaved:
+                if kv_rows is None:
+                    raise ValueError("Interleaved qkv_proj layouts are multi-head attention: prune attention_heads.")
+                rows = [(layout.qkv_proj, unit_positions(units, 3 * head_dim))]
+            elif layout.qkv_proj:
+                q_size, kv_size = heads * head_dim, kv_heads * head_dim
+                rows = [(layout.qkv_proj, channels)]
+                if kv_rows is not None:
+                    rows += [(layout.qkv_proj, q_size + kv_rows), (layout.qkv_proj, q_size + kv_size + kv_rows)]
+            else:
+                rows = [(layout.q_proj, channels)]
+                if kv_rows is not None:
+                    rows += [(layout.k_proj, kv_rows), (layout.v_proj, kv_rows)]
+            slices = [UnitSlice(f"{self._path(layout.attention, layout.o_proj)}.weight", 1, channels)]
+            for path, index in rows:
+                slices += row_slices(self._path(layout.attention, path), attn.get_submodule(path), index)
+            return slices
+        if group.kind == FFN_CHANNELS:
+            mlp_path = group.consumers[0].rpartition(".")[0]
+            mlp = layer.get_submodule(mlp_path)
+            if layout.gate_up_proj:
+                size = mlp.get_submodule(layout.down_proj).in_features
+                rows = [(layout.gate_up_proj, channels), (layout.gate_up_proj, size + channels)]
+            else:
+                rows = [(path, channels) for path in (layout.gate_proj, layout.up_proj) if path]
+            slices = [UnitSlice(f"{group.consumers[0]}.weight", 1, channels)]
+            for path, index in rows:
+                slices += row_slices(self._path(mlp_path, path), mlp.get_submodule(path), index)
+            return slices
+        if group.kind == EXPERT_CHANNELS:
+            view = layer.get_submodule(group.consumers[0])
+            assert isinstance(view, ExpertDownProjection)
+            experts = self._path(layout.mlp, layout.experts)
+            size = view.in_features
+            return [
+                UnitSlice(f"{experts}.gate_up_proj", 0, channels, view.expert),
+                UnitSlice(f"{experts}.gate_up_proj", 0, size + channels, view.expert),
+                UnitSlice(f"{experts}.down_proj", 1, channels, view.expert),
+            ]
         raise ValueError(f"{type(self).__name__} layers have no {group.kind!r} units.")
 
     # ---- serialization --------------------------------------------------------------------------------------

@@ -7,7 +7,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import ArchitectureAdapter, UnitGroup, ensure_bias, select_columns, select_parameter, select_rows
+from .base import (
+    ArchitectureAdapter,
+    UnitGroup,
+    UnitSlice,
+    ensure_bias,
+    row_slices,
+    select_columns,
+    select_parameter,
+    select_rows,
+    unit_positions,
+)
 
 OUT_CONSUMER = "mixer.out_proj"
 # x_proj reads the same inner channels (after the convolution) to compute dt, B and C, so removing channels
@@ -66,6 +76,26 @@ class MambaAdapter(ArchitectureAdapter):
         select_parameter(mixer, "D", keep)
         select_columns(mixer.out_proj, keep)
         mixer.intermediate_size = int(keep.numel())
+
+    def unit_parameters(self, layer: nn.Module, group: UnitGroup) -> list[UnitSlice]:
+        """A channel's x and z rows of in_proj, its convolution filter, x_proj column, dt_proj row, A_log row, D
+        entry and out_proj column (`prune_units`)."""
+        if group.kind != "mamba_inner":
+            raise ValueError(f"Mamba layers have no {group.kind!r} units.")
+        mixer = layer.mixer
+        inner = mixer.out_proj.in_features
+        channels = unit_positions(group.num_units, 1)
+        slices = row_slices("mixer.in_proj", mixer.in_proj, channels)
+        slices += row_slices("mixer.in_proj", mixer.in_proj, inner + channels)
+        slices += row_slices("mixer.conv1d", mixer.conv1d, channels)
+        slices += row_slices("mixer.dt_proj", mixer.dt_proj, channels)
+        slices += [
+            UnitSlice("mixer.x_proj.weight", 1, channels),
+            UnitSlice("mixer.A_log", 0, channels),
+            UnitSlice("mixer.D", 0, channels),
+            UnitSlice("mixer.out_proj.weight", 1, channels),
+        ]
+        return slices
 
     def producer_weight(self, layer: nn.Module, group: UnitGroup) -> torch.Tensor:
         if group.kind != "mamba_inner":

@@ -18,7 +18,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import ArchitectureAdapter, UnitGroup, ensure_bias, select_columns, select_parameter, select_rows
+from .base import (
+    ArchitectureAdapter,
+    UnitGroup,
+    UnitSlice,
+    ensure_bias,
+    row_slices,
+    select_columns,
+    select_parameter,
+    select_rows,
+    unit_positions,
+)
 
 OUT_CONSUMER = "mixer.out_proj"
 
@@ -124,6 +134,23 @@ class Mamba2Adapter(ArchitectureAdapter):
         scale = torch.where(scale > 0, scale, 1.0)
         norm = mixer.norm.weight
         norm.data.mul_(scale.repeat_interleave(norm.numel() // groups).to(norm))
+
+    def unit_parameters(self, layer: nn.Module, group: UnitGroup) -> list[UnitSlice]:
+        """A head's z, x and dt rows of in_proj, its convolution channels, A_log / D / dt_bias entries, gated-norm
+        weights and out_proj columns (`prune_units`); B and C belong to the groups."""
+        if group.kind != "ssm_heads":
+            raise ValueError(f"Mamba2 layers have no {group.kind!r} units.")
+        mixer = layer.mixer
+        width, bc_width = mixer.intermediate_size, 2 * mixer.n_groups * mixer.ssm_state_size
+        channels = unit_positions(group.num_units, group.channels_per_unit)
+        heads = unit_positions(group.num_units, 1)
+        slices = []
+        for rows in (channels, width + channels, 2 * width + bc_width + heads):
+            slices += row_slices("mixer.in_proj", mixer.in_proj, rows)
+        slices += row_slices("mixer.conv1d", mixer.conv1d, channels)  # the x channels come first in the conv
+        slices += [UnitSlice(f"mixer.{name}", 0, heads) for name in ("A_log", "D", "dt_bias")]
+        slices += [UnitSlice("mixer.norm.weight", 0, channels), UnitSlice("mixer.out_proj.weight", 1, channels)]
+        return slices
 
     def producer_weight(self, layer: nn.Module, group: UnitGroup) -> torch.Tensor:
         if group.kind != "ssm_heads":

@@ -8,9 +8,10 @@ from .obs import OBS
 from .prunenet import PRUNENET
 from .prunenet_invariant import PRUNENET_INVARIANT
 from .random import RANDOM
+from .taylor import TAYLOR
 
 CRITERIA: dict[str, Criterion] = {
-    c.name: c for c in (MAGNITUDE, ACTIVATION, FLUCTUATION, RANDOM, PRUNENET, OBS, PRUNENET_INVARIANT)
+    c.name: c for c in (MAGNITUDE, ACTIVATION, FLUCTUATION, RANDOM, PRUNENET, OBS, PRUNENET_INVARIANT, TAYLOR)
 }
 
 __all__ = ["CRITERIA", "ChannelCriterion", "Criterion"]

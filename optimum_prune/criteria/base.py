@@ -31,8 +31,18 @@ class Criterion:
     def check_offloaded(self, config: PruningConfig) -> None:
         """Raise ValueError where `prepare` cannot run on an offloaded model, which holds one block at a time."""
 
-    def prepare(self, adapter: ArchitectureAdapter, config: PruningConfig, show_progress: bool = True) -> Criterion:
-        """Return the criterion to use for this run (stateless criteria return themselves)."""
+    def prepare(
+        self,
+        adapter: ArchitectureAdapter,
+        config: PruningConfig,
+        show_progress: bool = True,
+        samples: list[dict[str, torch.Tensor]] | None = None,
+    ) -> Criterion:
+        """Return the criterion to use for this run (stateless criteria return themselves).
+
+        Runs on the unpruned model before any block is pruned; `samples` are the run's calibration sequences (None
+        for a run without data), for criteria that learn from the whole model (`taylor`'s gradients).
+        """
         return self
 
     def allocation_scores(

@@ -137,7 +137,7 @@ class OBSCriterion(Criterion):
     def __init__(self, damp: float = 0.01) -> None:
         self.damp = damp
 
-    def prepare(self, adapter: Any, config: Any, show_progress: bool = True) -> OBSCriterion:
+    def prepare(self, adapter: Any, config: Any, show_progress: bool = True, samples: Any = None) -> OBSCriterion:
         return OBSCriterion(config.damp)
 
     def greedy(self, layer: nn.Module, group: UnitGroup, stats: dict[str, InputStatistics] | None) -> GreedyOBS:

@@ -258,7 +258,13 @@ class PruneNet(Criterion):
     def check_offloaded(self, config: PruningConfig) -> None:
         check_policy_fits_offloaded(config)
 
-    def prepare(self, adapter: ArchitectureAdapter, config: PruningConfig, show_progress: bool = True) -> PruneNet:
+    def prepare(
+        self,
+        adapter: ArchitectureAdapter,
+        config: PruningConfig,
+        show_progress: bool = True,
+        samples: list[dict[str, torch.Tensor]] | None = None,
+    ) -> PruneNet:
         """Load `config.prunenet_policy_path`, or train a policy on this model's weights; save it if asked.
 
         Raises:

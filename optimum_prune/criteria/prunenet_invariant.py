@@ -178,7 +178,11 @@ class InvariantPruneNet(Criterion):
         check_policy_fits_offloaded(config)
 
     def prepare(
-        self, adapter: ArchitectureAdapter, config: PruningConfig, show_progress: bool = True
+        self,
+        adapter: ArchitectureAdapter,
+        config: PruningConfig,
+        show_progress: bool = True,
+        samples: list[dict[str, torch.Tensor]] | None = None,
     ) -> InvariantPruneNet:
         """Load `config.prunenet_policy_path`, or train a policy on this model's weights; save it if asked."""
         if config.prunenet_policy_path:
