@@ -195,7 +195,12 @@ class PruningConfig:
             "help": "Calibration data: a list of strings, a datasets.Dataset, a local file (.txt/.json/.jsonl/.csv/"
             ".parquet) or a folder of files of one such type (read in sorted order), a dataset name ('wikitext2', "
             "'c4', 'ptb'), or 'random-tokens' (uniformly random token ids: "
-            "data-driven criteria and refits without any data). Not saved to JSON unless it is a string."
+            "data-driven criteria and refits without any data); these need the pruner's tokenizer. Or token ids, "
+            "as llm-compressor's oneshot takes them, which need none: a LongTensor [n, seqlen], a list of 1-D "
+            "tensors or of lists of ints, or a datasets.Dataset (or a tokenizer's output) with an input_ids column "
+            "(positions its attention_mask masks are dropped); ids must be below the model's vocab_size. Language "
+            "models draw num_samples windows of seqlen tokens from the joined data, encoders take one sequence per "
+            "text or row. Not saved to JSON unless it is a string."
         },
     )
     num_samples: int = field(default=128, metadata={"help": "Number of calibration sequences."})

@@ -15,6 +15,7 @@ count as blocks); a model with bridges needs the plugin to reload.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 
@@ -34,7 +35,8 @@ class LinearBridge(nn.Module):
     """Stands in for a run of removed decoder blocks: `hidden_states @ weight.T + bias`, other arguments ignored.
 
     Returns the hidden states as a decoder block of transformers 5 does (a tensor), so the model's layer loop
-    runs it like any block. `replaced` records which original blocks it replaces.
+    runs it like any block; they are read in the bridge's dtype (Mamba's blocks pass a float32 residual stream
+    between bfloat16 blocks). `replaced` records which original blocks it replaces.
     """
 
     def __init__(
@@ -50,7 +52,7 @@ class LinearBridge(nn.Module):
         self.replaced = list(replaced or [])
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return self.proj(hidden_states)
+        return self.proj(hidden_states.to(self.proj.weight.dtype))
 
 
 def block_influence(inputs: torch.Tensor, outputs: torch.Tensor) -> float:
@@ -265,9 +267,12 @@ class _FitBridges(BlockMethod):
             return
         if block.index == run[0]:
             self.run_inputs = block.inputs
-            # The bridge computes in the dtype of the first block it replaces.
+            # The bridge computes in the dtype of the first block it replaces: its input norm's, else its weights'
+            # (what `layout.apply_layout` rebuilds it in on reload). Not the stream's: Mamba's blocks keep the
+            # residual stream in float32 (`residual_in_fp32`) whatever their weights' dtype.
             norm = getattr(block.module, "input_layernorm", None)
-            self.run_dtype = norm.weight.dtype if norm is not None else torch.float32
+            reference = norm.weight if norm is not None else next(block.module.parameters(), None)
+            self.run_dtype = reference.dtype if reference is not None else torch.float32
         if block.index != run[-1]:
             return
         source = self.pruned if self.config.reconstruction == "liar_dense" else self.run_inputs
@@ -301,6 +306,22 @@ def _replace_layers(model: nn.Module, layers: nn.ModuleList, new_layers: list[nn
     """
     config = model.config
     old_count = len(layers)
+    # Read before `num_hidden_layers` changes: some configs (Mamba, FalconMamba, Mamba2) derive `layer_types` from it.
+    layer_types = getattr(config, "layer_types", None)
+    new_types = None
+    if isinstance(layer_types, list) and len(layer_types) == old_count:
+        new_types = [layer_types[i] for i in origins]
+    derived = new_types is not None and not _settable(config, "layer_types")
+    if derived:
+        # A read-only property follows the config's other fields: it must come out as the kept blocks' kinds.
+        config.num_hidden_layers = len(new_layers)
+        follows = list(config.layer_types) == new_types
+        if not follows:
+            config.num_hidden_layers = old_count
+            raise ValueError(
+                f"{type(config).__name__} derives `layer_types` from other fields and cannot describe the blocks "
+                f"left ({new_types}): this family cannot be depth-pruned."
+            )
     del layers[:]
     layers.extend(new_layers)
     for position, layer in enumerate(new_layers):
@@ -308,6 +329,12 @@ def _replace_layers(model: nn.Module, layers: nn.ModuleList, new_layers: list[nn
             if hasattr(module, "layer_idx"):
                 module.layer_idx = position  # KV-cache slot
     config.num_hidden_layers = len(new_layers)
-    layer_types = getattr(config, "layer_types", None)
-    if isinstance(layer_types, list) and len(layer_types) == old_count:
-        config.layer_types = [layer_types[i] for i in origins]
+    if new_types is not None and not derived:
+        config.layer_types = new_types
+
+
+def _settable(obj: object, name: str) -> bool:
+    """Whether `obj.name = value` can be written (false for a property without a setter, such as
+    `MambaConfig.layer_types`, which is `["linear_attention"] * num_hidden_layers`)."""
+    attribute = inspect.getattr_static(type(obj), name, None)
+    return not (isinstance(attribute, property) and attribute.fset is None)

@@ -17,7 +17,19 @@ from .architectures import ADAPTERS, UnsupportedArchitectureError, get_adapter
 from .architectures.blocks import find_blocks
 from .checks import check_sequence_length
 from .configuration import PruningConfig
-from .data.calibration import RANDOM_TOKENS, load_texts, random_token_samples, sample_examples, sample_token_windows
+from .data.calibration import (
+    RANDOM_TOKENS,
+    TOKEN_IDS_FORMS,
+    CalibrationDataError,
+    check_token_ids,
+    load_texts,
+    random_token_samples,
+    sample_examples,
+    sample_id_examples,
+    sample_id_windows,
+    sample_token_windows,
+    token_id_rows,
+)
 from .offline import hub_unreachable_error, is_hub_unreachable
 from .offload import is_offloaded, new_offloaded_zero_biases
 from .planning import PruningPlan, calibration_need, plan_inputs, plan_pruning, pruned_kinds, without_refit
@@ -154,9 +166,28 @@ class BasePruner:
 
     # ---- pruning --------------------------------------------------------------------------------------------
     def calibration_samples(self, config: PruningConfig) -> list[dict[str, torch.Tensor]]:
-        if self.tokenizer is None:
-            raise ValueError("Calibration needs a tokenizer: pass one to the pruner.")
+        """The calibration sequences of `config.dataset` (see `PruningConfig.dataset`), `config.num_samples` of
+        `config.seqlen` tokens drawn with `config.seed`: random windows of the joined data for language models,
+        one sequence per text or row for encoders. Token ids (`data.calibration.token_id_rows`) need no
+        tokenizer; text and 'random-tokens' do."""
         check_sequence_length(config.seqlen, self.model.config)
+        windows = self.calibration_format == "windows"
+        rows = token_id_rows(config.dataset)
+        if rows is not None:
+            check_token_ids(rows, self._vocab_size())
+            if windows:
+                return sample_id_windows(rows, self.tokenizer, config.num_samples, config.seqlen, config.seed)
+            pad = getattr(self.tokenizer, "pad_token_id", None) if self.tokenizer is not None else None
+            if pad is None:
+                pad = getattr(self.model.config, "pad_token_id", None)
+            return sample_id_examples(rows, self.tokenizer, config.num_samples, config.seqlen, config.seed, pad)
+        if self.tokenizer is None and config.dataset is not None:
+            random_tokens = isinstance(config.dataset, str) and config.dataset == RANDOM_TOKENS
+            what = "dataset='random-tokens' (its special tokens)" if random_tokens else "text"
+            raise CalibrationDataError(
+                f"Calibration on {what} needs a tokenizer: pass one to the pruner, or calibrate on token ids "
+                f"({TOKEN_IDS_FORMS})."
+            )
         if isinstance(config.dataset, str) and config.dataset == RANDOM_TOKENS:
             vocab_size = int(getattr(self.model.config, "vocab_size", 0) or len(self.tokenizer))
             return random_token_samples(
@@ -168,8 +199,18 @@ class BasePruner:
                 as_windows=self.calibration_format == "windows",
             )
         texts = load_texts(config.dataset)
-        sampler = sample_token_windows if self.calibration_format == "windows" else sample_examples
+        sampler = sample_token_windows if windows else sample_examples
         return sampler(texts, self.tokenizer, config.num_samples, config.seqlen, config.seed)
+
+    def _vocab_size(self) -> int | None:
+        """How many token ids the model embeds: its (text) config's vocab_size, else its input embedding's rows."""
+        config = self.model.config
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        size = getattr(text_config, "vocab_size", None)
+        if size:
+            return int(size)
+        embeddings = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+        return int(embeddings.num_embeddings) if isinstance(embeddings, torch.nn.Embedding) else None
 
     def prune(
         self,
@@ -182,7 +223,13 @@ class BasePruner:
         activations_dir: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> PreTrainedModel:
-        """Prune the model in place and return it. `dataset` (or `config.dataset`) is the calibration data.
+        """Prune the model in place and return it. `dataset` (or `config.dataset`) is the calibration data: text
+        (a list of strings, a datasets.Dataset, a local file or folder, 'wikitext2' / 'c4' / 'ptb'), which the
+        pruner's tokenizer tokenizes, 'random-tokens', or token ids as llm-compressor's `oneshot` takes them (a
+        LongTensor [n, seqlen], a list of 1-D tensors or of lists of ints, a datasets.Dataset or a tokenizer's
+        output with an `input_ids` column; padding that an `attention_mask` marks is dropped), which need no
+        tokenizer. Language models calibrate on `num_samples` random windows of `seqlen` tokens of the joined data
+        (seeded by `seed`), encoders on one sequence per text or row, truncated to `seqlen`.
 
         Keyword arguments build a `PruningConfig` when `config` is not given. `execution_device` (where each block
         is pruned; default: where the model's accelerate hooks or weights say), `activations_device` and
@@ -276,9 +323,9 @@ class BasePruner:
 
         The plan comes from the code `prune()` decides with (`planning.plan_pruning`). A uniform allocation and
         sparsity patterns read only the layer shapes, so the model may have been built on the meta device; a
-        global allocation reads the weights, and calibration data (`dataset`) is read only where the plan depends
-        on it (`planning.plan_inputs`): flap and obs allocations, global with a data-driven criterion, depth
-        pruning.
+        global allocation reads the weights, and calibration data (`dataset`, in any form `prune()` takes) is read
+        only where the plan depends on it (`planning.plan_inputs`): flap and obs allocations, global with a
+        data-driven criterion, depth pruning.
         """
         config = self._checked_config(config, dataset, kwargs)
         # (No reconstruction is dropped for want of data, as prune() does: the units kept do not depend on it.)

@@ -15,6 +15,7 @@ from torch import nn
 from .allocation import LayerPlan, global_plan, uniform_plan
 from .architectures import ArchitectureAdapter
 from .architectures.decoder import ATTENTION_HEADS, QUERY_HEADS
+from .architectures.experts import ExpertDownProjection
 from .checks import check_budget, checked_refit
 from .configuration import PruningConfig
 from .criteria import CRITERIA, Criterion
@@ -329,34 +330,67 @@ class _PruneUnits(BlockMethod):
 def _collect_with_dense(
     block: Block, dense_layer: nn.Module, consumers: tuple[str, ...], dense_inputs: Sequence[BlockInput]
 ) -> dict[str, InputStatistics]:
-    """Gram and cross-covariance statistics: the block on the pruned stream, its dense copy on the dense stream."""
+    """Gram and cross-covariance statistics: the block on the pruned stream, its dense copy on the dense stream.
+
+    Pairs each token's consumer input on the pruned stream with the dense copy's input for the same token. A routed
+    expert (`ExpertDownProjection`) sees only the tokens its router sends it, and the two copies route differently
+    once their streams differ: there the tokens are those the pruned layer routes to the expert (what it will compute
+    on), and the dense side is the dense copy of the expert evaluated on the dense stream's hidden states of those
+    tokens (`ExpertDownProjection.expert_inputs`), so the refit targets the dense expert's output for them.
+    """
     layer = block.module
+    routed = {name for name in consumers if isinstance(layer.get_submodule(name), ExpertDownProjection)}
     captured: dict[str, list[torch.Tensor]] = {name: [] for name in consumers}
     pruned_side: dict[str, list[torch.Tensor]] = {name: [] for name in consumers}
+    routing: dict[str, list[torch.Tensor]] = {name: [] for name in routed}
+    dense_stops: list[nn.Module] = []
     with observe_statistics({name: layer.get_submodule(name) for name in consumers}, with_gram=True) as stats:
         handles = []
         for name in consumers:
-            handles.append(
-                dense_layer.get_submodule(name).register_forward_pre_hook(
-                    lambda _m, args, _name=name: captured[_name].append(args[0].detach())
+            dense_module = dense_layer.get_submodule(name)
+            if name in routed:
+                # All tokens of the dense copy's experts call (same order as the pruned one's); the pruned copy's
+                # routing picks the rows.
+                handles.append(
+                    dense_module.register_routing_hook(
+                        lambda hidden, _mask, _name=name: captured[_name].append(hidden)
+                    )
                 )
-            )
+                handles.append(
+                    layer.get_submodule(name).register_routing_hook(
+                        lambda _hidden, mask, _name=name: routing[_name].append(mask)
+                    )
+                )
+                dense_stops.append(dense_module.experts)
+            else:
+                handles.append(
+                    dense_module.register_forward_pre_hook(
+                        lambda _m, args, _name=name: captured[_name].append(args[0].detach())
+                    )
+                )
+                dense_stops.append(dense_module)
         for name in consumers:
+            # nn.Module's own registration: a routed expert's view adds a driver per hook registered through it,
+            # which would feed it (and its statistics, already driven by `observe_statistics`) twice per forward.
             handles.append(
-                layer.get_submodule(name).register_forward_pre_hook(
-                    lambda _m, args, _name=name: pruned_side[_name].append(args[0].detach())
+                nn.Module.register_forward_pre_hook(
+                    layer.get_submodule(name),
+                    lambda _m, args, _name=name: pruned_side[_name].append(args[0].detach()),
                 )
             )
         try:
             with (
                 block.stopping_after(layer, [layer.get_submodule(name) for name in consumers]),
-                block.stopping_after(dense_layer, [dense_layer.get_submodule(name) for name in consumers]),
+                block.stopping_after(dense_layer, dense_stops),
             ):
                 for item, dense_item in zip(block.inputs, dense_inputs):
                     block.run(layer, [item], keep_outputs=False)
                     block.run(dense_layer, [dense_item], keep_outputs=False)
                     for name in consumers:
-                        stats[name].update_cross(pruned_side[name].pop(), captured[name].pop())
+                        dense_side = captured[name].pop()
+                        if name in routed:
+                            dense_side = dense_layer.get_submodule(name).expert_inputs(dense_side, routing[name].pop())
+                        stats[name].update_cross(pruned_side[name].pop(), dense_side)
         finally:
             for handle in handles:
                 handle.remove()

@@ -336,6 +336,106 @@ def test_bias_reconstruction_on_stacked_experts_is_a_clear_error(tokenizer, text
         pruner.prune(config, show_progress=False)
 
 
+@pytest.mark.parametrize("family", MOE)
+def test_liar_dense_on_experts_prunes_and_reloads(family, tokenizer, texts, tmp_path):
+    """reconstruction='liar_dense' on MoE models: the pruned and the dense copy of a block route tokens to
+    different experts once their streams differ (the second block on), which crashed the cross-covariance."""
+    pruner = _prune(family, tokenizer, texts, sparsity=0.5, reconstruction="liar_dense")
+    assert abs(pruner.summary["sparsity_achieved"] - 0.5) < 0.08
+    expected = _logits(pruner.model)
+    assert torch.isfinite(expected).all()
+    pruner.save_pretrained(tmp_path / "out")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert torch.equal(_logits(reloaded), expected)
+
+
+@pytest.mark.parametrize("family", MOE)
+def test_liar_dense_equals_liar_on_experts_when_the_streams_agree(family, tokenizer, texts):
+    """In the first block both copies see the same stream: the refit to the dense outputs is LIAR's, fitted
+    without an intercept on stacked experts (which hold no bias) instead of failing on the bias it added."""
+    models = {}
+    for reconstruction in ("liar", "liar_dense"):
+        pruner = PrunerForCausalLM(tiny_decoder(family, num_hidden_layers=1), tokenizer)
+        config = PruningConfig(
+            structures=["expert_channels"],
+            sparsity=0.5,
+            reconstruction=reconstruction,
+            dataset=texts,
+            num_samples=4,
+            seqlen=32,
+        )
+        pruner.prune(config, show_progress=False)
+        models[reconstruction] = pruner.model
+    liar, dense_target = (models[r].model.layers[0].mlp.experts for r in ("liar", "liar_dense"))
+    torch.testing.assert_close(dense_target.down_proj, liar.down_proj, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(dense_target.gate_up_proj, liar.gate_up_proj)
+
+
+@pytest.mark.parametrize("family", MOE)
+def test_liar_dense_pairs_each_expert_with_the_dense_expert_on_the_pruned_routing(family, monkeypatch):
+    """Per expert, the statistics of the dense-target refit are those of the tokens the PRUNED block routes to the
+    expert: the Gram matrix of its inputs there, and the cross-covariance with the dense copy of the expert
+    evaluated on the dense stream's hidden states of those same tokens (checked on block 1, after block 0 was
+    pruned, where the two routings differ)."""
+    import copy
+
+    from torch.nn import functional as F
+
+    from optimum_prune import structured
+
+    overrides = {"mlp_only_layers": []} if family == "qwen2_moe" else {}
+    model = tiny_decoder(family, **overrides)
+    dense = copy.deepcopy(model)
+    torch.manual_seed(1)
+    samples = [{"input_ids": torch.randint(4, 100, (1, 32))} for _ in range(4)]
+    collected = {}  # (block, consumer) -> the statistics the refit got
+    original = structured._collect_with_dense
+
+    def spy(block, dense_layer, consumers, dense_inputs):
+        stats = original(block, dense_layer, consumers, dense_inputs)
+        collected.update({(block.index, name): stats[name] for name in consumers})
+        return stats
+
+    monkeypatch.setattr(structured, "_collect_with_dense", spy)
+    config = PruningConfig(structures=["expert_channels"], sparsity=0.75, reconstruction="liar_dense")
+    structured.prune_structured(model, get_adapter(model), config, samples, show_progress=False)
+
+    def experts_calls(network):  # (hidden states, top-k experts) of block 1's experts, per sample
+        calls = []
+        experts = network.model.layers[1].mlp.experts
+        handle = experts.register_forward_pre_hook(lambda _m, args: calls.append((args[0], args[1])))
+        with torch.no_grad():
+            for sample in samples:
+                network(**sample, use_cache=False)
+        handle.remove()
+        return calls
+
+    # The pruned model as block 1 saw it: block 0 pruned, block 1 still dense.
+    as_seen = copy.deepcopy(model)
+    as_seen.model.layers[1] = copy.deepcopy(dense.model.layers[1])
+    pruned_calls, dense_calls = experts_calls(as_seen), experts_calls(dense)
+    experts = dense.model.layers[1].mlp.experts
+    differs = False
+    for e in range(experts.down_proj.shape[0]):
+        gram = cross = 0
+        count = 0
+        for (hidden, chosen), (dense_hidden, dense_chosen) in zip(pruned_calls, dense_calls):
+            routed = (chosen == e).any(-1)
+            differs |= not torch.equal(routed, (dense_chosen == e).any(-1))
+
+            def inputs(states, _routed=routed, _expert=e):
+                gate, up = F.linear(states[_routed], experts.gate_up_proj[_expert]).chunk(2, dim=-1)
+                return (experts.act_fn(gate) * up).double()
+
+            x, x_dense = inputs(hidden), inputs(dense_hidden)
+            gram, cross, count = gram + x.T @ x, cross + x.T @ x_dense, count + int(routed.sum())
+        stats = collected[(1, f"mlp.experts.down_proj_expert_{e}")]
+        assert stats.count == count
+        torch.testing.assert_close(stats.gram, gram, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(stats.cross, cross, rtol=1e-5, atol=1e-6)
+    assert differs  # the check means something: the pruned block routes some token elsewhere
+
+
 def test_expert_override_must_keep_a_kernel_friendly_size(tokenizer, texts):
     from optimum_prune.allocation import BudgetError
 

@@ -244,6 +244,45 @@ def test_depth_linear_bridge_lowers_error_against_plain_removal(tmp_path):
     torch.testing.assert_close(reloaded(ids).logits, bridged(ids).logits)
 
 
+def _tiny_ssm(family: str, dtype: torch.dtype) -> nn.Module:
+    from transformers import FalconMambaConfig, FalconMambaForCausalLM, MambaConfig, MambaForCausalLM
+
+    model_class, config_class = {
+        "mamba": (MambaForCausalLM, MambaConfig),
+        "falcon_mamba": (FalconMambaForCausalLM, FalconMambaConfig),
+    }[family]
+    torch.manual_seed(0)
+    config = config_class(vocab_size=128, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2, conv_kernel=4)
+    return model_class(config).eval().to(dtype)
+
+
+@pytest.mark.parametrize(
+    ("family", "dtype"), [("mamba", torch.float32), ("falcon_mamba", torch.float32), ("mamba", torch.bfloat16)]
+)
+@pytest.mark.parametrize("recipe", ["shortgpt", "shortgpt_linear"])
+def test_depth_pruning_of_mamba_saves_and_reloads(tmp_path, family, dtype, recipe):
+    """`MambaConfig.layer_types` is a read-only property (`["linear_attention"] * num_hidden_layers`): writing it
+    failed whenever the bridges kept the block count (one bridge per removed block). In bfloat16 the bridge also
+    took float32 (Mamba's blocks have no `input_layernorm`) and the reloaded one the weights' dtype, while the
+    stream between blocks stays float32 (`residual_in_fp32`)."""
+    from transformers import AutoModelForCausalLM
+
+    pruner = _pruner(_tiny_ssm(family, dtype), sparsity=0.5, recipe=recipe)
+    pruned = pruner.model
+    layers = pruned.backbone.layers
+    bridged = recipe == "shortgpt_linear"
+    assert len(layers) == pruned.config.num_hidden_layers == (2 if bridged else 1)
+    assert pruned.config.layer_types == ["linear_attention"] * len(layers)
+    assert sum(isinstance(layer, LinearBridge) for layer in layers) == (1 if bridged else 0)
+    pruner.save_pretrained(tmp_path)
+    assert getattr(pruned.config, LAYOUT_KEY)["requires_plugin"] is bridged
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=dtype)
+    ids = _samples(1, 16)[0]["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, pruned(ids).logits)
+        pruned.generate(ids[:, :6], max_new_tokens=2, do_sample=False)
+
+
 # ---- recipes --------------------------------------------------------------------------------------------------------
 def test_recipe_fills_defaults_and_explicit_fields_win():
     flap = PruningConfig(recipe="flap", sparsity=0.3)

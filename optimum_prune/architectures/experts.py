@@ -77,12 +77,43 @@ class ExpertDownProjection(nn.Module):
 
     @torch.no_grad()
     def _drive(self, experts: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden, routed = self._routing(args, kwargs)
+        self(self.expert_inputs(hidden, routed))
+
+    def _routing(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden states [tokens, hidden], mask [tokens] of the tokens routed to this expert) of an experts call."""
         hidden = args[0] if args else kwargs["hidden_states"]
         top_k_index = args[1] if len(args) > 1 else kwargs["top_k_index"]
-        routed = (top_k_index == self.expert).any(dim=-1)
-        gate_up = F.linear(hidden[routed], experts.gate_up_proj[self.expert])
+        return hidden, (top_k_index == self.expert).any(dim=-1)
+
+    @torch.no_grad()
+    def expert_inputs(self, hidden: torch.Tensor, routed: torch.Tensor) -> torch.Tensor:
+        """This expert's down-projection inputs, act(gate x) * (up x), for the tokens `hidden[routed]`.
+
+        The routing may come from another copy of the layer: an error-correcting refit ("liar_dense") evaluates the
+        dense copy's expert on the dense stream for the tokens the pruned model routes here.
+        """
+        experts = self._experts
+        gate_up = F.linear(hidden[routed.to(hidden.device)], experts.gate_up_proj[self.expert])
         gate, up = gate_up.chunk(2, dim=-1)
-        self(experts.act_fn(gate) * up)
+        return experts.act_fn(gate) * up
+
+    @property
+    def experts(self) -> nn.Module:
+        """The stacked experts module whose forward carries the routing (entered once per forward of the layer)."""
+        return self._experts
+
+    def register_routing_hook(self, hook: Any) -> torch.utils.hooks.RemovableHandle:
+        """Call `hook(hidden, routed)` at every forward of the experts module, before it runs: all the tokens of
+        the call ([tokens, hidden]) and the mask of those routed to this expert. Does not feed the view.
+
+        Runs before the drivers of hooks registered through the views, whose forward may end the block's
+        (`layerwise.stopping_after`)."""
+
+        def pre_hook(_experts: nn.Module, args: tuple, kwargs: dict) -> None:
+            hook(*self._routing(args, kwargs))
+
+        return self._experts.register_forward_pre_hook(pre_hook, with_kwargs=True, prepend=True)
 
     @torch.no_grad()
     def mask_channels(self, keep: torch.Tensor) -> None:

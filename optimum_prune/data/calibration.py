@@ -1,11 +1,16 @@
-"""Calibration data: from strings, a `datasets.Dataset`, local files or the usual dataset names, to token tensors."""
+"""Calibration data: from strings, a `datasets.Dataset`, local files or the usual dataset names, to token tensors.
+
+Pre-tokenized data (what llm-compressor's `oneshot` accepts: a LongTensor [n, seqlen], a list of 1-D tensors or of
+lists of ints, a `datasets.Dataset` or a tokenizer's output with an `input_ids` column) skips the tokenizer:
+`token_id_rows` reads it, `sample_id_windows` / `sample_id_examples` cut it as the text samplers cut text.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -247,6 +252,11 @@ def _text_column(dataset: Any) -> str:
     for name in names:
         if getattr(features.get(name), "dtype", None) == "string":
             return name
+    if "input_ids" in names:
+        raise CalibrationDataError(
+            f"No text column among {names}: for token ids, pass the loaded datasets.Dataset itself as the dataset "
+            "(its input_ids column is read as is)."
+        )
     raise CalibrationDataError(f"No text column among {names}; pass text_column=.")
 
 
@@ -259,15 +269,25 @@ def sample_token_windows(
     and then `seqlen - 1` tokens of the stream; for one that adds nothing, `seqlen` tokens of the stream.
     """
     ids = tokenizer("\n\n".join(texts), return_tensors="pt", add_special_tokens=False).input_ids[0]
-    prefix = torch.tensor(window_prefix(tokenizer), dtype=ids.dtype, device=ids.device)
+    return _draw_windows(ids, window_prefix(tokenizer), num_samples, seqlen, seed, "calibration text")
+
+
+def _draw_windows(
+    ids: torch.Tensor, prefix: list[int], num_samples: int, seqlen: int, seed: int, what: str
+) -> list[dict[str, torch.Tensor]]:
+    """`num_samples` windows of `seqlen` tokens at random starts (`random.Random(seed)`) of the 1-D stream `ids`,
+    each `prefix` and then `seqlen - len(prefix)` tokens of the stream."""
+    prefix = torch.tensor(prefix, dtype=ids.dtype, device=ids.device)
     body = _window_body(seqlen, prefix.tolist())
     if ids.numel() < body:
         raise CalibrationDataError(
-            f"The calibration text has {ids.numel()} tokens, fewer than seqlen={seqlen}: give more text or a smaller seqlen."
+            f"The {what} has {ids.numel()} tokens, fewer than seqlen={seqlen}: give more "
+            f"{'text' if what.endswith('text') else 'token ids'} or a smaller seqlen."
         )
     if ids.numel() < num_samples * body:
         logger.warning(
-            "Calibration text has %d tokens, less than the %d that %d windows of seqlen=%d take: windows will overlap.",
+            "The %s has %d tokens, less than the %d that %d windows of seqlen=%d take: windows will overlap.",
+            what,
             ids.numel(),
             num_samples * body,
             num_samples,
@@ -289,3 +309,167 @@ def sample_examples(
         encoded = tokenizer(text, return_tensors="pt", truncation=True, max_length=seqlen)
         samples.append({key: value for key, value in encoded.items() if key != "attention_mask"})
     return samples
+
+
+# ---- pre-tokenized calibration data ---------------------------------------------------------------------------------
+TOKEN_IDS_FORMS = (
+    "a LongTensor [n, seqlen], a list of 1-D tensors or of lists of ints, or a datasets.Dataset (or a tokenizer's "
+    "output) with an input_ids column"
+)
+
+
+def token_id_rows(source: Any) -> list[torch.Tensor] | None:
+    """Pre-tokenized calibration data as one 1-D int64 tensor per sequence, or None where `source` is no token ids
+    (text, a file or dataset name, `RANDOM_TOKENS`: `load_texts` reads those).
+
+    Accepted: an integer tensor or NumPy array ([n, length], or [length] for one sequence); a list of 1-D tensors,
+    of lists of ints, or of mappings with `input_ids`; a mapping (a tokenizer's `BatchEncoding`) or a
+    `datasets.Dataset` with an `input_ids` column. Where an `attention_mask` comes with the ids, the positions it
+    masks (padding) are dropped, so every row is one unpadded sequence. Nothing is checked against a vocabulary
+    here (`check_token_ids`).
+    """
+    if source is None or isinstance(source, (str, bytes)):
+        return None
+    if isinstance(source, Mapping):
+        if "input_ids" not in source:
+            raise CalibrationDataError(
+                f"A calibration mapping needs an 'input_ids' entry (got keys {sorted(map(str, source))})."
+            )
+        return _unpadded(source["input_ids"], source.get("attention_mask"))
+    if hasattr(source, "column_names"):  # a datasets.Dataset: its input_ids column wins over any text column
+        names = list(source.column_names or [])
+        if "input_ids" not in names:
+            return None
+        mask = list(source["attention_mask"]) if "attention_mask" in names else None
+        return _unpadded(list(source["input_ids"]), mask)
+    if _is_array(source):
+        return _unpadded(source, None)
+    if isinstance(source, Sequence):
+        if len(source) == 0 or any(isinstance(item, (str, bytes)) for item in source):
+            return None  # text (or a mix, which load_texts refuses)
+        if all(isinstance(item, Mapping) for item in source):
+            return [row for item in source for row in token_id_rows(item) or []]
+        return _unpadded(list(source), None)
+    return None
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) or type(value).__module__ == "numpy" and hasattr(value, "dtype")
+
+
+def _unpadded(ids: Any, mask: Any) -> list[torch.Tensor]:
+    rows = _rows(ids, "input_ids")
+    if mask is not None:
+        masks = _rows(mask, "attention_mask")
+        if [m.shape for m in masks] != [r.shape for r in rows]:
+            raise CalibrationDataError("The calibration attention_mask does not have the shape of its input_ids.")
+        rows = [row[m != 0] for row, m in zip(rows, masks)]
+    rows = [row for row in rows if row.numel()]
+    if not rows:
+        raise CalibrationDataError("The calibration token ids are empty (no sequence holds a token).")
+    return rows
+
+
+def _rows(value: Any, name: str) -> list[torch.Tensor]:
+    """`value` ([n, length] array, [length] array, or a sequence of rows) as a list of 1-D int64 tensors."""
+    if _is_array(value):
+        tensor = torch.as_tensor(value)
+        if tensor.dtype == torch.bool or tensor.is_floating_point() or tensor.is_complex():
+            raise CalibrationDataError(f"Calibration {name} must be integers, got a tensor of {tensor.dtype}.")
+        if tensor.dim() == 1:
+            return [tensor.long().cpu()]
+        if tensor.dim() == 2:
+            return list(tensor.long().cpu())
+        raise CalibrationDataError(
+            f"Calibration {name} must be [n, length] or one sequence [length]; got shape {tuple(tensor.shape)}."
+        )
+    rows: list[torch.Tensor] = []
+    for item in value:
+        if _is_array(item) and torch.as_tensor(item).dim() > 0:
+            rows += _rows(item, name)
+        elif isinstance(item, Sequence) and not isinstance(item, (str, bytes)):
+            if not all(isinstance(i, int) and not isinstance(i, bool) for i in item):
+                raise CalibrationDataError(f"Each calibration row of {name} must hold ints only.")
+            rows.append(torch.tensor(list(item), dtype=torch.long))
+        elif isinstance(item, int) or _is_array(item):
+            _flat_error(name)
+        else:
+            raise CalibrationDataError(
+                f"Cannot read a calibration row of {name} from {type(item).__name__}: use {TOKEN_IDS_FORMS}."
+            )
+    return rows
+
+
+def _flat_error(name: str) -> None:
+    raise CalibrationDataError(
+        f"A list of calibration {name} holds one sequence per item (a list of ints or a 1-D tensor), not single "
+        "ids: wrap one sequence in a list, or pass a 1-D tensor."
+    )
+
+
+def check_token_ids(rows: Sequence[torch.Tensor], vocab_size: int | None) -> None:
+    """Raise `CalibrationDataError` for ids the model cannot embed: negative, or `vocab_size` and above."""
+    smallest = min(int(row.min()) for row in rows)
+    largest = max(int(row.max()) for row in rows)
+    if smallest < 0:
+        raise CalibrationDataError(f"The calibration token ids include {smallest}: token ids are >= 0.")
+    if vocab_size and largest >= vocab_size:
+        raise CalibrationDataError(
+            f"The calibration token ids go up to {largest}, but the model's vocabulary has {vocab_size} ids "
+            f"(0 to {vocab_size - 1}): were they made by another model's tokenizer?"
+        )
+
+
+def sample_id_windows(
+    rows: Sequence[torch.Tensor], tokenizer: Any, num_samples: int, seqlen: int, seed: int = 0
+) -> list[dict[str, torch.Tensor]]:
+    """Token-id counterpart of `sample_token_windows`: the rows joined into one stream, `num_samples` windows of
+    `seqlen` tokens drawn from it with the same seed protocol.
+
+    With a tokenizer, each window starts as the tokenizer starts a text (`window_prefix`, e.g. a BOS), and a row
+    that starts with that prefix itself (ids made with `add_special_tokens=True`) loses it in the stream, so no
+    window holds it twice; the ids of one text tokenized without special tokens give the windows of that text.
+    Without a tokenizer, the windows are cut from the ids exactly as given.
+    """
+    prefix = window_prefix(tokenizer)
+    stream = torch.cat([_without_prefix(row, prefix) for row in rows])
+    return _draw_windows(stream, prefix, num_samples, seqlen, seed, "calibration token stream")
+
+
+def sample_id_examples(
+    rows: Sequence[torch.Tensor],
+    tokenizer: Any,
+    num_samples: int,
+    seqlen: int,
+    seed: int = 0,
+    pad_token_id: int | None = None,
+) -> list[dict[str, torch.Tensor]]:
+    """Token-id counterpart of `sample_examples` (encoders): one sequence per row, the rows chosen as texts are.
+
+    A row is truncated to `seqlen` tokens, keeping the tokenizer's closing special tokens (e.g. [SEP]) where it
+    ends with them, as the tokenizer truncates a text (without a tokenizer: its first `seqlen` ids). Trailing `pad_token_id`s (rows padded to one length
+    without an attention mask) are dropped: no statistic sees a pad token.
+    """
+    rng = random.Random(seed)
+    chosen = list(rows) if len(rows) <= num_samples else rng.sample(list(rows), num_samples)
+    suffix = _special_token_frame(tokenizer)[1] if tokenizer is not None else []
+    samples = []
+    for row in chosen:
+        if pad_token_id is not None:
+            real = torch.nonzero(row != pad_token_id)
+            row = row[: int(real[-1]) + 1] if real.numel() else row[:0]
+        if row.numel() > seqlen:
+            ending = torch.tensor(suffix, dtype=row.dtype)
+            keep = suffix and len(suffix) < seqlen and torch.equal(row[-len(suffix) :], ending)
+            row = torch.cat([row[: seqlen - len(suffix)], ending]) if keep else row[:seqlen]
+        if row.numel():
+            samples.append({"input_ids": row[None, :].clone()})
+    if not samples:
+        raise CalibrationDataError("The calibration token ids hold only padding.")
+    return samples
+
+
+def _without_prefix(row: torch.Tensor, prefix: list[int]) -> torch.Tensor:
+    if prefix and row.numel() >= len(prefix) and row[: len(prefix)].tolist() == prefix:
+        return row[len(prefix) :]
+    return row

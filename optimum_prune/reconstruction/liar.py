@@ -113,7 +113,8 @@ def interpolate_to_dense(
     With x the pruned model's input to this consumer and x_d the dense model's input for the same token, solve
     min ||[X_K 1] [W'; b']^T - X_d W^T||^2 + lambda ||W' - W_K||^2 from the cross-covariance X^T X_d
     (`InputStatistics.cross`). When x = x_d this is exactly LIAR's refit (same ridge); otherwise it also corrects
-    what earlier layers' pruning changed in x. Runs even when no channel of this consumer is pruned.
+    what earlier layers' pruning changed in x. Runs even when no channel of this consumer is pruned. A consumer
+    that cannot hold a bias (a stacked MoE expert) is fitted without the intercept, as LIAR fits it.
     """
     if stats.gram is None or stats.cross is None or stats.dense_sum is None:
         raise ValueError(
@@ -123,18 +124,22 @@ def interpolate_to_dense(
     w = weight.to(stats.gram)
     k = kept.numel()
     gram = stats.gram
+    intercept = getattr(linear, "supports_bias", True)
     ridge = damp * torch.diagonal(gram[kept][:, kept]).mean().clamp_min(1e-12)
-    lhs = torch.empty(k + 1, k + 1, dtype=gram.dtype, device=gram.device)
+    size = k + 1 if intercept else k
+    lhs = torch.empty(size, size, dtype=gram.dtype, device=gram.device)
     lhs[:k, :k] = gram[kept][:, kept] + ridge * torch.eye(k, dtype=gram.dtype, device=gram.device)
-    lhs[:k, k] = lhs[k, :k] = stats.sum[kept]
-    lhs[k, k] = float(stats.count)
-    rhs = torch.cat([stats.cross[kept] @ w.T + ridge * w[:, kept].T, (stats.dense_sum @ w.T)[None, :]], dim=0)
+    rhs = stats.cross[kept] @ w.T + ridge * w[:, kept].T
+    if intercept:
+        lhs[:k, k] = lhs[k, :k] = stats.sum[kept]
+        lhs[k, k] = float(stats.count)
+        rhs = torch.cat([rhs, (stats.dense_sum @ w.T)[None, :]], dim=0)
     try:
         solution = torch.linalg.solve(lhs, rhs)
     except RuntimeError:
         solution = torch.linalg.lstsq(lhs, rhs).solution
     weight[:, kept] = solution[:k].T.to(weight)
-    write_back(linear, weight, solution[k].to(weight))
+    write_back(linear, weight, solution[k].to(weight) if intercept else None)
 
 
 LIAR_DENSE = Reconstruction(
