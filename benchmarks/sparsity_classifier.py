@@ -1,0 +1,181 @@
+"""Unstructured sparsity on the MiniLM sentiment classifier: every solver x every per-block allocation (issue 24).
+
+sparsity.md holds the allocation rows on SmolLM2-135M beside llm-compressor; issue 24 asks for the 70% rows on the
+fine-tuned encoder as well, where the metric is accuracy retention. Rows: the unpruned classifier, then each
+sparsity (default 70%) x solver (wanda, sparsegpt, admm, obs_multi) x allocation (uniform, owl, obs), each on a fresh
+copy. Columns: dev accuracy and retention (pruned / unpruned), the zero fraction of the encoder blocks' Linear
+weights counted from the weights (the budget check), the lowest and highest per-block sparsity, wall and CPU seconds
+of `prune()`, and its peak resident memory.
+
+    python benchmarks/sparsity_classifier.py                         # ~15 minutes on 2 shared cores
+    python benchmarks/sparsity_classifier.py --sparsities 0.6 0.7 0.8 --resume
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import sys
+import time
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import torch  # noqa: E402
+from common import MarkdownReport, default_output, log, peak_rss  # noqa: E402
+from fixtures import sentiment_classifier as fixture  # noqa: E402
+from fixtures.shared import fixture_dir  # noqa: E402
+
+from optimum_prune import PrunerForSequenceClassification, PruningConfig  # noqa: E402
+
+METHODS = ("wanda", "sparsegpt", "admm", "obs_multi")
+ALLOCATIONS = ("uniform", "owl", "obs")
+DEV_EXAMPLES = 1000  # the fixture's dev split
+NUM_SAMPLES = 512  # quality.md's classifier calibration: 512 training sentences, one sequence each
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.7])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--allocations", nargs="+", choices=ALLOCATIONS, default=list(ALLOCATIONS))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--resume", action="store_true", help="keep the rows of an earlier run (its .json)")
+    parser.add_argument("--output", default=None, help="default benchmarks/results/sparsity_classifier.md")
+    return parser
+
+
+def block_zero_fraction(model: torch.nn.Module) -> float:
+    """Zero fraction of the Linear weights inside the encoder blocks (what the unstructured targets prune)."""
+    zeros = total = 0
+    for module in model.bert.encoder.modules():
+        if isinstance(module, torch.nn.Linear):
+            zeros += int((module.weight == 0).sum())
+            total += module.weight.numel()
+    return zeros / total
+
+
+def main(argv: list[str] | None = None) -> MarkdownReport:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    folder = fixture_dir(fixture.NAME, False)
+    try:
+        model, tokenizer, train_rows, dev_rows, metadata = fixture.load(folder)
+    except FileNotFoundError:
+        log("sentiment classifier fixture missing: building it first")
+        fixture.build()
+        model, tokenizer, train_rows, dev_rows, metadata = fixture.load(folder)
+    calibration = [row["sentence"] for row in train_rows]
+    plan = [(s, m, a) for s in args.sparsities for m in args.methods for a in args.allocations]
+    report = MarkdownReport(
+        path=args.output or default_output("sparsity_classifier", False),
+        title="Unstructured sparsity on the MiniLM sentiment classifier: solvers x per-block allocations",
+        intro=(
+            "Dev accuracy of the fine-tuned all-MiniLM-L6-v2 classifier after zeroing a fraction of every encoder "
+            "block's Linear weights, no retraining. Retention = pruned / unpruned dev accuracy. Block zeros are "
+            "counted from the weights; min / max block = the lowest and highest per-block sparsity the allocation "
+            "chose (the summary's `layer_sparsity`). Prune s / cpu s: wall and CPU seconds of `prune()` alone; peak "
+            "RSS: the process's peak resident memory during `prune()` (the model and data already loaded)."
+        ),
+        protocol={
+            "model": f"all-MiniLM-L6-v2 sentiment fixture, 6 blocks (dev accuracy at build "
+            f"{metadata['dev_accuracy']:.4f})",
+            "calibration": f"{NUM_SAMPLES} training-split sentences, at most {fixture.MAX_LENGTH} tokens, seed 0",
+            "evaluation": f"{len(dev_rows)} dev sentences (1 example = {1 / len(dev_rows):.1%})",
+            "pruning": "target='unstructured', PruningConfig defaults otherwise (owl_m=5, owl_lambda=0.08, "
+            "max_layer_deviation=0.1, mask_scope per solver default)",
+            "sparsities": ", ".join(f"{s:.0%}" for s in args.sparsities),
+            "methods": ", ".join(args.methods),
+            "allocations": ", ".join(args.allocations),
+            "torch threads": str(args.threads),
+        },
+        float_format=".4f",
+        planned=1 + len(plan),
+        selection_keys=("sparsities", "methods", "allocations"),
+    )
+    done = report.resume() if args.resume else []
+    dense_accuracy = fixture.accuracy(model, tokenizer, dev_rows)
+    if "unpruned" not in done:
+        report.add("unpruned", {"dev accuracy": dense_accuracy, "retention": 1.0, "block zeros": 0.0})
+    log(f"unpruned dev accuracy {dense_accuracy:.4f}; writing {report.path}")
+    for sparsity, method, allocation in plan:
+        name = f"{sparsity:.0%} {method}, {allocation}"
+        if name in done:
+            continue
+        pruner = PrunerForSequenceClassification(copy.deepcopy(model), tokenizer)
+        config = PruningConfig(
+            target="unstructured",
+            sparsity=sparsity,
+            method=method,
+            allocation=allocation,
+            num_samples=NUM_SAMPLES,
+            seqlen=fixture.MAX_LENGTH,
+            seed=0,
+        )
+        log(f"{name}: pruning")
+        try:
+            with peak_rss() as memory:
+                start, cpu_start = time.perf_counter(), time.process_time()
+                pruner.prune(config, dataset=calibration, show_progress=False)
+                seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+            accuracy = fixture.accuracy(pruner.model, tokenizer, dev_rows)
+        except Exception as error:  # a failing configuration is a row with its error
+            log(f"{name}: {type(error).__name__}: {error}")
+            report.add(name, {"error": f"{type(error).__name__}: {error}"[:300]})
+            continue
+        layers = pruner.summary.get("layer_sparsity") or [sparsity]
+        report.add(
+            name,
+            {
+                "dev accuracy": accuracy,
+                "retention": accuracy / dense_accuracy,
+                "block zeros": block_zero_fraction(pruner.model),
+                "min block": min(layers),
+                "max block": max(layers),
+                "prune s": seconds,
+                "prune cpu s": cpu_seconds,
+                "peak RSS (MiB)": memory["MiB"],
+            },
+        )
+        log(f"{name}: dev accuracy {accuracy:.4f}, prune {seconds:.0f}s")
+        del pruner
+    report.notes = notes(report.rows, args.sparsities)
+    report.finish()
+    return report
+
+
+def notes(rows: dict[str, dict], sparsities: list[float]) -> str:
+    """Per sparsity: the best row, and each allocation's best against uniform's best (computed from the rows)."""
+    lines = []
+    for sparsity in sparsities:
+        prefix = f"{sparsity:.0%} "
+        scored = {n: r for n, r in rows.items() if n.startswith(prefix) and "dev accuracy" in r}
+        if not scored:
+            continue
+        best = max(scored, key=lambda n: scored[n]["dev accuracy"])
+        lines.append(f"- {prefix.strip()}: best {best} ({scored[best]['retention']:.3f} retention).")
+        for allocation in ALLOCATIONS:
+            mine = [r["dev accuracy"] for n, r in scored.items() if n.endswith(f", {allocation}")]
+            if mine:
+                lines.append(f"  - best with {allocation} allocation: {max(mine):.4f}")
+    dense = rows.get("unpruned", {}).get("dev accuracy")
+    zeros = [r["block zeros"] for n, r in rows.items() if n != "unpruned" and "block zeros" in r]
+    if dense is not None and lines:
+        size = DEV_EXAMPLES
+        error = math.sqrt(dense * (1 - dense) / size)
+        lines.append(
+            f"- Noise: one dev example is {1 / size:.1%}; the binomial standard error of one accuracy near "
+            f"{dense:.3f} is {error:.1%}, so rows closer than about {2 * error:.1%} are not told apart."
+        )
+    if zeros:
+        lines.append(
+            f"- Budget, counted from the weights: {min(zeros):.4f}-{max(zeros):.4f} of the block weights are zero. A "
+            "row of a matrix loses floor(sparsity x its length) weights, so the 384-wide rows of MiniLM lose 268 "
+            "(69.8%), not 268.8, and the allocations' per-block targets round the same way."
+        )
+    return ("## Findings (computed from the rows)\n\n" + "\n".join(lines)) if lines else ""
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
