@@ -537,3 +537,29 @@ def test_llamacpp_converter_writes_every_tensor_and_the_per_layer_widths(tmp_pat
                 value = _rope_permuted(value, kv_heads[layer])
             stored = torch.from_numpy(tensors[_gguf_name(key)].data.copy())
             assert stored.shape == value.shape and torch.equal(stored, value), (name, key)
+
+
+# ---- ONNX Runtime (issue 22, item 5) ------------------------------------------------------------------------------
+@pytest.mark.parametrize("target", ["vllm", "llama.cpp"])
+@pytest.mark.filterwarnings("ignore")
+def test_serving_checkpoints_export_to_onnx_runtime(serving_checkpoints, target, tmp_path):
+    """The DeciLM remote code the serving checkpoints carry exports with torch's exporter and runs in ONNX Runtime,
+    as close to its PyTorch logits as a dense Llama's export is to its own (tests/test_onnx.py's tolerance)."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from conftest import tiny_llama
+
+    ids = torch.tensor([PROMPTS[0]])
+
+    def difference(model: torch.nn.Module, path: Path) -> float:
+        model.config.use_cache = False
+        torch.onnx.export(model, (ids,), str(path), input_names=["input_ids"], output_names=["logits"], dynamo=True)
+        exported = ort.InferenceSession(str(path)).run(None, {"input_ids": ids.numpy()})[0]
+        with torch.no_grad():
+            return (torch.from_numpy(exported) - model(ids).logits).abs().max().item()
+
+    dense = difference(tiny_llama().eval(), tmp_path / "dense.onnx")
+    folder, pruned_logits = serving_checkpoints[target]
+    model = _load(folder)
+    assert torch.allclose(_logits(model), pruned_logits, atol=1e-5)
+    assert difference(model, tmp_path / "pruned.onnx") <= max(10 * dense, 1e-5)
