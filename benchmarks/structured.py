@@ -107,8 +107,28 @@ def row_plan() -> list[tuple[str, dict[str, Any]]]:
             )
         )
     ffn = [(f"{s:.0%} FFN only, activation + liar", {"structures": ["ffn_channels"]}) for s in (0.2, 0.3)]
+    # Issue 23: what LLM-Pruner does differently, one piece at a time (its gradient ranking; its default of leaving
+    # blocks 0-3 and the last two of SmolLM2's 30 dense, the budget then taken from the other blocks).
+    llm_pruner_blocks = [0, 1, 2, 3, -2, -1]
+    taylor = [
+        (f"{s:.0%} heads+FFN, taylor + liar (LLM-Pruner's first-order Taylor ranking)", {"criterion": "taylor"})
+        for s in (0.2, 0.3)
+    ] + [
+        (
+            "20% FFN only, taylor + liar (LLM-Pruner's ranking, FFN channels)",
+            {"criterion": "taylor", "structures": ["ffn_channels"]},
+        ),
+        (
+            "20% heads+FFN, liar, blocks 0-3 and 28-29 kept (LLM-Pruner's protected blocks)",
+            {"protect_layers": llm_pruner_blocks},
+        ),
+        (
+            "20% heads+FFN, taylor + liar, blocks 0-3 and 28-29 kept (both)",
+            {"criterion": "taylor", "protect_layers": llm_pruner_blocks},
+        ),
+    ]
     rows = heads_ffn[0.2] + heads_ffn[0.3] + depth[0.2] + depth[0.3] + heads_ffn[0.5]
-    return rows + pieces[0.2] + pieces[0.3] + pieces[0.5] + ffn
+    return rows + pieces[0.2] + pieces[0.3] + pieces[0.5] + ffn + taylor
 
 
 def _relative_cost(fields: dict[str, Any]) -> int:
