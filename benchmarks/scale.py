@@ -27,6 +27,7 @@ what another run's contention changes least. The workers are this script run wit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -63,13 +65,28 @@ SHAPES: dict[str, dict[str, Any]] = {
         "max_position_embeddings": 8192,
         "rope_theta": 500000.0,
     },
+    #: Llama-3-70B's shapes: for --project only (140 GB in bf16 is not built here).
+    "70b": {
+        "hidden_size": 8192,
+        "num_hidden_layers": 80,
+        "intermediate_size": 28672,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "vocab_size": 128256,
+        "tie_word_embeddings": False,
+        "max_position_embeddings": 8192,
+        "rope_theta": 500000.0,
+    },
     "tiny": {"hidden_size": 256, "num_hidden_layers": 4, "intermediate_size": 896, "num_attention_heads": 8},
     "s512": {"hidden_size": 512, "num_hidden_layers": 3, "intermediate_size": 1792, "num_attention_heads": 8},
     "s768": {"hidden_size": 768, "num_hidden_layers": 2, "intermediate_size": 2688, "num_attention_heads": 12},
     "s1024": {"hidden_size": 1024, "num_hidden_layers": 2, "intermediate_size": 3584, "num_attention_heads": 16},
 }
+#: Shapes too large to build on this machine: `--project` only.
+PROJECT_ONLY = ("70b",)
 for _name, _shape in SHAPES.items():
-    if _name != "8b":
+    if _name not in ("8b", "70b"):
         _shape.update(
             num_key_value_heads=max(1, _shape["num_attention_heads"] // 4),
             head_dim=_shape["hidden_size"] // _shape["num_attention_heads"],
@@ -212,6 +229,58 @@ def _prompt_logits(model: torch.nn.Module, tokenizer: Any) -> torch.Tensor:
         return model(ids, logits_to_keep=1).logits[0, -1].float().cpu()
 
 
+class TermClock:
+    """CPU and wall seconds spent inside the statistics updates and the solver calls, summed since the start: what
+    `fit` attributes to those terms, the rest of a block's time being its passes, its I/O and a fixed overhead.
+
+    `patched(method, reconstruction)` wraps `InputStatistics.update` ("statistics"), the sparsity solver
+    (`unstructured.solve_checked`) and the structured refit (`RECONSTRUCTIONS[reconstruction].refit`) for the
+    duration of a run; the calls do not nest.
+    """
+
+    def __init__(self) -> None:
+        self.cpu: dict[str, float] = {}
+        self.wall: dict[str, float] = {}
+
+    def _wrap(self, function: Any, term: str) -> Any:
+        self.cpu.setdefault(term, 0.0)
+        self.wall.setdefault(term, 0.0)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            wall, cpu = time.perf_counter(), time.process_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.cpu[term] += time.process_time() - cpu
+                self.wall[term] += time.perf_counter() - wall
+
+        return timed
+
+    def snapshot(self) -> dict[str, float]:
+        return {**{f"{k} cpu": v for k, v in self.cpu.items()}, **{f"{k} wall": v for k, v in self.wall.items()}}
+
+    @contextlib.contextmanager
+    def patched(self, solver_term: str, reconstruction: str | None) -> Iterator[None]:
+        import dataclasses
+
+        import optimum_prune.unstructured as unstructured
+        from optimum_prune.reconstruction import RECONSTRUCTIONS
+        from optimum_prune.statistics import InputStatistics
+
+        update, solve = InputStatistics.update, unstructured.solve_checked
+        refit = RECONSTRUCTIONS.get(reconstruction) if reconstruction else None
+        InputStatistics.update = self._wrap(update, "statistics")
+        unstructured.solve_checked = self._wrap(solve, solver_term)
+        if refit is not None:
+            RECONSTRUCTIONS[reconstruction] = dataclasses.replace(refit, refit=self._wrap(refit.refit, solver_term))
+        try:
+            yield
+        finally:
+            InputStatistics.update, unstructured.solve_checked = update, solve
+            if refit is not None:
+                RECONSTRUCTIONS[reconstruction] = refit
+
+
 def run_prune_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Load, project, prune (per-block times), keep the prompt's logits, save; what the row shows."""
     from optimum_prune import PrunerForCausalLM, PruningConfig
@@ -244,6 +313,9 @@ def run_prune_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     blocks: list[dict[str, Any]] = []
     last_io = [proc_io()]
+    clock = TermClock()
+    solver_term = cost.blocks[0].solver_term
+    last_terms = [clock.snapshot()]
 
     def record(timing: Any) -> None:
         if not timing.changes_weights:
@@ -251,6 +323,9 @@ def run_prune_worker(spec: dict[str, Any]) -> dict[str, Any]:
         now = proc_io()
         delta = _io_delta(last_io[0], now)
         last_io[0] = now
+        terms = clock.snapshot()
+        spent = {key: value - last_terms[0].get(key, 0.0) for key, value in terms.items()}
+        last_terms[0] = terms
         blocks.append(
             {
                 "index": timing.index,
@@ -260,13 +335,17 @@ def run_prune_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 "read_bytes": delta["read_bytes"],
                 "write_bytes": delta["write_bytes"],
                 "features": cost.blocks[timing.index].features() if timing.index < len(cost.blocks) else {},
+                "statistics_cpu_s": spent.get("statistics cpu", 0.0),
+                "solver_cpu_s": spent.get(f"{solver_term} cpu", 0.0),
+                "statistics_wall_s": spent.get("statistics wall", 0.0),
+                "solver_wall_s": spent.get(f"{solver_term} wall", 0.0),
             }
         )
 
     reset = reset_peak_rss()
     io_prune = proc_io()
     wall, cpu = time.perf_counter(), time.process_time()
-    with block_timings(record):
+    with block_timings(record), clock.patched(solver_term, spec["config"].get("reconstruction")):
         pruner.prune(config, show_progress=False)
     result["prune_s"] = time.perf_counter() - wall
     result["prune_cpu_s"] = time.process_time() - cpu
@@ -359,6 +438,8 @@ def run_shape(
     save_and_reload: bool = True,
 ) -> list[dict[str, Any]]:
     """Every job on shape `name`; each row goes to `report` as soon as it is measured."""
+    if name in PROJECT_ONLY:
+        raise SystemExit(f"--shape {name} is for --project only: it is too large to build on this machine.")
     checkpoint = ensure_checkpoint(name, args.cache)
     tokens = args.samples * args.seqlen
     dataset = calibration_file(args.cache, tokens)
@@ -387,15 +468,23 @@ def run_shape(
             "logits": os.path.join(workdir, "logits.pt"),
             "coefficients": coefficients,
         }
-        log(f"{label}: pruning ({args.samples} x {args.seqlen} tokens, cpu cap {cpu_memory / 2**30:.2f} GiB)")
-        result = launch(spec, workdir, args.timeout)
+        needed, free = disk_needed(weights, _bytes(cpu_memory)), shutil.disk_usage(workdir).free
+        if needed > free and not args.skip_disk_check:
+            result = {"error": f"needs about {needed / 1e9:.0f} GB free in {workdir}, has {free / 1e9:.0f} GB"}
+            log(f"{label}: {result['error']} (--workdir elsewhere, a larger --cpu-memory, or --skip-disk-check)")
+        else:
+            log(
+                f"{label}: pruning ({args.samples} x {args.seqlen} tokens, cpu cap {cpu_memory}, weights "
+                f"{weights / 2**30:.2f} GiB in float32)"
+            )
+            result = launch(spec, workdir, args.timeout)
         shutil.rmtree(offload, ignore_errors=True)
         if "error" not in result and save_and_reload:
             log(f"{label}: reloading in a fresh process")
             result.update(launch({**spec, "kind": "reload", "offload_folder": reload_offload}, workdir, args.timeout))
         for path in (output, reload_offload):
             shutil.rmtree(path, ignore_errors=True)
-        result.update(shape=name, job=job, cpu_cap_gb=cpu_memory / 2**30)
+        result.update(shape=name, job=job, cpu_cap_gb=_bytes(cpu_memory) / 2**30)
         results.append(result)
         if report is not None:
             report.add(label, table_row(result))
@@ -410,6 +499,13 @@ def run_shape(
 
 
 _BLOCKS: dict[str, list[dict[str, Any]]] = {}
+
+
+def _bytes(memory: int | str) -> int:
+    """accelerate's memory sizes ("8GiB", "500MB", bytes) in bytes."""
+    from accelerate.utils import convert_file_size_to_int
+
+    return convert_file_size_to_int(memory)
 
 
 def table_row(result: dict[str, Any]) -> dict[str, Any]:
@@ -443,29 +539,92 @@ def report_rows(report: MarkdownReport) -> dict[str, list[dict[str, Any]]]:
 
 
 def block_tables(blocks_by_job: dict[str, list[dict[str, Any]]]) -> str:
-    """Per job, one line per block: measured wall and CPU seconds, projected seconds, bytes read and written."""
+    """Per job, one line per block: measured wall and CPU seconds (with the statistics' and the solver's share),
+    projected seconds, bytes read and written."""
     lines = ["## Per block", ""]
     for label, blocks in blocks_by_job.items():
         if not blocks:
             continue
-        lines += [f"{label}:", "", "| block | wall (s) | CPU (s) | projected (CPU s) | read (MB) | written (MB) |"]
-        lines += ["| ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            f"{label}:",
+            "",
+            "| block | wall (s) | CPU (s) | of which statistics (CPU s) | of which solver (CPU s) | projected (CPU s) "
+            "| read (MB) | written (MB) |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for b in blocks:
             projected = f"{b['projected_s']:.2f}" if b.get("projected_s") is not None else "-"
             lines.append(
-                f"| {b['index']} | {b['wall_s']:.2f} | {b['cpu_s']:.2f} | {projected} | "
+                f"| {b['index']} | {b['wall_s']:.2f} | {b['cpu_s']:.2f} | {b.get('statistics_cpu_s', 0.0):.2f} | "
+                f"{b.get('solver_cpu_s', 0.0):.2f} | {projected} | "
                 f"{b['read_bytes'] / 1e6:.1f} | {b['write_bytes'] / 1e6:.1f} |"
             )
         lines.append("")
     return "\n".join(lines)
 
 
+def disk_needed(weights_fp32: int, cpu_memory: int) -> int:
+    """Bytes a job writes at its peak: the offloaded float32 weights (beyond the CPU cap) and the saved float32
+    checkpoint (a structured run saves less, 2:4 the same; both are counted in full)."""
+    return max(weights_fp32 - cpu_memory, 0) + weights_fp32
+
+
+def project(args: argparse.Namespace) -> dict[str, float]:
+    """The cost model's projection for every job on `args.shape`, from a meta-device model (nothing is loaded or
+    built; no I/O term, the placement being unknown)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from optimum_prune import PruningConfig
+    from optimum_prune.cost import DEFAULT_COEFFICIENTS, CostCoefficients, describe_minutes, plan_cost
+    from optimum_prune.planning import plan_pruning
+
+    coefficients = (
+        CostCoefficients.load(args.coefficients)
+        if args.coefficients and os.path.exists(args.coefficients)
+        else DEFAULT_COEFFICIENTS
+    )
+    with torch.device("meta"):
+        model = LlamaForCausalLM(LlamaConfig(**SHAPES[args.shape]))
+    projections, lines = {}, []
+    for job in args.jobs:
+        config = PruningConfig(num_samples=args.samples, seqlen=args.seqlen, **JOBS[job])
+        cost = plan_cost(model, plan_pruning(model, config), config)
+        seconds = sum(cost.seconds(coefficients))
+        totals = cost.totals()
+        projections[job] = seconds
+        lines.append(
+            f"{args.shape}, {job}: {cost.flops:.3g} FLOPs (forward {totals['forward']:.3g}, statistics "
+            f"{totals['statistics']:.3g}, solver {totals['solver']:.3g}) on {cost.tokens} tokens; projection: about "
+            f"{describe_minutes(seconds)} ({seconds:.0f} s) of one CPU core"
+        )
+        print(lines[-1], flush=True)
+    if args.output:
+        from common import today
+
+        page = [
+            f"# Cost-model projection: random {args.shape} LLaMA",
+            "",
+            f"Made {today()} from the coefficients of {coefficients.source or coefficients.machine} "
+            f"({coefficients.machine}), before any run of this shape; `optimum_prune.cost` on a meta-device model, "
+            "no I/O term. A projection, not a measurement.",
+            "",
+            *[f"- {line}" for line in lines],
+            "",
+            "Command: `python benchmarks/scale.py " + " ".join(sys.argv[1:]) + "`",
+            "",
+        ]
+        from common import write_text_atomically
+
+        write_text_atomically(args.output, "\n".join(page))
+    return projections
+
+
 # ---- the fit --------------------------------------------------------------------------------------------------
 def fit(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
-    """Run both jobs (prune only) on every FIT_SHAPES shape and fit the coefficients to the blocks' CPU seconds."""
-    from optimum_prune.cost import fit_coefficients
+    """Run both jobs (prune only) on every FIT_SHAPES shape and fit the coefficients to the blocks' CPU seconds
+    (`fit_by_parts`), then check the fit out of sample: the largest shape projected from the others."""
 
-    rows, seconds, jobs = [], [], []
+    rows, seconds, jobs, block_shapes, parts = [], [], [], [], []
     for name in args.fit_shapes:
         for result in run_shape(name, args, workdir, None, save_and_reload=False):
             if "error" in result:
@@ -473,15 +632,17 @@ def fit(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
             jobs.append(result)
             for block in result["blocks"]:
                 rows.append(block["features"])
-                seconds.append(block["cpu_s"])
+                block_shapes.append(name)
+                seconds.append(block[f"{args.fit_on}_s"])
+                parts.append(
+                    {"statistics": block[f"statistics_{args.fit_on}_s"], "solver": block[f"solver_{args.fit_on}_s"]}
+                )
     terms = sorted({key for row in rows for key in row})
-    coefficients = fit_coefficients(rows, seconds, terms)
-    solvers = [coefficients[t] for t in terms if t.startswith("solve_") and coefficients[t] > 0]
-    coefficients["solve_default"] = max(solvers) if solvers else 0.0
+    coefficients = fit_by_parts(rows, seconds, parts, terms)
     info = machine_info()
     record = {
         "seconds": coefficients,
-        "machine": f"{info['CPU']}, {args.threads} torch thread(s) (CPU seconds)",
+        "machine": f"{info['CPU']}, {args.threads} torch thread(s) ({args.fit_on} seconds)",
         "source": f"benchmarks/scale.py --fit on {', '.join(args.fit_shapes)}, {args.samples} x {args.seqlen} tokens",
         "shapes": {name: SHAPES[name] for name in args.fit_shapes},
         "jobs": [
@@ -495,6 +656,28 @@ def fit(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
             for r in jobs
         ],
     }
+    # Out of sample: the largest shape projected from a fit on the others (what the 8B projection asks of the fit).
+    held_out = args.fit_shapes[-1]
+    if len(args.fit_shapes) > 1:
+        keep = [i for i, shape in enumerate(block_shapes) if shape != held_out]
+        partial = fit_by_parts([rows[i] for i in keep], [seconds[i] for i in keep], [parts[i] for i in keep], terms)
+        record["held_out"] = {
+            "shape": held_out,
+            "fitted_on": [n for n in args.fit_shapes if n != held_out],
+            "coefficients": partial,
+            "jobs": [
+                {
+                    "job": r["job"],
+                    f"measured_{args.fit_on}_s": sum(b[f"{args.fit_on}_s"] for b in r["blocks"]),
+                    "projected_s": sum(_predict(partial, b["features"]) for b in r["blocks"]),
+                }
+                for r in jobs
+                if r["shape"] == held_out
+            ],
+        }
+    record["blocks"] = [
+        {"shape": shape, "features": row, "seconds": value} for shape, row, value in zip(block_shapes, rows, seconds)
+    ]
     os.makedirs(os.path.dirname(os.path.abspath(args.fit_output)), exist_ok=True)
     with open(args.fit_output, "w", encoding="utf-8") as handle:
         json.dump(record, handle, indent=2)
@@ -504,7 +687,38 @@ def fit(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
         log(
             f"  {job['shape']}, {job['job']}: {job['measured_cpu_s']:.2f}s measured, {job['fitted_cpu_s']:.2f}s fitted"
         )
+    for job in record.get("held_out", {}).get("jobs", []):
+        log(f"  held out {held_out}: {job['job']}: {job['projected_s']:.2f}s projected from the smaller shapes")
     return record
+
+
+def fit_by_parts(
+    rows: list[dict[str, float]], seconds: list[float], parts: list[dict[str, float]], terms: list[str]
+) -> dict[str, float]:
+    """Least squares per term: the statistics and each solver's coefficient from the seconds measured inside those
+    calls (`TermClock`), then the fixed overhead, the forward passes and the I/O from what is left of each block.
+
+    Fitting every term to the block totals at once cannot tell the forward passes from the statistics on these
+    shapes (both grow as tokens x width^2), and leaves the solver, a small share of a small block, poorly
+    determined; the solver dominates at 8B.
+    """
+    from optimum_prune.cost import fit_coefficients
+
+    coefficients = dict.fromkeys(terms, 0.0)
+    coefficients.update(
+        fit_coefficients([{"statistics": r.get("statistics", 0.0)} for r in rows], [p["statistics"] for p in parts])
+    )
+    for term in [t for t in terms if t.startswith("solve_")]:
+        chosen = [i for i, r in enumerate(rows) if r.get(term)]
+        if chosen:
+            coefficients.update(
+                fit_coefficients([{term: rows[i][term]} for i in chosen], [parts[i]["solver"] for i in chosen])
+            )
+    rest = [total - p["statistics"] - p["solver"] for total, p in zip(seconds, parts)]
+    coefficients.update(fit_coefficients([{k: r.get(k, 0.0) for k in ("block", "forward", "io")} for r in rows], rest))
+    solvers = [coefficients[t] for t in terms if t.startswith("solve_") and coefficients[t] > 0]
+    coefficients["solve_default"] = max(solvers) if solvers else 0.0
+    return coefficients
 
 
 def _predict(coefficients: dict[str, float], features: dict[str, float]) -> float:
@@ -519,6 +733,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fit", action="store_true", help="fit the cost model on --fit-shapes instead")
     parser.add_argument("--fit-shapes", nargs="+", default=list(FIT_SHAPES), choices=sorted(SHAPES))
     parser.add_argument("--fit-output", default=COST_MODEL)
+    parser.add_argument(
+        "--fit-on",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="fit to CPU seconds (default: what a shared machine disturbs least) or wall seconds (sees disk waits)",
+    )
+    parser.add_argument(
+        "--project", action="store_true", help="print the cost model's projection for --shape, and run nothing"
+    )
+    parser.add_argument("--skip-disk-check", action="store_true", help="run even if the disk looks too small")
     parser.add_argument("--jobs", nargs="+", default=list(JOBS), choices=list(JOBS))
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--seqlen", type=int, default=512)
@@ -545,6 +769,8 @@ def main(argv: list[str] | None = None) -> MarkdownReport | dict[str, Any] | Non
     if args.worker:
         run_worker(args.worker)
         return None
+    if args.project:
+        return project(args)
     scratch = tempfile.mkdtemp(prefix="optimum-prune-scale-")
     if args.quick:
         args.shape = "tiny"
