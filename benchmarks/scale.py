@@ -15,10 +15,16 @@ measured time. The job records per-block wall and CPU seconds (`pipeline.block_t
 model. A fresh process reloads it (the same placement) and compares the argmax token and the largest |logit
 difference| with the in-memory logits. Results: ``benchmarks/results/scale.md`` (and ``scale.json``).
 
-    python benchmarks/scale.py                      # the 8B jobs (about an hour of CPU; ~16 GB cache, see --help)
+    python benchmarks/scale.py --threads 2 --cpu-memory 12GiB   # the 8B jobs (projection_8b.md: hours of CPU)
     python benchmarks/scale.py --shape s1024        # one of SHAPES
-    python benchmarks/scale.py --quick              # the tiny shape, in a temp folder: a smoke run in seconds
+    python benchmarks/scale.py --quick              # the tiny shape, in a temp folder: a smoke run in under a minute
     python benchmarks/scale.py --fit                # the cost model's fit on the small shapes -> cost_model.json
+    python benchmarks/scale.py --project --shape 70b --output benchmarks/results/projection_70b.md
+
+Disk: the 8B checkpoint takes 16 GB (bf16) in --cache; each job then writes the float32 weights beyond the CPU cap
+to its offload folder and saves a float32 checkpoint (up to 32 GB) in --workdir, about 50 GB at the peak with a
+12 GiB cap. A job checks the free space of --workdir first and stops with the figure when it is short. Memory: the
+cap plus a block's Gram matrices and solver (about 3 GB at 8B) plus the interpreter.
 
 Timings of the fit are CPU seconds of a process with one torch thread: the machine may be shared, and CPU time is
 what another run's contention changes least. The workers are this script run with ``--worker SPEC.json``.
