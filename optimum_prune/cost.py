@@ -8,8 +8,8 @@ run and the dry run share) with the layer shapes of `model` (a meta-device model
   one statistics pass per pruned unit kind and one more for the next block's inputs (none after the last block);
   an error-correcting refit (`liar_dense`) runs a dense copy as well (twice the passes); sparsity runs one
   observation pass and one for the next block's inputs. Statistics passes that stop early (`stopping_after`) and
-  the pass of the already pruned block are counted at the dense size: an upper bound, which the fitted coefficient
-  absorbs.
+  the pass of the already pruned block are counted at the dense size, and every expert of a mixture-of-experts block
+  as if each token reached it: an upper bound, which the fitted coefficient absorbs.
 - ``statistics``: the Gram matrices, ``2 x tokens x d_in^2`` per observed input (d_in its width). Structured pruning
   observes each consumer of a pruned kind (``o_proj``, ``down_proj``); sparsity observes each distinct input once
   (``q/k/v`` and ``gate/up`` read the same tensor, `SHARED_INPUTS`); solvers without a Gram matrix (Wanda,
@@ -25,12 +25,13 @@ run and the dry run share) with the layer shapes of `model` (a meta-device model
     (lazy block updates and the updates inside each block of 128 columns);
   - ADMM, OBS-multi and the rest: ``rows x d^2`` per matrix (the order of a Gram-matrix product), Wanda and
     magnitude ``rows x d`` (a sort per row);
-- ``io``: bytes read from the offload folder when the block's weights are offloaded (`offload.is_offloaded`), and
+- ``io``: bytes read from the offload folder when the block's weights are offloaded (accelerate hooks with offload), and
   written back when the method changes weights.
 
 A `CostCoefficients` turns the counts into seconds: seconds per FLOP of each term, seconds per byte of I/O and a
-fixed ``block`` overhead, fitted by least squares (`fit_coefficients`) to per-block times measured on small shapes
-(``benchmarks/scale.py --fit``). `DEFAULT_COEFFICIENTS` is that fit on one machine and one CPU core: a projection for
+fixed ``block`` overhead, fitted by non-negative least squares (`fit_coefficients`) to per-block times measured on
+small shapes (``benchmarks/scale.py --fit`` fits the statistics and solver terms to the seconds spent inside those
+calls, the rest to the remainder of each block). `DEFAULT_COEFFICIENTS` is that fit on one machine and one CPU core: a projection for
 other machines, never a measurement.
 """
 
