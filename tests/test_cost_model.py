@@ -149,6 +149,30 @@ def test_prune_says_once_how_long_is_left(caplog, fields):
     assert float(match.group(1)) > 0
 
 
+def test_a_scoring_pass_before_the_run_does_not_count_as_the_first_block():
+    """A global allocation scores every layer first (a pass that changes no weights): the message comes after the
+    first block of the pruning pass, once."""
+    pruner = PrunerForCausalLM(tiny_llama(), make_tokenizer())
+    timings, blocks_done_at_message = [], []
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            blocks_done_at_message.append(len(timings))
+
+    cost_logger = logging.getLogger("optimum_prune.cost")
+    handler, level = Handler(), cost_logger.level
+    cost_logger.addHandler(handler)
+    cost_logger.setLevel(logging.INFO)
+    try:
+        with block_timings(timings.append):
+            pruner.prune(_config(sparsity=0.5, allocation="global"), dataset=[TEXT], show_progress=False)
+    finally:
+        cost_logger.removeHandler(handler)
+        cost_logger.setLevel(level)
+    assert [t.changes_weights for t in timings] == [False] * 3 + [True] * 3
+    assert blocks_done_at_message == [4]  # 3 scored, then the first pruned
+
+
 def test_a_data_free_run_says_nothing(caplog):
     pruner = PrunerForCausalLM(tiny_llama(), make_tokenizer())
     with caplog.at_level(logging.INFO, logger="optimum_prune.cost"):
