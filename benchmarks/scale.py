@@ -15,16 +15,18 @@ measured time. The job records per-block wall and CPU seconds (`pipeline.block_t
 model. A fresh process reloads it (the same placement) and compares the argmax token and the largest |logit
 difference| with the in-memory logits. Results: ``benchmarks/results/scale.md`` (and ``scale.json``).
 
-    python benchmarks/scale.py --threads 2 --cpu-memory 12GiB   # the 8B jobs (projection_8b.md: hours of CPU)
+    python benchmarks/scale.py --threads 2 --cpu-memory 10GiB   # the 8B jobs (projection_8b.md: hours of CPU)
     python benchmarks/scale.py --shape s1024        # one of SHAPES
     python benchmarks/scale.py --quick              # the tiny shape, in a temp folder: a smoke run in under a minute
     python benchmarks/scale.py --fit                # the cost model's fit on the small shapes -> cost_model.json
     python benchmarks/scale.py --project --shape 70b --output benchmarks/results/projection_70b.md
 
-Disk: the 8B checkpoint takes 16 GB (bf16) in --cache; each job then writes the float32 weights beyond the CPU cap
-to its offload folder and saves a float32 checkpoint (up to 32 GB) in --workdir, about 50 GB at the peak with a
-12 GiB cap. A job checks the free space of --workdir first and stops with the figure when it is short. Memory: the
-cap plus a block's Gram matrices and solver (about 3 GB at 8B) plus the interpreter.
+Disk: the 8B checkpoint takes 16 GB (bf16) in --cache. A job then writes, in --workdir, the float32 weights of the
+offloaded blocks as it prunes them (the offload folder: about 20 GB with a 10 GiB cap) and a float32 checkpoint
+(about 27 GB structured, 32 GB 2:4), so about 50 GB at its peak besides the cache; it checks the free space of
+--workdir first and stops with the figure when it is short. Memory: the CPU cap, plus a block's statistics and
+solver (LIAR's float64 system of 11,469 kept FFN channels and its Gram matrix: about 6 GB at 8B), plus the
+interpreter and the calibration activations (about 2 GB).
 
 Timings of the fit are CPU seconds of a process with one torch thread: the machine may be shared, and CPU time is
 what another run's contention changes least. The workers are this script run with ``--worker SPEC.json``.
