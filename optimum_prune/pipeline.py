@@ -19,12 +19,16 @@ blocks for it, one block at a time:
 
 Without calibration inputs (a data-free method) every block is still materialised and handed to the step, with no
 pass at all.
+
+Inside `block_timings(listener)`, `listener` receives a `BlockTiming` (wall and CPU seconds of steps 2-5) after every
+block of every `run_blocks` call: `prune()`'s time-left message and benchmarks/scale.py's per-block table use it.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,6 +147,34 @@ class Calibration:
         return cls(first_inputs, block_arguments(streamer, blocks, samples))
 
 
+@dataclass(frozen=True)
+class BlockTiming:
+    """One block's turn in `run_blocks`: materialising it, its passes, its step, the next block's inputs."""
+
+    #: The method's `description` ("Pruning layers", "Sparsifying blocks", "Scoring layers", ...).
+    method: str
+    changes_weights: bool
+    index: int
+    count: int
+    name: str
+    wall_seconds: float
+    #: CPU seconds of the whole process (every thread) during the block.
+    cpu_seconds: float
+
+
+_TIMING_LISTENERS: list[Callable[[BlockTiming], None]] = []
+
+
+@contextlib.contextmanager
+def block_timings(listener: Callable[[BlockTiming], None]) -> Iterator[None]:
+    """Call `listener` with a `BlockTiming` after every block of every `run_blocks` inside the context."""
+    _TIMING_LISTENERS.append(listener)
+    try:
+        yield
+    finally:
+        _TIMING_LISTENERS.remove(listener)
+
+
 def _named(blocks: Sequence[nn.Module] | Sequence[tuple[str, nn.Module]]) -> Iterator[tuple[str, nn.Module]]:
     for position, block in enumerate(blocks):
         yield (block if isinstance(block, tuple) else (str(position), block))
@@ -166,6 +198,7 @@ def run_blocks(
     named = list(_named(blocks))
     for index, (name, module) in enumerate(tqdm(named, desc=method.description, disable=not show_progress)):
         last = index + 1 == count
+        wall, cpu = time.perf_counter(), time.process_time()
         # Offloaded weights are loaded once per block (and the changed ones written back on exit).
         with streamer.materialized(module, write_back=method.changes_weights):
             inputs = with_arguments(inputs, own_arguments, index)
@@ -183,3 +216,15 @@ def run_blocks(
             method.step(block, observed)
             if inputs is not None and not last:
                 inputs = block.outputs if block.outputs is not None else block.run()
+        if _TIMING_LISTENERS:
+            timing = BlockTiming(
+                method.description,
+                method.changes_weights,
+                index,
+                count,
+                name,
+                time.perf_counter() - wall,
+                time.process_time() - cpu,
+            )
+            for listener in list(_TIMING_LISTENERS):
+                listener(timing)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -42,6 +43,39 @@ if TYPE_CHECKING:  # imported where used: the evaluation loops bring scikit-lear
     from .evaluation import EvaluationData, EvaluationResults, EvaluationSpec, TaskResult
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _time_left_message(
+    model: PreTrainedModel, config: PruningConfig, samples: list[dict[str, torch.Tensor]] | None
+) -> Iterator[None]:
+    """Log once, after the run's first block, "about N minutes left on this machine (M blocks, X s for the first)".
+
+    The first block's wall time is scaled by the per-block ratios of `cost.plan_cost`, counted before any weight
+    changes from the plan of `config` (a plan that reads data or weights, such as a global allocation, is counted
+    with its uniform counterpart of the same sparsity: same solver, same shapes give the ratios). Depth pruning and
+    data-free runs log nothing. The message is a courtesy: counting the plan never fails the run.
+    """
+    from .cost import _EtaLogger, plan_cost
+    from .pipeline import block_timings
+
+    cost = None
+    depth = config.structures is not None and "layers" in config.structures
+    if samples and not depth:
+        try:
+            uniform = copy.copy(config)
+            uniform.allocation = "uniform"
+            plan = plan_pruning(model, uniform, adapter=get_adapter(model) if config.is_structured else None)
+            tokens = sum(int(sample["input_ids"].numel()) for sample in samples)
+            seqlen = max(int(sample["input_ids"].shape[-1]) for sample in samples)
+            cost = plan_cost(model, plan, uniform, tokens=tokens, seqlen=seqlen)
+        except Exception as err:  # a projection must not stop a run
+            logger.debug("No time-left projection: %s", err)
+    if cost is None:
+        yield
+        return
+    with block_timings(_EtaLogger(cost, logging.getLogger("optimum_prune.cost").info)):
+        yield
 
 
 class BasePruner:
@@ -263,7 +297,10 @@ class BasePruner:
         if config.is_structured:
             config = _drop_reconstruction_without_data(config)
             samples = self.calibration_samples(config) if needs_calibration(config) else None
-            result = prune_structured(model, self.adapter, config, samples, show_progress=show_progress, **placement)
+            with _time_left_message(model, config, samples):
+                result = prune_structured(
+                    model, self.adapter, config, samples, show_progress=show_progress, **placement
+                )
             removed_heads = pruned_heads(self.adapter, result.kept_units, heads_before) if heads_before else {}
             if removed_heads:
                 model.config.pruned_heads = removed_heads
@@ -271,7 +308,8 @@ class BasePruner:
             from .unstructured import prune_unstructured, uses_calibration
 
             samples = self.calibration_samples(config) if uses_calibration(config) else None
-            sparse_summary = prune_unstructured(model, config, samples, show_progress=show_progress, **placement)
+            with _time_left_message(model, config, samples):
+                sparse_summary = prune_unstructured(model, config, samples, show_progress=show_progress, **placement)
 
         summary: dict[str, Any] = {
             "model_type": model.config.model_type,

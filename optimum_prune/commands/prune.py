@@ -545,7 +545,8 @@ def _prune(
 
     start = time.perf_counter()
     try:
-        pruner.prune(config, dataset=calibration, show_progress=show_progress)
+        with _time_left_lines(log):
+            pruner.prune(config, dataset=calibration, show_progress=show_progress)
     except (ValueError, FloatingPointError) as err:
         # A bad recipe for this model (layer overrides, GQA groups, short data, an unmet sparsity) or a solve that
         # blew up (checks.NonFiniteWeightsError): nothing is saved.
@@ -927,6 +928,7 @@ def _dry_run(
             f"Parameters: {totals['parameters_before']:,} (zeros are stored): {totals['parameters_zeroed']:,} "
             f"zeroed, {totals['sparsity']:.1%} of the {totals['prunable_parameters']:,} in the pruned matrices."
         )
+    cost = _projected_cost(pruner.model, plan, config, log)
     notes = []
     if run_needs_data:
         notes.append(f"The run itself needs --dataset: {run_needs_data}")
@@ -937,8 +939,27 @@ def _dry_run(
         "model_type": model_config.model_type,
         **plan.to_dict(),
         "layers": rows,
+        **({"cost": cost} if cost is not None else {}),
         "notes": notes,
     }
+
+
+def _projected_cost(model: Any, plan: Any, config: Any, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The plan's FLOPs (from the plan object just printed) and a projected time with the shipped coefficients
+    (`cost.DEFAULT_COEFFICIENTS`); None where the plan has no per-block cost (depth pruning)."""
+    from optimum_prune.cost import DEFAULT_COEFFICIENTS, describe_minutes, plan_cost
+
+    cost = plan_cost(model, plan, config)
+    if cost is None:
+        return None
+    totals = cost.totals()
+    seconds = sum(cost.seconds(DEFAULT_COEFFICIENTS))
+    log(
+        f"Cost: {cost.flops:.3g} FLOPs for {cost.tokens:,} calibration tokens (forward {totals['forward']:.3g}, "
+        f"statistics {totals['statistics']:.3g}, solver {totals['solver']:.3g}); projection: about "
+        f"{describe_minutes(seconds)} on {DEFAULT_COEFFICIENTS.machine} (not a measurement; see optimum_prune/cost.py)."
+    )
+    return cost.to_dict(DEFAULT_COEFFICIENTS)
 
 
 def _check_plan_without_data(config: Any) -> None:
@@ -1027,6 +1048,26 @@ def _display(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 cells[key] = f"{value:.2f}"
         shown[row] = cells
     return shown
+
+
+@contextlib.contextmanager
+def _time_left_lines(log: Callable[[str], None]) -> Iterator[None]:
+    """Print `prune()`'s "about N minutes left on this machine" message (logger ``optimum_prune.cost``) as a line."""
+    import logging
+
+    class _Lines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            log(record.getMessage()[:1].upper() + record.getMessage()[1:] + ".")
+
+    cost_logger = logging.getLogger("optimum_prune.cost")
+    handler, level = _Lines(logging.INFO), cost_logger.level
+    cost_logger.addHandler(handler)
+    cost_logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        cost_logger.removeHandler(handler)
+        cost_logger.setLevel(level)
 
 
 @contextlib.contextmanager
