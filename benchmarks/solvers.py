@@ -15,6 +15,7 @@ default (``--threads``) and measured on a shared machine: compare rows of one ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 from typing import Any
@@ -22,11 +23,13 @@ from typing import Any
 import torch
 from common import MarkdownReport, default_output, load_workload, log
 
+from optimum_prune.architectures.weights import WeightMatrix
 from optimum_prune.data.calibration import sample_token_windows
 from optimum_prune.layerwise import BlockStreamer
 from optimum_prune.sparsity import SPARSITY_METHODS, SparsityPattern, layer_reconstruction_error, required_statistics
-from optimum_prune.statistics import attach_shared_statistics, attach_statistics
+from optimum_prune.statistics import attach_statistics
 from optimum_prune.unstructured import prunable_linears
+from optimum_prune.weight_inputs import observe_inputs
 
 CACHE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache")
 
@@ -48,19 +51,19 @@ def capture_layer_grams(
         for index in range(layer_index):
             inputs = streamer.run(layers[index], inputs)
         linears = prunable_linears(layer, [])
+        matrices = [WeightMatrix(name, module) for name, module in linears.items()]
         for kind in ("forward", "diagonal", "gram per module", "gram"):
-            handles = []
-            if kind == "gram per module":
-                _, handles = attach_statistics(linears, with_gram=True)
-            elif kind != "forward":
-                stats, handles = attach_shared_statistics(layer, linears, with_gram=kind == "gram")
-            start = time.perf_counter()
-            try:
+            with contextlib.ExitStack() as observing:
+                if kind == "gram per module":
+                    _, handles = attach_statistics(linears, with_gram=True)
+                    observing.callback(lambda handles=handles: [h.remove() for h in handles])
+                elif kind != "forward":
+                    # The sparsity run's observer: one statistics object per distinct input (q/k/v, gate/up).
+                    observed = observing.enter_context(observe_inputs(layer, matrices, with_gram=kind == "gram"))
+                    stats = observed.direct
+                start = time.perf_counter()
                 streamer.run(layer, inputs, keep_outputs=False)
-            finally:
-                for handle in handles:
-                    handle.remove()
-            floors[kind] = time.perf_counter() - start
+                floors[kind] = time.perf_counter() - start
     return {name: s.gram for name, s in stats.items()}, floors
 
 

@@ -109,32 +109,3 @@ def observe_statistics(modules: dict[str, torch.nn.Module], with_gram: bool) -> 
     finally:
         for handle in handles:
             handle.remove()
-
-
-def attach_shared_statistics(
-    block: torch.nn.Module, modules: dict[str, torch.nn.Module], with_gram: bool
-) -> tuple[dict[str, InputStatistics], list[_Closer]]:
-    """`weight_inputs.observe_inputs` (whose statistics are shared by modules called with the very same input tensor:
-    q/k/v, gate/up) over the Linears `modules` of `block`, in `attach_statistics`'s calling convention.
-
-    No package code calls this: it is kept for benchmarks/solvers.py, which should move to `observe_inputs`. Returns
-    the statistics keyed by module name (filled on the block's first forward; modules of one group map to the same
-    object) and one handle whose `remove()` ends the observation.
-    """
-    from .architectures.weights import WeightMatrix
-    from .weight_inputs import observe_inputs
-
-    stack = contextlib.ExitStack()
-    matrices = [WeightMatrix(name, module) for name, module in modules.items()]
-    observed = stack.enter_context(observe_inputs(block, matrices, with_gram=with_gram))
-    return observed.direct, [_Closer(stack)]
-
-
-class _Closer:
-    """A hook handle that closes an observation context."""
-
-    def __init__(self, stack: contextlib.ExitStack) -> None:
-        self.stack = stack
-
-    def remove(self) -> None:
-        self.stack.close()

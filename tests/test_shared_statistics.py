@@ -8,7 +8,7 @@ from conftest import make_tokenizer, tiny_llama
 from optimum_prune import PrunerForCausalLM, PruningConfig, weight_inputs
 from optimum_prune.architectures.weights import find_weight_matrices
 from optimum_prune.layerwise import ActivationStore, BlockInput, BlockStreamer
-from optimum_prune.statistics import attach_shared_statistics, attach_statistics
+from optimum_prune.statistics import attach_statistics
 from optimum_prune.unstructured import prunable_linears
 
 
@@ -22,7 +22,7 @@ def _layer_inputs(model, texts):
 @torch.no_grad()
 def test_modules_reading_one_input_share_one_gram(texts) -> None:
     """`observe_inputs` (the sparsity run's observer) keeps one Gram matrix per distinct input, equal to the one of
-    each module observed alone; `attach_shared_statistics`, kept for benchmarks/solvers.py, is the same observer."""
+    each module observed alone."""
     model = tiny_llama()
     layer = model.model.layers[0]
     streamer, inputs = _layer_inputs(model, texts)
@@ -36,21 +36,15 @@ def test_modules_reading_one_input_share_one_gram(texts) -> None:
     streamer.run(layer, inputs, keep_outputs=False)
     for handle in handles:
         handle.remove()
-    benchmark, handles = attach_shared_statistics(layer, linears, with_gram=True)
-    streamer.run(layer, inputs, keep_outputs=False)
-    for handle in handles:
-        handle.remove()
 
     q, k, v = (shared[f"self_attn.{p}_proj"] for p in "qkv")
     assert q is k is v
     assert shared["mlp.gate_proj"] is shared["mlp.up_proj"]
     distinct = {id(s) for s in shared.values()}
     assert len(distinct) == 4  # qkv, o, gate/up, down
-    assert len({id(s) for s in benchmark.values()}) == 4
     for name in linears:
-        assert shared[name].count == alone[name].count == benchmark[name].count
+        assert shared[name].count == alone[name].count
         assert torch.equal(shared[name].gram, alone[name].gram), name
-        assert torch.equal(benchmark[name].gram, alone[name].gram), name
 
 
 def test_solvers_get_only_the_statistics_they_read(monkeypatch, texts) -> None:
