@@ -187,6 +187,13 @@ def test_vllm_serves_pruned_checkpoints_with_transformers_tokens(tmp_path):
     assert json.loads((tmp_path / "uniform" / "config.json").read_text())["model_type"] == "llama"
     expected[str(tmp_path / "uniform")] = _greedy(uniform.model)
     folders.append(str(tmp_path / "uniform"))
+    # The llama.cpp layout (ffn_mult, widths in multiples of 256, LIAR's MLP biases) is DeciLM too: vLLM maps
+    # ffn_mult back to the same widths.
+    # vLLM's CPU attention takes no head_dim of 16, and llama.cpp needs head_dim = hidden / heads: 256 / 4.
+    gguf_ready = _prune_for_llamacpp(shape={"hidden_size": 256})
+    gguf_ready.save_pretrained(tmp_path / "llama.cpp")
+    expected[str(tmp_path / "llama.cpp")] = _greedy(gguf_ready.model)
+    folders.append(str(tmp_path / "llama.cpp"))
     script = Path(__file__).parents[1] / "benchmarks" / "serving" / "vllm_generate.py"
     result = subprocess.run(
         [python, str(script), "--prompt-ids", json.dumps(PROMPTS), "--max-tokens", str(NEW_TOKENS), *folders],
@@ -201,7 +208,7 @@ def test_vllm_serves_pruned_checkpoints_with_transformers_tokens(tmp_path):
     for entry in served:
         assert entry["token_ids"] == expected[entry["checkpoint"]], entry
     architectures = [entry["architecture"] for entry in served]
-    assert architectures == [["DeciLMForCausalLM"], ["DeciLMForCausalLM"], ["LlamaForCausalLM"]]
+    assert architectures == [["DeciLMForCausalLM"], ["DeciLMForCausalLM"], ["LlamaForCausalLM"], ["DeciLMForCausalLM"]]
 
 
 # ---- quantizers at load (issue 22, item 4) -------------------------------------------------------------------------
@@ -401,10 +408,14 @@ def test_llamacpp_tokenizer_check_takes_what_the_converter_takes():
     check_tokenizer(gpt2_style_tokenizer(), 128256)  # Llama 3's vocabulary: the converter's own BPE path
 
 
-def _prune_for_llamacpp(model_class=LlamaForCausalLM, config_class=LlamaConfig, **overrides) -> PrunerForCausalLM:
+def _prune_for_llamacpp(
+    model_class=LlamaForCausalLM, config_class=LlamaConfig, shape: dict | None = None, **overrides
+) -> PrunerForCausalLM:
+    """A pruned tiny model for llama.cpp; `shape` overrides LLAMACPP_SHAPE, `overrides` the PruningConfig."""
     tokenizer = byte_fallback_tokenizer()
     extra = {"sliding_window": None} if model_class is MistralForCausalLM else {}
-    model = tiny_causal_lm(model_class, config_class, vocab_size=len(tokenizer), **LLAMACPP_SHAPE, **extra)
+    dims = {**LLAMACPP_SHAPE, **(shape or {})}
+    model = tiny_causal_lm(model_class, config_class, vocab_size=len(tokenizer), **dims, **extra)
     with torch.no_grad():
         for layer, scale in zip(model.model.layers, LAYER_SCALES):
             layer.mlp.up_proj.weight.mul_(scale)
