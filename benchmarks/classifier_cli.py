@@ -110,12 +110,7 @@ def main(argv: list[str] | None = None) -> MarkdownReport:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     folder = fixture_dir(fixture.NAME, False)
-    try:
-        model, tokenizer, train_rows, dev_rows, metadata = fixture.load(folder)
-    except FileNotFoundError:
-        log("sentiment classifier fixture missing: building it first")
-        fixture.build()
-        model, tokenizer, train_rows, dev_rows, metadata = fixture.load(folder)
+    model, tokenizer, train_rows, dev_rows, metadata = fixture.load_or_build()
     calibration = [row["sentence"] for row in train_rows]
     long_sentences = sum(
         len(ids) > fixture.MAX_LENGTH for ids in tokenizer([r["sentence"] for r in dev_rows]).input_ids

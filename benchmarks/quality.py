@@ -331,12 +331,7 @@ def run_classifier(args: argparse.Namespace, report: QualityReport) -> None:
     from optimum_prune import PrunerForSequenceClassification, PruningConfig
     from optimum_prune.serialization.layout import count_parameters
 
-    try:
-        model, tokenizer, train_rows, dev_rows, metadata = fixture.load(quick=args.quick)
-    except FileNotFoundError:
-        log("sentiment classifier fixture missing: building it first")
-        fixture.build(quick=args.quick)
-        model, tokenizer, train_rows, dev_rows, metadata = fixture.load(quick=args.quick)
+    model, tokenizer, train_rows, dev_rows, metadata = fixture.load_or_build(quick=args.quick)
     calibration = [row["sentence"] for row in train_rows]
     sparsities = args.classifier_sparsities or (CLASSIFIER_SPARSITIES[-1:] if args.quick else CLASSIFIER_SPARSITIES)
     criteria = args.criteria or (("activation",) if args.quick else CRITERIA)

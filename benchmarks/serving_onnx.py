@@ -28,7 +28,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from common import MarkdownReport, default_output, log  # noqa: E402
 from fixtures import sentiment_classifier as fixture  # noqa: E402
-from fixtures.shared import fixture_dir  # noqa: E402
 
 from optimum_prune import PrunerForSequenceClassification, PruningConfig  # noqa: E402
 
@@ -76,13 +75,7 @@ def main(argv: list[str] | None = None) -> MarkdownReport:
 
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    folder = fixture_dir(fixture.NAME, False)
-    try:
-        model, tokenizer, train_rows, dev_rows, metadata = fixture.load(folder)
-    except FileNotFoundError:
-        log("sentiment classifier fixture missing: building it first")
-        fixture.build()
-        model, tokenizer, train_rows, dev_rows, metadata = fixture.load(folder)
+    model, tokenizer, train_rows, dev_rows, metadata = fixture.load_or_build()
     calibration = [row["sentence"] for row in train_rows]
     sentences = [row["sentence"] for row in dev_rows]
     labels = np.array([row["label"] for row in dev_rows])

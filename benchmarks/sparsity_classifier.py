@@ -25,7 +25,6 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
 from common import MarkdownReport, default_output, log, peak_rss  # noqa: E402
 from fixtures import sentiment_classifier as fixture  # noqa: E402
-from fixtures.shared import fixture_dir  # noqa: E402
 
 from optimum_prune import PrunerForSequenceClassification, PruningConfig  # noqa: E402
 
@@ -59,13 +58,7 @@ def block_zero_fraction(model: torch.nn.Module) -> float:
 def main(argv: list[str] | None = None) -> MarkdownReport:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    folder = fixture_dir(fixture.NAME, False)
-    try:
-        model, tokenizer, train_rows, dev_rows, metadata = fixture.load(folder)
-    except FileNotFoundError:
-        log("sentiment classifier fixture missing: building it first")
-        fixture.build()
-        model, tokenizer, train_rows, dev_rows, metadata = fixture.load(folder)
+    model, tokenizer, train_rows, dev_rows, metadata = fixture.load_or_build()
     calibration = [row["sentence"] for row in train_rows]
     plan = [(s, m, a) for s in args.sparsities for m in args.methods for a in args.allocations]
     report = MarkdownReport(
