@@ -14,22 +14,19 @@ of `prune()`, and its peak resident memory.
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import os
 import sys
-import time
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
-from common import MarkdownReport, default_output, log, peak_rss  # noqa: E402
+from common import MarkdownReport, default_output, log  # noqa: E402
 from fixtures import sentiment_classifier as fixture  # noqa: E402
+from sparsity_grid import ALLOCATIONS, METHODS, GridModel, best_lines, plan, run_grid  # noqa: E402
 
-from optimum_prune import PrunerForSequenceClassification, PruningConfig  # noqa: E402
+from optimum_prune import PrunerForSequenceClassification  # noqa: E402
 
-METHODS = ("wanda", "sparsegpt", "admm", "obs_multi")
-ALLOCATIONS = ("uniform", "owl", "obs")
 DEV_EXAMPLES = 1000  # the fixture's dev split
 NUM_SAMPLES = 512  # quality.md's classifier calibration: 512 training sentences, one sequence each
 
@@ -45,22 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def block_zero_fraction(model: torch.nn.Module) -> float:
-    """Zero fraction of the Linear weights inside the encoder blocks (what the unstructured targets prune)."""
-    zeros = total = 0
-    for module in model.bert.encoder.modules():
-        if isinstance(module, torch.nn.Linear):
-            zeros += int((module.weight == 0).sum())
-            total += module.weight.numel()
-    return zeros / total
-
-
 def main(argv: list[str] | None = None) -> MarkdownReport:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     model, tokenizer, train_rows, dev_rows, metadata = fixture.load_or_build()
     calibration = [row["sentence"] for row in train_rows]
-    plan = [(s, m, a) for s in args.sparsities for m in args.methods for a in args.allocations]
+    rows = plan(args.sparsities, args.methods, args.allocations)
     report = MarkdownReport(
         path=args.output or default_output("sparsity_classifier", False),
         title="Unstructured sparsity on the MiniLM sentiment classifier: solvers x per-block allocations",
@@ -84,7 +71,7 @@ def main(argv: list[str] | None = None) -> MarkdownReport:
             "torch threads": str(args.threads),
         },
         float_format=".4f",
-        planned=1 + len(plan),
+        planned=1 + len(rows),
         selection_keys=("sparsities", "methods", "allocations"),
     )
     done = report.resume() if args.resume else []
@@ -92,66 +79,29 @@ def main(argv: list[str] | None = None) -> MarkdownReport:
     if "unpruned" not in done:
         report.add("unpruned", {"dev accuracy": dense_accuracy, "retention": 1.0, "block zeros": 0.0})
     log(f"unpruned dev accuracy {dense_accuracy:.4f}; writing {report.path}")
-    for sparsity, method, allocation in plan:
-        name = f"{sparsity:.0%} {method}, {allocation}"
-        if name in done:
-            continue
-        pruner = PrunerForSequenceClassification(copy.deepcopy(model), tokenizer)
-        config = PruningConfig(
-            target="unstructured",
-            sparsity=sparsity,
-            method=method,
-            allocation=allocation,
-            num_samples=NUM_SAMPLES,
-            seqlen=fixture.MAX_LENGTH,
-            seed=0,
-        )
-        log(f"{name}: pruning")
-        try:
-            with peak_rss() as memory:
-                start, cpu_start = time.perf_counter(), time.process_time()
-                pruner.prune(config, dataset=calibration, show_progress=False)
-                seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-            accuracy = fixture.accuracy(pruner.model, tokenizer, dev_rows)
-        except Exception as error:  # a failing configuration is a row with its error
-            log(f"{name}: {type(error).__name__}: {error}")
-            report.add(name, {"error": f"{type(error).__name__}: {error}"[:300]})
-            continue
-        layers = pruner.summary.get("layer_sparsity") or [sparsity]
-        report.add(
-            name,
-            {
-                "dev accuracy": accuracy,
-                "retention": accuracy / dense_accuracy,
-                "block zeros": block_zero_fraction(pruner.model),
-                "min block": min(layers),
-                "max block": max(layers),
-                "prune s": seconds,
-                "prune cpu s": cpu_seconds,
-                "peak RSS (MiB)": memory["MiB"],
-            },
-        )
-        log(f"{name}: dev accuracy {accuracy:.4f}, prune {seconds:.0f}s")
-        del pruner
+    subject = GridModel(
+        model=model,
+        tokenizer=tokenizer,
+        pruner=PrunerForSequenceClassification,
+        score=lambda pruned: _scores(pruned, tokenizer, dev_rows, dense_accuracy),
+        metric="dev accuracy",
+        higher_is_better=True,
+        blocks=lambda pruned: pruned.bert.encoder,
+    )
+    run_grid(report, subject, rows, calibration, done, num_samples=NUM_SAMPLES, seqlen=fixture.MAX_LENGTH, seed=0)
     report.notes = notes(report.rows, args.sparsities)
     report.finish()
     return report
 
 
+def _scores(model: torch.nn.Module, tokenizer, dev_rows: list, dense_accuracy: float) -> dict[str, float]:
+    accuracy = fixture.accuracy(model, tokenizer, dev_rows)
+    return {"dev accuracy": accuracy, "retention": accuracy / dense_accuracy}
+
+
 def notes(rows: dict[str, dict], sparsities: list[float]) -> str:
     """Per sparsity: the best row, and each allocation's best against uniform's best (computed from the rows)."""
-    lines = []
-    for sparsity in sparsities:
-        prefix = f"{sparsity:.0%} "
-        scored = {n: r for n, r in rows.items() if n.startswith(prefix) and "dev accuracy" in r}
-        if not scored:
-            continue
-        best = max(scored, key=lambda n: scored[n]["dev accuracy"])
-        lines.append(f"- {prefix.strip()}: best {best} ({scored[best]['retention']:.3f} retention).")
-        for allocation in ALLOCATIONS:
-            mine = [r["dev accuracy"] for n, r in scored.items() if n.endswith(f", {allocation}")]
-            if mine:
-                lines.append(f"  - best with {allocation} allocation: {max(mine):.4f}")
+    lines = best_lines(rows, sparsities, "dev accuracy", True, "retention")
     dense = rows.get("unpruned", {}).get("dev accuracy")
     zeros = [r["block zeros"] for n, r in rows.items() if n != "unpruned" and "block zeros" in r]
     if dense is not None and lines:

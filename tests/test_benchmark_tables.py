@@ -149,3 +149,47 @@ def test_quantize_chain_section_is_replaced_and_the_page_kept(tmp_path) -> None:
     second = page.read_text()
     assert second.count(chain.BEGIN) == 1 and "31.00" in second and "30.10" not in second
     assert second.split(chain.BEGIN)[0] == first.split(chain.BEGIN)[0]
+
+
+def test_sparsity_grid_prunes_each_row_on_a_fresh_copy_and_counts_the_budget(tmp_path) -> None:
+    """The solver x allocation grid (sparsity_classifier.py, sparsity_mamba.py): each row starts from the unpruned
+    weights, its zeros are counted from the weights, and the notes rank rows in the metric's direction."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    common, grid = _module("common"), _module("sparsity_grid")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    model = LlamaForCausalLM(config).eval()
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    from optimum_prune import PrunerForCausalLM
+
+    subject = grid.GridModel(
+        model=model,
+        tokenizer=None,
+        pruner=PrunerForCausalLM,
+        score=lambda pruned: {"zeros": grid.block_zero_fraction(pruned.model.layers)},
+        metric="zeros",
+        higher_is_better=False,
+        blocks=lambda pruned: pruned.model.layers,
+    )
+    report = common.MarkdownReport(path=str(tmp_path / "grid.md"), title="t", planned=2)
+    rows = grid.plan([0.5, 0.75], ["magnitude"], ["uniform"])
+    calibration = torch.randint(0, 64, (4, 16))
+    grid.run_grid(report, subject, rows, calibration, done=["75% magnitude, uniform"], num_samples=4, seqlen=16)
+    assert list(report.rows) == ["50% magnitude, uniform"]  # the done row is not run again
+    row = report.rows["50% magnitude, uniform"]
+    assert row["block zeros"] == pytest.approx(0.5, abs=0.02)
+    assert row["min block"] == row["max block"] == 0.5
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+    report.rows["60% magnitude, owl"] = {"zeros": 0.2, "ppl / dense": 3.0}
+    report.rows["60% magnitude, uniform"] = {"zeros": 0.1, "ppl / dense": 2.0}
+    lines = grid.best_lines(report.rows, [0.6], "zeros", False, "ppl / dense")
+    assert lines[0] == "- 60%: best 60% magnitude, uniform (2.000 ppl / dense)."
