@@ -3,7 +3,8 @@
 A random LLaMA of the chosen shape (default `8b`: Llama-3-8B's shapes) is written once to a cache folder as bf16
 safetensors shards, built tensor by tensor (never the whole model in memory). Each job runs in its own process
 (so its peak RSS is its own), loads it with ``device_map="auto"``, a CPU memory cap and an offload folder, in
-float32, and prunes it on 4 x 512 tokens of the Wikipedia calibration split:
+``--dtype`` (float32 by default, the cost model's fit; bfloat16 as Llama-3-8B ships), and prunes it on 4 x 512 tokens
+of the Wikipedia calibration split:
 
 - ``structured``: 20% of attention KV groups and FFN channels, activation criterion + LIAR refit;
 - ``2:4``: SparseGPT.
@@ -16,14 +17,16 @@ model. A fresh process reloads it (the same placement) and compares the argmax t
 difference| with the in-memory logits. Results: ``benchmarks/results/scale.md`` (and ``scale.json``).
 
     python benchmarks/scale.py --threads 2 --cpu-memory 10GiB   # the 8B jobs (projection_8b.md: hours of CPU)
+    python benchmarks/scale.py --dtype bfloat16 --jobs structured --cpu-memory 8GiB   # half the disk and memory
     python benchmarks/scale.py --shape s1024        # one of SHAPES
     python benchmarks/scale.py --quick              # the tiny shape, in a temp folder: a smoke run in under a minute
     python benchmarks/scale.py --fit                # the cost model's fit on the small shapes -> cost_model.json
     python benchmarks/scale.py --project --shape 70b --output benchmarks/results/projection_70b.md
 
-Disk: the 8B checkpoint takes 16 GB (bf16) in --cache. A job then writes, in --workdir, the float32 weights of the
-offloaded blocks as it prunes them (the offload folder: about 20 GB with a 10 GiB cap) and a float32 checkpoint
-(about 27 GB structured, 32 GB 2:4), so about 50 GB at its peak besides the cache; it checks the free space of
+Disk: the 8B checkpoint takes 16 GB (bf16) in --cache. A float32 job then writes, in --workdir, the float32 weights
+of the offloaded blocks as it prunes them (the offload folder: about 20 GB with a 10 GiB cap) and a float32
+checkpoint (about 27 GB structured, 32 GB 2:4), so about 50 GB at its peak besides the cache; a bfloat16 job reads
+the offloaded weights from the checkpoint itself, writes only the pruned ones, and saves half as much; it checks the free space of
 --workdir first and stops with the figure when it is short. Memory: the CPU cap, plus a block's statistics and
 solver (LIAR's float64 system of 11,469 kept FFN channels and its Gram matrix: about 6 GB at 8B), plus the
 interpreter and the calibration activations (about 2 GB).
@@ -227,7 +230,7 @@ def _load_options(spec: dict[str, Any], offload_folder: str) -> dict[str, Any]:
         "device_map": "auto",
         "max_memory": {"cpu": spec["cpu_memory"]},
         "offload_folder": offload_folder,
-        "dtype": torch.float32,
+        "dtype": getattr(torch, spec.get("dtype", "float32")),
     }
 
 
@@ -451,7 +454,8 @@ def run_shape(
     checkpoint = ensure_checkpoint(name, args.cache)
     tokens = args.samples * args.seqlen
     dataset = calibration_file(args.cache, tokens)
-    weights = folder_bytes(checkpoint) * 2  # float32 in memory, bf16 on disk
+    # The checkpoint is bf16 on disk; in memory the weights take DTYPE_BYTES[--dtype] / 2 times that.
+    weights = folder_bytes(checkpoint) * DTYPE_BYTES[args.dtype] // 2
     cpu_memory = args.cpu_memory or max(int(weights * args.cpu_fraction), 1)
     coefficients = args.coefficients if args.coefficients and os.path.exists(args.coefficients) else None
     results = []
@@ -475,6 +479,7 @@ def run_shape(
             "output": output,
             "logits": os.path.join(workdir, "logits.pt"),
             "coefficients": coefficients,
+            "dtype": args.dtype,
         }
         needed, free = disk_needed(weights, _bytes(cpu_memory)), shutil.disk_usage(workdir).free
         if needed > free and not args.skip_disk_check:
@@ -483,7 +488,7 @@ def run_shape(
         else:
             log(
                 f"{label}: pruning ({args.samples} x {args.seqlen} tokens, cpu cap {cpu_memory}, weights "
-                f"{weights / 2**30:.2f} GiB in float32)"
+                f"{weights / 2**30:.2f} GiB in {args.dtype})"
             )
             result = launch(spec, workdir, args.timeout)
         shutil.rmtree(offload, ignore_errors=True)
@@ -507,6 +512,8 @@ def run_shape(
 
 
 _BLOCKS: dict[str, list[dict[str, Any]]] = {}
+#: Bytes per weight of each --dtype.
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 
 
 def _bytes(memory: int | str) -> int:
@@ -572,8 +579,9 @@ def block_tables(blocks_by_job: dict[str, list[dict[str, Any]]]) -> str:
 
 
 def disk_needed(weights_fp32: int, cpu_memory: int) -> int:
-    """Bytes a job writes at its peak: the offloaded float32 weights (beyond the CPU cap) and the saved float32
-    checkpoint (a structured run saves less, 2:4 the same; both are counted in full)."""
+    """Bytes a job writes at its peak: the offloaded weights (beyond the CPU cap; in bf16, the checkpoint's own dtype,
+    transformers maps them into the checkpoint and only the pruned ones are written) and the saved checkpoint (a
+    structured run saves less, 2:4 the same; both are counted in full), in the loading dtype."""
     return max(weights_fp32 - cpu_memory, 0) + weights_fp32
 
 
@@ -757,10 +765,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cpu-memory",
         default=None,
-        help="accelerate's max_memory for the CPU, e.g. 8GiB (default: --cpu-fraction of the float32 weights)",
+        help="accelerate's max_memory for the CPU, e.g. 8GiB (default: --cpu-fraction of the weights in --dtype)",
     )
     parser.add_argument(
-        "--cpu-fraction", type=float, default=0.4, help="the CPU cap as a fraction of the float32 weights"
+        "--cpu-fraction", type=float, default=0.4, help="the CPU cap as a fraction of the weights in --dtype"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=sorted(DTYPE_BYTES),
+        default="float32",
+        help="the dtype the jobs load, prune and save in (default float32, the cost model's fit; bfloat16 is how "
+        "Llama-3-8B ships: half the memory and disk, and the checkpoint's offloaded weights are not copied)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each job (default 1)")
     parser.add_argument("--coefficients", default=COST_MODEL, help="the cost model's fit (default cost_model.json)")
@@ -800,7 +815,7 @@ def main(argv: list[str] | None = None) -> MarkdownReport | dict[str, Any] | Non
             protocol={
                 "shape": json.dumps(shape),
                 "calibration": f"{args.samples} x {args.seqlen} tokens of the Wikipedia calibration split",
-                "placement": "device_map='auto', max_memory={'cpu': cap}, offload_folder, float32 compute",
+                "placement": f"device_map='auto', max_memory={{'cpu': cap}}, offload_folder, {args.dtype} weights",
                 "torch threads": args.threads,
                 "projection": "optimum_prune.cost with "
                 + (args.coefficients if os.path.exists(args.coefficients or "") else "the shipped coefficients")
