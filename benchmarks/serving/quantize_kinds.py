@@ -192,11 +192,8 @@ def _run(python: str, stage: str, jobs: list[dict]) -> list[dict]:
     return records
 
 
-def chain(args: argparse.Namespace) -> None:
-    import tempfile
-
-    workdir = args.workdir or tempfile.mkdtemp(prefix="quantize-kinds-")
-    built = build(workdir)
+def quantize_jobs(built: dict[str, dict]) -> list[dict]:
+    """The llm-compressor jobs for the checkpoints `build` wrote: those without the plugin first."""
     jobs = []
     for name, case in built.items():
         loads = ["path", "model"] if case["kind"] == "per_layer_config" else ["model"]
@@ -213,7 +210,15 @@ def chain(args: argparse.Namespace) -> None:
                         "plugin": plugin,
                     }
                 )
-    jobs.sort(key=lambda job: job["plugin"])
+    return sorted(jobs, key=lambda job: job["plugin"])
+
+
+def chain(args: argparse.Namespace) -> None:
+    import tempfile
+
+    workdir = args.workdir or tempfile.mkdtemp(prefix="quantize-kinds-")
+    built = build(workdir)
+    jobs = quantize_jobs(built)
     quantized = _run(args.llmc_python, "quantize", jobs)
     served = []
     if args.vllm_python:
