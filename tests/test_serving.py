@@ -5,7 +5,9 @@ The fast tests check what needs no engine: refusals before any weight changes, a
 plain transformers (remote code, no plugin) to the pruned model's logits. The slow tests serve checkpoints with
 vLLM's CPU build (installed by `.ci/run` into its own environment and named by `OPTIMUM_PRUNE_VLLM_PYTHON`) and
 compare greedy tokens with transformers, and convert checkpoints with llama.cpp's `convert_hf_to_gguf.py` (its own
-environment, `OPTIMUM_PRUNE_LLAMACPP_CONVERT`) and compare every GGUF tensor with the checkpoint's.
+environment, `OPTIMUM_PRUNE_LLAMACPP_CONVERT`) and compare every GGUF tensor with the checkpoint's; one runs
+llm-compressor's W8A8 `oneshot` (its environment, `OPTIMUM_PRUNE_PEERS_PYTHON`) on the checkpoint kinds without a vLLM
+layout.
 """
 
 from __future__ import annotations
@@ -209,6 +211,41 @@ def test_vllm_serves_pruned_checkpoints_with_transformers_tokens(tmp_path):
         assert entry["token_ids"] == expected[entry["checkpoint"]], entry
     architectures = [entry["architecture"] for entry in served]
     assert architectures == [["DeciLMForCausalLM"], ["DeciLMForCausalLM"], ["LlamaForCausalLM"], ["DeciLMForCausalLM"]]
+
+
+@pytest.mark.slow
+def test_llmcompressor_w8a8_on_per_layer_config_and_older_format(tmp_path):
+    """README's consumer table, row "llm-compressor W8A8 int8": what llm-compressor (its own environment, named by
+    OPTIMUM_PRUNE_PEERS_PYTHON) does with the two kinds that have no vLLM layout (benchmarks/serving/quantize_kinds.py;
+    vLLM is left out: an engine start takes minutes here)."""
+    python = os.environ.get("OPTIMUM_PRUNE_PEERS_PYTHON")
+    if not python:
+        pytest.skip("set OPTIMUM_PRUNE_PEERS_PYTHON to a Python with llmcompressor installed")
+    import importlib.util
+
+    script = Path(__file__).parents[1] / "benchmarks" / "serving" / "quantize_kinds.py"
+    spec = importlib.util.spec_from_file_location("quantize_kinds", script)
+    kinds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kinds)
+    built = kinds.build(str(tmp_path))
+    assert [case["kind"] for case in built.values()] == ["per_layer_config"] * 2 + [
+        {"quant_method": "optimum_prune"}
+    ] * 2
+    outcomes = {
+        (r["case"], r["load"], r["plugin"]): r for r in kinds._run(python, "quantize", kinds.quantize_jobs(built))
+    }
+    for case in ("per_layer_config, hidden 128", "per_layer_config, hidden 136"):
+        saved = outcomes[case, "model", False]
+        assert saved["outcome"] == "saved" and saved["quant_method"] == "compressed-tensors", saved
+        assert (
+            saved["per_layer_config"]
+            == json.loads(Path(built[case]["folder"], "config.json").read_text())["per_layer_config"]
+        )
+        # llm-compressor 0.14 reads the folder's config without trust_remote_code before loading it.
+        assert "custom code" in outcomes[case, "path", False]["message"]
+    for case in ("optimum_prune, OPT", "optimum_prune, Llama with a linear bridge"):
+        assert "Install the plugin" in outcomes[case, "model", False]["message"]
+        assert "different format (optimum_prune)" in outcomes[case, "model", True]["message"]
 
 
 # ---- quantizers at load (issue 22, item 4) -------------------------------------------------------------------------
