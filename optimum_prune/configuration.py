@@ -6,8 +6,9 @@ import copy
 import json
 import os
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 STRUCTURED_TARGET = "structured"
 UNSTRUCTURED_TARGET = "unstructured"
@@ -37,6 +38,119 @@ CONFIG_NAME = "pruning_config.json"
 def _known(name: str, value: str, choices: tuple[str, ...] | list[str]) -> None:
     if value not in choices:
         raise ValueError(f"Unknown {name} {value!r}. Choose one of: {', '.join(sorted(choices))}.")
+
+
+# ---- sparsity solvers' options --------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class SolverOptions(Mapping):
+    """The options of one sparsity solver (`PruningConfig.solver_options`), typed, each with its help.
+
+    The defaults are the solver's own (tests/test_configuration_split.py compares them with the solver's signature;
+    the solvers import nothing from here). As a mapping it reads as the options set away from their defaults: what the
+    solver is given on top of its defaults, and what `pruning_config.json` records (`{}` when none is set). This base
+    class is the solvers without options (magnitude, wanda).
+    """
+
+    #: Whether the solver has a `mask_scope` (set through `PruningConfig.mask_scope`, not here).
+    has_mask_scope: ClassVar[bool] = False
+
+    def _set(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
+
+    def __getitem__(self, name: str) -> Any:
+        return self._set()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._set())
+
+    def __len__(self) -> int:
+        return len(self._set())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self._set().items())})"
+
+
+@dataclass(eq=False, repr=False)
+class SparseGPTOptions(SolverOptions):
+    """method='sparsegpt'."""
+
+    has_mask_scope: ClassVar[bool] = True
+    blocksize: int = field(
+        default=128,
+        metadata={"help": "Columns per block; the mask is chosen inside each block as the sweep reaches it."},
+    )
+    dtype: Any = field(default=None, metadata={"help": "torch dtype of the solver's arithmetic (None: float32)."})
+
+
+@dataclass(eq=False, repr=False)
+class ADMMOptions(SolverOptions):
+    """method='admm'."""
+
+    has_mask_scope: ClassVar[bool] = True
+    rho: float = field(default=1.0, metadata={"help": "ADMM penalty parameter (> 0)."})
+    iterations: int = field(default=20, metadata={"help": "ADMM steps."})
+    prune_iterations: int = field(
+        default=15,
+        metadata={"help": "Steps over which the mask is re-chosen on a cubic schedule (0: chosen once, Wanda score)."},
+    )
+    refit: str | bool = field(
+        default="none",
+        metadata={
+            "help": "Least-squares refit on the final mask: 'none' (the reference's), 'cg' (conjugate gradients), "
+            "'exact' (direct per-row solve); True / False are the old 'exact' / 'none'."
+        },
+    )
+    refit_method: str | None = field(default=None, metadata={"help": "refit=True: the direct solve's method."})
+    cg_tol: float = field(default=1e-3, metadata={"help": "refit='cg': relative residual to stop at."})
+    cg_max_iter: int = field(default=100, metadata={"help": "refit='cg': the most steps."})
+    dtype: Any = field(default=None, metadata={"help": "torch dtype of the solver's arithmetic (None: float32)."})
+
+
+@dataclass(eq=False, repr=False)
+class OBSMultiOptions(SolverOptions):
+    """method='obs_multi'."""
+
+    blocksize: int = field(default=128, metadata={"help": "Columns per block of deferred updates."})
+    groupsize: int | None = field(
+        default=None, metadata={"help": "Columns pruned jointly per group (None: blocksize)."}
+    )
+    allocation: str = field(
+        default="row",
+        metadata={
+            "help": "'row': each row's weights ranked up front decide each group's count (rows end exactly at the "
+            "target); 'uniform': the same share from every group."
+        },
+    )
+    refit: str = field(
+        default="cg", metadata={"help": "Refit on the final mask: 'cg' (default), 'exact' or 'none' (APT alone)."}
+    )
+    cg_tol: float = field(default=1e-3, metadata={"help": "refit='cg': relative residual to stop at."})
+    dtype: Any = field(default=None, metadata={"help": "torch dtype of the solver's arithmetic (None: float32)."})
+
+
+#: Each sparsity method's options class (a method missing here takes none).
+SOLVER_OPTIONS: dict[str, type[SolverOptions]] = {
+    "magnitude": SolverOptions,
+    "wanda": SolverOptions,
+    "sparsegpt": SparseGPTOptions,
+    "admm": ADMMOptions,
+    "obs_multi": OBSMultiOptions,
+}
+
+
+def solver_options(method: str, options: Mapping[str, Any] | None) -> SolverOptions:
+    """`options` (a dict, or another method's options) as `method`'s typed options; ValueError naming an option
+    the method does not have, with the ones it has."""
+    options_class = SOLVER_OPTIONS.get(method, SolverOptions)
+    if isinstance(options, options_class):
+        return options
+    if not isinstance(options, Mapping):
+        raise ValueError(f"solver_options must be a dict of solver keyword options, got {options!r}.")
+    known = [f.name for f in fields(options_class)]
+    for name in options:
+        if name not in known:
+            raise ValueError(f"method={method!r} has no option {name!r}; its options: {sorted(known)}")
+    return options_class(**options)
 
 
 @dataclass
@@ -227,9 +341,10 @@ class PruningConfig:
     solver_options: dict[str, Any] = field(
         default_factory=dict,
         metadata={
-            "help": 'Unstructured targets: extra keyword options of the sparsity solver, e.g. {"refit": "cg", '
-            '"iterations": 30} for ADMM or {"refit": "cg"} for obs_multi (see each solver\'s docstring). '
-            "Names are checked against the solver before any weight changes; `damp` has its own field."
+            "help": 'Unstructured targets: options of the sparsity solver, e.g. {"refit": "cg", "iterations": 30} '
+            'for ADMM or {"refit": "cg"} for obs_multi (each method\'s typed options: SOLVER_OPTIONS in '
+            "optimum_prune.configuration). Checked against the method when the config is made; `damp` and "
+            "`mask_scope` have their own fields."
         },
     )
     seed: int = field(
@@ -412,7 +527,7 @@ class PruningConfig:
             raise ValueError("num_samples must be >= 1 and seqlen >= 2.")
         if self.damp < 0:
             raise ValueError(f"damp must be >= 0, got {self.damp!r}.")
-        if not isinstance(self.solver_options, dict) or "damp" in self.solver_options:
+        if not isinstance(self.solver_options, Mapping) or "damp" in self.solver_options:
             raise ValueError(
                 f"solver_options must be a dict of solver keyword options (not damp), got {self.solver_options!r}."
             )
@@ -428,6 +543,7 @@ class PruningConfig:
                 )
             self.mask_scope = scope
             self.solver_options = {k: v for k, v in self.solver_options.items() if k != "mask_scope"}
+        self.solver_options = solver_options(self.method, self.solver_options)
         if self.sequential_targets is not None:
             if isinstance(self.sequential_targets, str):
                 self.sequential_targets = [self.sequential_targets]
@@ -487,6 +603,7 @@ class PruningConfig:
     def to_dict(self) -> dict[str, Any]:
         # Calibration data may be a large in-memory object: never copy it.
         data = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "dataset"}
+        data["solver_options"] = dict(data["solver_options"])
         # Only a name or path says where calibration data came from; in-memory data is not recorded.
         data["dataset"] = self.dataset if isinstance(self.dataset, str) else None
         return data
