@@ -1,17 +1,29 @@
-"""The config's typed parts: each sparsity solver's options, and configs saved before they existed still load."""
+"""The config's typed parts: one config per method, each sparsity solver's options, and configs saved before the split
+still load."""
 
 from __future__ import annotations
 
 import inspect
 import json
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import pytest
 import torch
 
 from optimum_prune import PruningConfig
-from optimum_prune.configuration import SOLVER_OPTIONS, ADMMOptions, SolverOptions, solver_options
+from optimum_prune.configuration import (
+    PRUNING_CONFIGS,
+    SOLVER_OPTIONS,
+    ADMMOptions,
+    DepthConfig,
+    PruneNetConfig,
+    SolverOptions,
+    SparsityConfig,
+    StructuredConfig,
+    config_fields,
+    solver_options,
+)
 from optimum_prune.sparsity import SPARSITY_METHODS
 
 BEFORE_SPLIT = Path(__file__).parent / "data" / "configs_before_split"
@@ -49,7 +61,7 @@ def test_a_dict_becomes_the_methods_typed_options():
         target="unstructured", method="admm", solver_options=ADMMOptions(iterations=5)
     ).solver_options == {"iterations": 5}
     assert PruningConfig(target="unstructured", method="wanda").to_dict()["solver_options"] == {}
-    assert type(PruningConfig(method="wanda").solver_options) is SolverOptions
+    assert type(PruningConfig(target="2:4", method="wanda").solver_options) is SolverOptions
 
 
 def test_an_unknown_solver_option_is_one_clear_error():
@@ -66,9 +78,56 @@ def test_an_unknown_solver_option_is_one_clear_error():
 
 
 @pytest.mark.parametrize("path", sorted(BEFORE_SPLIT.glob("*.json")), ids=lambda p: p.stem)
-def test_configs_saved_before_the_split_load_unchanged(path):
-    """pruning_config.json files written by the flat PruningConfig (generated with main at ff46109) load, and save
-    back to the same JSON."""
+def test_configs_saved_before_the_split_load(path):
+    """pruning_config.json files written by the flat PruningConfig (generated with main at ff46109, every field of
+    every method) load as their method's config; the other methods' fields, all at their defaults there, are
+    dropped, and the rest saves back as it was."""
     saved = json.loads(path.read_text())
     config = PruningConfig.from_json_file(path)
-    assert config.to_dict() == saved
+    expected = {"depth": DepthConfig, "prunenet": PruneNetConfig, "structured": StructuredConfig}
+    assert type(config) is expected.get(
+        path.stem, StructuredConfig if path.stem.startswith("recipe") else SparsityConfig
+    )
+    own = config.to_dict()
+    assert own == {key: value for key, value in saved.items() if key in own}
+    defaults = {
+        f.name: f.default_factory() if f.default_factory is not MISSING else f.default for f in config_fields()
+    }
+    assert all(saved[key] == defaults[key] for key in set(saved) - set(own)), path.stem
+
+
+def test_construction_dispatches_to_the_methods_config():
+    assert type(PruningConfig()) is StructuredConfig
+    assert type(PruningConfig(target="2:4")) is type(PruningConfig("unstructured")) is SparsityConfig
+    assert type(PruningConfig(criterion="prunenet_invariant")) is PruneNetConfig
+    assert type(PruningConfig(recipe="prunenet")) is PruneNetConfig  # the recipe's criterion
+    assert type(PruningConfig(recipe="shortgpt")) is type(PruningConfig(structures="layers")) is DepthConfig
+    assert all(isinstance(PruningConfig(target=t), PruningConfig) for t in ("structured", "unstructured", "2:4"))
+    assert set(PRUNING_CONFIGS.values()) == {StructuredConfig, DepthConfig, PruneNetConfig, SparsityConfig}
+    # Each method's own class builds as it is, with its own defaults.
+    assert SparsityConfig().target == "unstructured" and StructuredConfig().target == "structured"
+    with pytest.raises(ValueError, match="StructuredConfig is for target='structured', not '2:4'"):
+        StructuredConfig(target="2:4")
+    with pytest.raises(ValueError, match="SparsityConfig is for target='unstructured' or an N:M pattern"):
+        SparsityConfig(target="structured")
+    for spec in config_fields():
+        assert spec.metadata["help"].strip(), spec.name
+
+
+def test_another_methods_field_is_one_clear_error():
+    with pytest.raises(
+        ValueError, match=r"mask_scope='row' is an option of unstructured and N:M sparsity .*structured"
+    ):
+        PruningConfig(mask_scope="row")
+    with pytest.raises(ValueError, match=r"protect_layers=\[0\] is an option of structured pruning"):
+        PruningConfig(target="2:4", protect_layers=[0])
+    with pytest.raises(ValueError, match=r"prunenet_episodes=3 is an option of PruneNet \(criterion='prunenet'"):
+        PruningConfig(criterion="activation", prunenet_episodes=3)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'no_such_field'"):
+        PruningConfig(no_such_field=1)
+    # At its default it is accepted (it changes nothing), and a config without the field reads its default.
+    config = PruningConfig(target="unstructured", criterion="activation")
+    assert "criterion" not in config.to_dict() and config.criterion == "activation"
+    assert PruningConfig().method == "sparsegpt" and PruningConfig().protect_layers == []
+    with pytest.raises(AttributeError):
+        PruningConfig().no_such_field  # noqa: B018
