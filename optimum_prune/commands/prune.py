@@ -268,12 +268,22 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--trust-remote-code", action="store_true", help="allow --model's own modeling code from the Hub to run"
     )
 
-    recipe = parser.add_argument_group(
-        "pruning recipe (the fields of PruningConfig and of each method's config; defaults are theirs; an option of "
-        "another method than --target's is refused)"
-    )
+    # One group per config (PruningConfig's shared fields, then each method's own), in `config_fields` order.
+    configuration = _light_module("configuration")
+    groups: dict[type, Any] = {}
     for option in CONFIG_OPTIONS:
-        option.add_to(recipe)
+        owner = next(
+            c
+            for c in (configuration.PruningConfig, *configuration.PRUNING_CONFIGS.values())
+            if option.field in {f.name for f in dataclasses.fields(c)}
+        )
+        if owner not in groups:
+            groups[owner] = parser.add_argument_group(
+                "pruning recipe, every method (PruningConfig's fields and defaults)"
+                if owner is configuration.PruningConfig
+                else f"pruning recipe, {owner.describes} ({owner.__name__}; refused for other methods)"
+            )
+        option.add_to(groups[owner])
 
     data = parser.add_argument_group("calibration and evaluation data")
     data.add_argument(
