@@ -24,6 +24,10 @@ _LAZY = {
     "UnsupportedArchitectureError": ".architectures",
     "get_adapter": ".architectures",
     "PruningConfig": ".configuration",
+    "StructuredConfig": ".configuration",
+    "DepthConfig": ".configuration",
+    "PruneNetConfig": ".configuration",
+    "SparsityConfig": ".configuration",
     "HubUnreachableError": ".offline",
     "BasePruner": ".pruners",
     "PrunerForCausalLM": ".pruners",
@@ -34,18 +38,22 @@ _LAZY = {
 __all__ = [
     "ADAPTERS",
     "BasePruner",
+    "DepthConfig",
     "HubUnreachableError",
     "PrunerForCausalLM",
     "PrunerForQuestionAnswering",
     "PrunerForSequenceClassification",
+    "PruneNetConfig",
     "PruningConfig",
+    "SparsityConfig",
+    "StructuredConfig",
     "UnsupportedArchitectureError",
     "get_adapter",
 ]
 
 if TYPE_CHECKING:
     from .architectures import ADAPTERS, UnsupportedArchitectureError, get_adapter
-    from .configuration import PruningConfig
+    from .configuration import DepthConfig, PruneNetConfig, PruningConfig, SparsityConfig, StructuredConfig
     from .offline import HubUnreachableError
     from .pruners import BasePruner, PrunerForCausalLM, PrunerForQuestionAnswering, PrunerForSequenceClassification
 

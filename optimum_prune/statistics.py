@@ -87,17 +87,13 @@ class InputStatistics:
 def attach_statistics(
     modules: dict[str, torch.nn.Module], with_gram: bool
 ) -> tuple[dict[str, InputStatistics], list[torch.utils.hooks.RemovableHandle]]:
-    """Hook each Linear in `modules` so every forward adds its input to a fresh `InputStatistics`."""
-    stats: dict[str, InputStatistics] = {}
-    handles = []
-    for name, module in modules.items():
-        stats[name] = InputStatistics(module.in_features, with_gram=with_gram, device=module.weight.device)
+    """Hook each Linear in `modules` so every forward adds its input to its own `InputStatistics` (observed alone:
+    `weight_inputs.attach_inputs` without a block)."""
+    from .architectures.weights import WeightMatrix
+    from .weight_inputs import attach_inputs
 
-        def hook(_module, args, _stats=stats[name]):
-            _stats.update(args[0])
-
-        handles.append(module.register_forward_pre_hook(hook))
-    return stats, handles
+    inputs, handles = attach_inputs(None, [WeightMatrix(name, module) for name, module in modules.items()], with_gram)
+    return inputs.direct, handles
 
 
 @contextlib.contextmanager

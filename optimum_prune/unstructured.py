@@ -23,7 +23,7 @@ from .allocation.unstructured import (
 from .architectures.blocks import find_blocks
 from .architectures.weights import WeightMatrix, find_weight_matrices
 from .checks import check_row_counts, solve_checked
-from .configuration import PruningConfig
+from .configuration import PruningConfig, SolverOptions, solver_options
 from .layerwise import BlockStreamer
 from .pipeline import Block, BlockMethod, Calibration, Observer, block_arguments, run_blocks
 from .sparsity import SparsityPattern, get_sparsity_method, required_statistics
@@ -171,7 +171,7 @@ def prune_unstructured(
     config.check_layers(len(blocks))
     solver = get_sparsity_method(config.method)
     statistics = required_statistics(solver)
-    takes_cache = _check_solver_options(solver, config)
+    options, takes_cache = _check_solver_options(solver, config)
     use_data = config.method not in DATA_FREE_METHODS
     if uses_calibration(config) and not samples:
         needs = f"method={config.method!r}" if use_data else f"allocation={config.allocation!r}"
@@ -191,7 +191,7 @@ def prune_unstructured(
         logger.warning("Left %s dense: %s.", name, why)
 
     calibration = Calibration(streamer.capture(blocks[0][1], samples), own_arguments) if use_data else None
-    sparsify = _Sparsify(config, plans, solver, statistics, takes_cache)
+    sparsify = _Sparsify(config, plans, solver, statistics, takes_cache, options)
     run_blocks(sparsify, streamer, blocks, calibration, show_progress)
     per_module = sparsify.per_module
     data_free, input_taps = sparsify.data_free, sparsify.input_taps
@@ -243,9 +243,10 @@ class _Sparsify(BlockMethod):
         solver: Any,
         statistics: str,
         takes_cache: bool,
+        options: SolverOptions,
     ) -> None:
         self.config, self.plans, self.solver = config, plans, solver
-        self.statistics, self.takes_cache = statistics, takes_cache
+        self.statistics, self.takes_cache, self.options = statistics, takes_cache, options
         #: Per module, the fraction of zeros counted from the weights after pruning.
         self.per_module: dict[str, float] = {}
         #: Matrices no calibration input reached (pruned by magnitude), and matrices whose input was tapped.
@@ -285,7 +286,7 @@ class _Sparsify(BlockMethod):
                 options = {"mask_scope": config.mask_scope} if config.mask_scope is not None else {}
                 if self.takes_cache and stats is not None:
                     options["cache"] = caches.setdefault(id(stats), {})
-                options.update(config.solver_options)
+                options.update(self.options)
             new_weight, _keep = solve_checked(full_name, method, weight, gram, pattern, config.damp, stats, **options)
             matrix.set(new_weight)
         # Counted from the weights as they now are (in the block's execution place, before any write-back).
@@ -443,19 +444,14 @@ def _stop_modules(matrices: list[WeightMatrix]) -> list[nn.Module]:
     return list({id(m.module): m.module for m in matrices}.values())
 
 
-def _check_solver_options(solver, config: PruningConfig) -> bool:
-    """ValueError for an option `solver` does not take (`mask_scope` included); returns whether it takes a
-    factorisation ``cache``."""
-    parameters = inspect.signature(solver).parameters
-    open_ended = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-    reserved = {"weight", "gram", "pattern", "damp", "cache"}
-    if config.mask_scope is not None and "mask_scope" not in parameters:
+def _check_solver_options(solver, config: PruningConfig) -> tuple[SolverOptions, bool]:
+    """`config.solver_options` as the method's typed options (ValueError for one it does not have, `mask_scope`
+    included), and whether the solver takes a factorisation ``cache``."""
+    options = solver_options(config.method, config.solver_options)
+    if config.mask_scope is not None and not options.has_mask_scope:
         raise ValueError(f"method={config.method!r} has no mask_scope; 'sparsegpt' and 'admm' have one.")
-    for name in config.solver_options:
-        if name in reserved or not (open_ended or name in parameters):
-            known = sorted(set(parameters) - reserved - {"options"})
-            raise ValueError(f"method={config.method!r} has no option {name!r}; its options: {known}")
-    return open_ended or "cache" in parameters
+    parameters = inspect.signature(solver).parameters
+    return options, "cache" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def _identity_gram(weight: torch.Tensor) -> torch.Tensor:

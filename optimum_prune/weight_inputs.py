@@ -26,7 +26,7 @@ from torch import nn
 from .architectures.weights import WeightMatrix
 from .statistics import InputStatistics
 
-__all__ = ["WeightInputs", "observe_inputs"]
+__all__ = ["WeightInputs", "attach_inputs", "observe_inputs"]
 
 
 class WeightInputs:
@@ -59,33 +59,60 @@ def _first_argument(args: tuple, kwargs: dict, name: str) -> torch.Tensor | None
     return kwargs.get(name)
 
 
-@contextmanager
-def observe_inputs(block: nn.Module, matrices: list[WeightMatrix], with_gram: bool = True) -> Iterator[WeightInputs]:
-    """Hook `block` so every forward inside the context adds each matrix's inputs to its statistics."""
+def attach_inputs(
+    block: nn.Module | None, matrices: list[WeightMatrix], with_gram: bool = True
+) -> tuple[WeightInputs, list[torch.utils.hooks.RemovableHandle]]:
+    """Hook the matrices so every forward adds each matrix's inputs to its statistics: `(inputs, handles)`.
+
+    The one way inputs are observed, for structured pruning's consumers and for sparsity's matrices. With `block`
+    (the module whose calls delimit one forward), matrices called with the very same tensor share their statistics
+    (`_SharedInputs`) and a Mamba `dt_proj` is tapped as well; with None, each matrix is observed alone and its
+    statistics exist from the start, called or not.
+    """
     inputs = WeightInputs()
     handles: list[torch.utils.hooks.RemovableHandle] = []
     experts: dict[int, tuple[nn.Module, list[WeightMatrix]]] = {}
-    sharing = _SharedInputs(inputs)
+    sharing = _SharedInputs(inputs, shared=block is not None)
     try:
-        handles.append(block.register_forward_pre_hook(sharing.new_call))
+        if block is not None:
+            handles.append(block.register_forward_pre_hook(sharing.new_call))
         for matrix in matrices:
             if matrix.expert is not None:
-                device = getattr(matrix.module, matrix.parameter).device
-                inputs.direct[matrix.name] = InputStatistics(matrix.in_features, with_gram=with_gram, device=device)
+                inputs.direct[matrix.name] = _statistics(matrix, with_gram)
                 experts.setdefault(id(matrix.module), (matrix.module, []))[1].append(matrix)
                 continue
-            # Created on the first call, once per distinct input (see `_SharedInputs`).
+            if block is None:
+                sharing.leader[matrix.name] = matrix.name
+                inputs.direct[matrix.name] = _statistics(matrix, with_gram)
+            # Otherwise created on the first call, once per distinct input (see `_SharedInputs`).
             hook = sharing.hook(matrix, with_gram)
             handles.append(matrix.module.register_forward_pre_hook(hook, with_kwargs=True))
-            tap = _dt_proj_tap(block, matrix)
+            tap = _dt_proj_tap(block, matrix) if block is not None else None
             if tap is not None:
                 handles.append(_register_tap(inputs, matrix, tap, with_gram))
         for module, expert_matrices in experts.values():
             handles.append(_register_experts_hook(module, expert_matrices, inputs))
+    except BaseException:
+        for handle in handles:
+            handle.remove()
+        raise
+    return inputs, handles
+
+
+@contextmanager
+def observe_inputs(block: nn.Module, matrices: list[WeightMatrix], with_gram: bool = True) -> Iterator[WeightInputs]:
+    """`attach_inputs` for the duration of the context: yields the inputs, removes the hooks on exit."""
+    inputs, handles = attach_inputs(block, matrices, with_gram)
+    try:
         yield inputs
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _statistics(matrix: WeightMatrix, with_gram: bool) -> InputStatistics:
+    device = getattr(matrix.module, matrix.parameter).device
+    return InputStatistics(matrix.in_features, with_gram=with_gram, device=device)
 
 
 class _SharedInputs:
@@ -97,8 +124,8 @@ class _SharedInputs:
     accumulates. A later call that breaks a grouping raises RuntimeError rather than mixing statistics.
     """
 
-    def __init__(self, inputs: WeightInputs) -> None:
-        self.inputs = inputs
+    def __init__(self, inputs: WeightInputs, shared: bool = True) -> None:
+        self.inputs, self.shared = inputs, shared
         self.seen: list[tuple[str, torch.Tensor]] = []
         self.leader: dict[str, str] = {}
 
@@ -113,12 +140,12 @@ class _SharedInputs:
             if x is None:
                 return
             first = next((other for other, tensor in self.seen if tensor is x), None)
-            self.seen.append((name, x))
+            if self.shared:
+                self.seen.append((name, x))
             if name not in self.leader:  # its first call (an expert's may come late, when a token is routed to it)
                 self.leader[name] = self.leader[first] if first is not None else name
                 if self.leader[name] == name:
-                    device = getattr(matrix.module, matrix.parameter).device
-                    self.inputs.direct[name] = InputStatistics(matrix.in_features, with_gram=with_gram, device=device)
+                    self.inputs.direct[name] = _statistics(matrix, with_gram)
                 else:
                     self.inputs.direct[name] = self.inputs.direct[self.leader[name]]
             leader = self.leader[name]
@@ -155,7 +182,7 @@ def _register_tap(
     inputs: WeightInputs, matrix: WeightMatrix, tap: tuple[nn.Module, int | None, str], with_gram: bool
 ) -> torch.utils.hooks.RemovableHandle:
     module, width, description = tap
-    stats = InputStatistics(matrix.in_features, with_gram=with_gram, device=matrix.module.weight.device)
+    stats = _statistics(matrix, with_gram)
     inputs.tapped[matrix.name] = (stats, description)
 
     def hook(_module, _args, output):

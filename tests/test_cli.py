@@ -26,6 +26,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 from optimum_prune import PrunerForCausalLM, PruningConfig
 from optimum_prune.cli import build_parser, main
 from optimum_prune.commands.prune import CONFIG_OPTIONS, split_for_evaluation
+from optimum_prune.configuration import config_fields
 
 INPUT_IDS = torch.tensor([[2, 20, 11, 8, 4, 60, 30, 21, 22, 5, 9, 70, 40, 3]])
 # A structured run small enough for seconds: 4 calibration windows of 32 characters.
@@ -182,7 +183,7 @@ def test_optimum_cli_bad_input_exits_non_zero_with_one_line(work, tmp_path):
 
 def test_every_recipe_field_is_an_option_with_pruning_configs_default():
     # The model card's command-line recipe writes one flag per recorded field: each must exist here.
-    fields = {f.name: f for f in dataclasses.fields(PruningConfig)}
+    fields = {f.name: f for f in config_fields()}  # the common fields and each method's config's
     assert {o.field for o in CONFIG_OPTIONS} == set(fields) - {"dataset"}
     for option in CONFIG_OPTIONS:
         field = fields[option.field]
@@ -212,18 +213,18 @@ def test_every_config_field_has_help_and_an_option_that_reads_back_what_the_card
     from optimum_prune.commands.prune import _build_config
     from optimum_prune.serialization.hub import _cli_option
 
-    for field in dataclasses.fields(PruningConfig):
+    for field in config_fields():
         assert field.metadata.get("help", "").strip(), f"PruningConfig.{field.name} has no metadata['help']"
     text = "".join(build_parser().format_help().split())  # without the line breaks argparse puts anywhere
     for option in CONFIG_OPTIONS:
         assert option.flag in text and "".join(option.help.split()).replace("%%", "%") in text, option.field
 
-    config = PruningConfig(
+    # Every field, in the config of its method (a field of another method's config is refused).
+    sparsity = PruningConfig(
         target="unstructured",
         sparsity=0.3,
         method="admm",
         mask_scope="layer",
-        structures=["ffn_channels", "attention_heads"],
         allow_sparsity_shortfall=True,
         layer_overrides={"0": {"sparsity": 0.1}},
         module_sparsity={"down_proj": 0.2},
@@ -234,14 +235,20 @@ def test_every_config_field_has_help_and_an_option_that_reads_back_what_the_card
         seqlen=32,
         damp=0.02,
         seed=3,
+    )
+    prunenet = PruningConfig(
+        criterion="prunenet",
+        structures=["ffn_channels", "attention_heads"],
+        allow_sparsity_shortfall=True,
         prunenet_learning_rate=0.1,
         prunenet_train_sparsity=0.4,
         prunenet_policy_path="policy.safetensors",
         protect_layers=[0, -1],
     )
-    written = [_cli_option(key, value) for key, value in config.to_dict().items() if value is not None]
-    args = build_parser().parse_args(["out", "-m", "model", *shlex.split(" ".join(written))])
-    assert _build_config(args).to_dict() == config.to_dict()
+    for config in (sparsity, prunenet):
+        written = [_cli_option(key, value) for key, value in config.to_dict().items() if value is not None]
+        args = build_parser().parse_args(["out", "-m", "model", *shlex.split(" ".join(written))])
+        assert _build_config(args).to_dict() == config.to_dict()
     # An option not given leaves its field at PruningConfig's default.
     assert _build_config(build_parser().parse_args(["-m", "model", "out"])).to_dict() == PruningConfig().to_dict()
 
@@ -350,7 +357,12 @@ def test_split_for_evaluation_keeps_the_last_fifth_out_of_calibration():
         (["--gguf-file", "model.gguf", "--criterion", "magnitude"], 1, "--gguf-file 'model.gguf' is not in"),
         (["--dataset", "{text}", "--layer-overrides", '{"9": {"sparsity": 0.1}}'], 1, "name layers [9], but"),
         (["--sparsity", "-0.1", "--dataset", "{text}"], 1, "got -0.1: it is the fraction to remove, not a negative"),
-        (["--method", "obs", "--dataset", "{text}"], 1, "Unknown method 'obs'. Choose one of:"),
+        (
+            ["--target", "unstructured", "--method", "obs", "--dataset", "{text}"],
+            1,
+            "Unknown method 'obs'. Choose one",
+        ),
+        (["--method", "wanda", "--dataset", "{text}"], 1, "method='wanda' is an option of unstructured and N:M"),
         (["--seqlen", "300", "--dataset", "{text}"], 1, "seqlen=300 is longer than the 256 positions llama models"),
         (["--dataset", "{root}/latin1.txt"], 1, "/latin1.txt' is not UTF-8 text"),
         (["--sparsity", "0.999", "--dataset", "{text}"], 1, "sparsity=0.999 cannot be met"),

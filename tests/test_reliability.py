@@ -110,7 +110,9 @@ def test_fp16_statistics_accumulate_in_float64():
     [
         ({"sparsity": -0.1}, "sparsity must be in [0, 1), got -0.1: it is the fraction to remove, not a negative"),
         ({"sparsity": 1.0}, "1.0 would remove everything"),
-        ({"method": "obs"}, "Unknown method 'obs'. Choose one of:"),  # with the default structured target
+        ({"target": "unstructured", "method": "obs"}, "Unknown method 'obs'. Choose one of:"),
+        # With the default structured target, where a method is not used (nor recorded).
+        ({"method": "obs"}, "method='obs' is an option of unstructured and N:M sparsity"),
     ],
 )
 def test_config_refuses_with_one_line(kwargs, message):

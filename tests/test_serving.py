@@ -83,7 +83,7 @@ def test_linear_bridges_are_refused():
 
 
 def test_unstructured_targets_have_no_serving_layout():
-    with pytest.raises(ValueError, match="keeps every shape"):
+    with pytest.raises(ValueError, match=r"serving='vllm' is an option of structured pruning \(target='structured'\)"):
         PruningConfig(target="2:4", serving="vllm")
 
 

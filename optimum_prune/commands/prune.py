@@ -164,7 +164,8 @@ _OWN_OPTIONS = ("dataset",)
 
 
 def config_options() -> tuple[ConfigOption, ...]:
-    """One option per `PruningConfig` field (but `dataset`), made from the field itself: --field-name, parsed as its
+    """One option per field of `PruningConfig` and of each method's config (`configuration.config_fields`; but
+    `dataset`), made from the field itself: --field-name, parsed as its
     annotation says (bool: a --flag / --no-flag pair; list: one or more values, or none where the field cannot be
     None; dict: a JSON object; int, float, else text), with its `metadata["help"]` and its default; the choices of a
     single value (`metadata["choices"]`, or a Literal annotation) are its metavar. PruningConfig checks the values,
@@ -172,11 +173,13 @@ def config_options() -> tuple[ConfigOption, ...]:
 
     The model card's "From the command line" recipe writes one of these flags per recorded field, so it runs as
     printed."""
-    config_class = _light_module("configuration").PruningConfig
-    hints = typing.get_type_hints(config_class)
+    configuration = _light_module("configuration")
+    hints: dict[str, Any] = {}
+    for config_class in (configuration.PruningConfig, *configuration.PRUNING_CONFIGS.values()):
+        hints.update(typing.get_type_hints(config_class))
     return tuple(
         _config_option(field, hints[field.name])
-        for field in dataclasses.fields(config_class)
+        for field in configuration.config_fields()
         if field.name not in _OWN_OPTIONS
     )
 
@@ -265,9 +268,22 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--trust-remote-code", action="store_true", help="allow --model's own modeling code from the Hub to run"
     )
 
-    recipe = parser.add_argument_group("pruning recipe (PruningConfig's fields; defaults are PruningConfig's)")
+    # One group per config (PruningConfig's shared fields, then each method's own), in `config_fields` order.
+    configuration = _light_module("configuration")
+    groups: dict[type, Any] = {}
     for option in CONFIG_OPTIONS:
-        option.add_to(recipe)
+        owner = next(
+            c
+            for c in (configuration.PruningConfig, *configuration.PRUNING_CONFIGS.values())
+            if option.field in {f.name for f in dataclasses.fields(c)}
+        )
+        if owner not in groups:
+            groups[owner] = parser.add_argument_group(
+                "pruning recipe, every method (PruningConfig's fields and defaults)"
+                if owner is configuration.PruningConfig
+                else f"pruning recipe, {owner.describes} ({owner.__name__}; refused for other methods)"
+            )
+        option.add_to(groups[owner])
 
     data = parser.add_argument_group("calibration and evaluation data")
     data.add_argument(

@@ -19,7 +19,6 @@ import re
 import shlex
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
 from huggingface_hub.utils import validate_repo_id
 
-from ..configuration import PruningConfig
+from ..configuration import config_fields
 from ..tasks import DEFAULT_TASK, TASKS, auto_class_for_pipeline, task_for_pipeline
 
 __all__ = [
@@ -446,7 +445,7 @@ def _recipe_section(
 def _cli_option(key: str, value: Any) -> str:
     flag = "--" + key.replace("_", "-")
     if isinstance(value, bool):  # the command line's --flag / --no-flag pair: a field at its default needs neither
-        default = next((f.default for f in fields(PruningConfig) if f.name == key), False)
+        default = next((f.default for f in config_fields() if f.name == key), False)
         return "" if value is default else flag if value else f"--no-{flag[2:]}"
     if isinstance(value, (list, tuple)):
         return " ".join([flag, *(shlex.quote(str(item)) for item in value)])
