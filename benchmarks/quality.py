@@ -618,12 +618,7 @@ def run_mamba(args: argparse.Namespace, report: QualityReport) -> None:
     from optimum_prune.data.calibration import window_prefix
     from optimum_prune.serialization.layout import count_parameters
 
-    try:
-        model, tokenizer, metadata = fixture.load(quick=args.quick)
-    except FileNotFoundError:
-        log("Mamba fixture missing: building it first")
-        fixture.build(quick=args.quick)
-        model, tokenizer, metadata = fixture.load(quick=args.quick)
+    model, tokenizer, metadata = fixture.load_or_build(quick=args.quick)
     calibration, evaluation = wikipedia_split()
     eval_ids = tokenizer(evaluation, return_tensors="pt", add_special_tokens=False).input_ids
     eval_prefix = window_prefix(tokenizer)

@@ -23,7 +23,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
 from common import MarkdownReport, default_output, log  # noqa: E402
 from fixtures import sentiment_classifier as fixture  # noqa: E402
-from sparsity_grid import ALLOCATIONS, METHODS, GridModel, best_lines, plan, run_grid  # noqa: E402
+from sparsity_grid import METHODS, GridModel, add_grid_arguments, best_lines, grid_report, plan, run_grid  # noqa: E402
 
 from optimum_prune import PrunerForSequenceClassification  # noqa: E402
 
@@ -33,11 +33,7 @@ NUM_SAMPLES = 512  # quality.md's classifier calibration: 512 training sentences
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.7])
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--allocations", nargs="+", choices=ALLOCATIONS, default=list(ALLOCATIONS))
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--resume", action="store_true", help="keep the rows of an earlier run (its .json)")
+    add_grid_arguments(parser, METHODS)
     parser.add_argument("--output", default=None, help="default benchmarks/results/sparsity_classifier.md")
     return parser
 
@@ -48,7 +44,9 @@ def main(argv: list[str] | None = None) -> MarkdownReport:
     model, tokenizer, train_rows, dev_rows, metadata = fixture.load_or_build()
     calibration = [row["sentence"] for row in train_rows]
     rows = plan(args.sparsities, args.methods, args.allocations)
-    report = MarkdownReport(
+    report = grid_report(
+        args,
+        rows,
         path=args.output or default_output("sparsity_classifier", False),
         title="Unstructured sparsity on the MiniLM sentiment classifier: solvers x per-block allocations",
         intro=(
@@ -63,16 +61,7 @@ def main(argv: list[str] | None = None) -> MarkdownReport:
             f"{metadata['dev_accuracy']:.4f})",
             "calibration": f"{NUM_SAMPLES} training-split sentences, at most {fixture.MAX_LENGTH} tokens, seed 0",
             "evaluation": f"{len(dev_rows)} dev sentences (1 example = {1 / len(dev_rows):.1%})",
-            "pruning": "target='unstructured', PruningConfig defaults otherwise (owl_m=5, owl_lambda=0.08, "
-            "max_layer_deviation=0.1, mask_scope per solver default)",
-            "sparsities": ", ".join(f"{s:.0%}" for s in args.sparsities),
-            "methods": ", ".join(args.methods),
-            "allocations": ", ".join(args.allocations),
-            "torch threads": str(args.threads),
         },
-        float_format=".4f",
-        planned=1 + len(rows),
-        selection_keys=("sparsities", "methods", "allocations"),
     )
     done = report.resume() if args.resume else []
     dense_accuracy = fixture.accuracy(model, tokenizer, dev_rows)

@@ -9,6 +9,7 @@ metric and the Linear weights that count as the budget differ; `GridModel` carri
 
 from __future__ import annotations
 
+import argparse
 import copy
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +51,39 @@ def block_zero_fraction(blocks: torch.nn.Module) -> float:
             zeros += int((module.weight == 0).sum())
             total += module.weight.numel()
     return zeros / total
+
+
+def add_grid_arguments(parser: argparse.ArgumentParser, methods: Sequence[str]) -> None:
+    """The grid's options: --sparsities (default 0.7), --methods, --allocations, --threads, --resume."""
+    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.7])
+    parser.add_argument("--methods", nargs="+", choices=methods, default=list(methods))
+    parser.add_argument("--allocations", nargs="+", choices=ALLOCATIONS, default=list(ALLOCATIONS))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--resume", action="store_true", help="keep the rows of an earlier run (its .json)")
+
+
+def grid_report(
+    args: argparse.Namespace, rows: Sequence[tuple], *, path: str, title: str, intro: str, protocol: dict[str, str]
+) -> MarkdownReport:
+    """The grid's page: `protocol` (model, calibration, evaluation) and the grid's own settings; one row per
+    configuration plus the reference row."""
+    return MarkdownReport(
+        path=path,
+        title=title,
+        intro=intro,
+        protocol={
+            **protocol,
+            "pruning": "target='unstructured', PruningConfig defaults otherwise (owl_m=5, owl_lambda=0.08, "
+            "max_layer_deviation=0.1, mask_scope per solver default)",
+            "sparsities": ", ".join(f"{s:.0%}" for s in args.sparsities),
+            "methods": ", ".join(args.methods),
+            "allocations": ", ".join(args.allocations),
+            "torch threads": str(args.threads),
+        },
+        float_format=".4f",
+        planned=1 + len(rows),
+        selection_keys=("sparsities", "methods", "allocations"),
+    )
 
 
 def plan(sparsities: Sequence[float], methods: Sequence[str], allocations: Sequence[str]) -> list[tuple]:

@@ -25,7 +25,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
 from common import EVAL_SEQLEN, MarkdownReport, default_output, log  # noqa: E402
 from fixtures import mamba_wiki as fixture  # noqa: E402
-from sparsity_grid import ALLOCATIONS, GridModel, best_lines, plan, run_grid  # noqa: E402
+from sparsity_grid import GridModel, add_grid_arguments, best_lines, grid_report, plan, run_grid  # noqa: E402
 
 from optimum_prune import PrunerForCausalLM  # noqa: E402
 from optimum_prune.assets import wikipedia_split  # noqa: E402
@@ -38,14 +38,10 @@ METHODS = ("magnitude", "wanda", "sparsegpt", "admm", "obs_multi")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.7])
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--allocations", nargs="+", choices=ALLOCATIONS, default=list(ALLOCATIONS))
+    add_grid_arguments(parser, METHODS)
     parser.add_argument("--num-samples", type=int, default=128, help="calibration windows (default 128)")
     parser.add_argument("--seqlen", type=int, default=512, help="tokens per calibration window (default 512)")
     parser.add_argument("--eval-windows", type=int, default=40, help="512-token perplexity windows (default 40)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--resume", action="store_true", help="keep the rows of an earlier run (its .json)")
     parser.add_argument("--quick", action="store_true", help="the --quick fixture, 8 x 128 tokens, 2 windows")
     parser.add_argument("--output", default=None, help="default benchmarks/results/sparsity_mamba.md")
     return parser
@@ -56,17 +52,14 @@ def main(argv: list[str] | None = None) -> MarkdownReport:
     torch.set_num_threads(args.threads)
     if args.quick:
         args.num_samples, args.seqlen, args.eval_windows = 8, 128, 2
-    try:
-        model, tokenizer, metadata = fixture.load(quick=args.quick)
-    except FileNotFoundError:
-        log("Mamba fixture missing: building it first")
-        fixture.build(quick=args.quick)
-        model, tokenizer, metadata = fixture.load(quick=args.quick)
+    model, tokenizer, metadata = fixture.load_or_build(quick=args.quick)
     calibration, evaluation = wikipedia_split()
     eval_ids = tokenizer(evaluation, return_tensors="pt", add_special_tokens=False).input_ids
     prefix = window_prefix(tokenizer)
     rows = plan(args.sparsities, args.methods, args.allocations)
-    report = MarkdownReport(
+    report = grid_report(
+        args,
+        rows,
         path=args.output or default_output("sparsity_mamba", args.quick),
         title="Unstructured sparsity on the Mamba fixture: solvers x per-block allocations",
         intro=(
@@ -83,16 +76,7 @@ def main(argv: list[str] | None = None) -> MarkdownReport:
             "steps on the first 80% of the articles",
             "calibration": f"{args.num_samples} random windows x {args.seqlen} tokens of the first 80%, seed 0",
             "evaluation": f"{args.eval_windows} non-overlapping 512-token windows of the last 20%",
-            "pruning": "target='unstructured', PruningConfig defaults otherwise (owl_m=5, owl_lambda=0.08, "
-            "max_layer_deviation=0.1, mask_scope per solver default)",
-            "sparsities": ", ".join(f"{s:.0%}" for s in args.sparsities),
-            "methods": ", ".join(args.methods),
-            "allocations": ", ".join(args.allocations),
-            "torch threads": str(args.threads),
         },
-        float_format=".4f",
-        planned=1 + len(rows),
-        selection_keys=("sparsities", "methods", "allocations"),
     )
     done = report.resume() if args.resume else []
 
