@@ -127,7 +127,8 @@ def greedy_obs(
     def unit_costs(units: torch.Tensor) -> torch.Tensor:
         idx = position[units.to(device)[:, None] * c + offsets[None, :]]  # [u, c]
         blocks = hinv[idx[:, :, None], idx[:, None, :]]  # [u, c, c]
-        w_u = w[:, idx].permute(1, 0, 2)  # [u, out, c]
+        # index_select, not w[:, idx]: the same copy, [out, u, c] contiguous, without advanced indexing's overhead.
+        w_u = w.index_select(1, idx.reshape(-1)).view(w.shape[0], *idx.shape).permute(1, 0, 2)  # [u, out, c]
         if c == 1:
             return w_u.pow(2).sum((1, 2)) / blocks[:, 0, 0].clamp_min(1e-30)
         solved = torch.linalg.solve(blocks, w_u.transpose(1, 2))  # [u, c, out]
@@ -157,8 +158,8 @@ def greedy_obs(
         if removed_held >= COMPACT_FRACTION * hinv.shape[0]:
             keep = held.nonzero().squeeze(1)
             rows = position[keep]
-            hinv = hinv[rows][:, rows]
-            w = w[:, rows]
+            hinv = hinv.index_select(0, rows).index_select(1, rows)
+            w = w.index_select(1, rows)
             position[keep] = torch.arange(keep.numel(), device=device)
             removed_held = 0
     step_costs: list[float] = []
