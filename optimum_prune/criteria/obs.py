@@ -48,7 +48,7 @@ def augmented_inverse_gram(stats: InputStatistics, damp: float) -> torch.Tensor:
     n = stats.num_features
     h = stats.augmented_gram()
     ridge = damp * torch.diagonal(stats.gram).mean().clamp_min(1e-12)
-    h[:n, :n] += ridge * torch.eye(n, dtype=h.dtype, device=h.device)
+    h.diagonal()[:n] += ridge  # in place: `ridge * eye(n)` was two more [n, n] temporaries (and adds only zeros)
     try:
         return torch.cholesky_inverse(torch.linalg.cholesky(h))
     except RuntimeError:  # not positive definite (dead channels with damp=0): the pseudo-inverse still ranks
