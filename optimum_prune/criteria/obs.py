@@ -179,7 +179,8 @@ def _subtract_product(target: torch.Tensor, left: torch.Tensor, right: torch.Ten
     whole size every step, whose new pages cost several times the arithmetic on a CPU (67 ms against 4 ms for a
     rank-16 update of a 2049^2 matrix). BLAS computes the product and then adds it, so the entries are those of the
     subtraction (alpha = -1 negates exactly); with an inner size of one MKL fuses the multiply into the addition,
-    which rounds differently, and those updates (groups of at most `STEPS` single channels) are small anyway.
+    which rounds differently; rank-1 updates come from groups of at most `STEPS` single channels, or a last step
+    of one unit, and are small anyway.
     """
     if left.shape[1] == 1:
         return target.sub_(left @ right)
