@@ -308,8 +308,7 @@ class _PruneUnits(BlockMethod):
             if keep_count >= group.num_units:
                 keep = torch.arange(group.num_units, device="cpu")
             else:
-                scores = self.run.criterion.score_units(adapter, layer, group, stats, self.run.generator)
-                keep = adapter.select_units(group, scores, keep_count)
+                keep = self.run.criterion.select_units(adapter, layer, group, stats, self.run.generator, keep_count)
             kept_list = keep.tolist()  # the one read of the selection back to the host
             pruned = torch.tensor(sorted(set(range(group.num_units)) - set(kept_list)), dtype=torch.long, device="cpu")
             kept_channels, pruned_channels = group.unit_channels(keep), group.unit_channels(pruned)

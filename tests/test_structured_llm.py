@@ -13,7 +13,7 @@ from torch import nn
 from optimum_prune import PrunerForCausalLM, PruningConfig
 from optimum_prune.allocation import global_plan, uniform_layer_plan, uniform_plan
 from optimum_prune.architectures import UnitGroup, get_adapter
-from optimum_prune.criteria.obs import augmented_inverse_gram, greedy_obs, set_cost
+from optimum_prune.criteria.obs import OBSCriterion, augmented_inverse_gram, greedy_obs, set_cost
 from optimum_prune.depth import LinearBridge, block_influence
 from optimum_prune.layerwise import capture_block_inputs, run_block
 from optimum_prune.reconstruction import RECONSTRUCTIONS
@@ -155,6 +155,43 @@ def test_greedy_obs_steps_add_up_to_the_cost_of_the_removed_set():
         set_cost(weight, augmented_inverse_gram(stats, 0.0), torch.tensor([2 * u, 2 * u + 1])) for u in range(8)
     ]
     assert result.order[0] == int(torch.stack(singles).argmin())
+
+
+@pytest.mark.parametrize("channels_per_unit", [1, 4])
+def test_greedy_obs_cut_short_takes_the_full_runs_first_steps(channels_per_unit):
+    # The ranking for a known keep count stops the greedy early (OBSCriterion.select_units): the steps it takes,
+    # several units each here, must be exactly the full run's, and the working matrices are compacted as it goes.
+    generator = torch.Generator().manual_seed(channels_per_unit)
+    n = 300 * channels_per_unit if channels_per_unit == 1 else 160
+    stats = _stats(torch.randn(800, n, generator=generator) * torch.rand(n, generator=generator))
+    weight = torch.randn(24, n, generator=generator)
+    full = greedy_obs(weight, stats, channels_per_unit, damp=0.01)
+    units = n // channels_per_unit
+    for stop in (1, units // 5, units // 2 + 1, int(0.9 * units)):
+        cut = greedy_obs(weight, stats, channels_per_unit, damp=0.01, stop_after=stop)
+        assert len(cut.order) >= stop
+        assert cut.order == full.order[: len(cut.order)]
+        assert cut.step_costs == full.step_costs[: len(cut.order)]
+        assert sorted(cut.order + cut.remaining) == list(range(units))
+    # Past the full run's limit nothing is cut: the rest is ranked by cost, as without stop_after.
+    assert greedy_obs(weight, stats, channels_per_unit, damp=0.01, stop_after=units - 1) == full
+
+
+def test_obs_select_units_equals_the_full_rankings_selection():
+    model = tiny_llama(intermediate_size=320)
+    adapter = get_adapter(model)
+    layer = adapter.layers()[0]
+    criterion = OBSCriterion(0.01)
+    generator = torch.Generator()
+    for group in adapter.groups(layer):
+        x = torch.randn(600, layer.get_submodule(group.consumers[0]).in_features, generator=generator.manual_seed(3))
+        stats = {name: _stats(x) for name in group.consumers}
+        full = criterion.score_units(adapter, layer, group, stats, generator)
+        for keep in range(1, group.num_units, max(1, group.num_units // 7)):
+            if keep % group.keep_multiple:
+                continue
+            expected = adapter.select_units(group, full, keep)
+            assert torch.equal(criterion.select_units(adapter, layer, group, stats, generator, keep), expected)
 
 
 # ---- error-correcting refit and depth pruning -----------------------------------------------------------------------

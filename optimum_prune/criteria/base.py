@@ -70,6 +70,19 @@ class Criterion:
     ) -> torch.Tensor:
         raise NotImplementedError
 
+    def select_units(
+        self,
+        adapter: ArchitectureAdapter,
+        layer: nn.Module,
+        group: UnitGroup,
+        stats: dict[str, InputStatistics] | None,
+        generator: torch.Generator,
+        keep_count: int,
+    ) -> torch.Tensor:
+        """The sorted units of `group` to keep: `adapter.select_units` of the `score_units` scores. Criteria that
+        can decide a known keep count with less work than a full ranking override it (`obs`)."""
+        return adapter.select_units(group, self.score_units(adapter, layer, group, stats, generator), keep_count)
+
 
 @dataclass(frozen=True)
 class ChannelCriterion(Criterion):
