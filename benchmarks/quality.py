@@ -971,7 +971,9 @@ def run_peers(args: argparse.Namespace, report: QualityReport, key: str = "peers
         "`sparsify_weight`), statistics s = accumulating the inputs' statistics (ours: `InputStatistics.update`, "
         "Gram matrices or, for Wanda, their diagonals; llm-compressor: `accumulate_hessian` / "
         "`accumulate_row_scalars`), forward s = the rest: block forward passes over the calibration windows and "
-        "bookkeeping, the floor no solver goes under. load (start) / load = the machine's 1-minute load average "
+        "bookkeeping, the floor no solver goes under. prune peak MiB = the process's peak resident memory while "
+        "pruning, the loaded model included (Linux VmHWM, reset before the prune; rows measured since 2026-12-07 "
+        "10:00 UTC; ours also holds the unpruned model each row is copied from, about 540 MiB). load (start) / load = the machine's 1-minute load average "
         "when the row started / finished (2 cores shared with other jobs: times compare rows of similar load "
         "only). ADMM and obs_multi have no llm-compressor counterpart; issue 14 holds them against its SparseGPT.",
         {
@@ -1005,6 +1007,7 @@ def run_peers(args: argparse.Namespace, report: QualityReport, key: str = "peers
             "solver s": None,
             "statistics s": None,
             "forward s": None,
+            "prune peak MiB": None,
             "status": "ok",
         },
         "dense",
@@ -1085,7 +1088,7 @@ def _run_ours(
     reference: Mapping[str, torch.Tensor],
     dense_perplexity: float,
 ) -> dict[str, Any]:
-    from common import breakdown_columns, our_time_breakdown, timed_calls
+    from common import breakdown_columns, our_time_breakdown, peak_rss, timed_calls
 
     from optimum_prune import PrunerForCausalLM
 
@@ -1094,7 +1097,7 @@ def _run_ours(
     pruner = PrunerForCausalLM(copy.deepcopy(work.model), work.tokenizer)
     load_start = _load_now()
     try:
-        with timed_calls(our_time_breakdown()) as buckets, _stopwatch() as timer:
+        with timed_calls(our_time_breakdown()) as buckets, _stopwatch() as timer, peak_rss() as memory:
             pruner.prune(_our_config(job, args), dataset=work.calibration, show_progress=False)
         load = _load_now()
         result = llm_perplexity(pruner.model, work.eval_ids, windows, work.eval_prefix)
@@ -1108,6 +1111,7 @@ def _run_ours(
         "prune s": timer["seconds"],
         "prune cpu s": timer["cpu seconds"],
         **breakdown_columns(timer["seconds"], buckets),
+        "prune peak MiB": memory["MiB"],
         "load (start)": load_start,
         "load": load,
         "status": "ok",
@@ -1342,16 +1346,17 @@ def peer_worker(job: str, checkpoint: str, data_path: str, threads: int) -> None
     reference = untargeted_parameters(model)
     result: dict[str, Any] = {}
     try:
-        from common import breakdown_columns, timed_calls
+        from common import breakdown_columns, peak_rss, timed_calls
 
         start, cpu_start = time.perf_counter(), time.process_time()
         breakdown: dict[str, float] = {}
-        if job.startswith("torch-pruning"):
-            _torch_pruning_llama(model, ratio=0.2)
-        elif job != "dense":
-            with timed_calls(_llm_compressor_breakdown(job)) as buckets:
-                _llm_compressor(model, job, data["calibration"])
-            breakdown = breakdown_columns(time.perf_counter() - start, buckets)
+        with peak_rss() as memory:
+            if job.startswith("torch-pruning"):
+                _torch_pruning_llama(model, ratio=0.2)
+            elif job != "dense":
+                with timed_calls(_llm_compressor_breakdown(job)) as buckets:
+                    _llm_compressor(model, job, data["calibration"])
+                breakdown = breakdown_columns(time.perf_counter() - start, buckets)
         prune_seconds, prune_cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         model.eval()
         _stage(f"evaluating perplexity (pruning took {prune_seconds:.0f} s)")
@@ -1369,6 +1374,7 @@ def peer_worker(job: str, checkpoint: str, data_path: str, threads: int) -> None
             "prune s": prune_seconds if job != "dense" else None,
             "prune cpu s": prune_cpu_seconds if job != "dense" else None,
             **breakdown,
+            "prune peak MiB": memory["MiB"] if job != "dense" else None,
             "status": "ok",
         }
         result = census_row(census, result, "llm-compressor")
