@@ -2,9 +2,9 @@
 
     python benchmarks/serving.py --vllm-python /path/to/vllm-env/bin/python [--quick]
 
-Rows: the dense model; at 20 / 30 / 50% of the FFN parameters, a uniform plan without refit (the family's own
-config: vLLM's LlamaForCausalLM) and the servable non-uniform recipe (`serving="vllm"`: activation criterion, global
-allocation, LIAR refit; vLLM's DeciLMForCausalLM). Each row: parameters (every tensor, embeddings included), held-out
+Rows: the dense model; at 20 / 30 / 50% of the FFN parameters, uniform plans without refit and with LIAR (the
+family's own config: vLLM's LlamaForCausalLM) and the servable non-uniform recipes (`serving="vllm"`, activation
+criterion, LIAR refit, with a global or the OBS allocation; vLLM's DeciLMForCausalLM). Each row: parameters (every tensor, embeddings included), held-out
 perplexity (the protocol of `common.py`), and vLLM's prefill / generation throughput (`serving/vllm_throughput.py`,
 run in vLLM's own environment, one engine at a time). The parameter ratio is the physical bound on the speed-up.
 Writes benchmarks/results/serving.md (and .json).
