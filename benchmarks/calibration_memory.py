@@ -35,7 +35,7 @@ CHILD = r"""
 import json, resource, sys, tempfile, time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
-from optimum_prune.layerwise import BlockStreamer
+from optimum_prune.pipeline.layerwise import BlockStreamer
 import optimum_prune
 
 num_samples, seqlen = int(sys.argv[1]), int(sys.argv[2])

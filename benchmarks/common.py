@@ -189,7 +189,7 @@ def our_time_breakdown() -> dict[str, list[tuple[Any, str]]]:
     """`timed_calls` patches for this library's unstructured pruning: the solver calls (with their input and
     solution checks) and the accumulation of the input statistics (Gram matrices or their diagonals)."""
     import optimum_prune.unstructured as unstructured
-    from optimum_prune.statistics import InputStatistics
+    from optimum_prune.pipeline.statistics import InputStatistics
 
     return {"solver s": [(unstructured, "solve_checked")], "statistics s": [(InputStatistics, "update")]}
 

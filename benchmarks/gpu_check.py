@@ -75,9 +75,9 @@ from common import MarkdownReport, default_output, log, machine_info, stopwatch
 from torch import nn
 
 from optimum_prune import PrunerForCausalLM, PruningConfig
-from optimum_prune.architectures.blocks import find_blocks
 from optimum_prune.data.calibration import RANDOM_TOKENS, window_prefix
 from optimum_prune.evaluation import perplexity
+from optimum_prune.pipeline.blocks import find_blocks
 from optimum_prune.sparsity import SPARSITY_METHODS, SparsityPattern
 
 SECTIONS = ("smollm2", "random1b")

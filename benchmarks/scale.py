@@ -275,8 +275,8 @@ class TermClock:
         import dataclasses
 
         import optimum_prune.unstructured as unstructured
+        from optimum_prune.pipeline.statistics import InputStatistics
         from optimum_prune.reconstruction import RECONSTRUCTIONS
-        from optimum_prune.statistics import InputStatistics
 
         update, solve = InputStatistics.update, unstructured.solve_checked
         refit = RECONSTRUCTIONS.get(reconstruction) if reconstruction else None
@@ -296,8 +296,8 @@ def run_prune_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Load, project, prune (per-block times), keep the prompt's logits, save; what the row shows."""
     from optimum_prune import PrunerForCausalLM, PruningConfig
     from optimum_prune.cost import DEFAULT_COEFFICIENTS, CostCoefficients, describe_minutes, plan_cost
-    from optimum_prune.offload import is_offloaded
     from optimum_prune.pipeline import block_timings
+    from optimum_prune.pipeline.offload import is_offloaded
 
     result: dict[str, Any] = {}
     io_start = proc_io()

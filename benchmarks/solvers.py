@@ -25,11 +25,11 @@ from common import MarkdownReport, default_output, load_workload, log
 
 from optimum_prune.architectures.weights import WeightMatrix
 from optimum_prune.data.calibration import sample_token_windows
-from optimum_prune.layerwise import BlockStreamer
+from optimum_prune.pipeline.layerwise import BlockStreamer
+from optimum_prune.pipeline.statistics import attach_statistics
+from optimum_prune.pipeline.weight_inputs import observe_inputs
 from optimum_prune.sparsity import SPARSITY_METHODS, SparsityPattern, layer_reconstruction_error, required_statistics
-from optimum_prune.statistics import attach_statistics
 from optimum_prune.unstructured import prunable_linears
-from optimum_prune.weight_inputs import observe_inputs
 
 CACHE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache")
 

@@ -29,7 +29,7 @@ from common import MarkdownReport, default_output, load_workload, log, stopwatch
 
 import optimum_prune
 from optimum_prune import PruningConfig
-from optimum_prune.layerwise import BlockStreamer
+from optimum_prune.pipeline.layerwise import BlockStreamer
 
 #: Row name -> PruningConfig fields besides the common ones. At 20% both uniform kinds round SmolLM2's 3 KV groups
 #: down to all 3 kept (only the FFN has a statistics pass); the third row removes one KV group in every layer, as

@@ -48,7 +48,7 @@ def running_mean_update(self: Any, inputs: torch.Tensor) -> None:
 
 def our_masks(work: Any, pattern: str, reverse: bool = False, peer_statistic: bool = False) -> dict[str, torch.Tensor]:
     from optimum_prune import PrunerForCausalLM, PruningConfig
-    from optimum_prune.statistics import InputStatistics
+    from optimum_prune.pipeline.statistics import InputStatistics
 
     pruner = PrunerForCausalLM(copy.deepcopy(work.model), work.tokenizer)
     if reverse:

@@ -203,7 +203,7 @@ def _attention_shape(model: nn.Module) -> tuple[int, int]:
 
 
 def _block_offloaded(block: nn.Module) -> bool:
-    from .offload import align_hooks
+    from .pipeline.offload import align_hooks
 
     return any(h.offload for m in block.modules() for h in align_hooks(m))
 

@@ -25,8 +25,8 @@ from torch import nn
 from .allocation import protected_layers
 from .architectures import ArchitectureAdapter
 from .configuration import PruningConfig
-from .layerwise import BlockInput, BlockStreamer
 from .pipeline import Block, BlockMethod, Calibration, run_blocks
+from .pipeline.layerwise import BlockInput, BlockStreamer
 
 logger = logging.getLogger(__name__)
 

@@ -272,8 +272,8 @@ def plan_pruning(
         check_solver_config(config)
         sparsity_plan = plan_sparsity(model, config)
         if inputs.data:
-            from .layerwise import BlockStreamer
             from .pipeline import block_arguments
+            from .pipeline.layerwise import BlockStreamer
             from .unstructured import allocate_block_sparsities
 
             if not samples:

@@ -15,7 +15,6 @@ import transformers
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
 from .architectures import ADAPTERS, UnsupportedArchitectureError, get_adapter
-from .architectures.blocks import find_blocks
 from .checks import check_sequence_length
 from .configuration import PruningConfig
 from .data.calibration import (
@@ -32,7 +31,8 @@ from .data.calibration import (
     token_id_rows,
 )
 from .offline import hub_unreachable_error, is_hub_unreachable
-from .offload import is_offloaded, new_offloaded_zero_biases
+from .pipeline.blocks import find_blocks
+from .pipeline.offload import is_offloaded, new_offloaded_zero_biases
 from .planning import PruningPlan, calibration_need, plan_inputs, plan_pruning, pruned_kinds, without_refit
 from .serialization.layout import count_parameters, pruned_heads, record_layout
 from .serialization.save import save_pruned_checkpoint

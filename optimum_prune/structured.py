@@ -20,10 +20,10 @@ from .checks import check_budget, checked_refit
 from .configuration import PruningConfig
 from .criteria import CRITERIA, Criterion
 from .criteria.obs import OBSCriterion
-from .layerwise import BlockInput, BlockStreamer
 from .pipeline import Block, BlockMethod, Calibration, Observer, run_blocks
+from .pipeline.layerwise import BlockInput, BlockStreamer
+from .pipeline.statistics import InputStatistics, observe_statistics
 from .reconstruction import RECONSTRUCTIONS
-from .statistics import InputStatistics, observe_statistics
 
 logger = logging.getLogger(__name__)
 

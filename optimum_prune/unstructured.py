@@ -20,14 +20,14 @@ from .allocation.unstructured import (
     outlier_ratio,
     owl_sparsities,
 )
-from .architectures.blocks import find_blocks
 from .architectures.weights import WeightMatrix, find_weight_matrices
 from .checks import check_row_counts, solve_checked
 from .configuration import PruningConfig, SolverOptions, solver_options
-from .layerwise import BlockStreamer
 from .pipeline import Block, BlockMethod, Calibration, Observer, block_arguments, run_blocks
+from .pipeline.blocks import find_blocks
+from .pipeline.layerwise import BlockStreamer
+from .pipeline.weight_inputs import WeightInputs, observe_inputs
 from .sparsity import SparsityPattern, get_sparsity_method, required_statistics
-from .weight_inputs import WeightInputs, observe_inputs
 
 logger = logging.getLogger(__name__)
 

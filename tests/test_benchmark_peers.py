@@ -73,7 +73,7 @@ def test_time_breakdown_wraps_what_the_pruner_calls_and_restores_it(common) -> N
     pruned matrix, statistics per distinct input), and leaving the block puts the originals back."""
     import optimum_prune.unstructured as unstructured
     from optimum_prune import PruningConfig
-    from optimum_prune.statistics import InputStatistics
+    from optimum_prune.pipeline.statistics import InputStatistics
 
     solve_before, update_before = unstructured.solve_checked, InputStatistics.__dict__["update"]
     model = tiny_llama()

@@ -282,7 +282,7 @@ def test_query_head_override_must_fill_groups_equally(tokenizer, texts):
 # ---- MoE experts ------------------------------------------------------------------------------------------------
 def test_expert_views_see_exactly_the_routed_tokens():
     from optimum_prune.architectures.experts import expert_views
-    from optimum_prune.statistics import attach_statistics
+    from optimum_prune.pipeline.statistics import attach_statistics
 
     model = tiny_decoder("mixtral")
     experts = model.model.layers[0].mlp.experts
@@ -469,7 +469,7 @@ def test_query_heads_global_allocation_reloads(tokenizer, texts, tmp_path):
 # ---- blocks with their own masks: Gemma's sliding-window and full-attention layers ---------------------------------
 def _o_proj_statistics(model: torch.nn.Module, layer: int, samples: list[dict[str, torch.Tensor]]):
     """The input statistics of `layer`'s o_proj over full forwards of `model` (the reference)."""
-    from optimum_prune.statistics import attach_statistics
+    from optimum_prune.pipeline.statistics import attach_statistics
 
     stats, handles = attach_statistics({"o_proj": model.model.layers[layer].self_attn.o_proj}, with_gram=True)
     with torch.no_grad():
@@ -496,8 +496,8 @@ def test_structured_calibrates_each_block_on_its_own_mask(allocation, reconstruc
     loop; liar_dense also streams the dense copy of each block with the same arguments)."""
     import copy
 
-    from optimum_prune import statistics
-    from optimum_prune.layerwise import capture_block_arguments
+    from optimum_prune.pipeline import statistics
+    from optimum_prune.pipeline.layerwise import capture_block_arguments
     from optimum_prune.structured import prune_structured
 
     model = tiny_decoder("gemma3_text")

@@ -28,10 +28,10 @@ from optimum_prune.allocation.unstructured import allocate_by_error, obs_error_c
 from optimum_prune.criteria.obs import greedy_obs
 from optimum_prune.depth import _fit_bridge
 from optimum_prune.evaluation import perplexity
-from optimum_prune.layerwise import ActivationStore, BlockInput, host_copy, pins_well, to_device
+from optimum_prune.pipeline.layerwise import ActivationStore, BlockInput, host_copy, pins_well, to_device
+from optimum_prune.pipeline.statistics import InputStatistics
 from optimum_prune.reconstruction import RECONSTRUCTIONS
 from optimum_prune.sparsity import SPARSITY_METHODS, SparsityPattern, least_squares_refit
-from optimum_prune.statistics import InputStatistics
 
 #: Every kind of run whose code differs: each solver, both non-uniform unstructured allocations, every structured
 #: recipe and reconstruction, a global ranking, the random criterion and depth pruning with bridges.

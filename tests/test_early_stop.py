@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM
 
 from optimum_prune import PrunerForCausalLM, PruningConfig
 from optimum_prune.architectures import get_adapter
-from optimum_prune.layerwise import BlockInput, BlockStreamer, run_block, stopping_after
-from optimum_prune.offload import is_offloaded
+from optimum_prune.pipeline.layerwise import BlockInput, BlockStreamer, run_block, stopping_after
+from optimum_prune.pipeline.offload import is_offloaded
 from optimum_prune.structured import prune_structured
 
 pytestmark = [

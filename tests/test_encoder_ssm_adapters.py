@@ -369,7 +369,7 @@ def _heads_of_unequal_scale(model: torch.nn.Module, spread: float = 1.0) -> torc
 
 def _mamba2_layer_error(name: str, ids: torch.Tensor, compensate: bool) -> tuple[float, float]:
     """(error after pruning, error of an exact removal) of layer 0's mixer output, relative to the dense one."""
-    from optimum_prune.statistics import attach_statistics
+    from optimum_prune.pipeline.statistics import attach_statistics
 
     model = _heads_of_unequal_scale(build(name))
     adapter = get_adapter(model)

@@ -11,11 +11,11 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput
 
 from optimum_prune import PrunerForCausalLM, PruningConfig, UnsupportedArchitectureError
-from optimum_prune.architectures.blocks import BlockDiscoveryError, find_blocks
 from optimum_prune.architectures.weights import find_weight_matrices
+from optimum_prune.pipeline.blocks import BlockDiscoveryError, find_blocks
+from optimum_prune.pipeline.weight_inputs import observe_inputs
 from optimum_prune.sparsity import get_sparsity_method
 from optimum_prune.sparsity.base import SparsityPattern
-from optimum_prune.weight_inputs import observe_inputs
 
 # ---- a model type no code in the library knows ----------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from conftest import TEXT, VOCAB_SIZE, make_tokenizer  # noqa: E402
 
 from optimum_prune import PrunerForCausalLM, PrunerForSequenceClassification, PruningConfig  # noqa: E402
 from optimum_prune.criteria.obs import greedy_obs  # noqa: E402
-from optimum_prune.statistics import InputStatistics  # noqa: E402
+from optimum_prune.pipeline.statistics import InputStatistics  # noqa: E402
 
 DIGESTS = os.path.join(os.path.dirname(__file__), "data", "obs_digests.json")
 SENTENCES = [s.strip() + "." for s in TEXT.split(".") if s.strip()][:40]

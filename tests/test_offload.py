@@ -15,7 +15,7 @@ from conftest import TEXT, make_tokenizer, tiny_llama
 from transformers import AutoModelForCausalLM
 
 from optimum_prune import PrunerForCausalLM, PruningConfig
-from optimum_prune.offload import count_materialized_parameters, is_offloaded
+from optimum_prune.pipeline.offload import count_materialized_parameters, is_offloaded
 
 pytestmark = [
     # transformers warns about shard sizes whenever a model with offloaded modules is saved.

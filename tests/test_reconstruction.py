@@ -9,9 +9,9 @@ import torch
 from conftest import tiny_llama
 
 from optimum_prune import PrunerForCausalLM, PruningConfig
+from optimum_prune.pipeline.statistics import InputStatistics
 from optimum_prune.reconstruction import RECONSTRUCTIONS
 from optimum_prune.reconstruction.liar import solve_interpolation
-from optimum_prune.statistics import InputStatistics
 
 
 def _correlated_inputs(tokens: int = 4096, features: int = 32, seed: int = 0) -> torch.Tensor:

@@ -93,7 +93,7 @@ def test_an_overflowing_fp16_model_ends_in_a_clear_error_and_nothing_is_written(
 
 
 def test_fp16_statistics_accumulate_in_float64():
-    from optimum_prune.statistics import InputStatistics
+    from optimum_prune.pipeline.statistics import InputStatistics
 
     stats = InputStatistics(4, with_gram=True)
     big = torch.full((4096, 4), 200.0, dtype=torch.float16)  # 4096 x 200^2 = 1.6e8: far beyond float16

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from conftest import make_tokenizer, tiny_llama
 
-from optimum_prune import PrunerForCausalLM, PruningConfig, weight_inputs
+from optimum_prune import PrunerForCausalLM, PruningConfig
 from optimum_prune.architectures.weights import find_weight_matrices
-from optimum_prune.layerwise import ActivationStore, BlockInput, BlockStreamer
-from optimum_prune.statistics import attach_statistics
+from optimum_prune.pipeline import weight_inputs
+from optimum_prune.pipeline.layerwise import ActivationStore, BlockInput, BlockStreamer
+from optimum_prune.pipeline.statistics import attach_statistics
 from optimum_prune.unstructured import prunable_linears
 
 

@@ -15,10 +15,10 @@ from optimum_prune.allocation import global_plan, uniform_layer_plan, uniform_pl
 from optimum_prune.architectures import UnitGroup, get_adapter
 from optimum_prune.criteria.obs import OBSCriterion, augmented_inverse_gram, greedy_obs, set_cost
 from optimum_prune.depth import LinearBridge, block_influence
-from optimum_prune.layerwise import capture_block_inputs, run_block
+from optimum_prune.pipeline.layerwise import capture_block_inputs, run_block
+from optimum_prune.pipeline.statistics import InputStatistics
 from optimum_prune.reconstruction import RECONSTRUCTIONS
 from optimum_prune.serialization.layout import LAYOUT_KEY
-from optimum_prune.statistics import InputStatistics
 
 
 def _stats(x: torch.Tensor, with_gram: bool = True) -> InputStatistics:

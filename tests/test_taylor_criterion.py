@@ -23,7 +23,7 @@ from optimum_prune.commands.prune import CONFIG_OPTIONS
 from optimum_prune.configuration import TAYLOR_VARIANTS
 from optimum_prune.criteria import CRITERIA
 from optimum_prune.criteria.taylor import calibration_loss
-from optimum_prune.offload import is_offloaded
+from optimum_prune.pipeline.offload import is_offloaded
 from optimum_prune.planning import calibration_need, plan_inputs
 from optimum_prune.structured import prune_structured
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..statistics import InputStatistics
+from ..pipeline.statistics import InputStatistics
 
 if TYPE_CHECKING:
     from ..architectures import ArchitectureAdapter, UnitGroup

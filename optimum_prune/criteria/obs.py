@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..statistics import InputStatistics
+from ..pipeline.statistics import InputStatistics
 from .base import Criterion
 
 if TYPE_CHECKING:

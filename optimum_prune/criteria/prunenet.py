@@ -60,7 +60,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..statistics import InputStatistics
+from ..pipeline.statistics import InputStatistics
 from .base import Criterion
 from .magnitude import MAGNITUDE
 

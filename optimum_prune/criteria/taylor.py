@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..statistics import InputStatistics
+from ..pipeline.statistics import InputStatistics
 from .base import Criterion
 
 if TYPE_CHECKING:
@@ -129,8 +129,8 @@ def accumulate_gradients(
     One sample at a time in eval mode (no dropout); only `parameters` require grad during the pass. The model's
     `requires_grad` flags and train/eval modes are restored afterwards, and no `.grad` is written.
     """
-    from ..layerwise import no_cache
-    from ..offload import execution_device
+    from ..pipeline.layerwise import no_cache
+    from ..pipeline.offload import execution_device
 
     device = execution_device(model)
     gradients = [torch.zeros_like(p, dtype=torch.float32) for p in parameters]

@@ -38,7 +38,7 @@ def perplexity(
     scored and earlier tokens serve as context. Prefix tokens are never scored.
     """
     from ..data.calibration import window_prefix
-    from ..offload import execution_device
+    from ..pipeline.offload import execution_device
 
     if input_ids is None:
         if tokenizer is None or text is None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..pipeline.statistics import InputStatistics
 from ..sparsity.admm import admm_update
-from ..statistics import InputStatistics
 from .base import Reconstruction, write_back
 
 ADMM_ITERATIONS = 40

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..statistics import InputStatistics
+from ..pipeline.statistics import InputStatistics
 
 #: (consumer, input statistics, kept input channels, pruned input channels, damping) -> None; edits in place.
 Refit = Callable[[nn.Linear, "InputStatistics | None", torch.Tensor, torch.Tensor, float], None]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..statistics import InputStatistics
+from ..pipeline.statistics import InputStatistics
 from .base import Reconstruction, write_back
 
 

@@ -11,7 +11,7 @@ import warnings
 import torch
 from torch import nn
 
-from ..statistics import InputStatistics
+from ..pipeline.statistics import InputStatistics
 from .base import Reconstruction, write_back
 
 #: Fewer calibration tokens than this many per kept channel and the interpolation fits noise (measured on

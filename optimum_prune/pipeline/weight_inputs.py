@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .architectures.weights import WeightMatrix
+from ..architectures.weights import WeightMatrix
 from .statistics import InputStatistics
 
 __all__ = ["WeightInputs", "attach_inputs", "observe_inputs"]

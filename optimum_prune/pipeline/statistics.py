@@ -89,7 +89,7 @@ def attach_statistics(
 ) -> tuple[dict[str, InputStatistics], list[torch.utils.hooks.RemovableHandle]]:
     """Hook each Linear in `modules` so every forward adds its input to its own `InputStatistics` (observed alone:
     `weight_inputs.attach_inputs` without a block)."""
-    from .architectures.weights import WeightMatrix
+    from ..architectures.weights import WeightMatrix
     from .weight_inputs import attach_inputs
 
     inputs, handles = attach_inputs(None, [WeightMatrix(name, module) for name, module in modules.items()], with_gram)
