@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import json
 import os
 import platform
@@ -147,42 +148,80 @@ def stopwatch() -> Iterator[dict[str, float]]:
 
 @contextmanager
 def timed_calls(
-    patches: Mapping[str, Sequence[tuple[Any, str]]], calls: dict[str, int] | None = None
+    patches: Mapping[str, Sequence[tuple[Any, str]]],
+    calls: dict[str, int] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> Iterator[dict[str, float]]:
     """Time every call of some functions, summed per bucket: ``{bucket: [(owner, attribute name), ...]}``.
 
-    Each ``owner.<name>`` (a module-level function or a class's method) is replaced by a wrapper for the duration of
-    the block and restored after it; the yielded dict holds the seconds spent in each bucket's calls so far. Used
-    for the time breakdown of a pruning run: solver time and input-statistics time, the rest being the calibration
-    forward passes (the floor no solver goes under). Buckets should not nest (a timed call inside another timed
-    call would be counted twice). `calls`, when given, receives the number of calls per bucket.
+    Each ``owner.<name>`` is replaced by a wrapper for the duration of the block and restored after it: a
+    module-level function (owner: the module), a method (owner: the class that defines it; static and class
+    methods stay what they were), or a callable held by an instance (owner: the instance; written in the instance's
+    ``__dict__``, so the field of a frozen dataclass, e.g. a `Reconstruction`'s ``refit``, can be patched too).
+    The yielded dict holds the seconds spent in each bucket's calls so far. Used for the time breakdown of a
+    pruning run: solver time and input-statistics time, the rest being the calibration forward passes (the floor
+    no solver goes under).
+
+    Nested calls are counted once: a patched call made inside another patched call (of the same bucket or
+    another) has its time counted in its own bucket and subtracted from the caller's, so every second goes to the
+    innermost patched call running and the buckets never add up to more than the wall time of the block. (A
+    bucket thus holds its functions' own time: `InputStatistics.update` called from a patched solver is
+    statistics time, not solver time.) Calls are followed on one stack, for callers in one thread, as pruning
+    runs. `calls`, when given, receives the number of calls per bucket, nested ones included. `clock` is the
+    time source (tests pass a fake one).
     """
     totals = dict.fromkeys(patches, 0.0)
     counts = calls if calls is not None else {}
     counts.update(dict.fromkeys(patches, 0))
-    originals: list[tuple[Any, str, Any]] = []
+    # One entry per patched call in progress, innermost last: the seconds its nested patched calls took so far.
+    running: list[list[float]] = []
+    restore: list[Callable[[], None]] = []
 
     def wrap(function: Callable[..., Any], bucket: str) -> Callable[..., Any]:
+        @functools.wraps(function)
         def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
+            nested = [0.0]
+            running.append(nested)
+            start = clock()
             try:
                 return function(*args, **kwargs)
             finally:
-                totals[bucket] += time.perf_counter() - start
+                elapsed = clock() - start
+                running.pop()
+                totals[bucket] += elapsed - nested[0]
                 counts[bucket] += 1
+                if running:
+                    running[-1][0] += elapsed
 
         return timed
+
+    def patch(owner: Any, name: str, bucket: str) -> None:
+        if isinstance(owner, type):
+            original = owner.__dict__[name]  # the class's own attribute: no inherited method is shadowed
+            if isinstance(original, (staticmethod, classmethod)):
+                replacement: Any = type(original)(wrap(original.__func__, bucket))
+            else:
+                replacement = wrap(original, bucket)
+            setattr(owner, name, replacement)
+            restore.append(lambda: setattr(owner, name, original))
+            return
+        namespace = vars(owner)  # a module's globals, an instance's fields
+        if name in namespace:
+            original = namespace[name]
+            restore.append(lambda: namespace.__setitem__(name, original))
+        else:  # a bound method looked up on the class: the instance attribute goes again afterwards
+            original = getattr(owner, name)
+            restore.append(lambda: namespace.pop(name, None))
+        namespace[name] = wrap(original, bucket)
 
     try:
         for bucket, targets in patches.items():
             for owner, name in targets:
-                original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
-                originals.append((owner, name, original))
-                setattr(owner, name, wrap(getattr(owner, name), bucket))
+                patch(owner, name, bucket)
         yield totals
     finally:
-        for owner, name, original in reversed(originals):
-            setattr(owner, name, original)
+        for undo in reversed(restore):
+            undo()
 
 
 def our_time_breakdown() -> dict[str, list[tuple[Any, str]]]:

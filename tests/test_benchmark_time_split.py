@@ -1,0 +1,117 @@
+"""The time split of the benchmarks' pruning rows (issue 23): `common.timed_calls` counts nested calls once."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import types
+from collections.abc import Callable
+from dataclasses import FrozenInstanceError, dataclass
+
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+def _module(name: str):
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(BENCHMARKS)
+
+
+class FakeClock:
+    """A clock that moves only when the toy functions say how long they take."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Holds its solver as a field, as a `Reconstruction` holds `refit`."""
+
+    solve: Callable[[], str]
+
+
+def test_timed_calls_counts_a_nested_call_once() -> None:
+    """A patched function calling a patched function, of another bucket or of its own, a patched method, static
+    method and frozen-dataclass field: every second lands in exactly one bucket, the innermost call's."""
+    common = _module("common")
+    clock = FakeClock()
+    toy = types.ModuleType("toy")
+
+    def inner() -> str:
+        clock.now += 5.0
+        return "inner"
+
+    def outer() -> str:
+        clock.now += 2.0
+        value = toy.inner()
+        clock.now += 1.0
+        return value
+
+    def recursive(depth: int) -> int:
+        clock.now += 1.0
+        return toy.recursive(depth - 1) + 1 if depth else 0
+
+    def failing() -> None:
+        clock.now += 1.0
+        raise ValueError("solver failed")
+
+    def catching() -> None:
+        clock.now += 1.0
+        with pytest.raises(ValueError):
+            toy.failing()
+        clock.now += 1.0
+
+    toy.inner, toy.outer, toy.recursive, toy.failing, toy.catching = inner, outer, recursive, failing, catching
+
+    class Toy:
+        def method(self) -> str:
+            clock.now += 3.0
+            return toy.inner()
+
+        @staticmethod
+        def helper() -> str:
+            clock.now += 1.0
+            return "helper"
+
+    method, helper = Toy.__dict__["method"], Toy.__dict__["helper"]
+    holder = Holder(lambda: toy.inner())
+    solve = holder.solve
+    patches = {
+        "outer": [(toy, "outer"), (Toy, "method"), (Toy, "helper"), (toy, "catching")],
+        "inner": [(toy, "inner"), (toy, "failing")],
+        "same": [(toy, "recursive")],
+        "held": [(holder, "solve")],
+    }
+    calls: dict[str, int] = {}
+    with common.timed_calls(patches, calls, clock=clock) as buckets:
+        start = clock()
+        assert toy.outer() == "inner"  # outer 3, inner 5
+        assert Toy().method() == "inner"  # outer 3, inner 5
+        assert Toy.helper() == Toy().helper() == "helper"  # outer 1 + 1
+        assert toy.recursive(3) == 3  # same 4, not 4 + 3 + 2 + 1
+        assert holder.solve() == "inner"  # held 0, inner 5
+        toy.catching()  # outer 2, inner 1: a call that raises still leaves its caller's count right
+        wall = clock() - start
+    assert buckets == {"outer": 10.0, "inner": 16.0, "same": 4.0, "held": 0.0}
+    assert sum(buckets.values()) == wall == 30.0
+    assert calls == {"outer": 5, "inner": 4, "same": 4, "held": 1}
+    # Everything is put back, the frozen dataclass frozen again.
+    assert (toy.inner, toy.outer, toy.recursive, toy.failing, toy.catching) == (
+        inner,
+        outer,
+        recursive,
+        failing,
+        catching,
+    )
+    assert Toy.__dict__["method"] is method and Toy.__dict__["helper"] is helper and holder.solve is solve
+    with pytest.raises(FrozenInstanceError):
+        holder.solve = solve  # type: ignore[misc]
