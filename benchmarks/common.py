@@ -137,13 +137,16 @@ def evaluate(model: torch.nn.Module, workload: Workload, windows: int | None) ->
 
 @contextmanager
 def stopwatch() -> Iterator[dict[str, float]]:
-    """``with stopwatch() as t: ...`` then ``t["seconds"]`` is the wall time of the block."""
-    result = {"seconds": float("nan")}
-    start = time.perf_counter()
+    """``with stopwatch() as t: ...`` then ``t["seconds"]`` is the wall time of the block and ``t["cpu seconds"]``
+    this process's CPU time over it (all its threads: above the wall time with several torch threads, below it
+    when other jobs share the cores)."""
+    result = {"seconds": float("nan"), "cpu seconds": float("nan")}
+    start, cpu_start = time.perf_counter(), time.process_time()
     try:
         yield result
     finally:
         result["seconds"] = time.perf_counter() - start
+        result["cpu seconds"] = time.process_time() - cpu_start
 
 
 @contextmanager
@@ -231,6 +234,48 @@ def our_time_breakdown() -> dict[str, list[tuple[Any, str]]]:
     from optimum_prune.pipeline.statistics import InputStatistics
 
     return {"solver s": [(unstructured, "solve_checked")], "statistics s": [(InputStatistics, "update")]}
+
+
+def structured_time_breakdown() -> dict[str, list[tuple[Any, str]]]:
+    """`timed_calls` patches for this library's structured pruning (`target="structured"`, depth pruning included).
+
+    - ``statistics s``: `InputStatistics.update` (the consumers' input sums and Gram matrices, from the hooks on
+      every calibration forward) and `InputStatistics.update_cross` (the cross-covariance with the dense stream of
+      the error-correcting refit, `liar_dense`).
+    - ``OBS s``: `criteria.obs.greedy_obs`, the greedy structured-OBS run (with its inverse of the augmented Gram
+      matrix), whether it ranks units (`criterion="obs"`) or gives the "obs" allocation its step costs.
+    - ``refit s``: every registered reconstruction's ``refit`` (the per-consumer solve and weight update: `liar`,
+      `liar_dense`, `bias`, `admm`, `none`), and depth pruning's `_fit_bridge` (the least-squares bridge over
+      removed blocks).
+    - ``scoring s``: the criteria's other work, through their entry points (`prepare`, such as taylor's gradient
+      passes over the whole model; `allocation_scores`; `select_units`; `score_units`; `channel_scores`, the
+      FLAP allocation's) and ShortGPT's block influence (`depth._influence`).
+
+    Nesting is counted once (`timed_calls`): the greedy OBS run inside `OBSCriterion.select_units` is OBS time,
+    not scoring time, and statistics updated inside a patched call are statistics time.
+    """
+    import optimum_prune.criteria as criteria
+    import optimum_prune.criteria.obs as obs
+    import optimum_prune.depth as depth
+    from optimum_prune.pipeline.statistics import InputStatistics
+    from optimum_prune.reconstruction import RECONSTRUCTIONS
+
+    entry_points = ("prepare", "allocation_scores", "select_units", "score_units", "channel_scores")
+    classes: list[type] = []
+    pending = [criteria.Criterion]
+    while pending:  # every criterion class, each method patched where it is defined
+        cls = pending.pop()
+        if cls not in classes:
+            classes.append(cls)
+            pending.extend(cls.__subclasses__())
+    scoring = [(cls, name) for cls in classes for name in entry_points if name in cls.__dict__]
+    return {
+        "statistics s": [(InputStatistics, "update"), (InputStatistics, "update_cross")],
+        "OBS s": [(obs, "greedy_obs")],
+        "refit s": [(reconstruction, "refit") for reconstruction in RECONSTRUCTIONS.values()]
+        + [(depth, "_fit_bridge")],
+        "scoring s": scoring + [(depth, "_influence")],
+    }
 
 
 def breakdown_columns(total: float, buckets: Mapping[str, float]) -> dict[str, float]:

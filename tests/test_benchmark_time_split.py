@@ -1,4 +1,5 @@
-"""The time split of the benchmarks' pruning rows (issue 23): `common.timed_calls` counts nested calls once."""
+"""The time split of the benchmarks' pruning rows (issue 23): `common.timed_calls` counts nested calls once, also in
+the structured breakdown (`common.structured_time_breakdown`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import FrozenInstanceError, dataclass
 
 import pytest
+from conftest import TEXT, make_tokenizer, tiny_llama
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
@@ -115,3 +117,30 @@ def test_timed_calls_counts_a_nested_call_once() -> None:
     assert Toy.__dict__["method"] is method and Toy.__dict__["helper"] is helper and holder.solve is solve
     with pytest.raises(FrozenInstanceError):
         holder.solve = solve  # type: ignore[misc]
+
+
+def test_structured_breakdown_counts_obs_inside_the_criterion_once(monkeypatch) -> None:
+    """The greedy OBS runs inside the criteria's entry points (`select_units`, `allocation_scores`, both patched for
+    `scoring s`): with a clock that moves one second per greedy run and never otherwise, the obs recipe's split is
+    exactly one second of OBS per run and no scoring time (a split counting nested calls twice would put every
+    second in both)."""
+    import optimum_prune.criteria.obs as obs
+    from optimum_prune import PrunerForCausalLM, PruningConfig
+
+    common = _module("common")
+    clock = FakeClock()
+    greedy = obs.greedy_obs
+
+    def greedy_taking_a_second(*args, **kwargs):
+        clock.now += 1.0
+        return greedy(*args, **kwargs)
+
+    monkeypatch.setattr(obs, "greedy_obs", greedy_taking_a_second)
+    pruner = PrunerForCausalLM(tiny_llama(), make_tokenizer())
+    config = PruningConfig(target="structured", sparsity=0.3, recipe="obs", num_samples=8, seqlen=48, seed=0)
+    calls: dict[str, int] = {}
+    with common.timed_calls(common.structured_time_breakdown(), calls, clock=clock) as buckets:
+        pruner.prune(config, dataset=[TEXT], show_progress=False)
+    assert calls["OBS s"] > 0 and calls["scoring s"] >= calls["OBS s"]  # every greedy run is inside a criterion call
+    assert buckets == {"statistics s": 0.0, "OBS s": float(calls["OBS s"]), "refit s": 0.0, "scoring s": 0.0}
+    assert sum(buckets.values()) == clock.now
