@@ -1,5 +1,5 @@
-"""The time split of the benchmarks' pruning rows (issue 23): `common.timed_calls` counts nested calls once, also in
-the structured breakdown (`common.structured_time_breakdown`)."""
+"""The time split of the benchmarks' pruning rows (issue 23): `common.timed_calls` counts nested calls once, and the
+structured table's split (`structured.timed_prune`) adds up to the wall time of the run."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import FrozenInstanceError, dataclass
 
 import pytest
+import torch
 from conftest import TEXT, make_tokenizer, tiny_llama
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
@@ -117,6 +118,43 @@ def test_timed_calls_counts_a_nested_call_once() -> None:
     assert Toy.__dict__["method"] is method and Toy.__dict__["helper"] is helper and holder.solve is solve
     with pytest.raises(FrozenInstanceError):
         holder.solve = solve  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("recipe", ["obs", "liar"])
+def test_structured_time_split_adds_up_to_the_run(recipe: str) -> None:
+    """Issue 23's must-show on a tiny Llama: the split of the structured table's pruning time (what
+    structured.py's rows record) is non-negative and adds up to the wall time; OBS time only where the recipe runs
+    the greedy OBS, refit time in both."""
+    import optimum_prune.criteria.obs as obs
+    from optimum_prune import PrunerForCausalLM, PruningConfig
+    from optimum_prune.pipeline.statistics import InputStatistics
+    from optimum_prune.reconstruction import LIAR
+
+    structured = _module("structured")
+    update, greedy, refit = InputStatistics.__dict__["update"], obs.greedy_obs, LIAR.refit
+    pruner = PrunerForCausalLM(tiny_llama(), make_tokenizer())
+    before = sum(p.numel() for p in pruner.model.parameters())
+    config = PruningConfig(target="structured", sparsity=0.3, recipe=recipe, num_samples=8, seqlen=48, seed=0)
+    calls: dict[str, int] = {}
+    torch.manual_seed(0)
+    times = structured.timed_prune(pruner, config, [TEXT], calls)
+
+    assert sum(p.numel() for p in pruner.model.parameters()) < before  # it did prune
+    assert list(times) == ["pruning time (s)", *structured.TIME_COLUMNS]
+    split = {name: times[name] for name in structured.TIME_COLUMNS if name != "prune cpu s"}
+    assert set(split) == {"forward s", *calls}
+    assert all(seconds >= 0.0 for seconds in split.values()), split
+    assert sum(split.values()) == pytest.approx(times["pruning time (s)"], rel=1e-9, abs=1e-9)
+    assert split["forward s"] > 0.0 and times["prune cpu s"] > 0.0
+    assert split["statistics s"] > 0.0 and calls["statistics s"] > 0
+    assert split["refit s"] > 0.0 and calls["refit s"] > 0
+    assert calls["scoring s"] > 0
+    if recipe == "obs":
+        assert split["OBS s"] > 0.0 and calls["OBS s"] > 0
+    else:
+        assert split["OBS s"] == 0.0 and calls["OBS s"] == 0
+    # The patches are gone.
+    assert InputStatistics.__dict__["update"] is update and obs.greedy_obs is greedy and LIAR.refit is refit
 
 
 def test_structured_breakdown_counts_obs_inside_the_criterion_once(monkeypatch) -> None:
