@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import json
 import os
 import platform
@@ -136,53 +137,94 @@ def evaluate(model: torch.nn.Module, workload: Workload, windows: int | None) ->
 
 @contextmanager
 def stopwatch() -> Iterator[dict[str, float]]:
-    """``with stopwatch() as t: ...`` then ``t["seconds"]`` is the wall time of the block."""
-    result = {"seconds": float("nan")}
-    start = time.perf_counter()
+    """``with stopwatch() as t: ...`` then ``t["seconds"]`` is the wall time of the block and ``t["cpu seconds"]``
+    this process's CPU time over it (all its threads: above the wall time with several torch threads, below it
+    when other jobs share the cores)."""
+    result = {"seconds": float("nan"), "cpu seconds": float("nan")}
+    start, cpu_start = time.perf_counter(), time.process_time()
     try:
         yield result
     finally:
         result["seconds"] = time.perf_counter() - start
+        result["cpu seconds"] = time.process_time() - cpu_start
 
 
 @contextmanager
 def timed_calls(
-    patches: Mapping[str, Sequence[tuple[Any, str]]], calls: dict[str, int] | None = None
+    patches: Mapping[str, Sequence[tuple[Any, str]]],
+    calls: dict[str, int] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> Iterator[dict[str, float]]:
     """Time every call of some functions, summed per bucket: ``{bucket: [(owner, attribute name), ...]}``.
 
-    Each ``owner.<name>`` (a module-level function or a class's method) is replaced by a wrapper for the duration of
-    the block and restored after it; the yielded dict holds the seconds spent in each bucket's calls so far. Used
-    for the time breakdown of a pruning run: solver time and input-statistics time, the rest being the calibration
-    forward passes (the floor no solver goes under). Buckets should not nest (a timed call inside another timed
-    call would be counted twice). `calls`, when given, receives the number of calls per bucket.
+    Each ``owner.<name>`` is replaced by a wrapper for the duration of the block and restored after it: a
+    module-level function (owner: the module), a method (owner: the class that defines it; static and class
+    methods stay what they were), or a callable held by an instance (owner: the instance; written in the instance's
+    ``__dict__``, so the field of a frozen dataclass, e.g. a `Reconstruction`'s ``refit``, can be patched too).
+    The yielded dict holds the seconds spent in each bucket's calls so far. Used for the time breakdown of a
+    pruning run: solver time and input-statistics time, the rest being the calibration forward passes (the floor
+    no solver goes under).
+
+    Nested calls are counted once: a patched call made inside another patched call (of the same bucket or
+    another) has its time counted in its own bucket and subtracted from the caller's, so every second goes to the
+    innermost patched call running and the buckets never add up to more than the wall time of the block. (A
+    bucket thus holds its functions' own time: `InputStatistics.update` called from a patched solver is
+    statistics time, not solver time.) Calls are followed on one stack, for callers in one thread, as pruning
+    runs. `calls`, when given, receives the number of calls per bucket, nested ones included. `clock` is the
+    time source (tests pass a fake one).
     """
     totals = dict.fromkeys(patches, 0.0)
     counts = calls if calls is not None else {}
     counts.update(dict.fromkeys(patches, 0))
-    originals: list[tuple[Any, str, Any]] = []
+    # One entry per patched call in progress, innermost last: the seconds its nested patched calls took so far.
+    running: list[list[float]] = []
+    restore: list[Callable[[], None]] = []
 
     def wrap(function: Callable[..., Any], bucket: str) -> Callable[..., Any]:
+        @functools.wraps(function)
         def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
+            nested = [0.0]
+            running.append(nested)
+            start = clock()
             try:
                 return function(*args, **kwargs)
             finally:
-                totals[bucket] += time.perf_counter() - start
+                elapsed = clock() - start
+                running.pop()
+                totals[bucket] += elapsed - nested[0]
                 counts[bucket] += 1
+                if running:
+                    running[-1][0] += elapsed
 
         return timed
+
+    def patch(owner: Any, name: str, bucket: str) -> None:
+        if isinstance(owner, type):
+            original = owner.__dict__[name]  # the class's own attribute: no inherited method is shadowed
+            if isinstance(original, (staticmethod, classmethod)):
+                replacement: Any = type(original)(wrap(original.__func__, bucket))
+            else:
+                replacement = wrap(original, bucket)
+            setattr(owner, name, replacement)
+            restore.append(lambda: setattr(owner, name, original))
+            return
+        namespace = vars(owner)  # a module's globals, an instance's fields
+        if name in namespace:
+            original = namespace[name]
+            restore.append(lambda: namespace.__setitem__(name, original))
+        else:  # a bound method looked up on the class: the instance attribute goes again afterwards
+            original = getattr(owner, name)
+            restore.append(lambda: namespace.pop(name, None))
+        namespace[name] = wrap(original, bucket)
 
     try:
         for bucket, targets in patches.items():
             for owner, name in targets:
-                original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
-                originals.append((owner, name, original))
-                setattr(owner, name, wrap(getattr(owner, name), bucket))
+                patch(owner, name, bucket)
         yield totals
     finally:
-        for owner, name, original in reversed(originals):
-            setattr(owner, name, original)
+        for undo in reversed(restore):
+            undo()
 
 
 def our_time_breakdown() -> dict[str, list[tuple[Any, str]]]:
@@ -192,6 +234,48 @@ def our_time_breakdown() -> dict[str, list[tuple[Any, str]]]:
     from optimum_prune.pipeline.statistics import InputStatistics
 
     return {"solver s": [(unstructured, "solve_checked")], "statistics s": [(InputStatistics, "update")]}
+
+
+def structured_time_breakdown() -> dict[str, list[tuple[Any, str]]]:
+    """`timed_calls` patches for this library's structured pruning (`target="structured"`, depth pruning included).
+
+    - ``statistics s``: `InputStatistics.update` (the consumers' input sums and Gram matrices, from the hooks on
+      every calibration forward) and `InputStatistics.update_cross` (the cross-covariance with the dense stream of
+      the error-correcting refit, `liar_dense`).
+    - ``OBS s``: `criteria.obs.greedy_obs`, the greedy structured-OBS run (with its inverse of the augmented Gram
+      matrix), whether it ranks units (`criterion="obs"`) or gives the "obs" allocation its step costs.
+    - ``refit s``: every registered reconstruction's ``refit`` (the per-consumer solve and weight update: `liar`,
+      `liar_dense`, `bias`, `admm`, `none`), and depth pruning's `_fit_bridge` (the least-squares bridge over
+      removed blocks).
+    - ``scoring s``: the criteria's other work, through their entry points (`prepare`, such as taylor's gradient
+      passes over the whole model; `allocation_scores`; `select_units`; `score_units`; `channel_scores`, the
+      FLAP allocation's) and ShortGPT's block influence (`depth._influence`).
+
+    Nesting is counted once (`timed_calls`): the greedy OBS run inside `OBSCriterion.select_units` is OBS time,
+    not scoring time, and statistics updated inside a patched call are statistics time.
+    """
+    import optimum_prune.criteria as criteria
+    import optimum_prune.criteria.obs as obs
+    import optimum_prune.depth as depth
+    from optimum_prune.pipeline.statistics import InputStatistics
+    from optimum_prune.reconstruction import RECONSTRUCTIONS
+
+    entry_points = ("prepare", "allocation_scores", "select_units", "score_units", "channel_scores")
+    classes: list[type] = []
+    pending = [criteria.Criterion]
+    while pending:  # every criterion class, each method patched where it is defined
+        cls = pending.pop()
+        if cls not in classes:
+            classes.append(cls)
+            pending.extend(cls.__subclasses__())
+    scoring = [(cls, name) for cls in classes for name in entry_points if name in cls.__dict__]
+    return {
+        "statistics s": [(InputStatistics, "update"), (InputStatistics, "update_cross")],
+        "OBS s": [(obs, "greedy_obs")],
+        "refit s": [(reconstruction, "refit") for reconstruction in RECONSTRUCTIONS.values()]
+        + [(depth, "_fit_bridge")],
+        "scoring s": scoring + [(depth, "_influence")],
+    }
 
 
 def breakdown_columns(total: float, buckets: Mapping[str, float]) -> dict[str, float]:

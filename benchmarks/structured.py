@@ -1,8 +1,30 @@
 """Structured pruning of SmolLM2-135M: heads + FFN channels, FFN only, and whole blocks, with every recipe.
 
 Every row starts from a fresh copy of the dense model and reports perplexity on held-out Wikipedia, perplexity over
-the dense model's, parameters, the wall time of `pruner.prune()`, and the speed-up over the dense model of one
-512-token forward (batch 1, use_cache=False) and of greedy decoding (32 new tokens after a 32-token prompt).
+the dense model's, parameters, the wall time of `pruner.prune()` with its split (below) and its CPU time, and the
+speed-up over the dense model of one 512-token forward (batch 1, use_cache=False) and of greedy decoding (32 new
+tokens after a 32-token prompt).
+
+The time columns of a row (issue 23), all in seconds of the same `pruner.prune()` call:
+
+- `pruning time (s)`: its wall time; the next five columns add up to it.
+- `forward s`: the rest of it, the floor every recipe pays: the calibration forward passes of the blocks
+  (statistics passes per pruned kind, the pass for the next block's inputs, the dense copy's of `liar_dense`),
+  tokenising and sampling the calibration windows, slicing the pruned weights, the refits' checks, bookkeeping.
+- `statistics s`: accumulating the consumers' input statistics (sums, Gram matrices, `liar_dense`'s
+  cross-covariance with the dense stream: `InputStatistics.update` / `update_cross`).
+- `OBS s`: the greedy structured-OBS runs (`criteria.obs.greedy_obs`), as ranking (`criterion="obs"`) and as the
+  "obs" allocation's cost.
+- `refit s`: the reconstruction's per-consumer solve and weight update (`liar`, `liar_dense`, `bias`, ...), and
+  the depth rows' least-squares bridge.
+- `scoring s`: the criteria's other work (activation / fluctuation scores, taylor's gradient passes, the
+  selection) and ShortGPT's block influence.
+- `prune cpu s`: this process's CPU time over the call (all its threads): with one torch thread, below the wall
+  time by what other jobs on the shared cores took.
+
+A time spent inside two timed functions (OBS inside a criterion's selection) is counted once, in the inner one's
+column (`common.timed_calls`; the patches are `common.structured_time_breakdown`).
+
 Rows, in the order they run (the most telling first, so an interrupted run still answers the main question):
 
 - `old default`: activation + liar with the allocation before issue 13 (the coarse KV groups rounded to nearest:
@@ -36,7 +58,17 @@ import time
 from typing import Any
 
 import torch
-from common import MarkdownReport, default_output, evaluate, load_workload, log, stopwatch
+from common import (
+    MarkdownReport,
+    breakdown_columns,
+    default_output,
+    evaluate,
+    load_workload,
+    log,
+    stopwatch,
+    structured_time_breakdown,
+    timed_calls,
+)
 
 from optimum_prune import PruningConfig
 from optimum_prune.serialization.layout import count_parameters
@@ -210,6 +242,22 @@ def measure_speed(model: torch.nn.Module, ids: torch.Tensor, repeats: int) -> di
     return {"forward": forward, "decode": decode}
 
 
+#: The time columns of a row after `pruning time (s)`, in table order (see the module docstring).
+TIME_COLUMNS = ("forward s", "statistics s", "OBS s", "refit s", "scoring s", "prune cpu s")
+
+
+def timed_prune(
+    pruner: Any, config: PruningConfig, dataset: Any, calls: dict[str, int] | None = None
+) -> dict[str, float]:
+    """Run `pruner.prune(config, dataset=dataset)`; return the row's time columns: `pruning time (s)` (wall) and
+    `TIME_COLUMNS`, its split by `common.structured_time_breakdown` (the rest: `forward s`) and its CPU time.
+    `calls`, when given, receives the number of timed calls per bucket."""
+    with timed_calls(structured_time_breakdown(), calls) as buckets, stopwatch() as timer:
+        pruner.prune(config, dataset=dataset, show_progress=False)
+    columns = {"prune cpu s": timer["cpu seconds"], **breakdown_columns(timer["seconds"], buckets)}
+    return {"pruning time (s)": timer["seconds"], **{name: columns[name] for name in TIME_COLUMNS}}
+
+
 TITLE = "Structured pruning of SmolLM2-135M"
 INTRO = (
     "Perplexity (lower is better) on held-out Wikipedia after structured pruning without retraining, the "
@@ -217,7 +265,17 @@ INTRO = (
     f"over the dense model of one {FORWARD_TOKENS}-token forward (batch 1) and of greedy decoding "
     f"({NEW_TOKENS} new tokens, batch 1). Every row starts from a fresh copy of the dense model; the budget is "
     "the fraction of the blocks' prunable parameters removed. Names say which recipe (`recipe=`) or "
-    "fields each row uses and what it reproduces."
+    "fields each row uses and what it reproduces.\n\n"
+    "The pruning time is split in five columns that add up to it (seconds of the same call; a second inside two "
+    "timed functions counts once, in the inner one's column): `forward s`, the rest, the floor every recipe pays "
+    "(the blocks' calibration forward passes, the calibration windows, slicing the weights, checks, bookkeeping); "
+    "`statistics s`, accumulating the consumers' input statistics and Gram matrices (`InputStatistics.update`, "
+    "`update_cross`); `OBS s`, the greedy structured-OBS runs (`greedy_obs`, as ranking and as the obs "
+    "allocation's cost); `refit s`, the reconstruction's solves and weight updates (and the depth rows' linear "
+    "bridge); `scoring s`, the criteria's other work (unit scores, taylor's gradients, selection; ShortGPT's "
+    "block influence). `prune cpu s` is this process's CPU time over the call: below the wall time by what "
+    "other jobs on the shared cores took. (`forward (s)` and `decode (s)` are the speed measurements, not part "
+    "of the split.)"
 )
 
 
@@ -345,7 +403,9 @@ def main(argv: list[str] | None = None) -> MarkdownReport:
             "tokens)",
             "speed": f"median of {args.speed_repeats} timed runs after one warm-up, CPU float32, batch 1; the "
             "machine was shared with other jobs, so speed-ups are rough",
-            "wall time": "seconds of `PrunerForCausalLM.prune`, on a shared 2-core CPU",
+            "wall time": "seconds of `PrunerForCausalLM.prune`, on a shared 2-core CPU, split by "
+            "`common.structured_time_breakdown` (forward, statistics, OBS, refit, scoring), with its process CPU "
+            "time",
         },
         planned=1 + len(plan),
         selection_keys=(),
@@ -363,6 +423,7 @@ def main(argv: list[str] | None = None) -> MarkdownReport:
                 "ppl / dense": 1.0,
                 "parameters (M)": count_parameters(work.model) / 1e6,
                 "pruning time (s)": None,
+                **dict.fromkeys(TIME_COLUMNS),
                 "forward speed-up": 1.0,
                 "decode speed-up": 1.0,
                 "forward (s)": speed["forward"],
@@ -384,8 +445,7 @@ def main(argv: list[str] | None = None) -> MarkdownReport:
             **_config_fields(pruner.model, name, fields),
         )
         log(f"{name}: pruning")
-        with stopwatch() as timer:
-            pruner.prune(config, dataset=work.calibration, show_progress=False)
+        times = timed_prune(pruner, config, work.calibration)
         ppl = evaluate(pruner.model, work, windows)["perplexity"]
         speed = measure_speed(pruner.model, speed_ids, args.speed_repeats)
         report.add(
@@ -394,14 +454,15 @@ def main(argv: list[str] | None = None) -> MarkdownReport:
                 "perplexity": ppl,
                 "ppl / dense": ppl / dense_row["perplexity"],
                 "parameters (M)": pruner.summary["parameters_after"] / 1e6,
-                "pruning time (s)": timer["seconds"],
+                **times,
                 "forward speed-up": dense_row["forward (s)"] / speed["forward"],
                 "decode speed-up": dense_row["decode (s)"] / speed["decode"],
                 "forward (s)": speed["forward"],
                 "decode (s)": speed["decode"],
             },
         )
-        log(f"{name}: perplexity {ppl:.3f}, pruning {timer['seconds']:.0f}s")
+        split = ", ".join(f"{column} {times[column]:.0f}" for column in TIME_COLUMNS)
+        log(f"{name}: perplexity {ppl:.3f}, pruning {times['pruning time (s)']:.0f}s ({split})")
         del pruner
     report.finish()
     log(f"done: {output}")
