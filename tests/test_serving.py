@@ -190,6 +190,7 @@ def test_vllm_serves_pruned_checkpoints_with_transformers_tokens(tmp_path):
     # The dense model's own vLLM-vs-transformers difference sets the logits' tolerance for the pruned ones.
     dense = tiny_llama(**VLLM_SHAPE).eval()
     dense.save_pretrained(tmp_path / "dense")
+    make_tokenizer().save_pretrained(tmp_path / "dense")  # vLLM loads a tokenizer even for token-id prompts
     expected[str(tmp_path / "dense")], models[str(tmp_path / "dense")] = _greedy(dense), dense
     folders.append(str(tmp_path / "dense"))
     for family in ("llama", "qwen2"):
