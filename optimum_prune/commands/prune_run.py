@@ -18,16 +18,15 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from ..assets import CALIBRATION_FRACTION
 from ..tasks import TASKS
 from .prune import CLIError, _build_config
 from .prune_report import dataset_label, one_line, progress_bars, report_plan, report_results, time_left_lines
 
 __all__ = ["prune_from_args", "run_prune", "split_for_evaluation"]
 
-#: With --evaluate and no --eval-dataset, calibration uses the first 80% of the --dataset text, evaluation the rest
-#: (the protocol of optimum_prune.assets.wikipedia_split).
-CALIBRATION_FRACTION = 0.8
-#: Below this many texts the 80/20 split cuts the joined text by characters instead of by whole texts.
+#: Below this many texts the 80/20 split of --evaluate ppl (calibration on the first CALIBRATION_FRACTION of the
+#: --dataset text, evaluation on the rest, as in optimum_prune.assets) cuts the joined text by characters instead.
 MIN_TEXTS_TO_SPLIT_BY_TEXT = 10
 
 
