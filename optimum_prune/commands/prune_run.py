@@ -325,6 +325,7 @@ def _load_pruner(args: argparse.Namespace, model_path: str, gguf_file: str | Non
 
 # ---- checks made before anything heavy is loaded --------------------------------------------------------------------
 
+#: A Hub repository id, `name` or `owner/name` (so never a path that starts with "." or "~", nor one with two "/").
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -364,7 +365,7 @@ def _resolve_model(model: str, gguf_file: str | None) -> tuple[str, str | None]:
         if gguf_file and not os.path.isfile(os.path.join(path, gguf_file)):
             raise CLIError(f"--gguf-file {gguf_file!r} is not in the model folder {model!r}.")
         return path, gguf_file
-    if not _HUB_ID.match(model) or model.startswith((".", "~")) or model.count("/") > 1:
+    if not _HUB_ID.match(model):
         raise CLIError(f"Model path {model!r} does not exist.")
     return model, gguf_file  # a Hub id; loading says whether it can be reached
 
@@ -548,7 +549,7 @@ def _check_sources(args: argparse.Namespace) -> None:
         if not source or source == RANDOM_TOKENS or source in NAMED_DATASETS or os.path.exists(source):
             continue
         if flag == "--eval-dataset" and tables:
-            if _HUB_ID.match(source) and not source.startswith((".", "~")) and source.count("/") <= 1:
+            if _HUB_ID.match(source):
                 continue
             raise CLIError(
                 f"Cannot read --eval-dataset {source!r}: it is neither a local file or folder nor a Hub dataset id."
