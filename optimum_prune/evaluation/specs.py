@@ -15,6 +15,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from ..tasks import TASKS
+
 __all__ = [
     "EVALUATION_KINDS",
     "GLUE_TASKS",
@@ -119,13 +121,14 @@ GLUE_TASKS: dict[str, GlueTask] = {
     "ax": GlueTask("ax", (_GLUE_PATH, "ax"), ("premise", "hypothesis"), 3, validation_split="test", label_names=_NLI),
 }
 
-#: kind -> (the model it scores, as the command line's --task; the pipeline tag, which is the model-index task type).
-EVALUATION_KINDS: dict[str, tuple[str, str]] = {
-    "ppl": ("causal-lm", "text-generation"),
-    "lm-eval": ("causal-lm", "text-generation"),
-    "glue": ("sequence-classification", "text-classification"),
-    "squad": ("question-answering", "question-answering"),
-    "squad_v2": ("question-answering", "question-answering"),
+#: kind -> the model it scores, as the command line's --task (whose pipeline tag, in tasks.py, is the model-index
+#: task type).
+EVALUATION_KINDS: dict[str, str] = {
+    "ppl": "causal-lm",
+    "lm-eval": "causal-lm",
+    "glue": "sequence-classification",
+    "squad": "question-answering",
+    "squad_v2": "question-answering",
 }
 
 _WHAT_IT_SCORES = {
@@ -163,11 +166,11 @@ class EvaluationSpec:
     @property
     def model_task(self) -> str:
         """The command line's --task of the model it scores."""
-        return EVALUATION_KINDS[self.kind][0]
+        return EVALUATION_KINDS[self.kind]
 
     @property
     def pipeline_tag(self) -> str:
-        return EVALUATION_KINDS[self.kind][1]
+        return TASKS[self.model_task].pipeline_tag
 
     @property
     def what_it_scores(self) -> str:
