@@ -17,7 +17,7 @@ model. A fresh process reloads it (the same placement) and compares the argmax t
 difference| with the in-memory logits. Results: ``benchmarks/results/scale.md`` (and ``scale.json``).
 
     python benchmarks/scale.py --threads 2 --cpu-memory 10GiB   # the 8B jobs (projection_8b.md: hours of CPU)
-    python benchmarks/scale.py --dtype bfloat16 --jobs structured --cpu-memory 8GiB   # half the disk and memory
+    python benchmarks/scale.py --dtype bfloat16 --jobs "structured 20% activation+liar" --cpu-memory 8GiB   # half the disk and memory
     python benchmarks/scale.py --shape s1024        # one of SHAPES
     python benchmarks/scale.py --quick              # the tiny shape, in a temp folder: a smoke run in under a minute
     python benchmarks/scale.py --fit                # the cost model's fit on the small shapes -> cost_model.json
