@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import offload
+from .offload import execution_device, is_dispatched, is_offloaded, materialized
 
 #: Distinct block-argument tensors of one shape an `ActivationStore` compares a new one against.
 _DISTINCT_PER_SHAPE = 4
@@ -212,7 +212,7 @@ def capture_block_inputs(
     """Run the model up to `first_block` for every sample and keep what the block receives (in `store` if given)."""
     captured: list[BlockInput] | ActivationStore = [] if store is None else store
     # A model dispatched by accelerate may have its embeddings on the meta device; its hooks say where it runs.
-    device = offload.execution_device(model)
+    device = execution_device(model)
 
     def hook(_module, args, kwargs):
         kwargs = dict(kwargs)
@@ -252,7 +252,7 @@ def capture_block_arguments(
     `arguments[block][sample] = (args, kwargs)`.
     """
     arguments: list[list[tuple[tuple[Any, ...], dict[str, Any]]]] = [[] for _ in blocks]
-    device = offload.execution_device(model)
+    device = execution_device(model)
     handles = []
     order: list[int] = []
     for position, block in enumerate(blocks):
@@ -488,8 +488,8 @@ class BlockStreamer:
     ) -> None:
         self.model = model
         self.execution_device = torch.device(execution_device) if execution_device is not None else None
-        self.offloaded = offload.is_offloaded(model)
-        if activations_device is None and (self.execution_device is not None or offload.is_dispatched(model)):
+        self.offloaded = is_offloaded(model)
+        if activations_device is None and (self.execution_device is not None or is_dispatched(model)):
             activations_device = "cpu"
         self.activations_device = activations_device
         self.activations_dir = activations_dir
@@ -506,7 +506,7 @@ class BlockStreamer:
     @contextlib.contextmanager
     def materialized(self, block: nn.Module, write_back: bool = True) -> Iterator[torch.device]:
         """`block` with real weights on its execution device for the duration (see `offload.materialized`)."""
-        with offload.materialized(block, self.execution_device, write_back=write_back) as device:
+        with materialized(block, self.execution_device, write_back=write_back) as device:
             previous, self._current_device = self._current_device, device
             try:
                 yield device
