@@ -27,6 +27,7 @@ from .pipeline import Block, BlockMethod, Calibration, Observer, block_arguments
 from .pipeline.blocks import find_blocks
 from .pipeline.layerwise import BlockStreamer
 from .pipeline.weight_inputs import WeightInputs, observe_inputs
+from .serialization.layout import record_sparsity
 from .sparsity import SparsityPattern, get_sparsity_method, required_statistics
 
 logger = logging.getLogger(__name__)
@@ -204,28 +205,23 @@ def prune_unstructured(
         block_size = sum(m.numel for m, _ in plan)
         block_zeros = sum(per_module[f"{block_name}.{m.name}"] * m.numel for m, _ in plan)
         layer_sparsity.append(block_zeros / block_size if block_size else 0.0)
-    record = {
-        "format": 1,
-        "target": config.target,
-        "method": config.method,
-        "sparsity_achieved": zeros / max(total, 1),
-        "allocation": config.allocation,
-        # Counted from the weights, per block (of the matrices pruned there).
-        "layer_sparsity": layer_sparsity,
-        **({"planned_layer_sparsity": allocation.sparsities} if config.allocation != "uniform" else {}),
-        **({allocation.measure_name: allocation.measure} if allocation.measure else {}),
-        "modules": per_module,
-        "skipped": skipped,
-        "data_free": data_free,
-        "input_taps": input_taps,
-    }
-    # Dense safetensors hold the zeros; the record tells readers (and the model card) what was done. A structured
-    # run before this one left the per-layer sizes its checkpoint is rebuilt from: they stay.
-    earlier = getattr(model.config, "pruning", None)
-    if isinstance(earlier, dict) and "layers" in earlier:
-        record = {**record, **{key: earlier[key] for key in ("layers", "requires_plugin", "loader") if key in earlier}}
-        record["structured"] = {key: value for key, value in earlier.items() if key != "layers"}
-    model.config.pruning = record
+    record = record_sparsity(
+        model,
+        {
+            "target": config.target,
+            "method": config.method,
+            "sparsity_achieved": zeros / max(total, 1),
+            "allocation": config.allocation,
+            # Counted from the weights, per block (of the matrices pruned there).
+            "layer_sparsity": layer_sparsity,
+            **({"planned_layer_sparsity": allocation.sparsities} if config.allocation != "uniform" else {}),
+            **({allocation.measure_name: allocation.measure} if allocation.measure else {}),
+            "modules": per_module,
+            "skipped": skipped,
+            "data_free": data_free,
+            "input_taps": input_taps,
+        },
+    )
     return {key: value for key, value in record.items() if key not in ("format", "target", "method")} | {
         "prunable_parameters": total
     }
