@@ -27,6 +27,7 @@ from .pipeline import Block, BlockMethod, Calibration, Observer, block_arguments
 from .pipeline.blocks import find_blocks
 from .pipeline.layerwise import BlockStreamer
 from .pipeline.weight_inputs import WeightInputs, observe_inputs
+from .planning import PruningResult
 from .serialization.layout import record_sparsity
 from .sparsity import SparsityPattern, get_sparsity_method, required_statistics
 
@@ -154,7 +155,7 @@ def prune_unstructured(
     execution_device: torch.device | str | None = None,
     activations_device: torch.device | str | None = None,
     activations_dir: str | os.PathLike | None = None,
-) -> dict[str, Any]:
+) -> PruningResult:
     """Sparsify every weight matrix inside the repeated blocks of any model, in place; return what was done.
 
     Blocks come from `find_blocks` (`_no_split_modules`, or `config.sequential_targets`); their matrices from
@@ -162,7 +163,8 @@ def prune_unstructured(
     embeddings, lm_head and task heads, stay dense). Each block is run on the outputs of the already sparsified
     blocks before it and every matrix is solved on its own input Gram matrix.
 
-    Returns a summary: `sparsity_achieved` and per-module `modules` counted from the weights after pruning,
+    The result's `record` (written to `config.pruning`) has `sparsity_achieved` and per-module `modules` counted
+    from the weights after pruning,
     `skipped` (matrices left dense, with the reason), `data_free` (matrices no calibration input reached, pruned
     by magnitude instead of on an empty Gram matrix) and `input_taps` (matrices whose input was observed at
     another module because the model never calls them). The model may be dispatched by accelerate with offloaded
@@ -222,9 +224,7 @@ def prune_unstructured(
             "input_taps": input_taps,
         },
     )
-    return {key: value for key, value in record.items() if key not in ("format", "target", "method")} | {
-        "prunable_parameters": total
-    }
+    return PruningResult(record=record, prunable_parameters=total)
 
 
 class _Sparsify(BlockMethod):
