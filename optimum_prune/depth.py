@@ -27,6 +27,7 @@ from .architectures import ArchitectureAdapter
 from .configuration import PruningConfig
 from .pipeline import Block, BlockMethod, Calibration, run_blocks
 from .pipeline.layerwise import BlockInput, BlockStreamer
+from .planning import PruningResult
 
 logger = logging.getLogger(__name__)
 
@@ -204,8 +205,9 @@ def prune_depth(
     samples: list[dict[str, torch.Tensor]] | None,
     streamer: BlockStreamer,
     show_progress: bool = True,
-) -> list[int]:
-    """Remove blocks from `model` in place (see the module docstring); returns the original indices removed."""
+) -> PruningResult:
+    """Remove blocks from `model` in place (see the module docstring); the result has the original indices
+    removed."""
     removed, calibration = _rank_blocks(model, adapter, config, samples, streamer, show_progress)
     layers = adapter.layers()
     runs = consecutive_runs(removed)
@@ -229,7 +231,7 @@ def prune_depth(
             continue
         origins.append(index)
     _replace_layers(model, adapter.layers(), new_layers, origins)
-    return removed
+    return PruningResult(kept_units=[{} for _ in adapter.layers()], removed_layers=removed)
 
 
 class _FitBridges(BlockMethod):

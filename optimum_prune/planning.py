@@ -4,7 +4,7 @@
 (from `structured.plan_structured`, the function `prune_structured` decides with), for depth pruning the blocks
 removed (`depth.plan_depth`, used by `prune_depth`), for unstructured and N:M sparsity each matrix's pattern
 (`unstructured.plan_sparsity`, used by `prune_unstructured`); with the parameter totals. `BasePruner.plan` and
-`optimum-prune --dry-run` call it.
+`optimum-prune --dry-run` call it. `PruningResult` is what a run did, as every method reports it.
 
 What the plan reads depends on the config (`plan_inputs`): a uniform allocation and sparsity patterns follow from
 the layer shapes alone (a model built on the meta device from its config is enough); a global allocation ranks
@@ -16,17 +16,21 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .configuration import PruningConfig
 
+if TYPE_CHECKING:
+    from .allocation import LayerPlan
+
 __all__ = [
     "CalibrationNeed",
     "PlanInputs",
     "PruningPlan",
+    "PruningResult",
     "calibration_need",
     "plan_inputs",
     "plan_pruning",
@@ -139,6 +143,31 @@ def without_refit(config: PruningConfig) -> PruningConfig:
     config = copy.copy(config)
     config.reconstruction = "none"
     return config
+
+
+@dataclass
+class PruningResult:
+    """What one run did, as every method reports it to `BasePruner.prune`, which builds `BasePruner.summary` from it:
+    `structured.prune_structured` (width), `depth.prune_depth`, `unstructured.prune_unstructured` (sparsity)."""
+
+    #: Width: the kept unit indices per layer and kind (relative to the model before this run); depth: one empty
+    #: dict per layer left; sparsity: empty.
+    kept_units: list[dict[str, list[int]]] = field(default_factory=list)
+    #: Width: each layer's plan, the units kept per kind.
+    plans: list[LayerPlan] = field(default_factory=list)
+    #: Width: the unit kinds this run pruned (`structured.resolve_kinds`).
+    kinds: tuple[str, ...] = ()
+    #: What the run decided that the user did not ask for (e.g. `structured.QUERY_HEADS_FALLBACK`); goes into the
+    #: summary.
+    notes: list[str] = field(default_factory=list)
+    #: Depth: the original indices of the blocks removed.
+    removed_layers: list[int] = field(default_factory=list)
+    #: Sparsity: the pruning record written to `config.pruning` (`serialization.layout.record_sparsity`): what was
+    #: achieved, per block and per matrix, counted from the weights. None for structured runs, whose record
+    #: (`serialization.layout.record_layout`) is written once the run is done.
+    record: dict[str, Any] | None = None
+    #: Sparsity: the parameters of the matrices the run sparsified (structured runs count theirs beforehand).
+    prunable_parameters: int = 0
 
 
 @dataclass

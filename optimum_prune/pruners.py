@@ -41,6 +41,7 @@ from .tasks import TASKS, Task, task_for_pipeline
 
 if TYPE_CHECKING:  # imported where used: the evaluation loops bring scikit-learn and scipy
     from .evaluation import EvaluationData, EvaluationResults, EvaluationSpec, TaskResult
+    from .planning import PruningResult
 
 logger = logging.getLogger(__name__)
 
@@ -309,31 +310,15 @@ class BasePruner:
 
             samples = self.calibration_samples(config) if uses_calibration(config) else None
             with _time_left_message(model, config, samples):
-                sparse_summary = prune_unstructured(model, config, samples, show_progress=show_progress, **placement)
+                result = prune_unstructured(model, config, samples, show_progress=show_progress, **placement)
 
-        summary: dict[str, Any] = {
-            "model_type": model.config.model_type,
-            "parameters_before": parameters_before,
-            "prunable_parameters": prunable_before,
-            "sparsity_requested": config.sparsity,
-        }
+        layout = None
         if config.is_structured:
             # The layout may add zero biases so plain transformers can load the model; on offloaded modules those
             # are created on the meta device and must be given values in the offload store.
             with new_offloaded_zero_biases(model):
                 layout = record_layout(model, self.adapter, extra={"parameters_before": parameters_before})
-            summary["layers"] = layout["layers"]
-            # Physically removed parameters (net of any bias reconstruction added) over the prunable ones.
-            summary["parameters_after"] = count_parameters(model)
-            removed = parameters_before - summary["parameters_after"]
-            summary["sparsity_achieved"] = removed / max(prunable_before, 1)
-            # The kinds pruned (the defaults may differ by model, see structured.query_heads_fallback) and why.
-            summary["structures"] = list(result.kinds or config.structures or [])
-            if result.notes:
-                summary["notes"] = list(result.notes)
-        else:
-            summary.update(sparse_summary)
-            summary["parameters_after"] = count_parameters(model)  # zeros are stored densely
+        summary = _summary(model, config, result, layout, parameters_before, prunable_before)
         self.pruning_config = config
         self.summary = summary
         self._prune_incomplete = False
@@ -645,6 +630,40 @@ class PrunerForQuestionAnswering(BasePruner):
     """Prunes extractive question-answering models (BERT)."""
 
     task = TASKS["question-answering"]
+
+
+def _summary(
+    model: PreTrainedModel,
+    config: PruningConfig,
+    result: PruningResult,
+    layout: dict[str, Any] | None,
+    parameters_before: int,
+    prunable_before: int,
+) -> dict[str, Any]:
+    """`BasePruner.summary` of a run of `config` that returned `result` (`layout`: a structured run's record)."""
+    summary: dict[str, Any] = {
+        "model_type": model.config.model_type,
+        "parameters_before": parameters_before,
+        "prunable_parameters": prunable_before,
+        "sparsity_requested": config.sparsity,
+    }
+    if layout is not None:
+        summary["layers"] = layout["layers"]
+        # Physically removed parameters (net of any bias reconstruction added) over the prunable ones.
+        summary["parameters_after"] = count_parameters(model)
+        removed = parameters_before - summary["parameters_after"]
+        summary["sparsity_achieved"] = removed / max(prunable_before, 1)
+        # The kinds pruned (the defaults may differ by model, see structured.query_heads_fallback) and why.
+        summary["structures"] = list(result.kinds or config.structures or [])
+        if result.notes:
+            summary["notes"] = list(result.notes)
+    else:
+        summary.update(
+            {key: value for key, value in result.record.items() if key not in ("format", "target", "method")}
+        )
+        summary["prunable_parameters"] = result.prunable_parameters
+        summary["parameters_after"] = count_parameters(model)  # zeros are stored densely
+    return summary
 
 
 def _same_task(a: TaskResult, b: TaskResult) -> bool:

@@ -6,7 +6,7 @@ import copy
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,21 +23,10 @@ from .criteria.obs import OBSCriterion
 from .pipeline import Block, BlockMethod, Calibration, Observer, run_blocks
 from .pipeline.layerwise import BlockInput, BlockStreamer
 from .pipeline.statistics import InputStatistics, observe_statistics
+from .planning import PruningResult
 from .reconstruction import RECONSTRUCTIONS
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class StructuredResult:
-    """What was removed: the kept unit indices per layer and kind (relative to the model before this run)."""
-
-    kept_units: list[dict[str, list[int]]] = field(default_factory=list)
-    plans: list[LayerPlan] = field(default_factory=list)
-    #: The unit kinds this run pruned (`resolve_kinds`).
-    kinds: tuple[str, ...] = ()
-    #: What the run decided that the user did not ask for (e.g. `QUERY_HEADS_FALLBACK`); goes into the summary.
-    notes: list[str] = field(default_factory=list)
 
 
 #: Why the default structures prune query heads on a model whose every layer has a single KV group.
@@ -232,7 +221,7 @@ def prune_structured(
     execution_device: torch.device | str | None = None,
     activations_device: torch.device | str | None = None,
     activations_dir: str | os.PathLike | None = None,
-) -> StructuredResult:
+) -> PruningResult:
     """Prune `model` in place according to `config`; `samples` are tokenized calibration sequences.
 
     The model may be dispatched by accelerate with offloaded weights; the last three arguments say where blocks
@@ -251,8 +240,7 @@ def prune_structured(
         from .depth import prune_depth
 
         streamer = BlockStreamer(model, execution_device, activations_device, activations_dir)
-        prune_depth(model, adapter, config, samples, streamer, show_progress)
-        return StructuredResult(kept_units=[{} for _ in adapter.layers()])
+        return prune_depth(model, adapter, config, samples, streamer, show_progress)
     run = _plan(
         model, adapter, config, samples, show_progress, (execution_device, activations_device, activations_dir)
     )
@@ -260,7 +248,7 @@ def prune_structured(
     if query_heads_fallback(adapter, config):
         logger.warning("%s.", QUERY_HEADS_FALLBACK[0].upper() + QUERY_HEADS_FALLBACK[1:])
         notes.append(QUERY_HEADS_FALLBACK)
-    result = StructuredResult(plans=run.plan.plans, kinds=run.plan.kinds, notes=notes)
+    result = PruningResult(plans=run.plan.plans, kinds=run.plan.kinds, notes=notes)
     pruning = _PruneUnits(adapter, config, run, result)
     run_blocks(pruning, run.streamer, adapter.layers(), run.calibration, show_progress)
     return result
@@ -276,9 +264,7 @@ class _PruneUnits(BlockMethod):
 
     description = "Pruning layers"
 
-    def __init__(
-        self, adapter: ArchitectureAdapter, config: PruningConfig, run: _PlannedRun, result: StructuredResult
-    ):
+    def __init__(self, adapter: ArchitectureAdapter, config: PruningConfig, run: _PlannedRun, result: PruningResult):
         self.adapter, self.config, self.run, self.result = adapter, config, run, result
         calibration = run.calibration
         self.dense_inputs = (

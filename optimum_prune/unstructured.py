@@ -27,6 +27,8 @@ from .pipeline import Block, BlockMethod, Calibration, Observer, block_arguments
 from .pipeline.blocks import find_blocks
 from .pipeline.layerwise import BlockStreamer
 from .pipeline.weight_inputs import WeightInputs, observe_inputs
+from .planning import PruningResult
+from .serialization.layout import record_sparsity
 from .sparsity import SparsityPattern, get_sparsity_method, required_statistics
 
 logger = logging.getLogger(__name__)
@@ -153,7 +155,7 @@ def prune_unstructured(
     execution_device: torch.device | str | None = None,
     activations_device: torch.device | str | None = None,
     activations_dir: str | os.PathLike | None = None,
-) -> dict[str, Any]:
+) -> PruningResult:
     """Sparsify every weight matrix inside the repeated blocks of any model, in place; return what was done.
 
     Blocks come from `find_blocks` (`_no_split_modules`, or `config.sequential_targets`); their matrices from
@@ -161,7 +163,8 @@ def prune_unstructured(
     embeddings, lm_head and task heads, stay dense). Each block is run on the outputs of the already sparsified
     blocks before it and every matrix is solved on its own input Gram matrix.
 
-    Returns a summary: `sparsity_achieved` and per-module `modules` counted from the weights after pruning,
+    The result's `record` (written to `config.pruning`) has `sparsity_achieved` and per-module `modules` counted
+    from the weights after pruning,
     `skipped` (matrices left dense, with the reason), `data_free` (matrices no calibration input reached, pruned
     by magnitude instead of on an empty Gram matrix) and `input_taps` (matrices whose input was observed at
     another module because the model never calls them). The model may be dispatched by accelerate with offloaded
@@ -204,31 +207,24 @@ def prune_unstructured(
         block_size = sum(m.numel for m, _ in plan)
         block_zeros = sum(per_module[f"{block_name}.{m.name}"] * m.numel for m, _ in plan)
         layer_sparsity.append(block_zeros / block_size if block_size else 0.0)
-    record = {
-        "format": 1,
-        "target": config.target,
-        "method": config.method,
-        "sparsity_achieved": zeros / max(total, 1),
-        "allocation": config.allocation,
-        # Counted from the weights, per block (of the matrices pruned there).
-        "layer_sparsity": layer_sparsity,
-        **({"planned_layer_sparsity": allocation.sparsities} if config.allocation != "uniform" else {}),
-        **({allocation.measure_name: allocation.measure} if allocation.measure else {}),
-        "modules": per_module,
-        "skipped": skipped,
-        "data_free": data_free,
-        "input_taps": input_taps,
-    }
-    # Dense safetensors hold the zeros; the record tells readers (and the model card) what was done. A structured
-    # run before this one left the per-layer sizes its checkpoint is rebuilt from: they stay.
-    earlier = getattr(model.config, "pruning", None)
-    if isinstance(earlier, dict) and "layers" in earlier:
-        record = {**record, **{key: earlier[key] for key in ("layers", "requires_plugin", "loader") if key in earlier}}
-        record["structured"] = {key: value for key, value in earlier.items() if key != "layers"}
-    model.config.pruning = record
-    return {key: value for key, value in record.items() if key not in ("format", "target", "method")} | {
-        "prunable_parameters": total
-    }
+    record = record_sparsity(
+        model,
+        {
+            "target": config.target,
+            "method": config.method,
+            "sparsity_achieved": zeros / max(total, 1),
+            "allocation": config.allocation,
+            # Counted from the weights, per block (of the matrices pruned there).
+            "layer_sparsity": layer_sparsity,
+            **({"planned_layer_sparsity": allocation.sparsities} if config.allocation != "uniform" else {}),
+            **({allocation.measure_name: allocation.measure} if allocation.measure else {}),
+            "modules": per_module,
+            "skipped": skipped,
+            "data_free": data_free,
+            "input_taps": input_taps,
+        },
+    )
+    return PruningResult(record=record, prunable_parameters=total)
 
 
 class _Sparsify(BlockMethod):

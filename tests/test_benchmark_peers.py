@@ -82,7 +82,7 @@ def test_time_breakdown_wraps_what_the_pruner_calls_and_restores_it(common) -> N
     config = PruningConfig(target="unstructured", sparsity=0.5, method="sparsegpt", num_samples=2, seqlen=16)
     calls: dict[str, int] = {}
     with common.timed_calls(common.our_time_breakdown(), calls) as buckets:
-        summary = unstructured.prune_unstructured(model, config, samples, show_progress=False)
+        summary = unstructured.prune_unstructured(model, config, samples, show_progress=False).record
     assert calls["solver s"] == len(summary["modules"]) > 0
     # q/k/v and gate/up share their statistics: fewer updates than matrices x samples.
     assert 0 < calls["statistics s"] < len(summary["modules"]) * len(samples)

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..architectures import ArchitectureAdapter
 
-#: config.json key of the structured pruning record.
+#: config.json key of the pruning record (structured: `record_layout`; sparsity: `record_sparsity`).
 LAYOUT_KEY = "pruning"
 #: `quantization_config.quant_method` of checkpoints that only load with the plugin imported.
 QUANT_METHOD = "optimum_prune"
@@ -93,6 +93,23 @@ def record_layout(
     }
     setattr(config, LAYOUT_KEY, layout)
     return layout
+
+
+def record_sparsity(model: nn.Module, fields: dict[str, Any]) -> dict[str, Any]:
+    """Write the record of an unstructured / N:M run (`fields`, see `unstructured.prune_unstructured`) into
+    `model.config` and return it.
+
+    Dense safetensors hold the zeros; the record tells readers (and the model card) what was done. A structured run
+    before this one left the per-layer sizes its checkpoint is rebuilt from: they stay, and the rest of that earlier
+    record moves under `"structured"`.
+    """
+    record = {"format": LAYOUT_FORMAT, **fields}
+    earlier = getattr(model.config, LAYOUT_KEY, None)
+    if isinstance(earlier, dict) and "layers" in earlier:
+        record = {**record, **{key: earlier[key] for key in ("layers", "requires_plugin", "loader") if key in earlier}}
+        record["structured"] = {key: value for key, value in earlier.items() if key != "layers"}
+    setattr(model.config, LAYOUT_KEY, record)
+    return record
 
 
 #: Layer-description key of a `depth.LinearBridge` (the original blocks it replaces).
