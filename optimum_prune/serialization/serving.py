@@ -75,9 +75,7 @@ logger = logging.getLogger(__name__)
 SERVING_TARGETS = ("vllm", "llama.cpp")
 #: Families whose blocks are LLaMA attention and MLP (Qwen2 with its q / k / v biases), in both engines' layouts.
 SERVING_FAMILIES = ("llama", "mistral", "qwen2")
-VLLM_FAMILIES = SERVING_FAMILIES
 SERVING_STRUCTURES = ("ffn_channels", "layers")
-VLLM_STRUCTURES = SERVING_STRUCTURES
 #: llama.cpp's DeciModel rounds every FFN width from `ffn_mult` up to a multiple of this.
 LLAMACPP_FFN_MULTIPLE = 256
 #: The vocabulary size for which DeciModel converts the tokenizer as Llama 3's BPE (any other goes to LlamaHfVocab).
