@@ -206,8 +206,8 @@ def prune_depth(
     streamer: BlockStreamer,
     show_progress: bool = True,
 ) -> PruningResult:
-    """Remove blocks from `model` in place (see the module docstring); the result has the original indices
-    removed."""
+    """Remove blocks from `model` in place (see the module docstring); the result has one empty dict per block
+    left."""
     removed, calibration = _rank_blocks(model, adapter, config, samples, streamer, show_progress)
     layers = adapter.layers()
     runs = consecutive_runs(removed)
@@ -231,7 +231,7 @@ def prune_depth(
             continue
         origins.append(index)
     _replace_layers(model, adapter.layers(), new_layers, origins)
-    return PruningResult(kept_units=[{} for _ in adapter.layers()], removed_layers=removed)
+    return PruningResult(kept_units=[{} for _ in adapter.layers()])
 
 
 class _FitBridges(BlockMethod):
