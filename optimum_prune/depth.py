@@ -128,7 +128,6 @@ def _check_depth_config(config: PruningConfig) -> None:
 
 @torch.no_grad()
 def _rank_blocks(
-    model: nn.Module,
     adapter: ArchitectureAdapter,
     config: PruningConfig,
     samples: list[dict[str, torch.Tensor]] | None,
@@ -183,7 +182,7 @@ def plan_depth(
 ) -> list[int]:
     """The original indices of the blocks a `prune_depth` run removes (the same ranking); nothing is changed."""
     streamer = BlockStreamer(model, execution_device, activations_device, activations_dir)
-    return _rank_blocks(model, adapter, config, samples, streamer, show_progress)[0]
+    return _rank_blocks(adapter, config, samples, streamer, show_progress)[0]
 
 
 @torch.no_grad()
@@ -208,7 +207,7 @@ def prune_depth(
 ) -> PruningResult:
     """Remove blocks from `model` in place (see the module docstring); the result has one empty dict per block
     left."""
-    removed, calibration = _rank_blocks(model, adapter, config, samples, streamer, show_progress)
+    removed, calibration = _rank_blocks(adapter, config, samples, streamer, show_progress)
     layers = adapter.layers()
     runs = consecutive_runs(removed)
     bridges: dict[int, LinearBridge] = {}
