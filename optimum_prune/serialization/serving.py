@@ -67,7 +67,6 @@ __all__ = [
     "check_tokenizer",
     "finish_checkpoint",
     "write_checkpoint",
-    "write_vllm_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -408,11 +407,6 @@ def write_checkpoint(model: nn.Module, folder: str | Path, target: str = "vllm")
     shutil.copyfile(shipped.__file__, folder / "optimum_prune_layers.py")
     (folder / _CONFIG_FILE).write_text(configuration, encoding="utf-8")
     (folder / _MODELING_FILE).write_text(modeling, encoding="utf-8")
-
-
-def write_vllm_checkpoint(model: nn.Module, folder: str | Path) -> None:
-    """`write_checkpoint(model, folder, "vllm")`."""
-    write_checkpoint(model, folder, "vllm")
 
 
 #: tokenizer_config.json class names transformers 5 writes that transformers 4.57 (llama.cpp's converter) cannot
