@@ -128,7 +128,6 @@ def _check_depth_config(config: PruningConfig) -> None:
 
 @torch.no_grad()
 def _rank_blocks(
-    model: nn.Module,
     adapter: ArchitectureAdapter,
     config: PruningConfig,
     samples: list[dict[str, torch.Tensor]] | None,
@@ -183,7 +182,7 @@ def plan_depth(
 ) -> list[int]:
     """The original indices of the blocks a `prune_depth` run removes (the same ranking); nothing is changed."""
     streamer = BlockStreamer(model, execution_device, activations_device, activations_dir)
-    return _rank_blocks(model, adapter, config, samples, streamer, show_progress)[0]
+    return _rank_blocks(adapter, config, samples, streamer, show_progress)[0]
 
 
 @torch.no_grad()
@@ -206,9 +205,9 @@ def prune_depth(
     streamer: BlockStreamer,
     show_progress: bool = True,
 ) -> PruningResult:
-    """Remove blocks from `model` in place (see the module docstring); the result has the original indices
-    removed."""
-    removed, calibration = _rank_blocks(model, adapter, config, samples, streamer, show_progress)
+    """Remove blocks from `model` in place (see the module docstring); the result has one empty dict per block
+    left."""
+    removed, calibration = _rank_blocks(adapter, config, samples, streamer, show_progress)
     layers = adapter.layers()
     runs = consecutive_runs(removed)
     bridges: dict[int, LinearBridge] = {}
@@ -231,7 +230,7 @@ def prune_depth(
             continue
         origins.append(index)
     _replace_layers(model, adapter.layers(), new_layers, origins)
-    return PruningResult(kept_units=[{} for _ in adapter.layers()], removed_layers=removed)
+    return PruningResult(kept_units=[{} for _ in adapter.layers()])
 
 
 class _FitBridges(BlockMethod):

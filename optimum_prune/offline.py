@@ -52,13 +52,10 @@ def is_hub_unreachable(error: BaseException) -> bool:
 
 
 def _offline_mode() -> bool:
-    try:
-        from huggingface_hub import constants
+    from huggingface_hub import constants
 
-        if constants.HF_HUB_OFFLINE:
-            return True
-    except ImportError:
-        pass
+    if constants.HF_HUB_OFFLINE:
+        return True
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 

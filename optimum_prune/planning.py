@@ -160,8 +160,6 @@ class PruningResult:
     #: What the run decided that the user did not ask for (e.g. `structured.QUERY_HEADS_FALLBACK`); goes into the
     #: summary.
     notes: list[str] = field(default_factory=list)
-    #: Depth: the original indices of the blocks removed.
-    removed_layers: list[int] = field(default_factory=list)
     #: Sparsity: the pruning record written to `config.pruning` (`serialization.layout.record_sparsity`): what was
     #: achieved, per block and per matrix, counted from the weights. None for structured runs, whose record
     #: (`serialization.layout.record_layout`) is written once the run is done.

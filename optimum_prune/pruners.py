@@ -572,10 +572,8 @@ class BasePruner:
             )
 
     def _model_card(self, repo_id: str | None = None) -> Any | None:
-        try:
-            from .serialization.hub import create_model_card
-        except ImportError:
-            return None
+        from .serialization.hub import create_model_card
+
         if self.pruning_config is None or self.summary is None:
             return None
         # Results set by hand (`pruner.eval_results = {...}`, create_model_card's format) come first.

@@ -61,9 +61,9 @@ class UnitSlice:
         return int(self.index.shape[1]) * math.prod(size for d, size in enumerate(shape) if d != self.dim)
 
 
-def unit_positions(num_units: int, per_unit: int, start: int = 0) -> torch.Tensor:
-    """[num_units, per_unit] positions `start + u * per_unit + i`: unit `u`'s consecutive block of rows or columns."""
-    return start + torch.arange(num_units)[:, None] * per_unit + torch.arange(per_unit)[None, :]
+def unit_positions(num_units: int, per_unit: int) -> torch.Tensor:
+    """[num_units, per_unit] positions `u * per_unit + i`: unit `u`'s consecutive block of rows or columns."""
+    return torch.arange(num_units)[:, None] * per_unit + torch.arange(per_unit)[None, :]
 
 
 def row_slices(path: str, module: nn.Module, rows: torch.Tensor) -> list[UnitSlice]:
@@ -91,10 +91,10 @@ def select_columns(linear: nn.Linear, columns: torch.Tensor) -> None:
     linear.in_features = int(columns.numel())
 
 
-def select_parameter(module: nn.Module, name: str, index: torch.Tensor, dim: int = 0) -> None:
-    """Keep only entries `index` along `dim` of parameter `module.name`, in place."""
+def select_parameter(module: nn.Module, name: str, index: torch.Tensor) -> None:
+    """Keep only entries `index` along the first dimension of parameter `module.name`, in place."""
     param = getattr(module, name)
-    setattr(module, name, nn.Parameter(param.data.index_select(dim, index.to(param.device)), param.requires_grad))
+    setattr(module, name, nn.Parameter(param.data.index_select(0, index.to(param.device)), param.requires_grad))
 
 
 def ensure_bias(linear: nn.Linear) -> nn.Parameter:

@@ -21,11 +21,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-
-try:
-    from transformers.pytorch_utils import Conv1D
-except ImportError:  # pragma: no cover - transformers is a dependency
-    Conv1D = ()  # type: ignore[assignment,misc]
+from transformers.pytorch_utils import Conv1D
 
 __all__ = ["ROUTER_NAMES", "WeightMatrix", "find_weight_matrices", "is_experts_module"]
 

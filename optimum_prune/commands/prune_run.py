@@ -394,9 +394,9 @@ def _check_calibration_free(config: Any, args: argparse.Namespace, log: Callable
     )
 
 
-def _load(load_texts: Callable[..., list[str]], source: str, column: str | None, flag: str, split: str | None = None):
+def _load(load_texts: Callable[..., list[str]], source: str, column: str | None, flag: str):
     try:
-        return load_texts(source, text_column=column, split=split)
+        return load_texts(source, text_column=column)
     except Exception as err:  # a missing file, an unknown name, no text column, the Hub out of reach
         from optimum_prune.offline import is_hub_unreachable
 

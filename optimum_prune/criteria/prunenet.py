@@ -79,7 +79,8 @@ ZERO_DISTANCE_REWARD = 99999.0
 #: The reference's AdamW learning rate (`--learning_rate_action`), used when `prunenet_learning_rate` is None.
 DEFAULT_LEARNING_RATE = 1e-3
 POLICY_FORMAT = "optimum-prune/prunenet-reference-policy/1"
-_METADATA_KEY = "prunenet"
+#: The safetensors metadata key under which both PruneNet criteria store a policy's settings (JSON).
+POLICY_METADATA_KEY = "prunenet"
 
 
 # ---- spectrum and sampling (shared with prunenet_invariant) ---------------------------------------------------------
@@ -148,6 +149,18 @@ def check_policy_fits_offloaded(config: PruningConfig) -> None:
             "model does not hold in memory: train it on a model that fits (prunenet_save_policy=...) and pass "
             "prunenet_policy_path=..., or load the model without offloading."
         )
+
+
+def read_policy_settings(path: str) -> dict[str, Any]:
+    """The settings stored in the PruneNet policy file at `path` (either criterion's); FileNotFoundError without a
+    file, ValueError for a safetensors file that holds no policy."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No PruneNet policy at {path!r} (write one with prunenet_save_policy).")
+    with safe_open(path, framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    if POLICY_METADATA_KEY not in metadata:
+        raise ValueError(f"{path!r} is not a PruneNet policy file (no {POLICY_METADATA_KEY!r} metadata).")
+    return json.loads(metadata[POLICY_METADATA_KEY])
 
 
 def training_matrices(adapter: ArchitectureAdapter, config: PruningConfig) -> list[torch.Tensor]:
@@ -391,7 +404,7 @@ class PruneNet(Criterion):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         settings = {**self.settings, "format": POLICY_FORMAT, "shapes": sorted(self.predictors)}
         tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in self.predictors.state_dict().items()}
-        save_file(tensors, path, metadata={_METADATA_KEY: json.dumps(settings, sort_keys=True)})
+        save_file(tensors, path, metadata={POLICY_METADATA_KEY: json.dumps(settings, sort_keys=True)})
 
     @classmethod
     def load_policy(cls, path: str | os.PathLike) -> PruneNet:
@@ -402,13 +415,7 @@ class PruneNet(Criterion):
             ValueError: the file is not a policy of this criterion.
         """
         path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"No PruneNet policy at {path!r} (write one with prunenet_save_policy).")
-        with safe_open(path, framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        if _METADATA_KEY not in metadata:
-            raise ValueError(f"{path!r} is not a PruneNet policy file (no {_METADATA_KEY!r} metadata).")
-        settings = json.loads(metadata[_METADATA_KEY])
+        settings = read_policy_settings(path)
         if settings.get("format") != POLICY_FORMAT:
             hint = ""
             if settings.get("format") == "optimum-prune/prunenet-policy/1":

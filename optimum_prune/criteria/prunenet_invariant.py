@@ -42,7 +42,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -53,8 +52,10 @@ from .magnitude import MAGNITUDE
 from .prunenet import POLICY_FORMAT as REFERENCE_POLICY_FORMAT
 from .prunenet import (
     POLICY_KINDS,
+    POLICY_METADATA_KEY,
     check_policy_fits_offloaded,
     ks_distance,
+    read_policy_settings,
     sample_without_replacement,
     singular_values,
     train_from_config,
@@ -77,7 +78,6 @@ MIN_DISTANCE = 1e-3
 POLICY_FORMAT = "optimum-prune/prunenet-policy/1"
 #: Adam learning rate when `PruningConfig.prunenet_learning_rate` is None.
 DEFAULT_LEARNING_RATE = 0.01
-_METADATA_KEY = "prunenet"
 
 
 # ---- features and reward ------------------------------------------------------------------------------------------
@@ -285,19 +285,13 @@ class InvariantPruneNet(Criterion):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         settings = {**self.settings, "format": POLICY_FORMAT, "features": list(FEATURE_NAMES)}
         tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in self.policy.state_dict().items()}
-        save_file(tensors, path, metadata={_METADATA_KEY: json.dumps(settings, sort_keys=True)})
+        save_file(tensors, path, metadata={POLICY_METADATA_KEY: json.dumps(settings, sort_keys=True)})
 
     @classmethod
     def load_policy(cls, path: str | os.PathLike) -> InvariantPruneNet:
         """Read a policy written by `save_policy`; it scores channels at any compression ratio without training."""
         path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"No PruneNet policy at {path!r} (write one with prunenet_save_policy).")
-        with safe_open(path, framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        if _METADATA_KEY not in metadata:
-            raise ValueError(f"{path!r} is not a PruneNet policy file (no {_METADATA_KEY!r} metadata).")
-        settings = json.loads(metadata[_METADATA_KEY])
+        settings = read_policy_settings(path)
         if settings.get("format") == REFERENCE_POLICY_FORMAT:
             raise ValueError(
                 f"{path!r} holds a policy of criterion='prunenet' (the reference implementation's); load it with "

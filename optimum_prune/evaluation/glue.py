@@ -26,6 +26,7 @@ from scipy import stats
 from sklearn import metrics as sklearn_metrics
 from tqdm.auto import tqdm
 
+from .perplexity import model_device
 from .specs import GLUE_TASKS, GlueTask
 
 logger = logging.getLogger(__name__)
@@ -195,13 +196,6 @@ def _infer_text_columns(column_names: Sequence[str]) -> tuple[str, str | None]:
     )
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 def _forward_inputs(model: torch.nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
     """Move the tokenizer outputs the model's forward accepts to its device (DistilBERT takes no token_type_ids)."""
     parameters = inspect.signature(model.forward).parameters
@@ -323,7 +317,7 @@ def evaluate_sequence_classification(
         )
     remapping = None if is_regression else _label_remapping(model, dataset, label_column)
 
-    device = _model_device(model)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     predictions: list[float] = []

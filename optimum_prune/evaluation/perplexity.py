@@ -11,6 +11,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where `model`'s first parameter is (the CPU for a model without parameters): where the GLUE, SQuAD and
+    lm-eval evaluations put their inputs."""
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
 @torch.no_grad()
 def perplexity(
     model: nn.Module,

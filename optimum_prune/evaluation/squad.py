@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .perplexity import model_device
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -426,13 +428,6 @@ _DATASET_NAMES = {"squad": "rajpurkar/squad", "squad_v2": "rajpurkar/squad_v2"}
 _FEATURE_KEYS = ("input_ids", "attention_mask", "token_type_ids", "offset_mapping", "example_id")
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 def _pad_batch(tokenizer: Any, rows: list[dict[str, list[int]]], model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Pad a list of unpadded features to the longest, on the tokenizer's padding side."""
     parameters = inspect.signature(model.forward).parameters
@@ -533,7 +528,7 @@ def evaluate_question_answering(
         keys = [k for k in _FEATURE_KEYS if k in encoded]
         feature_rows.extend({k: encoded[k][i] for k in keys} for i in range(len(encoded["input_ids"])))
 
-    device = _model_device(model)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     all_start: list[np.ndarray] = []

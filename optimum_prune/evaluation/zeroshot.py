@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from .perplexity import model_device
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["LM_EVAL_INSTALL_HINT", "evaluate_zero_shot", "folder_task_names", "load_task_config"]
@@ -168,13 +170,6 @@ def _task_specs(tasks: str | os.PathLike | Mapping[str, Any] | Sequence[Any]) ->
     return specs
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 def _prefix_token_id(tokenizer: Any, prefix_token_id: int | None) -> int | None:
     """The token lm-eval puts before an empty context: BOS, else EOS, else (tokenizers with neither) CLS or PAD.
 
@@ -278,7 +273,7 @@ def evaluate_zero_shot(
         hf_kwargs["prefix_token_id"] = prefix
     if add_bos_token is not None:
         hf_kwargs["add_bos_token"] = add_bos_token
-    device = _model_device(model)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     try:

@@ -67,7 +67,6 @@ __all__ = [
     "check_tokenizer",
     "finish_checkpoint",
     "write_checkpoint",
-    "write_vllm_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -75,9 +74,7 @@ logger = logging.getLogger(__name__)
 SERVING_TARGETS = ("vllm", "llama.cpp")
 #: Families whose blocks are LLaMA attention and MLP (Qwen2 with its q / k / v biases), in both engines' layouts.
 SERVING_FAMILIES = ("llama", "mistral", "qwen2")
-VLLM_FAMILIES = SERVING_FAMILIES
 SERVING_STRUCTURES = ("ffn_channels", "layers")
-VLLM_STRUCTURES = SERVING_STRUCTURES
 #: llama.cpp's DeciModel rounds every FFN width from `ffn_mult` up to a multiple of this.
 LLAMACPP_FFN_MULTIPLE = 256
 #: The vocabulary size for which DeciModel converts the tokenizer as Llama 3's BPE (any other goes to LlamaHfVocab).
@@ -410,11 +407,6 @@ def write_checkpoint(model: nn.Module, folder: str | Path, target: str = "vllm")
     shutil.copyfile(shipped.__file__, folder / "optimum_prune_layers.py")
     (folder / _CONFIG_FILE).write_text(configuration, encoding="utf-8")
     (folder / _MODELING_FILE).write_text(modeling, encoding="utf-8")
-
-
-def write_vllm_checkpoint(model: nn.Module, folder: str | Path) -> None:
-    """`write_checkpoint(model, folder, "vllm")`."""
-    write_checkpoint(model, folder, "vllm")
 
 
 #: tokenizer_config.json class names transformers 5 writes that transformers 4.57 (llama.cpp's converter) cannot
