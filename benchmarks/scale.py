@@ -818,7 +818,12 @@ def main(argv: list[str] | None = None) -> MarkdownReport | dict[str, Any] | Non
                 "placement": f"device_map='auto', max_memory={{'cpu': cap}}, offload_folder, {args.dtype} weights",
                 "torch threads": args.threads,
                 "projection": "optimum_prune.cost with "
-                + (args.coefficients if os.path.exists(args.coefficients or "") else "the shipped coefficients")
+                # The repository-relative path: a results page names no folder of the machine it ran on.
+                + (
+                    os.path.relpath(args.coefficients, os.path.dirname(os.path.dirname(RESULTS_DIR)))
+                    if os.path.exists(args.coefficients or "")
+                    else "the shipped coefficients"
+                )
                 + " (CPU seconds of one core), made before the job prunes",
                 "prompt": PROMPT,
             },
