@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 import string
+import sys
+from types import ModuleType
 
 import pytest
 import torch
@@ -30,6 +34,18 @@ TEXT = (
     "The quick brown fox jumps over the lazy dog. Pruning removes heads and channels from a network, "
     "and least squares puts back what the kept channels can predict of the removed ones. "
 ) * 40
+
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+def benchmark_module(name: str) -> ModuleType:
+    """A script of benchmarks/ imported as a module (they import their siblings, such as `common`, by name)."""
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(BENCHMARKS)
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:

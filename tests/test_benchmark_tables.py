@@ -3,22 +3,11 @@ structured table's shards."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import sys
 
 import pytest
-
-BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
-
-
-def _module(name: str):
-    sys.path.insert(0, BENCHMARKS)
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(BENCHMARKS)
+from conftest import BENCHMARKS, benchmark_module
 
 
 def _record(rows: dict, **protocol) -> dict:
@@ -33,7 +22,7 @@ def _record(rows: dict, **protocol) -> dict:
 
 
 def test_speed_table_gets_the_memory_rows_once(tmp_path) -> None:
-    memory = _module("calibration_memory")
+    memory = benchmark_module("calibration_memory")
     data = tmp_path / "calibration_memory.json"
     data.write_text(json.dumps(_record({"before": {"peak RSS (MiB)": 2611.7}, "after": {"peak RSS (MiB)": 560.8}})))
     speed = tmp_path / "speed.md"
@@ -53,7 +42,7 @@ def _shard_row(ppl: float) -> dict:
 
 
 def test_structured_shards_split_the_plan_and_merge_in_plan_order(tmp_path) -> None:
-    structured = _module("structured")
+    structured = benchmark_module("structured")
     plan = structured.row_plan()
     shards = [structured.shard_of(plan, f"{k}/2") for k in range(2)]
     names = [name for name, _ in plan]
@@ -157,7 +146,7 @@ def test_sparsity_grid_prunes_each_row_on_a_fresh_copy_and_counts_the_budget(tmp
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    common, grid = _module("common"), _module("sparsity_grid")
+    common, grid = benchmark_module("common"), benchmark_module("sparsity_grid")
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=64,

@@ -3,26 +3,13 @@ structured table's split (`structured.timed_prune`) adds up to the wall time of 
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 import types
 from collections.abc import Callable
 from dataclasses import FrozenInstanceError, dataclass
 
 import pytest
 import torch
-from conftest import TEXT, make_tokenizer, tiny_llama
-
-BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
-
-
-def _module(name: str):
-    sys.path.insert(0, BENCHMARKS)
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(BENCHMARKS)
+from conftest import TEXT, benchmark_module, make_tokenizer, tiny_llama
 
 
 class FakeClock:
@@ -45,7 +32,7 @@ class Holder:
 def test_timed_calls_counts_a_nested_call_once() -> None:
     """A patched function calling a patched function, of another bucket or of its own, a patched method, static
     method and frozen-dataclass field: every second lands in exactly one bucket, the innermost call's."""
-    common = _module("common")
+    common = benchmark_module("common")
     clock = FakeClock()
     toy = types.ModuleType("toy")
 
@@ -130,7 +117,7 @@ def test_structured_time_split_adds_up_to_the_run(recipe: str) -> None:
     from optimum_prune.pipeline.statistics import InputStatistics
     from optimum_prune.reconstruction import LIAR
 
-    structured = _module("structured")
+    structured = benchmark_module("structured")
     update, greedy, refit = InputStatistics.__dict__["update"], obs.greedy_obs, LIAR.refit
     pruner = PrunerForCausalLM(tiny_llama(), make_tokenizer())
     before = sum(p.numel() for p in pruner.model.parameters())
@@ -165,7 +152,7 @@ def test_structured_breakdown_counts_obs_inside_the_criterion_once(monkeypatch) 
     import optimum_prune.criteria.obs as obs
     from optimum_prune import PrunerForCausalLM, PruningConfig
 
-    common = _module("common")
+    common = benchmark_module("common")
     clock = FakeClock()
     greedy = obs.greedy_obs
 
