@@ -973,7 +973,7 @@ def run_peers(args: argparse.Namespace, report: QualityReport, key: str = "peers
         "`accumulate_row_scalars`), forward s = the rest: block forward passes over the calibration windows and "
         "bookkeeping, the floor no solver goes under. prune peak MiB = the process's peak resident memory while "
         "pruning, the loaded model included (Linux VmHWM, reset before the prune; rows measured since 2026-12-07 "
-        "10:00 UTC; ours also holds the unpruned model each row is copied from, about 540 MiB). load (start) / load = the machine's 1-minute load average "
+        "10:00 UTC; ours also holds the unpruned model each row is copied from, 513 MiB). load (start) / load = the machine's 1-minute load average "
         "when the row started / finished (2 cores shared with other jobs: times compare rows of similar load "
         "only). ADMM and obs_multi have no llm-compressor counterpart; issue 14 holds them against its SparseGPT.",
         {
