@@ -77,6 +77,7 @@ if BENCHMARKS_DIR not in sys.path:
     sys.path.insert(0, BENCHMARKS_DIR)
 
 import torch  # noqa: E402
+from common import stopwatch  # noqa: E402
 
 SECTIONS = ("classifier", "smollm2", "mamba", "peers", "allocation")
 CRITERIA = ("activation", "fluctuation", "magnitude")
@@ -375,7 +376,7 @@ def run_classifier(args: argparse.Namespace, report: QualityReport) -> None:
             earlier = str(previous.protocol.get(key, "uniform" if key == "allocations" else "")).split(", ")
             now = str(section.protocol[key]).split(", ")
             section.protocol[key] = ", ".join(dict.fromkeys(x for x in earlier + now if x))
-    with _stopwatch() as timer:
+    with stopwatch() as timer:
         dense_accuracy = fixture.accuracy(model, tokenizer, dev_rows)
     dense_encoder = encoder_parameters(model)
     report.add(
@@ -410,9 +411,9 @@ def run_classifier(args: argparse.Namespace, report: QualityReport) -> None:
             seed=0,
         )
         try:
-            with _stopwatch() as prune_timer:
+            with stopwatch() as prune_timer:
                 pruner.prune(config, dataset=calibration, show_progress=False)
-            with _stopwatch() as eval_timer:
+            with stopwatch() as eval_timer:
                 accuracy = fixture.accuracy(pruner.model, tokenizer, dev_rows)
         except Exception as error:  # a failing configuration is a row, not the end of the run
             log(f"{name}: {traceback.format_exc()}")
@@ -525,7 +526,7 @@ _DENSE_SMOLLM2: dict[int | None, tuple[dict[str, float], float]] = {}
 def smollm2_dense(work: Any, windows: int | None) -> tuple[dict[str, float], float]:
     """(perplexity result, seconds) of the unpruned SmolLM2, computed once per run and number of windows."""
     if windows not in _DENSE_SMOLLM2:
-        with _stopwatch() as timer:
+        with stopwatch() as timer:
             result = llm_perplexity(work.model, work.eval_ids, windows, work.eval_prefix)
         _DENSE_SMOLLM2[windows] = (result, timer["seconds"])
     return _DENSE_SMOLLM2[windows]
@@ -582,9 +583,9 @@ def run_smollm2(args: argparse.Namespace, report: QualityReport) -> None:
             seed=0,
         )
         try:
-            with _stopwatch() as prune_timer:
+            with stopwatch() as prune_timer:
                 pruner.prune(config, dataset=work.calibration, show_progress=False)
-            with _stopwatch() as eval_timer:
+            with stopwatch() as eval_timer:
                 result = llm_perplexity(pruner.model, work.eval_ids, windows, work.eval_prefix)
         except Exception as error:
             log(f"{name}: {traceback.format_exc()}")
@@ -650,7 +651,7 @@ def run_mamba(args: argparse.Namespace, report: QualityReport) -> None:
         ".3f",
         keep_rows=args.keep_rows,
     )
-    with _stopwatch() as timer:
+    with stopwatch() as timer:
         dense = llm_perplexity(model, eval_ids, windows, eval_prefix)
     dense_channels = inner_channels(model)
     report.add(
@@ -671,9 +672,9 @@ def run_mamba(args: argparse.Namespace, report: QualityReport) -> None:
         """Prune a fresh copy of the fixture with `config` and add its row; `describe` adds the row's own columns."""
         pruner = PrunerForCausalLM(copy.deepcopy(model), tokenizer)
         try:
-            with _stopwatch() as prune_timer:
+            with stopwatch() as prune_timer:
                 pruner.prune(config, dataset=calibration, show_progress=False)
-            with _stopwatch() as eval_timer:
+            with stopwatch() as eval_timer:
                 result = llm_perplexity(pruner.model, eval_ids, windows, eval_prefix)
         except Exception as error:
             log(f"{name}: {traceback.format_exc()}")
@@ -1097,7 +1098,7 @@ def _run_ours(
     pruner = PrunerForCausalLM(copy.deepcopy(work.model), work.tokenizer)
     load_start = _load_now()
     try:
-        with timed_calls(our_time_breakdown()) as buckets, _stopwatch() as timer, peak_rss() as memory:
+        with timed_calls(our_time_breakdown()) as buckets, stopwatch() as timer, peak_rss() as memory:
             pruner.prune(_our_config(job, args), dataset=work.calibration, show_progress=False)
         load = _load_now()
         result = llm_perplexity(pruner.model, work.eval_ids, windows, work.eval_prefix)
@@ -1506,20 +1507,6 @@ def _torch_pruning_llama(model: torch.nn.Module, ratio: float) -> None:
 # ======================================================================================================================
 # Main
 # ======================================================================================================================
-class _stopwatch:
-    """``with _stopwatch() as t: ...`` then ``t["seconds"]`` (wall) and ``t["cpu seconds"]`` (this process's CPU
-    time, all threads: with one torch thread it is the wall time an idle machine would show, whatever the load)."""
-
-    def __enter__(self) -> dict[str, float]:
-        self.result = {"seconds": float("nan"), "cpu seconds": float("nan")}
-        self.start, self.cpu_start = time.perf_counter(), time.process_time()
-        return self.result
-
-    def __exit__(self, *exc: Any) -> None:
-        self.result["seconds"] = time.perf_counter() - self.start
-        self.result["cpu seconds"] = time.process_time() - self.cpu_start
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
