@@ -23,7 +23,8 @@ The time columns of a row (issue 23), all in seconds of the same `pruner.prune()
   time by what other jobs on the shared cores took.
 
 A time spent inside two timed functions (OBS inside a criterion's selection) is counted once, in the inner one's
-column (`common.timed_calls`; the patches are `common.structured_time_breakdown`).
+column (`common.timed_calls`; the patches are `common.structured_time_breakdown`). `forward (s)` and `decode (s)`
+are the speed measurements, not part of the split.
 
 Rows, in the order they run (the most telling first, so an interrupted run still answers the main question):
 
@@ -266,16 +267,12 @@ INTRO = (
     f"({NEW_TOKENS} new tokens, batch 1). Every row starts from a fresh copy of the dense model; the budget is "
     "the fraction of the blocks' prunable parameters removed. Names say which recipe (`recipe=`) or "
     "fields each row uses and what it reproduces.\n\n"
-    "The pruning time is split in five columns that add up to it (seconds of the same call; a second inside two "
-    "timed functions counts once, in the inner one's column): `forward s`, the rest, the floor every recipe pays "
-    "(the blocks' calibration forward passes, the calibration windows, slicing the weights, checks, bookkeeping); "
-    "`statistics s`, accumulating the consumers' input statistics and Gram matrices (`InputStatistics.update`, "
-    "`update_cross`); `OBS s`, the greedy structured-OBS runs (`greedy_obs`, as ranking and as the obs "
-    "allocation's cost); `refit s`, the reconstruction's solves and weight updates (and the depth rows' linear "
-    "bridge); `scoring s`, the criteria's other work (unit scores, taylor's gradients, selection; ShortGPT's "
-    "block influence). `prune cpu s` is this process's CPU time over the call: below the wall time by what "
-    "other jobs on the shared cores took. (`forward (s)` and `decode (s)` are the speed measurements, not part "
-    "of the split.)"
+    # The time columns are defined once, in the module docstring.
+    + "\n\n".join(
+        paragraph
+        for paragraph in __doc__.split("\n\n")
+        if paragraph.startswith(("The time columns", "- `pruning time", "A time spent"))
+    )
 )
 
 
