@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .commands.prune import add_prune_arguments, run_prune
+from .commands.prune import add_prune_arguments
+from .commands.prune_run import run_prune
 
 __all__ = ["build_parser", "main"]
 

@@ -6,7 +6,7 @@ import json
 import os
 
 from optimum_prune import assets
-from optimum_prune.commands.prune import split_for_evaluation
+from optimum_prune.commands.prune_run import split_for_evaluation
 
 
 def test_smollm2_path_is_the_gguf_file(capsys):

@@ -25,7 +25,8 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from optimum_prune import PrunerForCausalLM, PruningConfig
 from optimum_prune.cli import build_parser, main
-from optimum_prune.commands.prune import CONFIG_OPTIONS, split_for_evaluation
+from optimum_prune.commands.prune import CONFIG_OPTIONS
+from optimum_prune.commands.prune_run import split_for_evaluation
 from optimum_prune.configuration import config_fields
 
 INPUT_IDS = torch.tensor([[2, 20, 11, 8, 4, 60, 30, 21, 22, 5, 9, 70, 40, 3]])

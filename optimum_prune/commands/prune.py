@@ -10,8 +10,7 @@ reads only the two package modules that import nothing else (configuration.py fo
 read. The recipe's options are made from PruningConfig's fields: their names, types, defaults and help.
 
 The command is three modules: this one, its arguments (the parser, and the PruningConfig they give); prune_run.py,
-the run (checks, loading, pruning, saving, the dry run); prune_report.py, what the run prints. The run's public names
-are also importable from here, loaded on first use (importing prune_run imports the package).
+the run (checks, loading, pruning, saving, the dry run); prune_report.py, what the run prints.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 
@@ -38,9 +37,6 @@ __all__ = [
     "PruneCommand",
     "add_prune_arguments",
     "config_options",
-    "prune_from_args",
-    "run_prune",
-    "split_for_evaluation",
 ]
 
 #: --dtype choices; "auto" keeps the dtype the checkpoint was saved in.
@@ -374,19 +370,6 @@ def _version() -> str:
         return version("optimum-prune")
     except PackageNotFoundError:
         return "unknown"
-
-
-#: The names of prune_run.py that this module answers to as well (PEP 562): importing it imports the package, which
-#: optimum-cli's start-up must not.
-_RUN_NAMES = ("prune_from_args", "run_prune", "split_for_evaluation")
-if TYPE_CHECKING:
-    from .prune_run import prune_from_args, run_prune, split_for_evaluation
-
-
-def __getattr__(name: str) -> Any:
-    if name in _RUN_NAMES:
-        return getattr(importlib.import_module("optimum_prune.commands.prune_run"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class PruneCommand(BaseOptimumCLICommand):
