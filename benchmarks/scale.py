@@ -114,6 +114,32 @@ JOBS: dict[str, dict[str, Any]] = {
 }
 
 
+#: One 80 GB H100 (SXM) as a roofline: no GPU has run this project's code yet (issue 28), so a GPU projection is
+#: the plan's FLOPs and bytes at the vendor's published dense peak rates times an assumed efficiency, not a fit.
+#: Rates (NVIDIA H100 datasheet, SXM, dense): bf16 tensor cores 989e12 FLOP/s (the calibration forward of a bf16
+#: model); fp32 67e12 (Gram statistics and SparseGPT run in float32; torch leaves TF32 off for matmuls by default);
+#: fp64 tensor cores 67e12 (LIAR's float64 solves). Efficiency: 0.5 of peak for the forward's large matmuls, 0.3 for
+#: the statistics and the solvers (factorisations and narrow updates reach less). I/O: weights that do not fit in
+#: the GPU's memory are streamed from host RAM each block (read, and written back when pruned) at 25 GB/s (PCIe 5.0
+#: x16 with pageable memory); `block`: 0.05 s of launches and Python per block.
+GPU_PROFILES: dict[str, dict[str, Any]] = {
+    "h100-80gb": {
+        "memory_bytes": 80e9,
+        "seconds": {
+            "block": 0.05,
+            "forward": 1 / (989e12 * 0.5),
+            "statistics": 1 / (67e12 * 0.3),
+            "solve_liar": 1 / (67e12 * 0.3),
+            "solve_sparsegpt": 1 / (67e12 * 0.3),
+            "solve_default": 1 / (67e12 * 0.3),
+            "io": 1 / 25e9,
+        },
+        "machine": "one NVIDIA H100 80 GB (SXM), roofline at assumed efficiencies",
+        "source": "benchmarks/scale.py GPU_PROFILES (datasheet peak rates x assumed efficiency; not a fit)",
+    }
+}
+
+
 # ---- the random checkpoint ------------------------------------------------------------------------------------
 def build_checkpoint(folder: str, shape: dict[str, Any], tokenizer: Any, shard_bytes: int = 2 * 2**30) -> None:
     """Write a random LLaMA of `shape` to `folder` as bf16 safetensors shards, one tensor at a time.
@@ -594,24 +620,43 @@ def project(args: argparse.Namespace) -> dict[str, float]:
     from optimum_prune.cost import DEFAULT_COEFFICIENTS, CostCoefficients, describe_minutes, plan_cost
     from optimum_prune.planning import plan_pruning
 
-    coefficients = (
-        CostCoefficients.load(args.coefficients)
-        if args.coefficients and os.path.exists(args.coefficients)
-        else DEFAULT_COEFFICIENTS
-    )
+    gpu = GPU_PROFILES.get(args.device_profile) if args.device_profile else None
+    if gpu is not None:
+        coefficients = CostCoefficients.from_dict(gpu)
+    else:
+        coefficients = (
+            CostCoefficients.load(args.coefficients)
+            if args.coefficients and os.path.exists(args.coefficients)
+            else DEFAULT_COEFFICIENTS
+        )
     with torch.device("meta"):
         model = LlamaForCausalLM(LlamaConfig(**SHAPES[args.shape]))
+    weight_bytes = DTYPE_BYTES[args.dtype] * sum(p.numel() for p in model.parameters())
+    # On the GPU: the whole model stays resident when it fits with a fifth to spare (statistics, activations);
+    # otherwise every block is streamed from host RAM (`execution_device="cuda"`), read and written back.
+    streamed = gpu is not None and weight_bytes > 0.8 * gpu["memory_bytes"]
+    where = "of one CPU core" if gpu is None else f"on {gpu['machine']}"
     projections, lines = {}, []
     for job in args.jobs:
         config = PruningConfig(num_samples=args.samples, seqlen=args.seqlen, **JOBS[job])
         cost = plan_cost(model, plan_pruning(model, config), config)
+        if streamed:
+            for block, layer in zip(cost.blocks, model.model.layers):
+                block.io_bytes = 2 * DTYPE_BYTES[args.dtype] * sum(p.numel() for p in layer.parameters())
         seconds = sum(cost.seconds(coefficients))
         totals = cost.totals()
         projections[job] = seconds
+        placement = ""
+        if gpu is not None:
+            placement = f"; {weight_bytes / 1e9:.0f} GB of {args.dtype} weights, " + (
+                f"streamed block by block from host RAM ({totals['io_bytes'] / 1e9:.0f} GB moved)"
+                if streamed
+                else "resident on the GPU"
+            )
         lines.append(
             f"{args.shape}, {job}: {cost.flops:.3g} FLOPs (forward {totals['forward']:.3g}, statistics "
             f"{totals['statistics']:.3g}, solver {totals['solver']:.3g}) on {cost.tokens} tokens; projection: about "
-            f"{describe_minutes(seconds)} ({seconds:.0f} s) of one CPU core"
+            f"{describe_minutes(seconds)} ({seconds:.0f} s) {where}{placement}"
         )
         print(lines[-1], flush=True)
     if args.output:
@@ -622,7 +667,12 @@ def project(args: argparse.Namespace) -> dict[str, float]:
             "",
             f"Made {today()} from the coefficients of {coefficients.source or coefficients.machine} "
             f"({coefficients.machine}), before any run of this shape; `optimum_prune.cost` on a meta-device model, "
-            "no I/O term. A projection, not a measurement.",
+            + (
+                "no I/O term. A projection, not a measurement."
+                if gpu is None
+                else "with the I/O of streamed weights. A roofline projection (see GPU_PROFILES in "
+                "benchmarks/scale.py for the rates and efficiencies assumed), not a measurement: no GPU has run it."
+            ),
             "",
             *[f"- {line}" for line in lines],
             "",
@@ -757,6 +807,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--project", action="store_true", help="print the cost model's projection for --shape, and run nothing"
+    )
+    parser.add_argument(
+        "--device-profile",
+        choices=sorted(GPU_PROFILES),
+        default=None,
+        help="with --project: project onto this GPU (a roofline from its datasheet rates) instead of the CPU fit",
     )
     parser.add_argument("--skip-disk-check", action="store_true", help="run even if the disk looks too small")
     parser.add_argument("--jobs", nargs="+", default=list(JOBS), choices=list(JOBS))

@@ -245,3 +245,22 @@ def test_scale_quick_writes_the_table(tmp_path):
     assert "## Per block" in page
     record = json.loads(output.with_suffix(".json").read_text(encoding="utf-8"))
     assert all(row["projected (CPU s)"] > 0 and row["prune wall (s)"] > 0 for row in record["rows"].values())
+
+
+def test_gpu_projection_streams_only_what_does_not_fit(tmp_path):
+    """`scale.py --project --device-profile`: 8B in bf16 stays resident on an 80 GB GPU, 70B (141 GB) is streamed
+    from host RAM, which adds the bytes moved to its time; the roofline's seconds follow the plan's FLOPs."""
+    from conftest import benchmark_module
+
+    scale = benchmark_module("scale")
+    arguments = ["--project", "--dtype", "bfloat16", "--device-profile", "h100-80gb"]
+    small = scale.main([*arguments, "--shape", "8b", "--output", str(tmp_path / "8b.md")])
+    large = scale.main([*arguments, "--shape", "70b", "--output", str(tmp_path / "70b.md")])
+    assert "resident on the GPU" in (tmp_path / "8b.md").read_text(encoding="utf-8")
+    page = (tmp_path / "70b.md").read_text(encoding="utf-8")
+    assert "streamed block by block from host RAM" in page and "not a measurement" in page
+    for job, seconds in small.items():
+        # 70B has 80 blocks of about 8.5x the FLOPs of 8B's 32, plus the streaming: far more than 8B's time.
+        assert large[job] > 10 * seconds > 0
+    cpu = scale.main(["--project", "--dtype", "bfloat16", "--shape", "8b", "--output", str(tmp_path / "cpu.md")])
+    assert all(cpu[job] > 100 * small[job] for job in small)
