@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .allocation import LayerPlan, global_plan, uniform_plan
+from .allocation import Budget, LayerPlan, global_plan, uniform_plan
 from .architectures import ArchitectureAdapter
 from .architectures.decoder import ATTENTION_HEADS, QUERY_HEADS
 from .architectures.experts import ExpertDownProjection
@@ -83,6 +83,19 @@ def _is_depth(config: PruningConfig) -> bool:
     return config.structures is not None and "layers" in config.structures
 
 
+def _budget(config: PruningConfig) -> Budget:
+    """The config's fields that the allocation and `check_budget` read."""
+    return Budget(
+        config.sparsity,
+        config.layer_overrides,
+        tuple(config.protect_layers),
+        config.round_to,
+        config.min_keep_fraction,
+        config.allocation,
+        config.allow_sparsity_shortfall,
+    )
+
+
 @dataclass
 class StructuredPlan:
     """How many units of each pruned kind every layer keeps, decided before any weight changes."""
@@ -92,9 +105,9 @@ class StructuredPlan:
     plans: list[LayerPlan]
 
 
-@dataclass
+@dataclass(frozen=True)
 class _PlannedRun:
-    """A structured run up to its plan: what `prune_structured` goes on with."""
+    """A structured run up to its plan, its config resolved: what `prune_structured` and every block go on with."""
 
     plan: StructuredPlan
     streamer: BlockStreamer | None
@@ -103,6 +116,7 @@ class _PlannedRun:
     with_gram: bool
     generator: torch.Generator
     calibration: Calibration | None
+    damp: float
 
 
 @torch.no_grad()
@@ -185,6 +199,7 @@ def _plan(
         raise ValueError(f"allocation={config.allocation!r} reads calibration data; give a dataset.")
     if config.allocation == "flap" and "flap" not in criterion.allocation_modes:
         raise ValueError(f"allocation='flap' standardises channel scores; criterion {config.criterion!r} has none.")
+    budget = _budget(config)
     with_gram = reconstruction.needs_gram or (criterion is not None and criterion.needs_gram)
     generator = torch.Generator().manual_seed(config.seed)
     # Blocks of different kinds (sliding-window / global attention) get their own masks and position embeddings.
@@ -193,12 +208,12 @@ def _plan(
         scoring = _AllocationScores(adapter, kinds, criterion_for_allocation, generator, config.allocation)
         run_blocks(scoring, streamer, layers, calibration, show_progress)
         plans = global_plan(
-            adapter, kinds, config, scoring.scores, mode=config.allocation, layer_scale=scoring.energies
+            adapter, kinds, budget, scoring.scores, mode=config.allocation, layer_scale=scoring.energies
         )
         generator.manual_seed(config.seed)
     else:
-        plans = uniform_plan(adapter, kinds, config)
-    check_budget([[g for g in adapter.groups(layer) if g.kind in kinds] for layer in layers], plans, config)
+        plans = uniform_plan(adapter, kinds, budget)
+    check_budget([[g for g in adapter.groups(layer) if g.kind in kinds] for layer in layers], plans, budget)
     return _PlannedRun(
         StructuredPlan(kinds, plans),
         streamer,
@@ -207,6 +222,7 @@ def _plan(
         with_gram,
         generator,
         calibration,
+        config.damp,
     )
 
 
@@ -249,7 +265,7 @@ def prune_structured(
         logger.warning("%s.", QUERY_HEADS_FALLBACK[0].upper() + QUERY_HEADS_FALLBACK[1:])
         notes.append(QUERY_HEADS_FALLBACK)
     result = PruningResult(plans=run.plan.plans, kinds=run.plan.kinds, notes=notes)
-    pruning = _PruneUnits(adapter, config, run, result)
+    pruning = _PruneUnits(adapter, run, result)
     run_blocks(pruning, run.streamer, adapter.layers(), run.calibration, show_progress)
     return result
 
@@ -264,15 +280,15 @@ class _PruneUnits(BlockMethod):
 
     description = "Pruning layers"
 
-    def __init__(self, adapter: ArchitectureAdapter, config: PruningConfig, run: _PlannedRun, result: PruningResult):
-        self.adapter, self.config, self.run, self.result = adapter, config, run, result
+    def __init__(self, adapter: ArchitectureAdapter, run: _PlannedRun, result: PruningResult):
+        self.adapter, self.run, self.result = adapter, run, result
         calibration = run.calibration
         self.dense_inputs = (
             calibration.first_inputs if calibration is not None and run.reconstruction.targets_dense else None
         )
 
     def step(self, block: Block, observed: None) -> None:
-        adapter, config, index, layer = self.adapter, self.config, block.index, block.module
+        adapter, damp, index, layer = self.adapter, self.run.damp, block.index, block.module
         kinds, plans, reconstruction = self.run.plan.kinds, self.run.plan.plans, self.run.reconstruction
         dense_inputs = self.dense_inputs = block.bind(self.dense_inputs)
         dense_layer = copy.deepcopy(layer) if dense_inputs is not None else None
@@ -301,8 +317,8 @@ class _PruneUnits(BlockMethod):
             for consumer in group.consumers:
                 linear = layer.get_submodule(consumer)
                 consumer_stats = stats[consumer] if stats is not None else None
-                with checked_refit(f"layers.{index}.{consumer}", linear, config.damp, consumer_stats):
-                    reconstruction.refit(linear, consumer_stats, kept_channels, pruned_channels, config.damp)
+                with checked_refit(f"layers.{index}.{consumer}", linear, damp, consumer_stats):
+                    reconstruction.refit(linear, consumer_stats, kept_channels, pruned_channels, damp)
             if pruned.numel():
                 adapter.prune_units_calibrated(layer, group, keep, stats)
             kept_units[group.kind] = kept_list
