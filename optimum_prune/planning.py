@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CalibrationNeed",
     "PlanInputs",
+    "PlanWork",
     "PruningPlan",
     "PruningResult",
     "calibration_need",
@@ -168,6 +169,41 @@ class PruningResult:
     prunable_parameters: int = 0
 
 
+@dataclass(frozen=True)
+class PlanWork:
+    """What a run computes per block besides its shapes, read from the config by `plan_pruning`: what
+    `cost.plan_cost` counts."""
+
+    #: The structured reconstruction or the sparsity method (the cost term ``solve_<solver>``).
+    solver: str
+    #: Whether calibration data streams through the blocks.
+    reads_data: bool
+    #: Whether the observed inputs' Gram matrices are kept.
+    gram: bool
+    #: Structured: an error-correcting refit (`targets_dense`) runs a dense copy of every block beside it.
+    dense_copy: bool
+    #: The calibration the config asks for: `num_samples` sequences of `seqlen` tokens.
+    num_samples: int
+    seqlen: int
+
+
+def _work(config: PruningConfig) -> PlanWork:
+    from .criteria import CRITERIA
+    from .reconstruction import RECONSTRUCTIONS
+    from .sparsity import get_sparsity_method, required_statistics
+    from .unstructured import DATA_FREE_METHODS
+
+    calibration = (config.num_samples, config.seqlen)
+    if not config.is_structured:
+        data = config.method not in DATA_FREE_METHODS
+        gram = data and required_statistics(get_sparsity_method(config.method)) == "gram"
+        return PlanWork(config.method, data, gram, False, *calibration)
+    criterion, reconstruction = CRITERIA[config.criterion], RECONSTRUCTIONS[config.reconstruction]
+    data = criterion.needs_calibration or reconstruction.needs_calibration
+    gram = reconstruction.needs_gram or bool(getattr(criterion, "needs_gram", False))
+    return PlanWork(config.reconstruction, data, gram, reconstruction.targets_dense, *calibration)
+
+
 @dataclass
 class PruningPlan:
     """The per-layer plan of one run, and its totals.
@@ -184,7 +220,7 @@ class PruningPlan:
     `parameters_removed` counts what the run removes (structured: whole units, or whole blocks less the bridges) or
     zeroes (sparsity, whose checkpoints keep every shape); `sparsity` is that over `prunable_parameters`, what the
     run reports as the sparsity achieved. A structured refit (any reconstruction but "none") may add a bias to a
-    refit layer, which the run counts and this plan does not.
+    refit layer, which the run counts and this plan does not. `work` is what each block computes (`PlanWork`).
     """
 
     target: str
@@ -194,6 +230,7 @@ class PruningPlan:
     prunable_parameters: int
     parameters_removed: int
     reads: list[str] = field(default_factory=lambda: ["config"])
+    work: PlanWork | None = None
 
     @property
     def structured(self) -> bool:
@@ -334,7 +371,9 @@ def plan_pruning(
                 if name.startswith(prefix):
                     entry["dense"][name[len(prefix) :]] = why
             layers.append(entry)
-        return PruningPlan(config.target, config.allocation, layers, before, prunable, zeroed, inputs.reads)
+        return PruningPlan(
+            config.target, config.allocation, layers, before, prunable, zeroed, inputs.reads, _work(config)
+        )
 
     if adapter is None:
         from .architectures import get_adapter
@@ -357,7 +396,7 @@ def plan_pruning(
             layers.append(entry)
         gone = sum(_count(adapter.layers()[index]) for index in removed)
         gone -= (hidden * hidden + hidden) * len(runs) if bridged else 0
-        return PruningPlan(config.target, None, layers, before, prunable, gone, inputs.reads)
+        return PruningPlan(config.target, None, layers, before, prunable, gone, inputs.reads, _work(config))
 
     from .structured import plan_structured
 
@@ -374,4 +413,6 @@ def plan_pruning(
             per_unit = adapter.heads_per_unit(layer) if group.kind == "attention_heads" else 1
             entry[group.kind] = {"before": group.num_units * per_unit, "after": kept[group.kind] * per_unit}
         layers.append(entry)
-    return PruningPlan(config.target, config.allocation, layers, before, prunable, removed_parameters, inputs.reads)
+    return PruningPlan(
+        config.target, config.allocation, layers, before, prunable, removed_parameters, inputs.reads, _work(config)
+    )

@@ -69,7 +69,7 @@ def _time_left_message(
             plan = plan_pruning(model, uniform, adapter=get_adapter(model) if config.is_structured else None)
             tokens = sum(int(sample["input_ids"].numel()) for sample in samples)
             seqlen = max(int(sample["input_ids"].shape[-1]) for sample in samples)
-            cost = plan_cost(model, plan, uniform, tokens=tokens, seqlen=seqlen)
+            cost = plan_cost(model, plan, tokens=tokens, seqlen=seqlen)
         except Exception as err:  # a projection must not stop a run
             logger.debug("No time-left projection: %s", err)
     if cost is None:
