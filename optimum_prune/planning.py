@@ -171,18 +171,14 @@ class PruningResult:
 
 @dataclass(frozen=True)
 class PlanWork:
-    """What a run computes per block besides its shapes, read from the config by `plan_pruning`: what
-    `cost.plan_cost` counts."""
+    """What a run computes per block besides its shapes, read from the config by `plan_pruning`, for `cost.plan_cost`:
+    the solver (structured reconstruction or sparsity method), whether data streams through the blocks, whether Gram
+    matrices are kept, whether a dense copy runs beside each block (`targets_dense`), the calibration asked for."""
 
-    #: The structured reconstruction or the sparsity method (the cost term ``solve_<solver>``).
     solver: str
-    #: Whether calibration data streams through the blocks.
     reads_data: bool
-    #: Whether the observed inputs' Gram matrices are kept.
     gram: bool
-    #: Structured: an error-correcting refit (`targets_dense`) runs a dense copy of every block beside it.
     dense_copy: bool
-    #: The calibration the config asks for: `num_samples` sequences of `seqlen` tokens.
     num_samples: int
     seqlen: int
 
@@ -323,7 +319,7 @@ def plan_pruning(
     """
     from .serialization.layout import count_parameters
 
-    inputs = plan_inputs(config)
+    inputs, work = plan_inputs(config), _work(config)
     placement = {
         "execution_device": execution_device,
         "activations_device": activations_device,
@@ -371,9 +367,7 @@ def plan_pruning(
                 if name.startswith(prefix):
                     entry["dense"][name[len(prefix) :]] = why
             layers.append(entry)
-        return PruningPlan(
-            config.target, config.allocation, layers, before, prunable, zeroed, inputs.reads, _work(config)
-        )
+        return PruningPlan(config.target, config.allocation, layers, before, prunable, zeroed, inputs.reads, work)
 
     if adapter is None:
         from .architectures import get_adapter
@@ -396,7 +390,7 @@ def plan_pruning(
             layers.append(entry)
         gone = sum(_count(adapter.layers()[index]) for index in removed)
         gone -= (hidden * hidden + hidden) * len(runs) if bridged else 0
-        return PruningPlan(config.target, None, layers, before, prunable, gone, inputs.reads, _work(config))
+        return PruningPlan(config.target, None, layers, before, prunable, gone, inputs.reads, work)
 
     from .structured import plan_structured
 
@@ -414,5 +408,5 @@ def plan_pruning(
             entry[group.kind] = {"before": group.num_units * per_unit, "after": kept[group.kind] * per_unit}
         layers.append(entry)
     return PruningPlan(
-        config.target, config.allocation, layers, before, prunable, removed_parameters, inputs.reads, _work(config)
+        config.target, config.allocation, layers, before, prunable, removed_parameters, inputs.reads, work
     )

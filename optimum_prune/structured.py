@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -81,19 +82,6 @@ def needs_calibration(config: PruningConfig) -> bool:
 
 def _is_depth(config: PruningConfig) -> bool:
     return config.structures is not None and "layers" in config.structures
-
-
-def _budget(config: PruningConfig) -> Budget:
-    """The config's fields that the allocation and `check_budget` read."""
-    return Budget(
-        config.sparsity,
-        config.layer_overrides,
-        tuple(config.protect_layers),
-        config.round_to,
-        config.min_keep_fraction,
-        config.allocation,
-        config.allow_sparsity_shortfall,
-    )
 
 
 @dataclass
@@ -199,7 +187,7 @@ def _plan(
         raise ValueError(f"allocation={config.allocation!r} reads calibration data; give a dataset.")
     if config.allocation == "flap" and "flap" not in criterion.allocation_modes:
         raise ValueError(f"allocation='flap' standardises channel scores; criterion {config.criterion!r} has none.")
-    budget = _budget(config)
+    budget = Budget(*(getattr(config, f.name) for f in dataclasses.fields(Budget)))
     with_gram = reconstruction.needs_gram or (criterion is not None and criterion.needs_gram)
     generator = torch.Generator().manual_seed(config.seed)
     # Blocks of different kinds (sliding-window / global attention) get their own masks and position embeddings.

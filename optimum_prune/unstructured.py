@@ -230,15 +230,14 @@ def prune_unstructured(
 
 @dataclass(frozen=True)
 class SolveSettings:
-    """What every block of a sparsity run reads of its config, resolved once by `prune_unstructured`."""
+    """What every block of a sparsity run reads of its config, resolved once by `prune_unstructured`: the method's
+    solve function, the input statistics it reads (`required_statistics`), its options, whether it takes a
+    factorisation ``cache``."""
 
-    #: The method's solve function, and the input statistics it reads ("gram" or "sum_sq", `required_statistics`).
     solver: Any
     statistics: str
     mask_scope: str | None
-    #: The method's typed options (`PruningConfig.solver_options`).
     options: SolverOptions
-    #: Whether the solver takes a factorisation ``cache``.
     takes_cache: bool
     damp: float
 
@@ -265,7 +264,7 @@ class _Sparsify(BlockMethod):
 
     def step(self, block: Block, observed: Any) -> None:
         settings = self.settings
-        solver, statistics = settings.solver, settings.statistics
+        solver, statistics, damp = settings.solver, settings.statistics, settings.damp
         plan = self.plans[block.index]
         caches: dict[int, dict] = {}  # one per shared input: its factorisations are computed once
         for matrix, pattern in plan:
@@ -292,9 +291,7 @@ class _Sparsify(BlockMethod):
                 if settings.takes_cache and stats is not None:
                     options["cache"] = caches.setdefault(id(stats), {})
                 options.update(settings.options)
-            new_weight, _keep = solve_checked(
-                full_name, method, weight, gram, pattern, settings.damp, stats, **options
-            )
+            new_weight, _keep = solve_checked(full_name, method, weight, gram, pattern, damp, stats, **options)
             matrix.set(new_weight)
         # Counted from the weights as they now are (in the block's execution place, before any write-back).
         for matrix, _ in plan:

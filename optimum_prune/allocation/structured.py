@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,13 +18,12 @@ LayerPlan = dict[str, int]
 
 @dataclass(frozen=True)
 class Budget:
-    """What a structured allocation and its budget check (`checks.check_budget`) read: the `PruningConfig` fields
-    of that name, resolved by the run's planner (`structured.budget`). A `PruningConfig` has the same fields, so the
-    functions here take either."""
+    """The `PruningConfig` fields a structured allocation and `checks.check_budget` read, resolved once by the run's
+    planner (`structured._plan`); a `PruningConfig` has them too, so the functions here take either."""
 
     sparsity: float
     layer_overrides: Mapping[str, dict[str, Any]]
-    protect_layers: tuple[int, ...]
+    protect_layers: Sequence[int]
     round_to: int
     min_keep_fraction: float
     allocation: str
