@@ -124,13 +124,9 @@ def calibration_need(config: PruningConfig) -> CalibrationNeed | None:
     from .reconstruction import RECONSTRUCTIONS
 
     if not config.is_structured:
-        from .unstructured import DATA_FREE_METHODS
+        from .unstructured import sparsity_calibration_need
 
-        if config.method not in DATA_FREE_METHODS:
-            return CalibrationNeed("method", config.method, "solves each layer on calibration data", DATA_FREE_METHODS)
-        if config.allocation != "uniform":
-            return CalibrationNeed("allocation", config.allocation, "measures calibration activations", ("uniform",))
-        return None
+        return sparsity_calibration_need(config)
     if CRITERIA[config.criterion].needs_calibration:
         free = tuple(sorted(name for name, criterion in CRITERIA.items() if not criterion.needs_calibration))
         return CalibrationNeed("criterion", config.criterion, "ranks channels on calibration data", free)
@@ -287,12 +283,10 @@ class PruningPlan:
 
 
 def pruned_kinds(adapter: Any, config: PruningConfig) -> tuple[str, ...]:
-    """The unit kinds a structured run prunes; depth pruning counts the FFN and attention units it removes."""
-    from .structured import resolve_kinds
+    """The unit kinds a structured run prunes (`structured.pruned_kinds`)."""
+    from . import structured
 
-    if config.structures and "layers" in config.structures:
-        return tuple(adapter.default_structure_kinds or adapter.structure_kinds)
-    return resolve_kinds(adapter, config)
+    return structured.pruned_kinds(adapter, config)
 
 
 def _count(module: nn.Module) -> int:
@@ -373,7 +367,9 @@ def plan_pruning(
         from .architectures import get_adapter
 
         adapter = get_adapter(model)
-    prunable = adapter.count_prunable_parameters(pruned_kinds(adapter, config))
+    from . import structured
+
+    prunable = adapter.count_prunable_parameters(structured.pruned_kinds(adapter, config))
     if config.structures is not None and "layers" in config.structures:
         from .depth import consecutive_runs, plan_depth
 
@@ -392,9 +388,9 @@ def plan_pruning(
         gone -= (hidden * hidden + hidden) * len(runs) if bridged else 0
         return PruningPlan(config.target, None, layers, before, prunable, gone, inputs.reads, work)
 
-    from .structured import plan_structured
-
-    structured_plan = plan_structured(model, adapter, config, samples, show_progress=show_progress, **placement)
+    structured_plan = structured.plan_structured(
+        model, adapter, config, samples, show_progress=show_progress, **placement
+    )
     layers, removed_parameters = [], 0
     for index, (layer, kept) in enumerate(zip(adapter.layers(), structured_plan.plans)):
         entry = {"layer": index}

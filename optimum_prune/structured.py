@@ -76,6 +76,13 @@ def resolve_kinds(adapter: ArchitectureAdapter, config: PruningConfig) -> tuple[
     return tuple(k for k in adapter.structure_kinds if k in config.structures)
 
 
+def pruned_kinds(adapter: ArchitectureAdapter, config: PruningConfig) -> tuple[str, ...]:
+    """The unit kinds a structured run prunes; depth pruning counts the FFN and attention units it removes."""
+    if config.structures and "layers" in config.structures:
+        return tuple(adapter.default_structure_kinds or adapter.structure_kinds)
+    return resolve_kinds(adapter, config)
+
+
 def needs_calibration(config: PruningConfig) -> bool:
     return CRITERIA[config.criterion].needs_calibration or RECONSTRUCTIONS[config.reconstruction].needs_calibration
 

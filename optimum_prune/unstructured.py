@@ -27,7 +27,7 @@ from .pipeline import Block, BlockMethod, Calibration, Observer, block_arguments
 from .pipeline.blocks import find_blocks
 from .pipeline.layerwise import BlockStreamer
 from .pipeline.weight_inputs import WeightInputs, observe_inputs
-from .planning import PruningResult
+from .planning import CalibrationNeed, PruningResult
 from .serialization.layout import record_sparsity
 from .sparsity import SparsityPattern, get_sparsity_method, required_statistics
 
@@ -37,13 +37,19 @@ logger = logging.getLogger(__name__)
 DATA_FREE_METHODS = ("magnitude",)
 
 
-def uses_calibration(config: PruningConfig) -> bool:
-    """Whether an unstructured / N:M run of `config` reads calibration data: its solver does, or its allocation
-    measures activations (OWL and OBS allocations do, whatever the solver). The rule is `planning.calibration_need`,
-    which the CLI and the dry run use too."""
-    from .planning import calibration_need
+def sparsity_calibration_need(config: PruningConfig) -> CalibrationNeed | None:
+    """`planning.calibration_need` (the rule the CLI and the dry run use too) of an unstructured / N:M recipe: its
+    solver reads calibration data, or its allocation measures activations (OWL and OBS do, whatever the solver)."""
+    if config.method not in DATA_FREE_METHODS:
+        return CalibrationNeed("method", config.method, "solves each layer on calibration data", DATA_FREE_METHODS)
+    if config.allocation != "uniform":
+        return CalibrationNeed("allocation", config.allocation, "measures calibration activations", ("uniform",))
+    return None
 
-    return calibration_need(config) is not None
+
+def uses_calibration(config: PruningConfig) -> bool:
+    """Whether an unstructured / N:M run of `config` reads calibration data (`sparsity_calibration_need`)."""
+    return sparsity_calibration_need(config) is not None
 
 
 def prunable_linears(block: nn.Module, modules_to_not_prune: list[str]) -> dict[str, nn.Linear]:
