@@ -148,25 +148,26 @@ def _statistics_finite(statistics: Any) -> bool:
 def check_budget(
     groups_per_layer: Sequence[Sequence[Any]],
     plans: Sequence[dict[str, int]],
-    config: Any,
+    budget: Any,
 ) -> None:
-    """Raise `SparsityShortfallError` when `plans` remove clearly less than `config` asks for.
+    """Raise `SparsityShortfallError` when `plans` remove clearly less than `budget` asks for.
 
     Args:
         groups_per_layer: For each layer, its `UnitGroup`s of the kinds being pruned (num_units, params_per_unit).
         plans: For each layer, kind -> units kept (allocation's `LayerPlan`s).
-        config: The `PruningConfig`; its sparsity, layer_overrides, round_to and allow_sparsity_shortfall are read.
+        budget: The run's `allocation.Budget` (or a `PruningConfig`): its sparsity, layer_overrides, round_to,
+            allocation and allow_sparsity_shortfall are read.
 
     The requested parameter count is the sparsity (per layer, with overrides) of the prunable parameters; layers
     whose sizes are fixed by an override count as requested. Rounding to whole units is accepted: per layer and kind,
     half a unit (or half of `round_to` channels), plus one of the largest units for the greedy global ranking. What
     is refused is mostly the floor of one kept unit per kind and layer (e.g. sparsity=0.999 with 3 KV groups).
     """
-    if getattr(config, "allow_sparsity_shortfall", False):
+    if budget.allow_sparsity_shortfall:
         return
     total = requested = removed = slack = 0.0
     for index, (groups, plan) in enumerate(zip(groups_per_layer, plans)):
-        override = config.layer_overrides.get(str(index), {})
+        override = budget.layer_overrides.get(str(index), {})
         layer_total = sum(g.num_units * g.params_per_unit for g in groups)
         layer_removed = sum((g.num_units - plan.get(g.kind, g.num_units)) * g.params_per_unit for g in groups)
         total += layer_total
@@ -174,31 +175,31 @@ def check_budget(
         if "num_heads" in override or "ffn_channels" in override:
             requested += layer_removed
         else:
-            requested += override.get("sparsity", config.sparsity) * layer_total
+            requested += override.get("sparsity", budget.sparsity) * layer_total
         for group in groups:
-            step = config.round_to if group.kind in ("ffn_channels", "mamba_inner") else 1
+            step = budget.round_to if group.kind in ("ffn_channels", "mamba_inner") else 1
             # Some units only go in steps (Mamba2 heads, the same count in every group; MoE channels by 8).
             step = max(step, getattr(group, "keep_multiple", 1))
             slack += 0.5 * min(step, group.num_units) * group.params_per_unit
-    if config.allocation == "global" and groups_per_layer:
+    if budget.allocation == "global" and groups_per_layer:
         slack += max(g.params_per_unit for groups in groups_per_layer for g in groups)
     if total == 0 or requested - removed <= slack:
         return
     raise SparsityShortfallError(
-        f"sparsity={config.sparsity:g} cannot be met: whole units leave at most {removed / total:.1%} of the prunable "
+        f"sparsity={budget.sparsity:g} cannot be met: whole units leave at most {removed / total:.1%} of the prunable "
         f"parameters removable ({int(removed):,} of {int(requested):,} requested; every layer keeps at least one unit "
         "of each kind, and round_to / min_keep_fraction set the steps). Lower sparsity, or set "
         "allow_sparsity_shortfall=True (--allow-sparsity-shortfall) to accept the smaller model."
     )
 
 
-def check_row_counts(matrices: Sequence[tuple[str, int, int, Any]], config: Any) -> None:
+def check_row_counts(matrices: Sequence[tuple[str, int, int, Any]], allow_shortfall: Any) -> None:
     """Raise `SparsityShortfallError` when unstructured per-row counts cannot come near the requested sparsity.
 
     Args:
         matrices: `(name, rows, row_length, pattern)` for every matrix to sparsify; `pattern` is its
             `SparsityPattern` (N:M patterns are exact and not checked).
-        config: The `PruningConfig`; its allow_sparsity_shortfall is read.
+        allow_shortfall: `allow_sparsity_shortfall` (a bool, or a `PruningConfig` to read it from): no check.
 
     Every row loses `floor(sparsity x row_length)` weights (`mask_scope="layer"` keeps that total), so a row always
     keeps one weight, and loses none while `sparsity x row_length < 1`. Rounding down is accepted, except:
@@ -208,7 +209,7 @@ def check_row_counts(matrices: Sequence[tuple[str, int, int, Any]], config: Any)
     - where less than half the requested weights would go in all, because short rows lose none (sparsity=0.02 on
       rows of 48). A few short matrices left dense among longer ones (a Mamba dt_proj of 2 inputs) pass.
     """
-    if getattr(config, "allow_sparsity_shortfall", False):
+    if allow_shortfall if isinstance(allow_shortfall, bool) else allow_shortfall.allow_sparsity_shortfall:
         return
     counted = [entry for entry in matrices if not entry[3].is_nm and not entry[3].is_dense]
     total = sum(rows * length for _, rows, length, _ in counted)

@@ -1,7 +1,8 @@
 """What a pruning run costs, per block, from its plan: FLOPs and bytes, and a projection in seconds.
 
 `plan_cost(model, plan, config, tokens, seqlen)` reads a `PruningPlan` (the object `plan_pruning` returns, which the
-run and the dry run share) with the layer shapes of `model` (a meta-device model will do) and counts, per block:
+run and the dry run share; its `work` says what each block computes) with the layer shapes of `model` (a meta-device
+model will do) and counts, per block:
 
 - ``forward``: the calibration passes through the block, ``passes x 2 x tokens x (weights of the block's matrices)``
   plus causal attention, ``2 x tokens x seqlen x query heads x head_dim`` per pass. Passes: structured pruning runs
@@ -46,7 +47,7 @@ from typing import Any
 from torch import nn
 
 from .configuration import PruningConfig
-from .planning import PruningPlan
+from .planning import PlanWork, PruningPlan
 
 __all__ = [
     "DEFAULT_COEFFICIENTS",
@@ -227,48 +228,44 @@ def _is_attention(name: str) -> bool:
 def plan_cost(
     model: nn.Module,
     plan: PruningPlan,
-    config: PruningConfig,
+    config: PruningConfig | None = None,
     tokens: int | None = None,
     seqlen: int | None = None,
 ) -> PlanCost | None:
     """The per-block counts of `plan` (see the module docstring) for `tokens` calibration tokens in sequences of
-    `seqlen` (default: `config.num_samples x config.seqlen`, `config.seqlen`). `model` is the model the plan was
-    made for, before pruning (its shapes; weights may be on the meta device). None for depth pruning, which has no
-    per-block solver."""
-    seqlen = int(seqlen or config.seqlen)
-    tokens = int(tokens if tokens is not None else config.num_samples * seqlen)
+    `seqlen` (default: `num_samples x seqlen`, `seqlen` of `config`, else of the config the plan was made from).
+    `model` is the model the plan was made for, before pruning (its shapes; weights may be on the meta device).
+    None for depth pruning, which has no per-block solver."""
+    calibration = config if config is not None else plan.work
+    seqlen = int(seqlen or calibration.seqlen)
+    tokens = int(tokens if tokens is not None else calibration.num_samples * seqlen)
     heads, head_dim = _attention_shape(model)
     if plan.structured:
         if any("kept" in entry for entry in plan.layers):
             return None
-        blocks = _structured_costs(model, plan, config, tokens, seqlen, heads, head_dim)
+        blocks = _structured_costs(model, plan, plan.work, tokens, seqlen, heads, head_dim)
     else:
-        blocks = _sparsity_costs(model, plan, config, tokens, seqlen, heads, head_dim)
+        blocks = _sparsity_costs(model, plan, plan.work, tokens, seqlen, heads, head_dim)
     return PlanCost(blocks, tokens, seqlen)
 
 
 def _structured_costs(
     model: nn.Module,
     plan: PruningPlan,
-    config: PruningConfig,
+    work: PlanWork,
     tokens: int,
     seqlen: int,
     heads: int,
     head_dim: int,
 ) -> list[BlockCost]:
     from .architectures import get_adapter
-    from .criteria import CRITERIA
-    from .reconstruction import RECONSTRUCTIONS
 
     adapter = get_adapter(model)
-    reconstruction = RECONSTRUCTIONS[config.reconstruction]
-    uses_data = CRITERIA[config.criterion].needs_calibration or reconstruction.needs_calibration
-    with_gram = reconstruction.needs_gram or bool(getattr(CRITERIA[config.criterion], "needs_gram", False))
-    dense = reconstruction.targets_dense
+    uses_data, with_gram, dense = work.reads_data, work.gram, work.dense_copy
     layers = adapter.layers()
     costs = []
     for index, (layer, entry) in enumerate(zip(layers, plan.layers)):
-        cost = BlockCost(index, f"layers.{index}", solver_term=f"solve_{config.reconstruction}")
+        cost = BlockCost(index, f"layers.{index}", solver_term=f"solve_{work.solver}")
         last = index + 1 == len(layers)
         passes = 0
         seen_kinds: set[str] = set()
@@ -290,7 +287,7 @@ def _structured_costs(
                     cost.statistics += 2.0 * tokens * width * width * (2 if dense else 1)
                 kept = round(width * fraction_kept)
                 removed = width - kept
-                if config.reconstruction != "none" and uses_data and (removed or dense):
+                if work.solver != "none" and uses_data and (removed or dense):
                     cost.solver += float(kept) ** 3 + 2.0 * kept * kept * removed + 2.0 * rows * kept * removed
         if uses_data:
             passes += 0 if last else 1
@@ -316,24 +313,20 @@ def _shape(module: nn.Module) -> tuple[int, int]:
 def _sparsity_costs(
     model: nn.Module,
     plan: PruningPlan,
-    config: PruningConfig,
+    work: PlanWork,
     tokens: int,
     seqlen: int,
     heads: int,
     head_dim: int,
 ) -> list[BlockCost]:
     from .architectures.weights import find_weight_matrices
-    from .sparsity import get_sparsity_method, required_statistics
-    from .unstructured import DATA_FREE_METHODS
 
-    method = config.method
-    uses_data = method not in DATA_FREE_METHODS
-    gram = uses_data and required_statistics(get_sparsity_method(method)) == "gram"
+    method, uses_data, gram = work.solver, work.reads_data, work.gram
     costs = []
     for position, entry in enumerate(plan.layers):
         block = model.get_submodule(entry["block"])
         cost = BlockCost(position, entry["block"], solver_term=f"solve_{method}")
-        matrices, _ = find_weight_matrices(block, config.modules_to_not_prune)
+        matrices, _ = find_weight_matrices(block, [])  # the plan's modules leave out what the config excludes
         planned = [m for m in matrices if m.name in entry["modules"]]
         inputs: dict[tuple[str, ...], int] = {}
         for matrix in planned:

@@ -215,7 +215,10 @@ def prune_depth(
         # The bridge lives where the block it replaces lives between turns (an offloaded block's meta weights: the
         # CPU), read before the stream materialises the block on its execution device.
         homes = {run[0]: _home_device(layers[run[0]]) for run in runs}
-        fitting = _FitBridges(model.config.hidden_size, runs, config, calibration.first_inputs, homes)
+        from_pruned = config.reconstruction == "liar_dense"
+        fitting = _FitBridges(
+            model.config.hidden_size, runs, from_pruned, config.damp, calibration.first_inputs, homes
+        )
         run_blocks(fitting, streamer, layers, calibration, show_progress)
         bridges = fitting.bridges
     gone = set(removed)
@@ -237,7 +240,7 @@ class _FitBridges(BlockMethod):
     """One pass through the unpruned blocks that fits a `LinearBridge` over each run of removed blocks.
 
     The pipeline streams the dense model; this method carries the pruned model's stream beside it (through the
-    kept blocks and the bridges fitted so far), which "liar_dense" maps from.
+    kept blocks and the bridges fitted so far), which "liar_dense" maps from (`from_pruned`).
     """
 
     changes_weights = False
@@ -248,11 +251,12 @@ class _FitBridges(BlockMethod):
         self,
         hidden_size: int,
         runs: list[list[int]],
-        config: PruningConfig,
+        from_pruned: bool,
+        damp: float,
         first_inputs: Sequence[BlockInput],
         homes: dict[int, torch.device] | None = None,
     ) -> None:
-        self.hidden_size, self.config = hidden_size, config
+        self.hidden_size, self.from_pruned, self.damp = hidden_size, from_pruned, damp
         self.homes = homes or {}  # run start -> the device its bridge is created on
         self.run_of = {index: run for run in runs for index in run}
         self.pruned: Sequence[BlockInput] = first_inputs
@@ -276,8 +280,8 @@ class _FitBridges(BlockMethod):
             self.run_dtype = reference.dtype if reference is not None else torch.float32
         if block.index != run[-1]:
             return
-        source = self.pruned if self.config.reconstruction == "liar_dense" else self.run_inputs
-        weight, bias = _fit_bridge(_hidden(source), _hidden(block.outputs), self.config.damp)
+        source = self.pruned if self.from_pruned else self.run_inputs
+        weight, bias = _fit_bridge(_hidden(source), _hidden(block.outputs), self.damp)
         dtype = self.run_dtype
         home = self.homes.get(run[0], torch.device("cpu"))
         bridge = LinearBridge(self.hidden_size, replaced=run, device=home, dtype=dtype)

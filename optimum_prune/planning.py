@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CalibrationNeed",
     "PlanInputs",
+    "PlanWork",
     "PruningPlan",
     "PruningResult",
     "calibration_need",
@@ -123,13 +124,9 @@ def calibration_need(config: PruningConfig) -> CalibrationNeed | None:
     from .reconstruction import RECONSTRUCTIONS
 
     if not config.is_structured:
-        from .unstructured import DATA_FREE_METHODS
+        from .unstructured import sparsity_calibration_need
 
-        if config.method not in DATA_FREE_METHODS:
-            return CalibrationNeed("method", config.method, "solves each layer on calibration data", DATA_FREE_METHODS)
-        if config.allocation != "uniform":
-            return CalibrationNeed("allocation", config.allocation, "measures calibration activations", ("uniform",))
-        return None
+        return sparsity_calibration_need(config)
     if CRITERIA[config.criterion].needs_calibration:
         free = tuple(sorted(name for name, criterion in CRITERIA.items() if not criterion.needs_calibration))
         return CalibrationNeed("criterion", config.criterion, "ranks channels on calibration data", free)
@@ -168,6 +165,37 @@ class PruningResult:
     prunable_parameters: int = 0
 
 
+@dataclass(frozen=True)
+class PlanWork:
+    """What a run computes per block besides its shapes, read from the config by `plan_pruning`, for `cost.plan_cost`:
+    the solver (structured reconstruction or sparsity method), whether data streams through the blocks, whether Gram
+    matrices are kept, whether a dense copy runs beside each block (`targets_dense`), the calibration asked for."""
+
+    solver: str
+    reads_data: bool
+    gram: bool
+    dense_copy: bool
+    num_samples: int
+    seqlen: int
+
+
+def _work(config: PruningConfig) -> PlanWork:
+    from .criteria import CRITERIA
+    from .reconstruction import RECONSTRUCTIONS
+    from .sparsity import get_sparsity_method, required_statistics
+    from .unstructured import DATA_FREE_METHODS
+
+    calibration = (config.num_samples, config.seqlen)
+    if not config.is_structured:
+        data = config.method not in DATA_FREE_METHODS
+        gram = data and required_statistics(get_sparsity_method(config.method)) == "gram"
+        return PlanWork(config.method, data, gram, False, *calibration)
+    criterion, reconstruction = CRITERIA[config.criterion], RECONSTRUCTIONS[config.reconstruction]
+    data = criterion.needs_calibration or reconstruction.needs_calibration
+    gram = reconstruction.needs_gram or bool(getattr(criterion, "needs_gram", False))
+    return PlanWork(config.reconstruction, data, gram, reconstruction.targets_dense, *calibration)
+
+
 @dataclass
 class PruningPlan:
     """The per-layer plan of one run, and its totals.
@@ -184,7 +212,7 @@ class PruningPlan:
     `parameters_removed` counts what the run removes (structured: whole units, or whole blocks less the bridges) or
     zeroes (sparsity, whose checkpoints keep every shape); `sparsity` is that over `prunable_parameters`, what the
     run reports as the sparsity achieved. A structured refit (any reconstruction but "none") may add a bias to a
-    refit layer, which the run counts and this plan does not.
+    refit layer, which the run counts and this plan does not. `work` is what each block computes (`PlanWork`).
     """
 
     target: str
@@ -194,6 +222,7 @@ class PruningPlan:
     prunable_parameters: int
     parameters_removed: int
     reads: list[str] = field(default_factory=lambda: ["config"])
+    work: PlanWork | None = None
 
     @property
     def structured(self) -> bool:
@@ -254,12 +283,10 @@ class PruningPlan:
 
 
 def pruned_kinds(adapter: Any, config: PruningConfig) -> tuple[str, ...]:
-    """The unit kinds a structured run prunes; depth pruning counts the FFN and attention units it removes."""
-    from .structured import resolve_kinds
+    """The unit kinds a structured run prunes (`structured.pruned_kinds`)."""
+    from . import structured
 
-    if config.structures and "layers" in config.structures:
-        return tuple(adapter.default_structure_kinds or adapter.structure_kinds)
-    return resolve_kinds(adapter, config)
+    return structured.pruned_kinds(adapter, config)
 
 
 def _count(module: nn.Module) -> int:
@@ -286,7 +313,7 @@ def plan_pruning(
     """
     from .serialization.layout import count_parameters
 
-    inputs = plan_inputs(config)
+    inputs, work = plan_inputs(config), _work(config)
     placement = {
         "execution_device": execution_device,
         "activations_device": activations_device,
@@ -334,13 +361,15 @@ def plan_pruning(
                 if name.startswith(prefix):
                     entry["dense"][name[len(prefix) :]] = why
             layers.append(entry)
-        return PruningPlan(config.target, config.allocation, layers, before, prunable, zeroed, inputs.reads)
+        return PruningPlan(config.target, config.allocation, layers, before, prunable, zeroed, inputs.reads, work)
 
     if adapter is None:
         from .architectures import get_adapter
 
         adapter = get_adapter(model)
-    prunable = adapter.count_prunable_parameters(pruned_kinds(adapter, config))
+    from . import structured
+
+    prunable = adapter.count_prunable_parameters(structured.pruned_kinds(adapter, config))
     if config.structures is not None and "layers" in config.structures:
         from .depth import consecutive_runs, plan_depth
 
@@ -357,11 +386,11 @@ def plan_pruning(
             layers.append(entry)
         gone = sum(_count(adapter.layers()[index]) for index in removed)
         gone -= (hidden * hidden + hidden) * len(runs) if bridged else 0
-        return PruningPlan(config.target, None, layers, before, prunable, gone, inputs.reads)
+        return PruningPlan(config.target, None, layers, before, prunable, gone, inputs.reads, work)
 
-    from .structured import plan_structured
-
-    structured_plan = plan_structured(model, adapter, config, samples, show_progress=show_progress, **placement)
+    structured_plan = structured.plan_structured(
+        model, adapter, config, samples, show_progress=show_progress, **placement
+    )
     layers, removed_parameters = [], 0
     for index, (layer, kept) in enumerate(zip(adapter.layers(), structured_plan.plans)):
         entry = {"layer": index}
@@ -374,4 +403,6 @@ def plan_pruning(
             per_unit = adapter.heads_per_unit(layer) if group.kind == "attention_heads" else 1
             entry[group.kind] = {"before": group.num_units * per_unit, "after": kept[group.kind] * per_unit}
         layers.append(entry)
-    return PruningPlan(config.target, config.allocation, layers, before, prunable, removed_parameters, inputs.reads)
+    return PruningPlan(
+        config.target, config.allocation, layers, before, prunable, removed_parameters, inputs.reads, work
+    )

@@ -33,10 +33,10 @@ from .data.calibration import (
 from .offline import hub_unreachable_error, is_hub_unreachable
 from .pipeline.blocks import find_blocks
 from .pipeline.offload import is_offloaded, new_offloaded_zero_biases
-from .planning import PruningPlan, calibration_need, plan_inputs, plan_pruning, pruned_kinds, without_refit
+from .planning import PruningPlan, calibration_need, plan_inputs, plan_pruning, without_refit
 from .serialization.layout import count_parameters, pruned_heads, record_layout
 from .serialization.save import save_pruned_checkpoint
-from .structured import needs_calibration, prune_structured
+from .structured import needs_calibration, prune_structured, pruned_kinds
 from .tasks import TASKS, Task, task_for_pipeline
 
 if TYPE_CHECKING:  # imported where used: the evaluation loops bring scikit-learn and scipy
@@ -69,7 +69,7 @@ def _time_left_message(
             plan = plan_pruning(model, uniform, adapter=get_adapter(model) if config.is_structured else None)
             tokens = sum(int(sample["input_ids"].numel()) for sample in samples)
             seqlen = max(int(sample["input_ids"].shape[-1]) for sample in samples)
-            cost = plan_cost(model, plan, uniform, tokens=tokens, seqlen=seqlen)
+            cost = plan_cost(model, plan, tokens=tokens, seqlen=seqlen)
         except Exception as err:  # a projection must not stop a run
             logger.debug("No time-left projection: %s", err)
     if cost is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -12,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .allocation import LayerPlan, global_plan, uniform_plan
+from .allocation import Budget, LayerPlan, global_plan, uniform_plan
 from .architectures import ArchitectureAdapter
 from .architectures.decoder import ATTENTION_HEADS, QUERY_HEADS
 from .architectures.experts import ExpertDownProjection
@@ -75,6 +76,13 @@ def resolve_kinds(adapter: ArchitectureAdapter, config: PruningConfig) -> tuple[
     return tuple(k for k in adapter.structure_kinds if k in config.structures)
 
 
+def pruned_kinds(adapter: ArchitectureAdapter, config: PruningConfig) -> tuple[str, ...]:
+    """The unit kinds a structured run prunes; depth pruning counts the FFN and attention units it removes."""
+    if config.structures and "layers" in config.structures:
+        return tuple(adapter.default_structure_kinds or adapter.structure_kinds)
+    return resolve_kinds(adapter, config)
+
+
 def needs_calibration(config: PruningConfig) -> bool:
     return CRITERIA[config.criterion].needs_calibration or RECONSTRUCTIONS[config.reconstruction].needs_calibration
 
@@ -92,9 +100,9 @@ class StructuredPlan:
     plans: list[LayerPlan]
 
 
-@dataclass
+@dataclass(frozen=True)
 class _PlannedRun:
-    """A structured run up to its plan: what `prune_structured` goes on with."""
+    """A structured run up to its plan, its config resolved: what `prune_structured` and every block go on with."""
 
     plan: StructuredPlan
     streamer: BlockStreamer | None
@@ -103,6 +111,7 @@ class _PlannedRun:
     with_gram: bool
     generator: torch.Generator
     calibration: Calibration | None
+    damp: float
 
 
 @torch.no_grad()
@@ -185,6 +194,7 @@ def _plan(
         raise ValueError(f"allocation={config.allocation!r} reads calibration data; give a dataset.")
     if config.allocation == "flap" and "flap" not in criterion.allocation_modes:
         raise ValueError(f"allocation='flap' standardises channel scores; criterion {config.criterion!r} has none.")
+    budget = Budget(*(getattr(config, f.name) for f in dataclasses.fields(Budget)))
     with_gram = reconstruction.needs_gram or (criterion is not None and criterion.needs_gram)
     generator = torch.Generator().manual_seed(config.seed)
     # Blocks of different kinds (sliding-window / global attention) get their own masks and position embeddings.
@@ -193,12 +203,12 @@ def _plan(
         scoring = _AllocationScores(adapter, kinds, criterion_for_allocation, generator, config.allocation)
         run_blocks(scoring, streamer, layers, calibration, show_progress)
         plans = global_plan(
-            adapter, kinds, config, scoring.scores, mode=config.allocation, layer_scale=scoring.energies
+            adapter, kinds, budget, scoring.scores, mode=config.allocation, layer_scale=scoring.energies
         )
         generator.manual_seed(config.seed)
     else:
-        plans = uniform_plan(adapter, kinds, config)
-    check_budget([[g for g in adapter.groups(layer) if g.kind in kinds] for layer in layers], plans, config)
+        plans = uniform_plan(adapter, kinds, budget)
+    check_budget([[g for g in adapter.groups(layer) if g.kind in kinds] for layer in layers], plans, budget)
     return _PlannedRun(
         StructuredPlan(kinds, plans),
         streamer,
@@ -207,6 +217,7 @@ def _plan(
         with_gram,
         generator,
         calibration,
+        config.damp,
     )
 
 
@@ -249,7 +260,7 @@ def prune_structured(
         logger.warning("%s.", QUERY_HEADS_FALLBACK[0].upper() + QUERY_HEADS_FALLBACK[1:])
         notes.append(QUERY_HEADS_FALLBACK)
     result = PruningResult(plans=run.plan.plans, kinds=run.plan.kinds, notes=notes)
-    pruning = _PruneUnits(adapter, config, run, result)
+    pruning = _PruneUnits(adapter, run, result)
     run_blocks(pruning, run.streamer, adapter.layers(), run.calibration, show_progress)
     return result
 
@@ -264,15 +275,15 @@ class _PruneUnits(BlockMethod):
 
     description = "Pruning layers"
 
-    def __init__(self, adapter: ArchitectureAdapter, config: PruningConfig, run: _PlannedRun, result: PruningResult):
-        self.adapter, self.config, self.run, self.result = adapter, config, run, result
+    def __init__(self, adapter: ArchitectureAdapter, run: _PlannedRun, result: PruningResult):
+        self.adapter, self.run, self.result = adapter, run, result
         calibration = run.calibration
         self.dense_inputs = (
             calibration.first_inputs if calibration is not None and run.reconstruction.targets_dense else None
         )
 
     def step(self, block: Block, observed: None) -> None:
-        adapter, config, index, layer = self.adapter, self.config, block.index, block.module
+        adapter, damp, index, layer = self.adapter, self.run.damp, block.index, block.module
         kinds, plans, reconstruction = self.run.plan.kinds, self.run.plan.plans, self.run.reconstruction
         dense_inputs = self.dense_inputs = block.bind(self.dense_inputs)
         dense_layer = copy.deepcopy(layer) if dense_inputs is not None else None
@@ -301,8 +312,8 @@ class _PruneUnits(BlockMethod):
             for consumer in group.consumers:
                 linear = layer.get_submodule(consumer)
                 consumer_stats = stats[consumer] if stats is not None else None
-                with checked_refit(f"layers.{index}.{consumer}", linear, config.damp, consumer_stats):
-                    reconstruction.refit(linear, consumer_stats, kept_channels, pruned_channels, config.damp)
+                with checked_refit(f"layers.{index}.{consumer}", linear, damp, consumer_stats):
+                    reconstruction.refit(linear, consumer_stats, kept_channels, pruned_channels, damp)
             if pruned.numel():
                 adapter.prune_units_calibrated(layer, group, keep, stats)
             kept_units[group.kind] = kept_list

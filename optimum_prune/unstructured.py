@@ -27,7 +27,7 @@ from .pipeline import Block, BlockMethod, Calibration, Observer, block_arguments
 from .pipeline.blocks import find_blocks
 from .pipeline.layerwise import BlockStreamer
 from .pipeline.weight_inputs import WeightInputs, observe_inputs
-from .planning import PruningResult
+from .planning import CalibrationNeed, PruningResult
 from .serialization.layout import record_sparsity
 from .sparsity import SparsityPattern, get_sparsity_method, required_statistics
 
@@ -37,13 +37,19 @@ logger = logging.getLogger(__name__)
 DATA_FREE_METHODS = ("magnitude",)
 
 
-def uses_calibration(config: PruningConfig) -> bool:
-    """Whether an unstructured / N:M run of `config` reads calibration data: its solver does, or its allocation
-    measures activations (OWL and OBS allocations do, whatever the solver). The rule is `planning.calibration_need`,
-    which the CLI and the dry run use too."""
-    from .planning import calibration_need
+def sparsity_calibration_need(config: PruningConfig) -> CalibrationNeed | None:
+    """`planning.calibration_need` (the rule the CLI and the dry run use too) of an unstructured / N:M recipe: its
+    solver reads calibration data, or its allocation measures activations (OWL and OBS do, whatever the solver)."""
+    if config.method not in DATA_FREE_METHODS:
+        return CalibrationNeed("method", config.method, "solves each layer on calibration data", DATA_FREE_METHODS)
+    if config.allocation != "uniform":
+        return CalibrationNeed("allocation", config.allocation, "measures calibration activations", ("uniform",))
+    return None
 
-    return calibration_need(config) is not None
+
+def uses_calibration(config: PruningConfig) -> bool:
+    """Whether an unstructured / N:M run of `config` reads calibration data (`sparsity_calibration_need`)."""
+    return sparsity_calibration_need(config) is not None
 
 
 def prunable_linears(block: nn.Module, modules_to_not_prune: list[str]) -> dict[str, nn.Linear]:
@@ -135,7 +141,7 @@ def plan_sparsity(
             for (block_name, _), plan in zip(blocks, plans)
             for matrix, pattern in plan
         ],
-        config,
+        config.allow_sparsity_shortfall,
     )
     return result
 
@@ -194,7 +200,8 @@ def prune_unstructured(
         logger.warning("Left %s dense: %s.", name, why)
 
     calibration = Calibration(streamer.capture(blocks[0][1], samples), own_arguments) if use_data else None
-    sparsify = _Sparsify(config, plans, solver, statistics, takes_cache, options)
+    settings = SolveSettings(solver, statistics, config.mask_scope, options, takes_cache, config.damp)
+    sparsify = _Sparsify(settings, plans)
     run_blocks(sparsify, streamer, blocks, calibration, show_progress)
     per_module = sparsify.per_module
     data_free, input_taps = sparsify.data_free, sparsify.input_taps
@@ -227,22 +234,27 @@ def prune_unstructured(
     return PruningResult(record=record, prunable_parameters=total)
 
 
+@dataclass(frozen=True)
+class SolveSettings:
+    """What every block of a sparsity run reads of its config, resolved once by `prune_unstructured`: the method's
+    solve function, the input statistics it reads (`required_statistics`), its options, whether it takes a
+    factorisation ``cache``."""
+
+    solver: Any
+    statistics: str
+    mask_scope: str | None
+    options: SolverOptions
+    takes_cache: bool
+    damp: float
+
+
 class _Sparsify(BlockMethod):
     """The sparsity run's work on one block: every planned matrix solved on its own inputs' statistics."""
 
     description = "Sparsifying blocks"
 
-    def __init__(
-        self,
-        config: PruningConfig,
-        plans: list[list[tuple[WeightMatrix, SparsityPattern]]],
-        solver: Any,
-        statistics: str,
-        takes_cache: bool,
-        options: SolverOptions,
-    ) -> None:
-        self.config, self.plans, self.solver = config, plans, solver
-        self.statistics, self.takes_cache, self.options = statistics, takes_cache, options
+    def __init__(self, settings: SolveSettings, plans: list[list[tuple[WeightMatrix, SparsityPattern]]]) -> None:
+        self.settings, self.plans = settings, plans
         #: Per module, the fraction of zeros counted from the weights after pruning.
         self.per_module: dict[str, float] = {}
         #: Matrices no calibration input reached (pruned by magnitude), and matrices whose input was tapped.
@@ -252,11 +264,13 @@ class _Sparsify(BlockMethod):
     def observer(self, block: Block) -> Observer:
         matrices = [matrix for matrix, _ in self.plans[block.index]]
         return Observer(
-            observe_inputs(block.module, matrices, with_gram=self.statistics == "gram"), _stop_modules(matrices)
+            observe_inputs(block.module, matrices, with_gram=self.settings.statistics == "gram"),
+            _stop_modules(matrices),
         )
 
     def step(self, block: Block, observed: Any) -> None:
-        config, solver, statistics = self.config, self.solver, self.statistics
+        settings = self.settings
+        solver, statistics, damp = settings.solver, settings.statistics, settings.damp
         plan = self.plans[block.index]
         caches: dict[int, dict] = {}  # one per shared input: its factorisations are computed once
         for matrix, pattern in plan:
@@ -279,11 +293,11 @@ class _Sparsify(BlockMethod):
                 else:
                     gram = stats.gram if statistics == "gram" else stats.sum_sq
             if method is solver:
-                options = {"mask_scope": config.mask_scope} if config.mask_scope is not None else {}
-                if self.takes_cache and stats is not None:
+                options = {"mask_scope": settings.mask_scope} if settings.mask_scope is not None else {}
+                if settings.takes_cache and stats is not None:
                     options["cache"] = caches.setdefault(id(stats), {})
-                options.update(self.options)
-            new_weight, _keep = solve_checked(full_name, method, weight, gram, pattern, config.damp, stats, **options)
+                options.update(settings.options)
+            new_weight, _keep = solve_checked(full_name, method, weight, gram, pattern, damp, stats, **options)
             matrix.set(new_weight)
         # Counted from the weights as they now are (in the block's execution place, before any write-back).
         for matrix, _ in plan:
@@ -321,7 +335,7 @@ def allocate_block_sparsities(
             f"[0, 1) at sparsity={config.sparsity:g}; lower owl_lambda."
         )
     grid = torch.arange(0, 1000, dtype=torch.float64, device="cpu") / 1000
-    measuring = _MeasureBlocks(config, plan, grid)
+    measuring = _MeasureBlocks(plan, grid, config.allocation, config.damp, config.owl_m)
     calibration = Calibration(streamer.capture(blocks[0][1], samples), own_arguments)
     run_blocks(measuring, streamer, blocks, calibration, show_progress)
     measures, sizes = measuring.measures, measuring.sizes
@@ -388,10 +402,10 @@ class _MeasureBlocks(BlockMethod):
 
     changes_weights = False
 
-    def __init__(self, config: PruningConfig, plan: SparsityPlan, grid: torch.Tensor) -> None:
-        self.config, self.plan, self.grid = config, plan, grid
-        self.with_gram = config.allocation == "obs"
-        self.description = f"Measuring blocks ({config.allocation} allocation)"
+    def __init__(self, plan: SparsityPlan, grid: torch.Tensor, allocation: str, damp: float, owl_m: float) -> None:
+        self.plan, self.grid, self.damp, self.owl_m = plan, grid, damp, owl_m
+        self.with_gram = allocation == "obs"
+        self.description = f"Measuring blocks ({allocation} allocation)"
         self.measures: dict[int, Any] = {}
         self.sizes: dict[int, int] = {}
 
@@ -409,21 +423,21 @@ class _MeasureBlocks(BlockMethod):
             yield observed, energy
 
     def step(self, block: Block, hooked: tuple[WeightInputs, _ResidualEnergy]) -> None:
-        config, index = self.config, block.index
+        index = block.index
         observed, energy = hooked
         reached = [(m, observed.get(m.name)[0]) for m in self._matrices(block)]
         reached = [(m, stats) for m, stats in reached if stats is not None]
-        if not reached:  # no matrix to prune in this block (it keeps `config.sparsity`), or none reached
+        if not reached:  # no matrix to prune in this block (it keeps the run's sparsity), or none reached
             return
         self.sizes[index] = sum(m.numel for m, _ in reached)
         if self.with_gram:
-            relative = sum(obs_error_curve(m.get(), st.gram, config.damp, self.grid) for m, st in reached)
+            relative = sum(obs_error_curve(m.get(), st.gram, self.damp, self.grid) for m, st in reached)
             # A block's relative error, carried into the residual stream: scaled by what the block adds to the
             # stream against the stream it joins (see allocation.unstructured).
             self.measures[index] = relative * energy.update / max(energy.residual, torch.finfo(torch.float64).tiny)
         else:
             self.measures[index] = outlier_ratio(
-                [m.get() for m, _ in reached], [st.norm for _, st in reached], config.owl_m
+                [m.get() for m, _ in reached], [st.norm for _, st in reached], self.owl_m
             )
 
 

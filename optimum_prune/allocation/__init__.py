@@ -5,6 +5,7 @@ sparsity of each block for unstructured targets (uniform, OWL, or the OBS-error 
 """
 
 from .structured import (
+    Budget,
     BudgetError,
     LayerPlan,
     global_plan,
@@ -22,6 +23,7 @@ from .unstructured import (
 )
 
 __all__ = [
+    "Budget",
     "BudgetError",
     "LayerPlan",
     "LayerSparsities",

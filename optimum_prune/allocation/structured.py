@@ -4,14 +4,31 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from ..architectures import ArchitectureAdapter, UnitGroup
-from ..configuration import PruningConfig
 
 #: kind -> units kept, for one layer.
 LayerPlan = dict[str, int]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The `PruningConfig` fields a structured allocation and `checks.check_budget` read, resolved once by the run's
+    planner (`structured._plan`); a `PruningConfig` has them too, so the functions here take either."""
+
+    sparsity: float
+    layer_overrides: Mapping[str, dict[str, Any]]
+    protect_layers: Sequence[int]
+    round_to: int
+    min_keep_fraction: float
+    allocation: str
+    allow_sparsity_shortfall: bool
+
 
 _CHANNEL_KINDS = ("ffn_channels", "mamba_inner", "expert_channels")
 
@@ -110,32 +127,32 @@ def uniform_layer_plan(groups: list[UnitGroup], sparsity: float, round_to: int, 
     return plan
 
 
-def protected_layers(config: PruningConfig, num_layers: int) -> set[int]:
-    """Indices of the layers `config.protect_layers` leaves dense (negative indices count from the end)."""
-    return {index % num_layers for index in config.protect_layers if -num_layers <= index < num_layers}
+def protected_layers(budget: Budget, num_layers: int) -> set[int]:
+    """Indices of the layers `budget.protect_layers` leaves dense (negative indices count from the end)."""
+    return {index % num_layers for index in budget.protect_layers if -num_layers <= index < num_layers}
 
 
-def uniform_plan(adapter: ArchitectureAdapter, kinds: tuple[str, ...], config: PruningConfig) -> list[LayerPlan]:
+def uniform_plan(adapter: ArchitectureAdapter, kinds: tuple[str, ...], budget: Budget) -> list[LayerPlan]:
     layers = adapter.layers()
-    protected = protected_layers(config, len(layers))
+    protected = protected_layers(budget, len(layers))
     # Protected layers stay dense; the others remove more so the model still meets the total budget.
-    free = [i for i in range(len(layers)) if i not in protected and str(i) not in config.layer_overrides]
-    sparsity = config.sparsity
+    free = [i for i in range(len(layers)) if i not in protected and str(i) not in budget.layer_overrides]
+    sparsity = budget.sparsity
     if protected and free:
-        sparsity = min(config.sparsity * (len(free) + len(protected)) / len(free), 0.95)
+        sparsity = min(budget.sparsity * (len(free) + len(protected)) / len(free), 0.95)
     plans = []
     for index, layer in enumerate(layers):
         groups = _merge_parallel([g for g in adapter.groups(layer) if g.kind in kinds])
-        override = config.layer_overrides.get(str(index), {"sparsity": 0.0} if index in protected else {})
+        override = budget.layer_overrides.get(str(index), {"sparsity": 0.0} if index in protected else {})
         fixed = _override_plan(adapter, index, groups, override)
-        plans.append(uniform_layer_plan(groups, override.get("sparsity", sparsity), config.round_to, fixed))
+        plans.append(uniform_layer_plan(groups, override.get("sparsity", sparsity), budget.round_to, fixed))
     return plans
 
 
 def global_plan(
     adapter: ArchitectureAdapter,
     kinds: tuple[str, ...],
-    config: PruningConfig,
+    budget: Budget,
     unit_scores: list[dict[str, torch.Tensor]],
     mode: str = "global",
     layer_scale: list[float] | None = None,
@@ -158,18 +175,18 @@ def global_plan(
     applied first and spend their part of the budget.
     """
     layers = adapter.layers()
-    protected = protected_layers(config, len(layers))
+    protected = protected_layers(budget, len(layers))
     groups_per_layer = [_merge_parallel([g for g in adapter.groups(layer) if g.kind in kinds]) for layer in layers]
     plans: list[LayerPlan] = [{g.kind: g.num_units for g in groups} for groups in groups_per_layer]
     total = sum(g.num_units * g.params_per_unit for groups in groups_per_layer for g in groups)
-    budget = config.sparsity * total
+    allowed = budget.sparsity * total
     ranked_layers = []
     for index, groups in enumerate(groups_per_layer):
-        override = config.layer_overrides.get(str(index)) or ({"sparsity": 0.0} if index in protected else None)
+        override = budget.layer_overrides.get(str(index)) or ({"sparsity": 0.0} if index in protected else None)
         if override:
             fixed = _override_plan(adapter, index, groups, override)
-            plans[index] = uniform_layer_plan(groups, override.get("sparsity", 0.0), config.round_to, fixed)
-            budget -= sum((g.num_units - plans[index][g.kind]) * g.params_per_unit for g in groups)
+            plans[index] = uniform_layer_plan(groups, override.get("sparsity", 0.0), budget.round_to, fixed)
+            allowed -= sum((g.num_units - plans[index][g.kind]) * g.params_per_unit for g in groups)
         else:
             ranked_layers.append(index)
     # (priority, layer, group, position): lower priority goes first.
@@ -212,22 +229,22 @@ def global_plan(
     removed = 0.0
     taken = [False] * len(entries)
     for position, (_score, index, group, _unit) in enumerate(entries):
-        if removed + group.params_per_unit / 2 > budget:
+        if removed + group.params_per_unit / 2 > allowed:
             continue  # a smaller unit further down may still fit
-        if plans[index][group.kind] > _floor(group, config):
+        if plans[index][group.kind] > _floor(group, budget):
             plans[index][group.kind] -= 1
             removed += group.params_per_unit
             taken[position] = True
     for index in ranked_layers:
         for group in groups_per_layer[index]:
-            plans[index][group.kind] = _round_group(group, plans[index][group.kind], config.round_to)
-    _fill_rounding_shortfall(plans, groups_per_layer, ranked_layers, entries, taken, budget, config)
+            plans[index][group.kind] = _round_group(group, plans[index][group.kind], budget.round_to)
+    _fill_rounding_shortfall(plans, groups_per_layer, ranked_layers, entries, taken, allowed, budget)
     return plans
 
 
-def _floor(group: UnitGroup, config: PruningConfig) -> int:
+def _floor(group: UnitGroup, budget: Budget) -> int:
     """The fewest units of `group` a layer keeps (`min_keep_fraction`, at least one)."""
-    return max(1, math.ceil(config.min_keep_fraction * group.num_units))
+    return max(1, math.ceil(budget.min_keep_fraction * group.num_units))
 
 
 def _fill_rounding_shortfall(
@@ -236,14 +253,14 @@ def _fill_rounding_shortfall(
     ranked_layers: list[int],
     entries: list[tuple[float, int, UnitGroup, int]],
     taken: list[bool],
-    budget: float,
-    config: PruningConfig,
+    allowed: float,
+    budget: Budget,
 ) -> None:
     """Rounding coarse counts (query heads to one per KV group) can miss the ranked budget by up to half a coarse
     unit per layer either way (4% too few parameters at 20% on SmolLM2); units of kinds that keep single units (FFN
     channels, with `round_to=1`) settle the difference: the next ones in the ranking go, or the last ones taken
     come back, so allocations compare at the parameters they were asked for."""
-    if config.round_to != 1:
+    if budget.round_to != 1:
         return
     removed = sum(
         (g.num_units - plans[i][g.kind]) * g.params_per_unit for i in ranked_layers for g in groups_per_layer[i]
@@ -252,15 +269,15 @@ def _fill_rounding_shortfall(
         _score, index, group, _unit = entries[position]
         if not taken[position] or group.keep_multiple > 1 or plans[index][group.kind] >= group.num_units:
             continue
-        if removed - group.params_per_unit / 2 < budget:
+        if removed - group.params_per_unit / 2 < allowed:
             break
         plans[index][group.kind] += 1
         removed -= group.params_per_unit
     for position, (_score, index, group, _unit) in enumerate(entries):
         if taken[position] or group.keep_multiple > 1:
             continue
-        if removed + group.params_per_unit / 2 > budget:
+        if removed + group.params_per_unit / 2 > allowed:
             continue
-        if plans[index][group.kind] > _floor(group, config):
+        if plans[index][group.kind] > _floor(group, budget):
             plans[index][group.kind] -= 1
             removed += group.params_per_unit
