@@ -203,8 +203,9 @@ def prune_llm_pruner(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     ratio = parse_job(args.job)
-    folder = source_folder()
-    if folder not in sys.path:
+    # The dense row runs none of LLM-Pruner's code (its model class is transformers'): no source folder needed.
+    folder = source_folder() if ratio is not None else os.environ.get(SOURCE_ENV)
+    if folder and folder not in sys.path:
         sys.path.insert(0, folder)
     import transformers
     from transformers import LlamaForCausalLM  # llama3.py's model class (transformers' own modeling)
@@ -213,13 +214,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     data = torch.load(args.data)
     model = LlamaForCausalLM.from_pretrained(args.checkpoint, dtype=torch.float32)  # adaptation 4
     num_layers = len(model.model.layers)
-    if not 0 <= args.mlp_start < args.mlp_end <= num_layers:
+    if ratio is not None and not 0 <= args.mlp_start < args.mlp_end <= num_layers:
         raise ValueError(f"--mlp-start {args.mlp_start} / --mlp-end {args.mlp_end}: the model has {num_layers} blocks")
     result: dict[str, Any] = {
         "versions": {
             "torch": torch.__version__,
             "transformers": transformers.__version__,
-            "LLM-Pruner": source_commit(folder),
+            "LLM-Pruner": source_commit(folder) if folder else "not used",
         },
         "seed": args.seed,
         "adaptations": list(ADAPTATIONS),

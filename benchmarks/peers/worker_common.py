@@ -31,8 +31,7 @@ def load_perplexity() -> Any:
     """This repository's `optimum_prune.evaluation.perplexity.perplexity`, the function every row is scored with.
 
     The package's `evaluation/__init__` imports the GLUE and SQuAD metrics (scipy, scikit-learn, datasets), which a
-    peer's environment need not have; then the module file is loaded on its own, under its own name, so that its
-    relative imports (`data.calibration`, `pipeline.offload`: torch only) resolve inside the package.
+    peer's environment need not have; there the module file is loaded on its own (`perplexity_from_file`).
     """
     if REPO_ROOT not in sys.path:
         sys.path.insert(0, REPO_ROOT)
@@ -41,15 +40,18 @@ def load_perplexity() -> Any:
 
         return perplexity
     except ImportError:
-        pass
-    import optimum_prune  # noqa: F401  (the light package __init__: the parent of the relative imports)
+        return perplexity_from_file()
 
-    name = "optimum_prune.evaluation.perplexity"
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(REPO_ROOT, "optimum_prune", "evaluation", "perplexity.py")
-    )
+
+def perplexity_from_file() -> Any:
+    """`perplexity` from the module file itself, without `optimum_prune.evaluation`'s `__init__`: the same source,
+    its relative imports (`data.calibration`, `pipeline.offload`: torch only) resolved inside the package."""
+    import optimum_prune  # noqa: F401  (the light package __init__, the root of the relative imports)
+
+    path = os.path.join(REPO_ROOT, "optimum_prune", "evaluation", "perplexity.py")
+    spec = importlib.util.spec_from_file_location("optimum_prune_peer_perplexity", path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
+    module.__package__ = "optimum_prune.evaluation"
     spec.loader.exec_module(module)
     return module.perplexity
 
@@ -69,7 +71,8 @@ def census(model: torch.nn.Module) -> dict[str, Any]:
     head = model.get_output_embeddings()
     if head is not None:
         outside.setdefault(id(head.weight), head.weight.numel())
-    zeros = sum(int((p.detach() == 0).sum()) for p in parameters.values())
+    on_meta = any(p.device.type == "meta" for p in parameters.values())  # shapes only: no values to count
+    zeros = None if on_meta else sum(int((p.detach() == 0).sum()) for p in parameters.values())
     config = model.config
     ffn, heads, kv_heads = [], [], []
     for layer in model.model.layers:
