@@ -109,19 +109,16 @@ class BertAdapter(ArchitectureAdapter):
         ]
 
     # ---- slicing --------------------------------------------------------------------------------------------
-    def _select_head_rows(self, layer: nn.Module, rows: torch.Tensor, num_heads: int) -> None:
-        """Keep rows `rows` (head-major channel indices) of every head-shaped projection."""
-        for projection in self._head_projections(layer):
-            select_rows(projection, rows)
-
-    def _select_ffn_rows(self, layer: nn.Module, keep: torch.Tensor, num_channels: int) -> None:
-        select_rows(layer.get_submodule(self.layout.ffn_input), keep)
+    def _select_block_rows(self, layer: nn.Module, blocks: list[tuple[str, int]], rows: torch.Tensor) -> None:
+        """Keep rows `start + rows` of each row block (`_head_row_blocks`, `_ffn_row_blocks`), one cut per Linear."""
+        for path in dict.fromkeys(path for path, _ in blocks):
+            select_rows(layer.get_submodule(path), torch.cat([start + rows for p, start in blocks if p == path]))
 
     def prune_units(self, layer: nn.Module, group: UnitGroup, keep: torch.Tensor) -> None:
         layout = self.layout
         if group.kind == "attention_heads":
             rows = group.unit_channels(keep)
-            self._select_head_rows(layer, rows, group.num_units)
+            self._select_block_rows(layer, self._head_row_blocks(layer, group.num_units), rows)
             select_columns(layer.get_submodule(layout.attention_output), rows)
             attention = layer.get_submodule(layout.attention)
             for name in layout.head_count_attributes:
@@ -129,19 +126,19 @@ class BertAdapter(ArchitectureAdapter):
             if hasattr(attention, "all_head_size"):
                 attention.all_head_size = int(rows.numel())
         elif group.kind == "ffn_channels":
-            self._select_ffn_rows(layer, keep, group.num_units)
+            self._select_block_rows(layer, self._ffn_row_blocks(layer, group.num_units), keep)
             select_columns(layer.get_submodule(layout.ffn_output), keep)
         else:
             raise ValueError(f"{type(self).__name__} layers have no {group.kind!r} units.")
 
     def _head_row_blocks(self, layer: nn.Module, num_heads: int) -> list[tuple[str, int]]:
         """(path, first row) of each block of `num_heads x head_size` rows, head-major, that the heads own in the
-        Linears producing them (`_select_head_rows` keeps the same rows)."""
+        Linears producing them."""
         optional = [p for p in self.layout.optional_head_projections if _has_submodule(layer, p)]
         return [(path, 0) for path in (*self.layout.head_projections, *optional)]
 
     def _ffn_row_blocks(self, layer: nn.Module, num_channels: int) -> list[tuple[str, int]]:
-        """(path, first row) of each block of `num_channels` rows of the FFN input (`_select_ffn_rows`)."""
+        """(path, first row) of each block of `num_channels` rows of the FFN input."""
         return [(self.layout.ffn_input, 0)]
 
     def unit_parameters(self, layer: nn.Module, group: UnitGroup) -> list[UnitSlice]:
@@ -256,13 +253,6 @@ class ModernBertAdapter(BertAdapter):
             ("mlp.Wo", "mlp_bias", ("mlp.Wi", "mlp.Wo")),
         ),
     )
-
-    def _select_head_rows(self, layer: nn.Module, rows: torch.Tensor, num_heads: int) -> None:
-        width = num_heads * self._head_size(layer)
-        select_rows(layer.attn.Wqkv, torch.cat([rows, rows + width, rows + 2 * width]))
-
-    def _select_ffn_rows(self, layer: nn.Module, keep: torch.Tensor, num_channels: int) -> None:
-        select_rows(layer.mlp.Wi, torch.cat([keep, keep + num_channels]))
 
     def _head_row_blocks(self, layer: nn.Module, num_heads: int) -> list[tuple[str, int]]:
         width = num_heads * self._head_size(layer)

@@ -143,7 +143,6 @@ def _load_evaluations(
 ) -> list[Any]:
     """Read and check the data of each --evaluate against the model's config, before the weights are loaded."""
     from optimum_prune.evaluation import EvaluationInputError, load_evaluation_data
-    from optimum_prune.offline import is_hub_unreachable
 
     loaded = []
     for spec in _evaluations(args):
@@ -170,9 +169,7 @@ def _load_evaluations(
         except EvaluationInputError as err:
             raise CLIError(str(err)) from err
         except Exception as err:  # a file datasets cannot parse, the Hub out of reach, an unknown Hub dataset
-            if is_hub_unreachable(err):  # HubUnreachableError names the dataset and what to do
-                raise CLIError(f"--evaluate {spec}: {err}") from err
-            raise CLIError(f"Cannot read the data of --evaluate {spec}: {err}") from err
+            raise _cli_error(err, f"--evaluate {spec}", f"Cannot read the data of --evaluate {spec}") from err
     return loaded
 
 
@@ -305,22 +302,31 @@ def _check_seqlen(args: argparse.Namespace, config: Any, model_config: Any) -> N
 
 
 def _load_pruner(args: argparse.Namespace, model_path: str, gguf_file: str | None, hub_options: dict[str, Any]) -> Any:
+    import torch
+
     import optimum_prune
 
     pruner_class = getattr(optimum_prune, TASKS[args.task].pruner)
+    dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     try:
-        pruner = pruner_class.from_pretrained(
-            model_path, gguf_file=gguf_file, dtype=_torch_dtype(args.dtype), **hub_options
-        )
+        pruner = pruner_class.from_pretrained(model_path, gguf_file=gguf_file, dtype=dtype, **hub_options)
         if args.device:
             pruner.model.to(args.device)
     except Exception as err:
-        from optimum_prune.offline import is_hub_unreachable
-
-        if isinstance(err, ConnectionError) and is_hub_unreachable(err):  # HubUnreachableError: already one line
-            raise CLIError(str(err)) from err
+        if isinstance(err, ConnectionError):  # HubUnreachableError: already one line
+            raise _cli_error(err, None, f"Cannot load {args.model!r} for --task {args.task}") from err
         raise CLIError(f"Cannot load {args.model!r} for --task {args.task}: {err}") from err
     return pruner
+
+
+def _cli_error(err: BaseException, unreachable: str | None, otherwise: str) -> CLIError:
+    """`otherwise: err`; where the Hub could not be reached, `unreachable: err` (or `err` alone): the
+    HubUnreachableError it then is names what was asked for and what to do."""
+    from optimum_prune.offline import is_hub_unreachable
+
+    if is_hub_unreachable(err):
+        return CLIError(f"{unreachable}: {err}" if unreachable else str(err))
+    return CLIError(f"{otherwise}: {err}")
 
 
 # ---- checks made before anything heavy is loaded --------------------------------------------------------------------
@@ -398,11 +404,7 @@ def _load(load_texts: Callable[..., list[str]], source: str, column: str | None,
     try:
         return load_texts(source, text_column=column)
     except Exception as err:  # a missing file, an unknown name, no text column, the Hub out of reach
-        from optimum_prune.offline import is_hub_unreachable
-
-        if is_hub_unreachable(err):  # HubUnreachableError names the dataset and what to do
-            raise CLIError(f"{flag}: {err}") from err
-        raise CLIError(f"Cannot read {flag} {source!r}: {err}") from err
+        raise _cli_error(err, flag, f"Cannot read {flag} {source!r}") from err
 
 
 def _check_model_config(
@@ -467,12 +469,6 @@ def _hub_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.trust_remote_code:
         options["trust_remote_code"] = True
     return options
-
-
-def _torch_dtype(name: str) -> Any:
-    import torch
-
-    return name if name == "auto" else getattr(torch, name)
 
 
 def _dry_run(
