@@ -131,6 +131,15 @@ def row_plan() -> list[tuple[str, dict[str, Any]]]:
         ]
         for s in BUDGETS
     }
+    # Issue 23's cost goal: the obs allocation's scoring pass on the first 16 or 32 calibration samples only.
+    for s in BUDGETS:
+        pieces[s] += [
+            (
+                f"{s:.0%} heads+FFN, obs, allocation on {n} samples (the obs recipe, scoring pass on {n} of 64)",
+                {"recipe": "obs", "allocation_samples": n},
+            )
+            for n in (16, 32)
+        ]
     # Two combinations that explain why the dense-target refit left the obs recipe (measured at 20% and 30% only).
     for s in (0.2, 0.3):
         pieces[s].append(

@@ -201,7 +201,8 @@ def _plan(
     calibration = Calibration.capture(streamer, layers, samples) if read_data else None
     if ranked:
         scoring = _AllocationScores(adapter, kinds, criterion_for_allocation, generator, config.allocation)
-        run_blocks(scoring, streamer, layers, calibration, show_progress)
+        scoring_data = calibration.head(config.allocation_samples) if calibration is not None else None
+        run_blocks(scoring, streamer, layers, scoring_data, show_progress)
         plans = global_plan(
             adapter, kinds, budget, scoring.scores, mode=config.allocation, layer_scale=scoring.energies
         )

@@ -146,6 +146,18 @@ class Calibration:
         first_inputs = streamer.capture(blocks[0], samples)
         return cls(first_inputs, block_arguments(streamer, blocks, samples))
 
+    def head(self, count: int | None) -> Calibration:
+        """The first `count` samples (all for None or more): a cheaper pass where fewer tokens serve, such as a
+        ranked allocation's scoring pass."""
+        inputs = self.first_inputs
+        if count is None or inputs is None or count >= len(inputs):
+            return self
+        arguments = self.own_arguments
+        return Calibration(
+            [inputs[i] for i in range(count)],
+            None if arguments is None else [per_block[:count] for per_block in arguments],
+        )
+
 
 @dataclass(frozen=True)
 class BlockTiming:
