@@ -378,8 +378,9 @@ def run_length(values: Sequence[Any]) -> str:
             runs.append([value, 1])
     if len(runs) <= 4:
         return ", ".join(f"{value}x{n}" if n > 1 else f"{value}" for value, n in runs)
-    numbers = [float(v) for v in values]
-    return f"{min(values)}-{max(values)}, mean {sum(numbers) / len(numbers):.0f}"
+    if not all(isinstance(v, (int, float)) for v in values):  # "9/3" query / KV head pairs: the distinct ones
+        return f"{len(set(values))} distinct: " + ", ".join(sorted(set(map(str, values))))
+    return f"{min(values)}-{max(values)}, mean {sum(values) / len(values):.0f}"
 
 
 def widths_summary(counted: Mapping[str, Any]) -> str:

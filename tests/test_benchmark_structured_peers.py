@@ -190,3 +190,5 @@ def test_the_page_shows_no_interpreter_path(peers) -> None:
     assert peers.shown_command(["--output=" + os.path.abspath(os.sep + "elsewhere.md")]).endswith("--output=<path>")
     assert peers.run_length([1536] * 4 + [1228] * 24 + [1536] * 2) == "1536x4, 1228x24, 1536x2"
     assert peers.run_length([1, 2, 3, 4, 5]) == "1-5, mean 3"
+    # Query / KV head pairs of a non-uniform plan (the obs allocation): more than four runs, not numbers.
+    assert peers.run_length(["9/3", "8/3", "9/3", "7/3", "9/3"]) == "3 distinct: 7/3, 8/3, 9/3"
