@@ -49,7 +49,6 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 import traceback
@@ -58,7 +57,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from worker_common import census, evaluate, finite, stage  # noqa: E402  (beside this file, torch only)
+from worker_common import census, evaluate, finite, source_commit, stage  # noqa: E402  (beside this file, torch only)
 
 SOURCE_ENV = "OPTIMUM_PRUNE_LLMPRUNER_SOURCE"
 #: SmolLM2's block range (30 blocks): LLM-Pruner's LLaMA scripts leave blocks 0-3 and the last two dense.
@@ -99,21 +98,6 @@ def source_folder() -> str:
             f"got {folder!r}"
         )
     return folder
-
-
-def source_commit(folder: str) -> str:
-    """The LLM-Pruner commit: `git rev-parse HEAD` in a clone, else the COMMIT file written beside an export."""
-    try:
-        out = subprocess.run(["git", "-C", folder, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30)
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    path = os.path.join(folder, "COMMIT")
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as handle:
-            return handle.read().strip()
-    return "unknown"
 
 
 # ---- LLM-Pruner ------------------------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ import importlib.util
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,9 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from worker_common import source_commit, stage  # noqa: E402  (beside this file; torch only, no optimum_prune)
+
 SOURCE_ENV = "OPTIMUM_PRUNE_SLICEGPT_SOURCE"
 #: run_slicegpt.py's defaults that this worker keeps.
 ROUND_INTERVAL = 8
@@ -48,11 +50,6 @@ SEED = 42
 EVAL_SEQLEN = 512
 #: run_slicegpt.py's default calibration, replaced by the caller's windows.
 SLICEGPT_CALIBRATION = "wikitext2, 128 samples of 2048 tokens"
-
-
-def stage(text: str) -> None:
-    """Tell the parent what the worker is doing, so that a timeout row can say where the time went."""
-    print(f"PEER_STAGE {text}", flush=True)
 
 
 # ---- what needs only torch (tested in this library's environment) ---------------------------------------------
@@ -167,24 +164,6 @@ def _source_folder() -> str:
     if not source or not os.path.isdir(os.path.join(source, "src", "slicegpt")):
         raise RuntimeError(f"{SOURCE_ENV} must name SliceGPT's source folder (the one with src/slicegpt)")
     return os.path.abspath(source)
-
-
-def _source_commit(source: str) -> str:
-    """The TransformerCompression commit: from git when the folder is a checkout, else from a COMMIT file written
-    beside the exported source (``git archive`` keeps no history)."""
-    try:
-        found = subprocess.run(
-            ["git", "-C", source, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30, check=False
-        )
-        if found.returncode == 0 and found.stdout.strip():
-            return found.stdout.strip()
-    except OSError:
-        pass
-    path = os.path.join(source, "COMMIT")
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as handle:
-            return handle.read().strip()
-    return "unknown"
 
 
 def _perplexity_function() -> Any:
@@ -337,7 +316,7 @@ def run(job: str, checkpoint: str, data_path: str, threads: int) -> dict[str, An
         "versions": {
             "transformers": transformers.__version__,
             "torch": torch.__version__,
-            "TransformerCompression": _source_commit(source),
+            "TransformerCompression": source_commit(source),
         },
         "adaptations": adaptations,
     }

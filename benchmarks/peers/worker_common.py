@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import subprocess
 import sys
 from typing import Any
 
@@ -20,6 +21,22 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 def stage(text: str) -> None:
     """Tell the parent what the worker is doing (it logs these lines, and a timeout row says the last one)."""
     print(f"PEER_STAGE {text}", flush=True)
+
+
+def source_commit(folder: str) -> str:
+    """A peer's source commit: `git rev-parse HEAD` in a clone, else the COMMIT file written beside an export
+    (``git archive`` keeps no history)."""
+    try:
+        out = subprocess.run(["git", "-C", folder, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    path = os.path.join(folder, "COMMIT")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+    return "unknown"
 
 
 def finite(value: float) -> float | None:
