@@ -775,7 +775,8 @@ def main(argv: list[str] | None = None) -> PeersReport:
     work = quick_workload() if args.quick else load_workload()
     num_layers = len(work.model.model.layers)
     evaluation = evaluation_data(work, args.eval_windows, eval_seqlen)
-    suffix_of = {seed: "" if args.seeds == [0] else f" [seed {seed}]" for seed in args.seeds}
+    # Seed 0 keeps the plain names, so a run that adds seeds resumes the seed-0 rows already on the page.
+    suffix_of = {seed: "" if seed == 0 else f" [seed {seed}]" for seed in args.seeds}
 
     plan: list[tuple[str, str, Any]] = [(f"{OURS}: dense", "ours-dense", None)]
     for peer in args.peers:
