@@ -1,0 +1,33 @@
+"""benchmarks/structured_transfer.py (issue 23, part 3): every recipe row is scored on both texts against the same
+model's dense row, and the news corpus is a real, different text."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import benchmark_module
+
+
+@pytest.fixture(scope="module")
+def transfer():
+    return benchmark_module("structured_transfer")
+
+
+def test_news_text_is_the_gensim_news_corpus(transfer) -> None:
+    from optimum_prune.assets import wikipedia_split
+
+    news = transfer.news_text()
+    assert news.count("\n\n") == 299  # 300 documents
+    assert news[:200] not in wikipedia_split()[1]
+
+
+def test_quick_run_scores_every_recipe_on_both_texts(transfer, tmp_path) -> None:
+    report = transfer.main(["--quick", "--output", str(tmp_path / "transfer.md")])
+    dense = report.rows["tiny Llama: dense"]
+    assert dense["wikipedia / dense"] == dense["news / dense"] == 1.0
+    for recipe, _ in transfer.RECIPES:
+        row = report.rows[f"tiny Llama: {recipe}"]
+        assert row["status"] == "ok"
+        assert row["parameters (M)"] < dense["parameters (M)"]
+        for text in transfer.TEXTS:
+            assert row[f"{text} / dense"] == pytest.approx(row[f"{text} ppl"] / dense[f"{text} ppl"])
+    assert list(report.rows["tiny Llama: obs"]) == list(transfer.COLUMNS)
