@@ -720,6 +720,7 @@ def notes(rows: Mapping[str, Mapping[str, Any]]) -> str:
             f"{best['perplexity']:.2f} ({best['ppl / dense']:.3f} x our dense, "
             f"{best['ppl / dense'] / row['ppl / dense']:.3f} x the peer's ratio)."
         )
+    lines += seed_summary(rows)
     dense = [(n, r["perplexity"]) for n, r in rows.items() if "dense" in n and isinstance(r.get("perplexity"), float)]
     if len(dense) > 1:
         lines.append("- Dense rows: " + "; ".join(f"{n} {p:.4f}" for n, p in dense) + ".")
@@ -727,6 +728,47 @@ def notes(rows: Mapping[str, Mapping[str, Any]]) -> str:
     if failed:
         lines.append(f"- Failed rows: {', '.join(failed)}.")
     return "\n".join(lines)
+
+
+def seed_summary(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Where a peer row ran with several seeds: each of our variants' ratio to it (ours / dense over the peer's /
+    dense, matched by seed and parameter count) per seed, and their mean and range."""
+    groups: dict[str, dict[int, Mapping[str, Any]]] = {}
+    for name, row in rows.items():
+        if name.startswith(f"{OURS}:") or "dense" in name or not isinstance(row.get("ppl / dense"), float):
+            continue
+        groups.setdefault(name.split(" [seed ")[0], {})[row.get("_seed_of_run", 0)] = row
+    lines = []
+    for peer_name, by_seed in groups.items():
+        if len(by_seed) < 2:
+            continue
+        seeds = sorted(by_seed)
+        peer_ratios = ", ".join(f"{by_seed[seed]['ppl / dense']:.3f}" for seed in seeds)
+        parts = []
+        for variant, _ in OUR_VARIANTS:
+            ratios = []
+            for seed in seeds:
+                peer = by_seed[seed]
+                ours = [
+                    row
+                    for name, row in rows.items()
+                    if name.startswith(f"{OURS}: {variant}, at ")
+                    and row.get("_seed_of_run", 0) == seed
+                    and row.get("_target parameters") == peer.get("_census", {}).get("parameters")
+                    and isinstance(row.get("ppl / dense"), float)
+                ]
+                if ours:
+                    ratios.append(ours[0]["ppl / dense"] / peer["ppl / dense"])
+            if len(ratios) == len(seeds):
+                parts.append(
+                    f"{variant} {' / '.join(f'{r:.3f}' for r in ratios)} (mean {sum(ratios) / len(ratios):.3f}, "
+                    f"worst {max(ratios):.3f})"
+                )
+        lines.append(
+            f"- {peer_name}, seeds {', '.join(map(str, seeds))}: the peer at {peer_ratios} x its dense; ours over the "
+            "peer's ratio per seed: " + "; ".join(parts) + "."
+        )
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:

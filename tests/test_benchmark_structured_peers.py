@@ -192,3 +192,24 @@ def test_the_page_shows_no_interpreter_path(peers) -> None:
     assert peers.run_length([1, 2, 3, 4, 5]) == "1-5, mean 3"
     # Query / KV head pairs of a non-uniform plan (the obs allocation): more than four runs, not numbers.
     assert peers.run_length(["9/3", "8/3", "9/3", "7/3", "9/3"]) == "3 distinct: 7/3, 8/3, 9/3"
+
+
+def test_seed_summary_matches_our_rows_to_the_peer_row_of_the_same_seed(peers) -> None:
+    def peer(ratio, seed, parameters):
+        return {"ppl / dense": ratio, "_seed_of_run": seed, "_census": {"parameters": parameters}}
+
+    def ours(ratio, seed, parameters):
+        return {"ppl / dense": ratio, "_seed_of_run": seed, "_target parameters": parameters}
+
+    variant = peers.OUR_VARIANTS[0][0]
+    rows = {
+        "LLM-Pruner: FFN 20%": peer(1.5, 0, 100),
+        "LLM-Pruner: FFN 20% [seed 1]": peer(1.2, 1, 100),
+        f"optimum-prune: {variant}, at LLM-Pruner ffn-20's parameters": ours(1.2, 0, 100),
+        f"optimum-prune: {variant}, at LLM-Pruner ffn-20's parameters [seed 1]": ours(1.2, 1, 100),
+        f"optimum-prune: {variant}, at another count [seed 1]": ours(0.1, 1, 99),
+        "LLM-Pruner: FFN 30%": peer(2.0, 0, 90),  # one seed only: no summary line
+    }
+    (line,) = peers.seed_summary(rows)
+    assert line.startswith("- LLM-Pruner: FFN 20%, seeds 0, 1: the peer at 1.500, 1.200 x its dense")
+    assert f"{variant} 0.800 / 1.000 (mean 0.900, worst 1.000)" in line
