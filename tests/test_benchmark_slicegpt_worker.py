@@ -140,7 +140,7 @@ def test_worker_slices_a_tiny_llama(tmp_path) -> None:
     sliced = _run_worker(python, "slice-20", str(tmp_path / "model"), str(tmp_path / "data.pt"))
     assert sliced["status"] == "ok", sliced["status"]
     assert math.isfinite(sliced["perplexity"]) and sliced["parameters"] != sliced["parameters_before"]
-    assert not sliced["lm_head_tied"] and sliced["prune_s"] > 0
+    assert not sliced["lm_head_tied"] and sliced["prune s"] > 0
     layers = sliced["layers"]
     assert layers["new_embedding_dimension"] == 48 and layers["embedding_dim"] == 48 and layers["head_in"] == 64
     # Every block works in 48 dimensions; the last one writes the head's 64 (run_slicegpt.py keeps the head whole).
