@@ -417,7 +417,10 @@ class MarkdownReport:
         if self.protocol:
             lines += ["## Protocol", ""] + [f"- {key}: {value}" for key, value in self.protocol.items()] + [""]
         lines += ["## Machine", ""] + [f"- {key}: {value}" for key, value in self.machine.items()] + [""]
-        lines += ["Command: `" + " ".join(["python"] + [os.path.relpath(sys.argv[0])] + sys.argv[1:]) + "`", ""]
+        lines += [
+            "Command: `" + " ".join(["python", os.path.relpath(sys.argv[0])] + shown_arguments(sys.argv[1:])) + "`",
+            "",
+        ]
         return "\n".join(lines)
 
     def write(self) -> None:
@@ -431,6 +434,18 @@ class MarkdownReport:
             "rows": self.rows,
         }
         write_text_atomically(self.json_path, json.dumps(record, indent=2) + "\n")
+
+
+def shown_arguments(arguments: list[str]) -> list[str]:
+    """Command-line arguments as a results page shows them: an absolute path (this machine's) becomes ``<path>``."""
+
+    def shown(argument: str) -> str:
+        option, equals, value = argument.partition("=")
+        if equals and option.startswith("--") and os.path.isabs(value):
+            return f"{option}=<path>"
+        return "<path>" if os.path.isabs(argument) else argument
+
+    return [shown(argument) for argument in arguments]
 
 
 def write_text_atomically(path: str, text: str) -> None:
