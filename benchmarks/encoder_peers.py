@@ -58,6 +58,7 @@ COLUMNS = (
     "encoder parameters (M)",
     "parameters - peer's",
     "MAC ratio",
+    "blocks rescaled",
     "prune wall s",
     "prune CPU s",
     "heads per block",
@@ -239,6 +240,9 @@ def peer_row(job: str, checkpoint: str, data_path: str, threads: int, timeout: f
             "retention": accuracy / dense["dev accuracy"] if dense and accuracy is not None else None,
             "accuracy with its masks": result.get("masked accuracy"),
             "MAC ratio": result.get("mac ratio"),
+            "blocks rescaled": None
+            if result.get("rescaled blocks") is None
+            else " ".join(map(str, result["rescaled blocks"])) or "none",
             "prune wall s": result.get("prune s"),
             "prune CPU s": result.get("prune cpu s"),
             "status": status,
@@ -315,8 +319,9 @@ def main(argv: list[str] | None = None) -> Report:
         title="Structured pruning peers on an encoder classifier at equal parameter counts"
         + (" (--quick smoke run)" if args.quick else ""),
         intro=__doc__.split("\n\n")[1].replace("\n", " ")
-        + " `retention` is dev accuracy over the dense row of the same environment; `accuracy with its masks` is "
-        "the peer's own evaluation (masks applied to the dense weights), `dev accuracy` that of the model with "
+        + " `retention` is dev accuracy over the dense row of the same environment; `blocks rescaled` lists the blocks whose masks "
+        "its least-squares rescaling changed (it stops at the first block whose solve fails); `accuracy with its "
+        "masks` is the peer's own evaluation (masks applied to the dense weights), `dev accuracy` that of the model with "
         "the masks folded in and the masked units removed, whose parameters are counted (each tensor once, "
         "embeddings and the classifier included). Its adaptations: "
         + "; ".join(f"({i}) {text}" for i, text in enumerate(kwon_worker.ADAPTATIONS, 1))

@@ -246,7 +246,8 @@ def _is_cuda(value: Any) -> bool:
 
 
 def prune(model: Any, calibration: Sequence[dict[str, Any]], pad_token_id: int, constraint: float, seq_len: float):
-    """Its main.py from the Fisher gradients to the rescaled masks; returns (head mask, neuron mask, MAC ratio)."""
+    """Its main.py from the Fisher gradients to the rescaled masks; returns (head mask, neuron mask, MAC ratio, the
+    blocks whose masks its rescaling changed)."""
     from efficiency.mac import compute_mask_mac
     from prune.fisher import collect_mask_grads
     from prune.rearrange import rearrange_mask
@@ -268,6 +269,7 @@ def prune(model: Any, calibration: Sequence[dict[str, Any]], pad_token_id: int, 
     head_mask = rearrange_mask(head_mask, head_grads)
     neuron_mask = rearrange_mask(neuron_mask, neuron_grads)
     stage("mask rescaling (layer-wise least squares)")
+    binary_heads, binary_neurons = head_mask.clone(), neuron_mask.clone()
     head_mask, neuron_mask = rescale_mask(
         model,
         config,
@@ -278,7 +280,17 @@ def prune(model: Any, calibration: Sequence[dict[str, Any]], pad_token_id: int, 
         loader,
         classification_task=True,
     )
-    return head_mask, neuron_mask, float(pruned_mac / orig_mac)
+    # Its rescaling stops at the first block whose least-squares solve fails or leaves a scale outside [-10, 10]:
+    # the blocks after it keep 0/1 masks. Which blocks it changed says whether it ran to the end.
+    rescaled = [
+        index
+        for index in range(config.num_hidden_layers)
+        if not (
+            torch.equal(head_mask[index], binary_heads[index])
+            and torch.equal(neuron_mask[index], binary_neurons[index])
+        )
+    ]
+    return head_mask, neuron_mask, float(pruned_mac / orig_mac), rescaled
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -310,7 +322,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     transformers.set_seed(args.seed)
     seq_len = sum(len(example["input_ids"]) for example in data["dev"]) / len(data["dev"])
     wall, cpu = time.perf_counter(), time.process_time()
-    head_mask, neuron_mask, mac_ratio = prune(model, data["calibration"], pad, constraint, seq_len)
+    head_mask, neuron_mask, mac_ratio, rescaled = prune(model, data["calibration"], pad, constraint, seq_len)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     stage("dev accuracy with its masks")
     masked = accuracy(model, data["dev"], pad, head_mask, neuron_mask)
@@ -323,6 +335,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         **{
             "masked accuracy": masked,
             "mac ratio": mac_ratio,
+            "rescaled blocks": rescaled,
             "mac seq_len": seq_len,
             "prune s": wall,
             "prune cpu s": cpu,
