@@ -265,9 +265,16 @@ def notes(rows: Mapping[str, Mapping[str, Any]], dev_size: int) -> str:
         text = ", ".join(
             f"{n.split(': ', 1)[1].split(', at ')[0]} {r['dev accuracy']:.3f} ({r['retention']:.1%})" for n, r in ours
         )
+        rescaled = row.get("blocks rescaled")
+        stopped = (
+            f" Its rescaling changed blocks {rescaled} only: it stops at the first block whose LSMR solve does not "
+            "converge within the iteration limit."
+            if rescaled is not None and rescaled != " ".join(map(str, range(len(row["_census"]["ffn widths"]))))
+            else ""
+        )
         lines.append(
             f"- {name}: dev accuracy {row['dev accuracy']:.3f} ({row['retention']:.1%} of its dense) at "
-            f"{row['parameters (M)']:.2f}M parameters; ours at that count: {text or 'none ran'}."
+            f"{row['parameters (M)']:.2f}M parameters; ours at that count: {text or 'none ran'}.{stopped}"
         )
     dense = [(n, r["dev accuracy"]) for n, r in rows.items() if "dense" in n and r.get("dev accuracy") is not None]
     if dense:
@@ -284,6 +291,12 @@ def notes(rows: Mapping[str, Mapping[str, Any]], dev_size: int) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--constraints", nargs="+", type=int, default=[50], help="its MAC constraints, percent")
+    parser.add_argument(
+        "--converged-variant",
+        action="store_true",
+        help="also run each constraint with LSMR allowed 10x its default iterations (its rescaling stops at the "
+        "first solve that does not converge)",
+    )
     parser.add_argument("--samples", type=int, default=512, help="calibration sentences (default 512)")
     parser.add_argument("--seed", type=int, default=0, help="calibration / pruning seed (default 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, ours and the peer's (default 1)")
@@ -320,7 +333,8 @@ def main(argv: list[str] | None = None) -> Report:
         + (" (--quick smoke run)" if args.quick else ""),
         intro=__doc__.split("\n\n")[1].replace("\n", " ")
         + " `retention` is dev accuracy over the dense row of the same environment; `blocks rescaled` lists the blocks whose masks "
-        "its least-squares rescaling changed (it stops at the first block whose solve fails); `accuracy with its "
+        "its least-squares rescaling changed (it stops at the first block whose solve fails); a row 'its LSMR allowed 10x the iterations' is not its code's "
+        "setting: the same run with the solver allowed to converge (`--converged-variant`). `accuracy with its "
         "masks` is the peer's own evaluation (masks applied to the dense weights), `dev accuracy` that of the model with "
         "the masks folded in and the masked units removed, whose parameters are counted (each tensor once, "
         "embeddings and the classifier included). Its adaptations: "
@@ -340,7 +354,7 @@ def main(argv: list[str] | None = None) -> Report:
         machine=machine_info(),
         row_header="row",
         float_format=".3f",
-        planned=2 + len(args.constraints) * (1 + len(OUR_VARIANTS)),
+        planned=2 + len(args.constraints) * (1 + args.converged_variant + len(OUR_VARIANTS)),
     )
     report.shown_command = " ".join(["python", "benchmarks/encoder_peers.py"] + [
         "<path>" if os.path.isabs(a) else a for a in argv])  # fmt: skip
@@ -371,6 +385,10 @@ def main(argv: list[str] | None = None) -> Report:
                 add(name, peer_row(job, checkpoint, data_path, args.threads, args.peer_timeout,
                                    report.rows.get(peer_dense)))  # fmt: skip
             target = report.rows[name].get("_census", {}).get("parameters")
+            converged = f"{PEER}: MAC {constraint}%, its LSMR allowed 10x the iterations (not its default)"
+            if args.converged_variant and converged not in done:
+                add(converged, peer_row(f"{job}-converged", checkpoint, data_path, args.threads, args.peer_timeout,
+                                        report.rows.get(peer_dense)))  # fmt: skip
             for variant, fields in OUR_VARIANTS:
                 ours = f"{OURS}: {variant}, at {PEER} {job}'s parameters"
                 if ours in done:
