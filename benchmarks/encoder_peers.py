@@ -37,10 +37,10 @@ REPO_ROOT = os.path.dirname(BENCHMARKS_DIR)
 if BENCHMARKS_DIR not in sys.path:
     sys.path.insert(0, BENCHMARKS_DIR)
 
-from common import MarkdownReport, default_output, log, machine_info, stopwatch  # noqa: E402
+from common import default_output, log, machine_info, stopwatch  # noqa: E402
 from fixtures import sentiment_classifier as fixture  # noqa: E402
 from peers import kwon_worker  # noqa: E402
-from structured_peers import _status_text, match_sparsity, run_length, run_worker  # noqa: E402
+from structured_peers import PeersReport, _status_text, match_sparsity, run_length, run_worker  # noqa: E402
 
 OURS = "optimum-prune"
 PEER = "Kwon et al."
@@ -78,24 +78,6 @@ def table_row(counted: Mapping[str, Any] | None, **columns: Any) -> dict[str, An
         row["_census"] = {k: counted[k] for k in ("parameters", "encoder parameters", "attention heads", "ffn widths")}
     row.update(columns)
     return row
-
-
-class Report(MarkdownReport):
-    """The results page: keys starting with "_" go to the JSON only."""
-
-    shown_command: str = ""
-
-    def render(self) -> str:
-        full = self.rows
-        self.rows = {name: {k: v for k, v in row.items() if not k.startswith("_")} for name, row in full.items()}
-        try:
-            text = super().render()
-        finally:
-            self.rows = full
-        lines = text.rstrip("\n").split("\n")
-        if lines[-1].startswith("Command: "):
-            lines[-1] = f"Command: `{self.shown_command}`"
-        return "\n".join(lines) + "\n"
 
 
 # ---- the workload -----------------------------------------------------------------------------------------------
@@ -307,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> Report:
+def main(argv: list[str] | None = None) -> PeersReport:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -327,7 +309,7 @@ def main(argv: list[str] | None = None) -> Report:
     base = {"structures": ["attention_heads", "ffn_channels"], "num_samples": samples, "seqlen": fixture.MAX_LENGTH,
             "seed": args.seed}  # fmt: skip
 
-    report = Report(
+    report = PeersReport(
         path=output,
         title="Structured pruning peers on an encoder classifier at equal parameter counts"
         + (" (--quick smoke run)" if args.quick else ""),

@@ -8,28 +8,12 @@ import random
 
 import pytest
 import torch
-from conftest import benchmark_module
+from conftest import TINY_ENCODER, benchmark_module, tiny_bert
 
 
 @pytest.fixture(scope="module")
 def worker():
     return benchmark_module("peers.kwon_worker")
-
-
-def _tiny_bert(seed: int = 0):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=50,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=24,
-        max_position_embeddings=64,
-        num_labels=2,
-    )
-    return BertForSequenceClassification(config).eval()
 
 
 def _examples(count: int, seed: int = 0) -> list[dict]:
@@ -57,11 +41,11 @@ def _masked_logits(model, batch, head_mask, neuron_mask):
 
 
 def test_fold_and_remove_computes_the_masked_model_with_the_masked_units_gone(worker) -> None:
-    model = _tiny_bert()
-    head_mask = torch.tensor([[1.3, 0.0, 0.7, 1.0], [0.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.5]])
-    neuron_mask = torch.rand(3, 24) + 0.5
+    model = tiny_bert()  # 2 blocks, hidden 48, 6 heads of 8, FFN 96
+    head_mask = torch.tensor([[1.3, 0.0, 0.7, 1.0, 0.0, 0.2], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    neuron_mask = torch.rand(2, 96) + 0.5
     neuron_mask[0, :10] = 0
-    neuron_mask[2, 5:] = 0
+    neuron_mask[1, 5:] = 0
     batch = next(worker.batches(_examples(6), 6, pad_token_id=0))
     batch.pop("labels")
     with torch.no_grad():
@@ -70,12 +54,13 @@ def test_fold_and_remove_computes_the_masked_model_with_the_masked_units_gone(wo
         got = model(**batch).logits
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     counted = worker.census(model)
-    assert counted["attention heads"] == [3, 0, 2]
-    assert counted["ffn widths"] == [14, 24, 5]
+    assert counted["attention heads"] == [4, 0]
+    assert counted["ffn widths"] == [86, 5]
     assert counted["parameters"] == sum(p.numel() for p in model.parameters())
-    # every block: q, k, v (32 x 8h + 8h each), output (8h x 32 + 32), two LayerNorms, FFN up / down
+    # every block: q, k, v (d x 8h + 8h each), output (8h x d + d), two LayerNorms, FFN up / down
+    d = TINY_ENCODER["hidden_size"]
     expected_encoder = sum(
-        3 * (32 * 8 * h + 8 * h) + 8 * h * 32 + 32 + 4 * 32 + 32 * f + f + f * 32 + 32
+        3 * (d * 8 * h + 8 * h) + 8 * h * d + d + 4 * d + d * f + f + f * d + d
         for h, f in zip(counted["attention heads"], counted["ffn widths"])
     )
     assert counted["encoder parameters"] == expected_encoder
@@ -91,7 +76,7 @@ def test_batches_pad_to_the_longest_sentence_and_keep_the_labels(worker) -> None
 
 
 def test_accuracy_counts_argmax_hits_whatever_the_padding(worker) -> None:
-    model = _tiny_bert(1)
+    model = tiny_bert(1)
     examples = _examples(20, seed=3)
     with torch.no_grad():
         predicted = [int(model(input_ids=torch.tensor([e["input_ids"]])).logits.argmax(-1)) for e in examples]

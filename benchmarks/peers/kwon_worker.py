@@ -44,11 +44,9 @@ in this repository's environment.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-import traceback
 import types
 import warnings
 from collections.abc import Iterator, Sequence
@@ -57,7 +55,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from worker_common import source_commit, stage  # noqa: E402  (beside this file, torch only)
+from worker_common import report_result, source_commit, stage  # noqa: E402  (beside this file, torch only)
 
 SOURCE_ENV = "OPTIMUM_PRUNE_KWON_SOURCE"
 #: Its main.py: `--seed 0`, a sample batch of 32 for GLUE tasks (12 for SQuAD), `get_pruning_schedule(num_iter=2)`.
@@ -372,15 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        result = run(args)
-    except Exception as error:  # the parent makes a failed row of it
-        traceback.print_exc()
-        result = {"status": f"failed: {type(error).__name__}: {error}"}
-    print("PEER_RESULT " + json.dumps(result), flush=True)
+    return report_result(lambda: run(args))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -46,18 +46,16 @@ run them in this repository's environment.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
 import time
-import traceback
 from typing import Any
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from worker_common import census, evaluate, finite, source_commit, stage  # noqa: E402  (beside this file, torch only)
+from worker_common import census, evaluate, finite, report_result, source_commit, stage  # noqa: E402  (beside this file, torch only)
 
 SOURCE_ENV = "OPTIMUM_PRUNE_LLMPRUNER_SOURCE"
 #: SmolLM2's block range (30 blocks): LLM-Pruner's LLaMA scripts leave blocks 0-3 and the last two dense.
@@ -255,14 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        result = run(args)
-    except Exception as error:  # the parent turns any failure into a table row with its reason
-        traceback.print_exc()
-        text = " ".join(f"failed: {type(error).__name__}: {error}".split())
-        result = {"status": text[:300]}
-    print("PEER_RESULT " + json.dumps(result), flush=True)
-    return 0 if result.get("status") == "ok" else 1
+    return report_result(lambda: run(args))
 
 
 if __name__ == "__main__":

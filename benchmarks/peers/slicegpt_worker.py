@@ -31,7 +31,6 @@ import os
 import sys
 import tempfile
 import time
-import traceback
 import types
 from collections.abc import Mapping
 from typing import Any
@@ -39,7 +38,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from worker_common import source_commit, stage  # noqa: E402  (beside this file; torch only, no optimum_prune)
+from worker_common import report_result, source_commit, stage  # noqa: E402  (beside this file; torch only, no optimum_prune)
 
 SOURCE_ENV = "OPTIMUM_PRUNE_SLICEGPT_SOURCE"
 #: run_slicegpt.py's defaults that this worker keeps.
@@ -322,25 +321,15 @@ def run(job: str, checkpoint: str, data_path: str, threads: int) -> dict[str, An
     }
 
 
-def _error_text(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job", required=True, help="dense or slice-<percent>, e.g. slice-20")
     parser.add_argument("--checkpoint", required=True, help="a Llama checkpoint folder (config.json, safetensors)")
     parser.add_argument("--data", required=True, help="torch.save dict: calibration, eval_ids, eval_prefix")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    try:
-        result = run(args.job, args.checkpoint, args.data, args.threads)
-    except Exception as error:
-        traceback.print_exc()
-        result = {"status": _error_text(f"failed: {type(error).__name__}: {error}")}
-    print("PEER_RESULT " + json.dumps(result, default=str), flush=True)
+    return report_result(lambda: run(args.job, args.checkpoint, args.data, args.threads))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -7,10 +7,13 @@ tests as ``peers.worker_common``.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import subprocess
 import sys
+import traceback
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,6 +24,18 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 def stage(text: str) -> None:
     """Tell the parent what the worker is doing (it logs these lines, and a timeout row says the last one)."""
     print(f"PEER_STAGE {text}", flush=True)
+
+
+def report_result(job: Callable[[], dict[str, Any]]) -> int:
+    """Run a worker's job and print its one ``PEER_RESULT <json>`` line; any failure becomes
+    ``{"status": "failed: <error>"}``, which the parent makes a table row of. Returns the exit code (0: ok)."""
+    try:
+        result = job()
+    except Exception as error:
+        traceback.print_exc()
+        result = {"status": " ".join(f"failed: {type(error).__name__}: {error}".split())[:300]}
+    print("PEER_RESULT " + json.dumps(result, default=str), flush=True)
+    return 0 if result.get("status") == "ok" else 1
 
 
 def source_commit(folder: str) -> str:
