@@ -37,7 +37,7 @@ REPO_ROOT = os.path.dirname(BENCHMARKS_DIR)
 if BENCHMARKS_DIR not in sys.path:
     sys.path.insert(0, BENCHMARKS_DIR)
 
-from common import default_output, log, machine_info, stopwatch  # noqa: E402
+from common import default_output, log, machine_info, shown_arguments, stopwatch  # noqa: E402
 from fixtures import sentiment_classifier as fixture  # noqa: E402
 from peers import kwon_worker  # noqa: E402
 from structured_peers import PeersReport, _status_text, match_sparsity, run_length, run_worker  # noqa: E402
@@ -75,7 +75,9 @@ def table_row(counted: Mapping[str, Any] | None, **columns: Any) -> dict[str, An
         row["encoder parameters (M)"] = counted["encoder parameters"] / 1e6
         row["heads per block"] = run_length(counted["attention heads"])
         row["FFN width per block"] = run_length(counted["ffn widths"])
-        row["_census"] = {k: counted[k] for k in ("parameters", "encoder parameters", "attention heads", "ffn widths")}
+        row["_census"] = {
+            k: counted[k] for k in ("parameters", "encoder parameters", "zeros", "attention heads", "ffn widths")
+        }
     row.update(columns)
     return row
 
@@ -338,8 +340,7 @@ def main(argv: list[str] | None = None) -> PeersReport:
         float_format=".3f",
         planned=2 + len(args.constraints) * (1 + args.converged_variant + len(OUR_VARIANTS)),
     )
-    report.shown_command = " ".join(["python", "benchmarks/encoder_peers.py"] + [
-        "<path>" if os.path.isabs(a) else a for a in argv])  # fmt: skip
+    report.shown_command = " ".join(["python", "benchmarks/encoder_peers.py", *shown_arguments(argv)])
     done = report.resume() if args.resume else []
     with tempfile.TemporaryDirectory(prefix="encoder-peers-") as scratch:
         data_path = os.path.join(scratch, "data.pt")
@@ -349,9 +350,8 @@ def main(argv: list[str] | None = None) -> PeersReport:
         tokenizer.save_pretrained(checkpoint)
 
         def add(name: str, row: dict[str, Any]) -> None:
-            report.add(name, row)
-            report.notes = notes(report.rows, len(dev_rows))
-            report.write()
+            report.notes = notes({**report.rows, name: row}, len(dev_rows))
+            report.add(name, row)  # writes the page, notes included
             log(f"{name}: {row.get('status')}, dev accuracy {row.get('dev accuracy')}, {row.get('parameters (M)')}M")
 
         our_dense = f"{OURS}: dense"

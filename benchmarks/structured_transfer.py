@@ -203,9 +203,8 @@ def main(argv: list[str] | None = None) -> MarkdownReport:
             for text in TEXTS:
                 row[f"{text} ppl"], row[f"{text} / dense"] = scores[text], scores[text] / dense[text]
             row.update({"prune CPU s": timer["cpu seconds"], "prune wall s": timer["seconds"], "status": "ok"})
-            report.add(name, ordered(row))
-            report.notes = notes(report.rows)
-            report.write()
+            report.notes = notes({**report.rows, name: ordered(row)})
+            report.add(name, ordered(row))  # writes the page, notes included
             log(f"{name}: {scores}, {timer['cpu seconds']:.0f} CPU s")
             del pruner
     report.notes = notes(report.rows)

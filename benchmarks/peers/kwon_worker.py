@@ -55,7 +55,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from worker_common import report_result, source_commit, stage  # noqa: E402  (beside this file, torch only)
+from worker_common import report_result, source_commit, stage, worker_parser  # noqa: E402  (beside this file, torch only)
 
 SOURCE_ENV = "OPTIMUM_PRUNE_KWON_SOURCE"
 #: Its main.py: `--seed 0`, a sample batch of 32 for GLUE tasks (12 for SQuAD), `get_pruning_schedule(num_iter=2)`.
@@ -360,11 +360,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--job", required=True, help="dense or mac-<percent> (e.g. mac-50)")
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--threads", type=int, default=1)
+    parser = worker_parser(
+        __doc__,
+        "dense, mac-<percent> or mac-<percent>-converged (e.g. mac-50)",
+        "a BertForSequenceClassification folder",
+        "torch.save file with the calibration and dev sentences' token ids and labels",
+    )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--source", default=None, help=f"its source folder (default ${SOURCE_ENV})")
     return parser

@@ -55,7 +55,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from worker_common import census, evaluate, finite, report_result, source_commit, stage  # noqa: E402  (beside this file, torch only)
+from worker_common import census, evaluate, finite, report_result, source_commit, stage, worker_parser  # noqa: E402  (beside this file, torch only)
 
 SOURCE_ENV = "OPTIMUM_PRUNE_LLMPRUNER_SOURCE"
 #: SmolLM2's block range (30 blocks): LLM-Pruner's LLaMA scripts leave blocks 0-3 and the last two dense.
@@ -235,11 +235,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--job", required=True, help="'dense' or 'ffn-<percent>' (e.g. ffn-20)")
-    parser.add_argument("--checkpoint", required=True, help="float32 safetensors LlamaForCausalLM folder")
-    parser.add_argument("--data", required=True, help="torch.save file with calibration and evaluation ids")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser = worker_parser(
+        __doc__,
+        "'dense' or 'ffn-<percent>' (e.g. ffn-20)",
+        "float32 safetensors LlamaForCausalLM folder",
+        "torch.save file with calibration and evaluation ids",
+    )
     parser.add_argument("--mlp-start", type=int, default=DEFAULT_MLP_START, help="first MLP block pruned (default 4)")
     parser.add_argument(
         "--mlp-end", type=int, default=DEFAULT_MLP_END, help="MLP block after the last one pruned (default 28)"

@@ -22,7 +22,6 @@ The census and layer summary below need only torch, so the tests check them in t
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.util
 import json
@@ -38,7 +37,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from worker_common import report_result, source_commit, stage  # noqa: E402  (beside this file; torch only, no optimum_prune)
+from worker_common import report_result, source_commit, stage, worker_parser  # noqa: E402  (beside this file; torch only, no optimum_prune)
 
 SOURCE_ENV = "OPTIMUM_PRUNE_SLICEGPT_SOURCE"
 #: run_slicegpt.py's defaults that this worker keeps.
@@ -322,11 +321,12 @@ def run(job: str, checkpoint: str, data_path: str, threads: int) -> dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--job", required=True, help="dense or slice-<percent>, e.g. slice-20")
-    parser.add_argument("--checkpoint", required=True, help="a Llama checkpoint folder (config.json, safetensors)")
-    parser.add_argument("--data", required=True, help="torch.save dict: calibration, eval_ids, eval_prefix")
-    parser.add_argument("--threads", type=int, default=1)
+    parser = worker_parser(
+        __doc__.splitlines()[0],
+        "dense or slice-<percent>, e.g. slice-20",
+        "a Llama checkpoint folder (config.json, safetensors)",
+        "torch.save dict: calibration, eval_ids, eval_prefix",
+    )
     args = parser.parse_args(argv)
     return report_result(lambda: run(args.job, args.checkpoint, args.data, args.threads))
 

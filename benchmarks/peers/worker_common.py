@@ -6,6 +6,7 @@ tests as ``peers.worker_common``.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import math
@@ -24,6 +25,17 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 def stage(text: str) -> None:
     """Tell the parent what the worker is doing (it logs these lines, and a timeout row says the last one)."""
     print(f"PEER_STAGE {text}", flush=True)
+
+
+def worker_parser(doc: str, job_help: str, checkpoint_help: str, data_help: str) -> argparse.ArgumentParser:
+    """The arguments every worker takes from `structured_peers.run_worker`'s command line: ``--job``,
+    ``--checkpoint``, ``--data`` and ``--threads``; a worker adds its own."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--job", required=True, help=job_help)
+    parser.add_argument("--checkpoint", required=True, help=checkpoint_help)
+    parser.add_argument("--data", required=True, help=data_help)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    return parser
 
 
 def report_result(job: Callable[[], dict[str, Any]]) -> int:
