@@ -120,3 +120,14 @@ def texts() -> list[str]:
 @pytest.fixture
 def sentences() -> list[str]:
     return [s.strip() + "." for s in TEXT.split(".") if s.strip()][:40]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matrices gain nothing from a second OpenMP thread, and on a busy machine its synchronisation makes each
+    matmul up to 100x slower; one thread keeps these tests at seconds (and their results bitwise reproducible).
+    Modules that want it for every test say `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -10,13 +10,7 @@ from conftest import tiny_llama
 from optimum_prune import PruningConfig
 from optimum_prune.planning import plan_pruning
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _samples(count: int, seqlen: int = 16) -> list[dict[str, torch.Tensor]]:

@@ -35,14 +35,7 @@ RECIPE = ["--sparsity", "0.3", "--criterion", "activation", "--reconstruction", 
 DATA = ["--num-samples", "4", "--seqlen", "32"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices gain nothing from a second OpenMP thread, and on a busy machine its synchronisation makes each
-    matmul up to 100x slower; one thread keeps these tests at seconds (and their results bitwise reproducible)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _script(name: str) -> str:

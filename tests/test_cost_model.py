@@ -32,12 +32,7 @@ WEIGHTS_PER_BLOCK = 48 * 48 + 2 * 24 * 48 + 48 * 48 + 2 * 96 * 48 + 48 * 96
 PASS = 2 * TOKENS * WEIGHTS_PER_BLOCK + 2 * TOKENS * SEQLEN * 6 * 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(**fields) -> PruningConfig:

@@ -32,12 +32,7 @@ AUTO = {"llama": AutoModelForCausalLM, "bert": AutoModelForSequenceClassificatio
 TASK = {"llama": [], "bert": ["--task", "sequence-classification"]}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -73,12 +73,7 @@ UNANSWERABLE = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _classifier(num_labels: int, id2label: dict[int, str] | None = None, seed: int = 0) -> torch.nn.Module:

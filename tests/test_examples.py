@@ -27,14 +27,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 FEW_WINDOWS = ["--eval-windows", "4"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices gain nothing from a second OpenMP thread, and on a busy machine its synchronisation makes each
-    matmul up to 100x slower; one thread keeps these tests at seconds (and their results bitwise reproducible)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -20,12 +20,7 @@ from optimum_prune.serialization.hub import create_model_card
 SMALL = {"num_samples": 2, "seqlen": 32}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

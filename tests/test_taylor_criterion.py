@@ -30,12 +30,7 @@ from optimum_prune.structured import prune_structured
 SENTENCES = [s.strip() + "." for s in TEXT.split(".") if s.strip()][:40]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _llama() -> torch.nn.Module:
