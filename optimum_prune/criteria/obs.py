@@ -55,6 +55,19 @@ def augmented_inverse_gram(stats: InputStatistics, damp: float) -> torch.Tensor:
         return torch.linalg.pinv(h, hermitian=True)
 
 
+def solve_blocks(blocks: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """`torch.linalg.solve(blocks, rhs)` for a batch [u, c, c] of systems, [u, c, k] -> [u, c, k].
+
+    On CPU with more than one thread, torch's batched LU (MKL getrf inside a parallel loop over the batch) hangs or
+    fails with "Parameter 6 was incorrect on entry to DLASWP" once c exceeds 128 (pytorch/pytorch#142815; seen with
+    torch 2.13 on SmolLM2's 192-channel KV groups), so there each system is solved on its own: the same LAPACK calls,
+    bitwise the same result as the batched call on one thread.
+    """
+    if blocks.device.type != "cpu" or torch.get_num_threads() == 1 or blocks.shape[0] < 2:
+        return torch.linalg.solve(blocks, rhs)
+    return torch.stack([torch.linalg.solve(block, right) for block, right in zip(blocks, rhs)])
+
+
 def set_cost(weight: torch.Tensor, inverse_gram: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
     """tr(W_S ((H^-1)_SS)^-1 W_S^T): the refit error of removing input `channels` of `weight` [out, n]."""
     w_s = weight[:, channels].double()
@@ -131,7 +144,7 @@ def greedy_obs(
         w_u = w.index_select(1, idx.reshape(-1)).view(w.shape[0], *idx.shape).permute(1, 0, 2)  # [u, out, c]
         if c == 1:
             return w_u.pow(2).sum((1, 2)) / blocks[:, 0, 0].clamp_min(1e-30)
-        solved = torch.linalg.solve(blocks, w_u.transpose(1, 2))  # [u, c, out]
+        solved = solve_blocks(blocks, w_u.transpose(1, 2))  # [u, c, out]
         return (w_u.transpose(1, 2) * solved).sum((1, 2))
 
     while len(order) < stop:
