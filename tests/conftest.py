@@ -124,8 +124,9 @@ def sentences() -> list[str]:
 
 @pytest.fixture
 def one_thread():
-    """Tiny matrices gain nothing from a second OpenMP thread, and on a busy machine its synchronisation makes each
-    matmul up to 100x slower; one thread keeps these tests at seconds (and their results bitwise reproducible).
+    """One thread during the test and the count restored after it, for modules whose tests run code that may set
+    its own (CLI commands, examples, benchmark scripts); why one thread: the comment at this file's
+    `torch.set_num_threads(1)`.
     Modules that want it for every test say `pytestmark = pytest.mark.usefixtures("one_thread")`."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

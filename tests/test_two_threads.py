@@ -24,8 +24,19 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 LIMIT = 300
 
 
+#: What every script starts with; the thread count is set after conftest's import, which sets one for the suite.
+PREAMBLE = """
+import warnings
+import torch
+from conftest import TEXT, make_tokenizer, tiny_llama
+from optimum_prune import PrunerForCausalLM
+warnings.filterwarnings("ignore")
+torch.set_num_threads(2)
+"""
+
+
 def _run_with_two_threads(body: str) -> str:
-    script = "import torch\ntorch.set_num_threads(2)\n" + textwrap.dedent(body)
+    script = PREAMBLE + textwrap.dedent(body)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")])}
     # Idle OpenMP threads sleep instead of spinning: on a machine busy with other work, spinning threads made these
     # runs 50-100x slower. (The hang does not depend on it.)
@@ -62,9 +73,6 @@ def test_obs_recipe_finishes_with_two_threads_on_wide_kv_groups():
     # 4 query heads of 64 per KV group: units of 256 channels, as in real grouped-query models.
     out = _run_with_two_threads(
         """
-        from conftest import make_tokenizer, TEXT, tiny_llama
-        from optimum_prune import PrunerForCausalLM
-        torch.set_num_threads(2)  # again: importing conftest sets one thread for the test suite
         model = tiny_llama(hidden_size=512, intermediate_size=256, num_hidden_layers=1, num_attention_heads=8,
                            num_key_value_heads=2, head_dim=64)
         pruner = PrunerForCausalLM(model, make_tokenizer())
@@ -89,11 +97,6 @@ def test_every_method_finishes_with_two_threads():
     # Units wider than 128 channels (KV groups of 256, 768 FFN channels), where multi-threaded LAPACK differs.
     out = _run_with_two_threads(
         """
-        import warnings
-        warnings.filterwarnings("ignore")
-        from conftest import make_tokenizer, TEXT, tiny_llama
-        from optimum_prune import PrunerForCausalLM
-        torch.set_num_threads(2)
         cases = [
             dict(target="structured", sparsity=0.3),
             dict(target="structured", sparsity=0.3, recipe="flap"),
