@@ -359,6 +359,13 @@ class MarkdownReport:
     finished: str | None = None
     #: Protocol keys that only select rows (e.g. the methods run); a resumed run may change them.
     selection_keys: tuple[str, ...] = ()
+    #: The command lines that measured rows of this page, in the order they first did (kept across `resume`), so a
+    #: page finished by a render-only or resumed call still says how its rows were made.
+    commands: list[str] = field(default_factory=list)
+
+    def command_line(self) -> str:
+        """This process's command line as the page shows it (no absolute path of this machine)."""
+        return " ".join(["python", os.path.relpath(sys.argv[0])] + shown_arguments(sys.argv[1:]))
 
     @property
     def json_path(self) -> str:
@@ -386,11 +393,14 @@ class MarkdownReport:
             )
         self.rows = {name: dict(metrics) for name, metrics in earlier.get("rows", {}).items()}
         self.started = earlier.get("started", self.started)
+        self.commands = list(earlier.get("commands", []))
         return list(self.rows)
 
     def add(self, name: str, metrics: Mapping[str, Any]) -> None:
         """Record one row (replacing a row of the same name) and rewrite the file."""
         self.rows[name] = dict(metrics)
+        if self.command_line() not in self.commands:
+            self.commands.append(self.command_line())
         self.write()
 
     def finish(self) -> None:
@@ -417,10 +427,14 @@ class MarkdownReport:
         if self.protocol:
             lines += ["## Protocol", ""] + [f"- {key}: {value}" for key, value in self.protocol.items()] + [""]
         lines += ["## Machine", ""] + [f"- {key}: {value}" for key, value in self.machine.items()] + [""]
-        lines += [
-            "Command: `" + " ".join(["python", os.path.relpath(sys.argv[0])] + shown_arguments(sys.argv[1:])) + "`",
-            "",
-        ]
+        current = self.command_line()
+        if self.commands in ([], [current]):
+            lines += [f"Command: `{current}`", ""]
+        else:
+            lines += ["Commands that measured the rows, in order:", ""]
+            lines += [f"- `{command}`" for command in self.commands] + [""]
+            if current not in self.commands:
+                lines += [f"Written by: `{current}`", ""]
         return "\n".join(lines)
 
     def write(self) -> None:
@@ -431,6 +445,7 @@ class MarkdownReport:
             "machine": dict(self.machine),
             "started": self.started,
             "finished": self.finished,
+            "commands": self.commands,
             "rows": self.rows,
         }
         write_text_atomically(self.json_path, json.dumps(record, indent=2) + "\n")

@@ -335,6 +335,7 @@ def merge_shards(paths: list[str], output: str) -> MarkdownReport:
         planned=planned,
         rows=rows,
         started=min(s["started"] for s in shards),
+        commands=list(dict.fromkeys(command for shard in shards for command in shard.get("commands", []))),
     )
     # Complete means every planned row was measured, whichever processes measured them (a process stopped mid-row
     # whose rows a later one re-ran never "finished"; one run with --rows finishes with a few rows only).

@@ -613,15 +613,12 @@ class PeersReport(MarkdownReport):
         full = self.rows
         self.rows = {name: {k: v for k, v in row.items() if not k.startswith("_")} for name, row in full.items()}
         try:
-            text = super().render()
+            return super().render()
         finally:
             self.rows = full
-        if self.shown_command:
-            lines = text.rstrip("\n").split("\n")
-            if lines[-1].startswith("Command: "):
-                lines[-1] = f"Command: `{self.shown_command}`"
-            text = "\n".join(lines) + "\n"
-        return text
+
+    def command_line(self) -> str:
+        return self.shown_command or super().command_line()
 
 
 def shown_command(argv: Sequence[str]) -> str:

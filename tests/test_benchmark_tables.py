@@ -87,6 +87,51 @@ def test_structured_shards_split_the_plan_and_merge_in_plan_order(tmp_path) -> N
         structured.merge_shards([paths[0], str(other)], str(tmp_path / "mixed.md"))
 
 
+def test_a_page_keeps_the_commands_that_measured_its_rows(tmp_path, monkeypatch) -> None:
+    common = benchmark_module("common")
+    page = tmp_path / "page.md"
+
+    def run(*arguments: str, rows: dict) -> str:
+        monkeypatch.setattr("sys.argv", ["benchmarks/x.py", *arguments])
+        report = common.MarkdownReport(path=str(page), title="t", machine={"CPU": "x"}, protocol={"n": 1})
+        report.resume()
+        for name, metrics in rows.items():
+            report.add(name, metrics)
+        report.write()
+        return page.read_text()
+
+    first = run("--rows", "a", rows={"a": {"ppl": 1.0}})
+    assert "Command: `python benchmarks/x.py --rows a`" in first
+    second = run("--rows", "b", "--resume", rows={"b": {"ppl": 2.0}})
+    assert "- `python benchmarks/x.py --rows a`\n- `python benchmarks/x.py --rows b --resume`" in second
+    assert "Written by" not in second
+    rendered = run("--resume", rows={})  # a render-only call measured nothing: the page still names who did
+    assert (
+        "- `python benchmarks/x.py --rows a`" in rendered
+        and "- `python benchmarks/x.py --rows b --resume`" in rendered
+    )
+    assert "Written by: `python benchmarks/x.py --resume`" in rendered
+    assert json.loads((tmp_path / "page.json").read_text())["commands"] == [
+        "python benchmarks/x.py --rows a",
+        "python benchmarks/x.py --rows b --resume",
+    ]
+
+    structured = benchmark_module("structured")
+    shards = []
+    for k, command in enumerate(
+        ["python benchmarks/structured.py --shard 0/2", "python benchmarks/structured.py --shard 1/2"]
+    ):
+        record = _record({"dense": _shard_row(20.0)}, calibration="64 x 512") | {"commands": [command]}
+        (tmp_path / f"s{k}.json").write_text(json.dumps(record))
+        shards.append(str(tmp_path / f"s{k}.json"))
+    merged = structured.merge_shards(shards, str(tmp_path / "merged.md"))
+    assert merged.commands == [
+        "python benchmarks/structured.py --shard 0/2",
+        "python benchmarks/structured.py --shard 1/2",
+    ]
+    assert "- `python benchmarks/structured.py --shard 1/2`" in (tmp_path / "merged.md").read_text()
+
+
 def _quantize_chain():
     import importlib.util
 
