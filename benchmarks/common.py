@@ -336,6 +336,58 @@ def peak_rss() -> Iterator[dict[str, float | None]]:
         result["MiB"] = peak / 1024 if peak is not None else None
 
 
+# ---- worker processes -----------------------------------------------------------------------------------------------
+def launch_worker_process(
+    script: str, spec: Mapping[str, Any], workdir: str, timeout: float, echo: str | None = None
+) -> dict[str, Any]:
+    """Run `python script --worker <spec.json>` and return the JSON of its ``RESULT `` line, or {'error': ...} (the
+    benchmark goes on with the next row). Lines starting with `echo` are logged as they arrive; the timeout holds
+    whether or not the worker prints anything."""
+    import subprocess
+    import tempfile
+    import threading
+
+    handle, spec_path = tempfile.mkstemp(suffix=".json", dir=workdir)
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        json.dump(dict(spec), out)
+    command = [sys.executable, os.path.abspath(script), "--worker", spec_path]
+    env = {**os.environ, "TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    stdout: list[str] = []
+    stderr: list[str] = []
+
+    def read(stream: Any, into: list[str], prefix: str | None) -> None:
+        for line in stream:
+            into.append(line)
+            if prefix and line.startswith(prefix):
+                log(line[len(prefix) :].strip())
+
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        readers = [
+            threading.Thread(target=read, args=(process.stdout, stdout, echo), daemon=True),
+            threading.Thread(target=read, args=(process.stderr, stderr, None), daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            return {"error": f"timed out after {timeout:.0f}s"}
+        for reader in readers:
+            reader.join()
+    finally:
+        os.remove(spec_path)
+    for line in stdout:
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    errors = "".join(stderr)
+    log(f"worker failed (exit {process.returncode}):\n{errors[-3000:]}")
+    tail = (errors or "".join(stdout)).strip().splitlines()[-1:] or ["no output"]
+    return {"error": f"exit {process.returncode}: {tail[0][:160]}"}
+
+
 # ---- results --------------------------------------------------------------------------------------------------
 @dataclass
 class MarkdownReport:

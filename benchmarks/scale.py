@@ -42,7 +42,6 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,7 +49,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from common import MarkdownReport, log, machine_info, reset_peak_rss, status_kb
+from common import MarkdownReport, launch_worker_process, log, machine_info, reset_peak_rss, status_kb
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "optimum-prune-scale")
@@ -437,33 +436,8 @@ def run_worker(spec_path: str) -> None:
 
 
 def launch(spec: dict[str, Any], workdir: str, timeout: float) -> dict[str, Any]:
-    """Run one worker; its result, or {'error': ...}. Its PROJECTION line is echoed as it arrives."""
-    handle, spec_path = tempfile.mkstemp(suffix=".json", dir=workdir)
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        json.dump(spec, out)
-    command = [sys.executable, os.path.abspath(__file__), "--worker", spec_path]
-    env = {**os.environ, "TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    lines: list[str] = []
-    try:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        deadline = time.monotonic() + timeout
-        for line in process.stdout:  # type: ignore[union-attr]
-            lines.append(line)
-            if line.startswith("PROJECTION "):
-                log(line[len("PROJECTION ") :].strip())
-            if time.monotonic() > deadline:
-                process.kill()
-                return {"error": f"timed out after {timeout:.0f}s"}
-        stderr = process.stderr.read()  # type: ignore[union-attr]
-        process.wait()
-    finally:
-        os.remove(spec_path)
-    for line in lines:
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    log(f"worker failed (exit {process.returncode}):\n{stderr[-3000:]}")
-    tail = stderr.strip().splitlines()[-1:] or ["no output"]
-    return {"error": f"exit {process.returncode}: {tail[0][:160]}"}
+    """Run one worker; its result, or {'error': ...} (its PROJECTION line is echoed as it arrives)."""
+    return launch_worker_process(__file__, spec, workdir, timeout, echo="PROJECTION ")
 
 
 # ---- one shape ------------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from common import log, reset_peak_rss, status_kb, today, usable_cores, write_text_atomically
+from common import launch_worker_process, log, reset_peak_rss, status_kb, today, usable_cores, write_text_atomically
 from common import machine_info as common_machine_info
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -300,24 +299,8 @@ def run_worker(spec_path: str) -> None:
 
 
 def launch_worker(spec: dict[str, Any], workdir: str, timeout: float) -> dict[str, Any]:
-    """Run one worker process; its result, or {'error': ...} (the benchmark goes on with the next row)."""
-    handle, spec_path = tempfile.mkstemp(suffix=".json", dir=workdir)
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        json.dump(spec, out)
-    command = [sys.executable, os.path.abspath(__file__), "--worker", spec_path]
-    env = {**os.environ, "TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f}s"}
-    finally:
-        os.remove(spec_path)
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-    log(f"worker failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    return {"error": f"exit {done.returncode}: {tail[0][:120]}"}
+    """Run one worker; its result, or {'error': ...} (the benchmark goes on with the next row)."""
+    return launch_worker_process(__file__, spec, workdir, timeout)
 
 
 # ---- section 1: inference speed -------------------------------------------------------------------------------

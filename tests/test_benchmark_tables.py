@@ -227,3 +227,24 @@ def test_sparsity_grid_prunes_each_row_on_a_fresh_copy_and_counts_the_budget(tmp
     report.rows["60% magnitude, uniform"] = {"zeros": 0.1, "ppl / dense": 2.0}
     lines = grid.best_lines(report.rows, [0.6], "zeros", False, "ppl / dense")
     assert lines[0] == "- 60%: best 60% magnitude, uniform (2.000 ppl / dense)."
+
+
+def test_worker_launcher_returns_the_result_times_out_a_silent_worker_and_reports_a_crash(tmp_path) -> None:
+    common = benchmark_module("common")
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import json, sys, time\n"
+        "spec = json.load(open(sys.argv[2]))\n"
+        "print('PROJECTION about 3 s', flush=True)\n"
+        "if spec['kind'] == 'sleep':\n"
+        "    time.sleep(60)\n"
+        "if spec['kind'] == 'crash':\n"
+        "    raise SystemExit('worker broke')\n"
+        "print('RESULT ' + json.dumps({'twice': 2 * spec['x']}))\n"
+    )
+    assert common.launch_worker_process(str(script), {"kind": "ok", "x": 4}, str(tmp_path), 60) == {"twice": 8}
+    silent = common.launch_worker_process(str(script), {"kind": "sleep"}, str(tmp_path), 2, echo="PROJECTION ")
+    assert silent == {"error": "timed out after 2s"}  # no output after the first line: still stopped in time
+    crashed = common.launch_worker_process(str(script), {"kind": "crash"}, str(tmp_path), 60)
+    assert crashed["error"].startswith("exit 1") and "worker broke" in crashed["error"]
+    assert [p.name for p in tmp_path.iterdir()] == ["worker.py"]  # the spec files are removed
