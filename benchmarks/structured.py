@@ -165,6 +165,10 @@ def row_plan() -> list[tuple[str, dict[str, Any]]]:
             {"protect_layers": llm_pruner_blocks},
         ),
         (
+            "30% heads+FFN, liar, blocks 0-3 and 28-29 kept (LLM-Pruner's protected blocks; the others lose a KV group)",
+            {"protect_layers": llm_pruner_blocks},
+        ),
+        (
             "20% heads+FFN, taylor + liar, blocks 0-3 and 28-29 kept (both)",
             {"criterion": "taylor", "protect_layers": llm_pruner_blocks},
         ),
