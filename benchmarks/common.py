@@ -13,7 +13,10 @@ import functools
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -343,10 +346,6 @@ def launch_worker_process(
     """Run `python script --worker <spec.json>` and return the JSON of its ``RESULT `` line, or {'error': ...} (the
     benchmark goes on with the next row). Lines starting with `echo` are logged as they arrive; the timeout holds
     whether or not the worker prints anything."""
-    import subprocess
-    import tempfile
-    import threading
-
     handle, spec_path = tempfile.mkstemp(suffix=".json", dir=workdir)
     with os.fdopen(handle, "w", encoding="utf-8") as out:
         json.dump(dict(spec), out)
@@ -451,8 +450,9 @@ class MarkdownReport:
     def add(self, name: str, metrics: Mapping[str, Any]) -> None:
         """Record one row (replacing a row of the same name) and rewrite the file."""
         self.rows[name] = dict(metrics)
-        if self.command_line() not in self.commands:
-            self.commands.append(self.command_line())
+        command = self.command_line()
+        if command not in self.commands:
+            self.commands.append(command)
         self.write()
 
     def finish(self) -> None:
