@@ -175,6 +175,7 @@ _RELOAD_SCRIPT = textwrap.dedent(
             with torch.no_grad():
                 copied = model(torch.tensor(item["ids"])).logits
             results[item["key"]] = {
+                "plugin_loader": item["plugin_loader"],
                 "exact": bool(torch.equal(logits, expected)),
                 "max_diff": float((logits - expected).abs().max()),
                 "copied_exact": bool(torch.equal(copied, expected)),
@@ -215,6 +216,10 @@ def reloads(tmp_path_factory):
         torch.save(expected, root / f"{entry.name}-{kind}.pt")
         auto = "AutoModelForCausalLM" if entry.is_causal_lm else "AutoModelForSequenceClassification"
         item = {"key": f"{entry.name}/{kind}", "path": str(path), "auto_class": auto, "ids": ids, "plain": plain}
+        # A checkpoint that needs no plugin loads through plain transformers even with the plugin imported: its
+        # tensors stay at the file's offsets (the plugin's loader, which copies them aligned, is not involved).
+        layout = getattr(pruner.model.config, "pruning", None) or {}
+        item["plugin_loader"] = bool(layout.get("requires_plugin", False)) and not plain
         manifest.append({**item, "expected": str(root / f"{entry.name}-{kind}.pt")})
 
     setup_errors = {}
@@ -289,7 +294,12 @@ def test_structured_reload_in_fresh_process(entry, reloads):
         pytest.skip("no structured adapter")
     results, setup_errors = reloads
     assert entry.name not in setup_errors, setup_errors.get(entry.name)
-    _same_as_before(results, entry.name, "structured")
+    # Bit for bit where the plugin's loader placed the tensors; a structured checkpoint that needs no plugin (the
+    # same sizes in every layer, e.g. Qwen2-MoE's experts) loads through plain transformers at the file's offsets,
+    # where AMD's kernels round differently (1.5e-8 on the tiny Qwen2-MoE; Intel's gave the same bits).
+    _same_as_before(
+        results, entry.name, "structured", aligned=results[f"{entry.name}/structured"].get("plugin_loader", True)
+    )
 
 
 def test_matrix_declarations_are_consistent():

@@ -7,14 +7,14 @@ itself on random weights and inputs (single channels and 4-channel units, severa
 The FFNs are wider than the greedy's 128 steps, so several channels go per step, as in real models.
 
 As in test_pipeline_digests.py, bitwise equality only holds where the floating-point libraries compute as they did
-then: the recorded torch / transformers versions and CPU capability must match, otherwise the test is skipped. To
-record again, run ``python tests/test_obs_digests.py`` from a checkout whose results are trusted.
+then: one record per environment (`digests.py`), the test skipped where none matches. To record this environment,
+run ``python tests/test_obs_digests.py`` from a checkout whose results are trusted. The AMD EPYC record was made at
+d188ecd, whose package code is the code that matched the Intel record.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 import warnings
@@ -25,6 +25,7 @@ import transformers
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import TEXT, VOCAB_SIZE, make_tokenizer  # noqa: E402
+from digests import record, recorded_or_skip  # noqa: E402
 
 from optimum_prune import PrunerForCausalLM, PrunerForSequenceClassification, PruningConfig  # noqa: E402
 from optimum_prune.criteria.obs import greedy_obs  # noqa: E402
@@ -57,14 +58,6 @@ MODELS = {
 }
 SPARSITIES = (0.2, 0.5)
 CASES = [f"{model}/{sparsity}" for model in MODELS for sparsity in SPARSITIES] + ["greedy/c1", "greedy/c4"]
-
-
-def _environment() -> dict[str, str]:
-    return {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-    }
 
 
 def _hash_tensors(items) -> str:
@@ -116,18 +109,13 @@ def _digest(case: str) -> str:
 
 @pytest.mark.parametrize("case", CASES)
 def test_obs_recipe_is_bit_identical(case):
-    with open(DIGESTS) as handle:
-        recorded = json.load(handle)
-    if recorded["environment"] != _environment():
-        pytest.skip(f"digests recorded with {recorded['environment']}, this is {_environment()}")
+    recorded = recorded_or_skip(DIGESTS)
     torch.set_num_threads(1)
-    assert _digest(case) == recorded["digests"][case]
+    assert _digest(case) == recorded[case]
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
     digests = {case: _digest(case) for case in CASES}
-    with open(DIGESTS, "w") as handle:
-        json.dump({"environment": _environment(), "digests": digests}, handle, indent=1, sort_keys=True)
-        handle.write("\n")
+    record(DIGESTS, digests)
     print(f"{len(digests)} digests written to {DIGESTS}")

@@ -5,26 +5,26 @@ hashes the code before `optimum_prune.pipeline` produced (commit 2bc4cad) for st
 allocations x liar / liar_dense / none on LLaMA, BERT and Mamba (and what works of them on Mixtral, Gemma 3 with
 per-block masks), depth pruning with bridges, every sparsity solver, the OWL and OBS allocations and 2:4.
 
-Bitwise equality only holds where the floating-point libraries compute as they did then: the recorded torch and
-transformers versions and CPU capability must match, otherwise the test is skipped (say so rather than pass). To
-record again in a new environment, run ``python tests/test_pipeline_digests.py`` from a checkout whose results are
-trusted (not from the change under test).
+Bitwise equality only holds where the floating-point libraries compute as they did then, so the file holds one
+record per environment (torch, transformers, CPU capability and CPU make: `digests.py`); where none matches, the test
+is skipped (say so rather than pass). To record this environment, run ``python tests/test_pipeline_digests.py`` from
+a checkout whose results are trusted (not from the change under test). The Intel record was made at 2bc4cad; the AMD
+EPYC one at d188ecd, whose package code is the code that matched the Intel record.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 import warnings
 
 import pytest
 import torch
-import transformers
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import TEXT, make_tokenizer, tiny_bert, tiny_llama, tiny_mamba  # noqa: E402
+from digests import record, recorded_or_skip  # noqa: E402
 from test_decoder_adapters import tiny_decoder  # noqa: E402
 
 from optimum_prune import PrunerForCausalLM, PrunerForSequenceClassification, PruningConfig  # noqa: E402
@@ -89,14 +89,6 @@ def _cases() -> dict[str, tuple[str, dict]]:
 CASES = _cases()
 
 
-def _environment() -> dict[str, str]:
-    return {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-    }
-
-
 def _digest(model_name: str, fields: dict) -> str:
     build, pruner_class = MODELS[model_name]
     pruner = pruner_class(build(), make_tokenizer())
@@ -113,25 +105,16 @@ def _digest(model_name: str, fields: dict) -> str:
     return digest.hexdigest()
 
 
-def _recorded() -> dict:
-    with open(DIGESTS) as handle:
-        return json.load(handle)
-
-
 @pytest.mark.parametrize("case", list(CASES))
 def test_pruned_weights_are_bit_identical(case):
-    recorded = _recorded()
-    if recorded["environment"] != _environment():
-        pytest.skip(f"digests recorded with {recorded['environment']}, this is {_environment()}")
+    recorded = recorded_or_skip(DIGESTS)
     torch.set_num_threads(1)
     model_name, fields = CASES[case]
-    assert _digest(model_name, fields) == recorded["digests"][case]
+    assert _digest(model_name, fields) == recorded[case]
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
     digests = {case: _digest(model_name, fields) for case, (model_name, fields) in CASES.items()}
-    with open(DIGESTS, "w") as handle:
-        json.dump({"environment": _environment(), "digests": digests}, handle, indent=1, sort_keys=True)
-        handle.write("\n")
+    record(DIGESTS, digests)
     print(f"{len(digests)} digests written to {DIGESTS}")
