@@ -39,3 +39,16 @@ def test_the_scoring_pass_reads_the_first_samples_only(allocation):
 def test_a_bad_count_is_refused(bad):
     with pytest.raises(ValueError, match="allocation_samples"):
         PruningConfig(target="structured", sparsity=0.2, allocation="obs", allocation_samples=bad)
+
+
+def test_the_obs_recipe_scores_on_the_first_half_of_the_samples():
+    assert PruningConfig(recipe="obs", num_samples=64).allocation_samples == 32
+    assert PruningConfig(recipe="obs", num_samples=7).allocation_samples == 3
+    assert PruningConfig(recipe="obs", num_samples=1).allocation_samples == 1
+    assert PruningConfig(recipe="obs", num_samples=64, allocation_samples=48).allocation_samples == 48  # set wins
+    assert PruningConfig(recipe="liar", num_samples=64).allocation_samples is None
+    model, samples = tiny_llama(), _samples(6)
+    plan = plan_pruning(model, PruningConfig(recipe="obs", sparsity=0.3, num_samples=6, seed=0), samples).layers
+    fields = dict(recipe="obs", sparsity=0.3, num_samples=6, seed=0)
+    assert plan == plan_pruning(model, PruningConfig(allocation_samples=3, **fields), samples).layers
+    assert plan != plan_pruning(model, PruningConfig(allocation_samples=6, **fields), samples).layers

@@ -74,8 +74,14 @@ def _model_digest(model_name: str, sparsity: float) -> str:
     model = MODELS[model_name]().eval()
     bert = model_name == "bert"
     pruner = (PrunerForSequenceClassification if bert else PrunerForCausalLM)(model, make_tokenizer())
+    # allocation_samples=8: the allocation on every sample, as recorded (the recipe now reads half of them).
     config = PruningConfig(
-        recipe="obs", sparsity=sparsity, dataset=SENTENCES if bert else [TEXT], num_samples=8, seqlen=48
+        recipe="obs",
+        sparsity=sparsity,
+        dataset=SENTENCES if bert else [TEXT],
+        num_samples=8,
+        seqlen=48,
+        allocation_samples=8,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -62,7 +62,8 @@ def _cases() -> dict[str, tuple[str, dict]]:
         for reconstruction in ("liar", "liar_dense"):
             fields = {**ALLOCATIONS[allocation], "reconstruction": reconstruction}
             cases[f"gemma3/{allocation}/{reconstruction}"] = ("gemma3", fields)
-    cases["llama/recipe-obs"] = ("llama", dict(recipe="obs"))
+    # allocation_samples=4 (every sample, as recorded; the recipe now reads half of them).
+    cases["llama/recipe-obs"] = ("llama", dict(recipe="obs", allocation_samples=4))
     cases["llama/magnitude-global-no-data"] = (
         "llama",
         dict(criterion="magnitude", reconstruction="none", allocation="global"),
