@@ -11,23 +11,14 @@ added on a new machine from a checkout whose results are trusted.
 from __future__ import annotations
 
 import json
-import platform
 
 import pytest
 import torch
 import transformers
+from conftest import benchmark_module
 
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (Linux), else what `platform` knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
+#: The CPU's marketing name, as the benchmark pages give it.
+cpu_model = benchmark_module("common").cpu_model
 
 
 def environment() -> dict[str, str]:
