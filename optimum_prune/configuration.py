@@ -469,7 +469,8 @@ class StructuredConfig(PruningConfig):
             "help": "With a ranked allocation ('global', 'flap', 'obs'), how many calibration samples (the first "
             "ones) its scoring pass reads; None (default): all; recipe='obs' sets half of num_samples. On "
             "SmolLM2-135M with 64 x 512 calibration tokens, recipe='obs' with 32 took 13-15% less CPU time than with "
-            "all 64 at perplexities within 1% either way (benchmarks/results/structured_alloc32.md); with 16, 11% "
+            "all 64 at perplexities within 1% either way (2-core AMD EPYC; benchmarks/results/structured_alloc32.md); "
+            "with 16 (Intel Xeon), 11% "
             "(20% budget) and 21% (30%) less for 1.1% and 0.5% higher perplexity "
             "(benchmarks/results/structured_allocation_samples.md)."
         },

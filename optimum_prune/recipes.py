@@ -15,7 +15,7 @@ told from one left alone, and takes the recipe's).
   (`reconstruction="liar_dense"`) is left out: on SmolLM2-135M it raised perplexity at every budget measured
   (benchmarks/results/structured.md). The allocation's pass over the unpruned model reads the first half of the
   calibration samples (`allocation_samples`): on SmolLM2-135M at 20% and 30%, two seeds each, it cost 13-15% less
-  CPU time than reading all of them, at perplexities within 1% either way on Wikipedia and news
+  CPU time than reading all of them (2-core AMD EPYC), at perplexities within 1% either way on Wikipedia and news
   (benchmarks/results/structured_alloc32.md). For the allocation on every sample, set `allocation_samples` to
   `num_samples`.
 - `shortgpt` (Men et al. 2024, "ShortGPT"): whole blocks removed, lowest block influence (1 - cos between a

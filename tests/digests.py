@@ -40,11 +40,11 @@ def _records(path: str) -> list[dict]:
 
 def recorded_or_skip(path: str) -> dict[str, str]:
     """The digests recorded in this environment; skips the calling test where there are none."""
-    here = environment()
-    for record in _records(path):
+    here, records = environment(), _records(path)
+    for record in records:
         if record["environment"] == here:
             return record["digests"]
-    pytest.skip(f"no digests recorded for {here}; recorded: {[r['environment'] for r in _records(path)]}")
+    pytest.skip(f"no digests recorded for {here}; recorded: {[r['environment'] for r in records]}")
 
 
 def record(path: str, digests: dict[str, str]) -> None:
